@@ -1,0 +1,241 @@
+"""Bus benchmark: prints one JSON object (see issue [bus]).
+
+Fields: router_vs_raw_large, small_frames_per_s, shaping_error_pct_max,
+latency_error_ms_max, control_wait_ms_p99 (plus the raw figures behind each).
+Run: python benchmarks/bench_bus.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import statistics
+import sys
+import time
+from typing import Any
+
+import msgpack
+import numpy as np
+import uvloop
+import zmq
+import zmq.asyncio
+
+from geoml.bus import Network, parse_topology
+from geoml.bus.router import TAP_TOPIC
+from geoml.bus.zio import ZIO
+
+MiB = 1 << 20
+
+
+def two_regions(rate_mbps: float, latency_ms: float, lan: float = math.inf,
+                queue_limit: int = 16 * MiB) -> Any:
+    return parse_topology({
+        "name": "bench",
+        "defaults": {"lan_rate_mbps": lan, "queue_limit_bytes": queue_limit},
+        "regions": [{"name": "a"}, {"name": "b"}],
+        "links": [{"between": ["a", "b"], "rate_mbps": rate_mbps, "latency_ms": latency_ms}],
+    })
+
+
+def progress(msg: str) -> None:
+    print(f"[bench_bus] {msg}", file=sys.stderr, flush=True)
+
+
+async def raw_large(ctx: zmq.asyncio.Context, payload: np.ndarray, n: int) -> float:
+    """Bytes/s of raw PUSH/PULL over inproc on this event loop."""
+    push, pull = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
+    for s in (push, pull):
+        s.setsockopt(zmq.LINGER, 0)
+    pull.bind("inproc://bench-raw")
+    push.connect("inproc://bench-raw")
+
+    async def sender() -> None:
+        for _ in range(n):
+            await push.send_multipart([b"h", payload], copy=False)
+
+    async def receiver() -> None:
+        for _ in range(n):
+            await pull.recv_multipart(copy=False)
+
+    t0 = time.perf_counter()
+    await asyncio.wait_for(asyncio.gather(sender(), receiver()), 120)
+    dt = time.perf_counter() - t0
+    push.close(linger=0)
+    pull.close(linger=0)
+    return n * payload.nbytes / dt
+
+
+async def through_router(payload: np.ndarray, n: int, lan_mbps: float = math.inf) -> float:
+    """Frames/s (and thus bytes/s) from one role to another through one router."""
+    topo = two_regions(100, 10, lan=lan_mbps)
+    async with Network(topo) as net:
+        src = await net.connect("a/src/0")
+        dst = await net.connect("a/sink/0")
+
+        async def sender() -> None:
+            for _ in range(n):
+                await src.send("a/sink/0", "bench.data", arrays=[payload])
+
+        async def receiver() -> None:
+            for _ in range(n):
+                await dst.recv()
+
+        t0 = time.perf_counter()
+        await asyncio.wait_for(asyncio.gather(sender(), receiver()), 300)
+        dt = time.perf_counter() - t0
+    return n / dt
+
+
+async def shaping_error(rate_mbps: float, seconds: float) -> dict[str, float]:
+    """Saturate a WAN link; compare the steady-state delivered rate with the configured one."""
+    topo = two_regions(rate_mbps, 5)
+    frame_bytes = max(1024, int(rate_mbps * 1e6 / 8 * 0.01))  # ~10 ms of link time each
+    payload = np.zeros(frame_bytes, dtype=np.uint8)
+    warmup = 0.5
+    async with Network(topo) as net:
+        src = await net.connect("a/src/0")
+        dst = await net.connect("b/sink/0")
+        stop = asyncio.Event()
+
+        async def sender() -> None:
+            while not stop.is_set():
+                await src.send("b/sink/0", "bench.data", arrays=[payload])
+
+        arrivals: list[tuple[float, int]] = []
+
+        async def receiver() -> None:
+            loop = asyncio.get_running_loop()
+            end = loop.time() + warmup + seconds
+            while loop.time() < end:
+                try:
+                    m = await dst.recv(timeout=max(0.01, end - loop.time()))
+                except TimeoutError:
+                    break
+                arrivals.append((time.perf_counter(), m.nbytes))
+            stop.set()
+
+        task = asyncio.ensure_future(sender())
+        await asyncio.wait_for(receiver(), warmup + seconds + 30)
+        task.cancel()
+        with __import__("contextlib").suppress(asyncio.CancelledError):
+            await task
+    t_first = arrivals[0][0]
+    window = [(t, b) for t, b in arrivals if t >= t_first + warmup]
+    # bytes that arrived after the first in-window arrival, over the time they took
+    elapsed = window[-1][0] - window[0][0]
+    achieved_bps = sum(b for _, b in window[1:]) * 8 / elapsed
+    configured = rate_mbps * 1e6
+    return {"rate_mbps": rate_mbps, "achieved_mbps": achieved_bps / 1e6,
+            "error_pct": abs(achieved_bps - configured) / configured * 100}
+
+
+async def latency_error(latency_ms: float, samples: int) -> dict[str, float]:
+    """One-way delay of small frames on an idle link, measured with perf_counter."""
+    topo = two_regions(100, latency_ms)
+    delays = []
+    async with Network(topo) as net:
+        src = await net.connect("a/src/0")
+        dst = await net.connect("b/sink/0")
+        for _ in range(samples):
+            t0 = time.perf_counter()
+            await src.send("b/sink/0", "bench.ping", arrays=[np.zeros(100, np.uint8)])
+            await dst.recv(timeout=5)
+            delays.append((time.perf_counter() - t0) * 1e3)
+    return {"configured_ms": latency_ms, "mean_ms": statistics.fmean(delays),
+            "median_ms": statistics.median(delays), "max_ms": max(delays),
+            "error_ms": abs(statistics.fmean(delays) - latency_ms)}
+
+
+async def control_wait(big_mib: int, rate_mbps: float) -> dict[str, float]:
+    """Queueing delay of control frames while a big data frame crosses the link."""
+    topo = two_regions(rate_mbps, 5, queue_limit=(big_mib + 1) * MiB)
+    chunk = topo.wan_spec("a", "b").chunk_bytes
+    async with Network(topo) as net:
+        sock = net.ctx.socket(zmq.SUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SUBSCRIBE, TAP_TOPIC)
+        sock.connect(net.routers["a"].tap_endpoint)
+        sub = ZIO(sock)
+        src = await net.connect("a/src/0")
+        dst = await net.connect("b/sink/0")
+        await net.routers["a"].wait_tap_subscribed()
+        big = np.zeros(big_mib * MiB, dtype=np.uint8)
+        await src.send("b/sink/0", "bench.big", arrays=[big])
+        transmit_s = big.nbytes * 8 / (rate_mbps * 1e6)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + transmit_s * 0.9
+        sent = 0
+        while loop.time() < end:
+            await src.send("b/sink/0", "bench.ctl", control=True, meta={"i": sent})
+            sent += 1
+            await asyncio.sleep(0.02)
+        got = 0
+        while got < sent + 1:
+            m = await dst.recv(timeout=transmit_s + 10)
+            got += 1
+            if m.type == "bench.big":
+                break
+        delays = []
+        while len(delays) < sent:
+            _, ev = await asyncio.wait_for(sub.recv(), 10)
+            _t, link, _kind, _src, _dst, ftype, _size, qdelay = msgpack.unpackb(ev.bytes)
+            if link == "a->b" and ftype == "bench.ctl":
+                delays.append(qdelay * 1e3)
+        sub.close()
+    delays.sort()
+    p99 = delays[min(len(delays) - 1, int(0.99 * len(delays)))]
+    chunk_ms = chunk * 8 / (rate_mbps * 1e6) * 1e3
+    return {"samples": len(delays), "p99_ms": p99, "max_ms": delays[-1],
+            "chunk_ms": chunk_ms, "floor_ms": chunk_ms + 2}
+
+
+async def main(quick: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    ctx = zmq.asyncio.Context()  # raw pyzmq, as a user of plain pyzmq would write it
+    payload = np.ones(4 * MiB, dtype=np.uint8)
+    n_large = 100 if quick else 400
+    progress("raw PUSH/PULL 4 MiB")
+    raw = await raw_large(ctx, payload, n_large)
+    ctx.term()
+    progress("router 4 MiB")
+    routed = await through_router(payload, n_large) * payload.nbytes
+    out["raw_large_MBps"] = raw / 1e6
+    out["router_large_MBps"] = routed / 1e6
+    out["router_vs_raw_large"] = routed / raw
+
+    progress("small frames")
+    small = np.zeros(100, dtype=np.uint8)
+    out["small_frames_per_s"] = await through_router(small, 20_000 if quick else 100_000,
+                                                     lan_mbps=1000)
+
+    seconds = 1.0 if quick else 3.0
+    shaping = []
+    for rate in (1, 10, 100, 1000):
+        progress(f"shaping at {rate} Mbit/s for {seconds}s")
+        shaping.append(await shaping_error(rate, seconds))
+    out["shaping"] = shaping
+    out["shaping_error_pct_max"] = max(s["error_pct"] for s in shaping)
+
+    lat = []
+    for ms in (5, 50, 150):
+        progress(f"latency {ms} ms")
+        lat.append(await latency_error(ms, 10 if quick else 30))
+    out["latency"] = lat
+    out["latency_error_ms_max"] = max(x["error_ms"] for x in lat)
+
+    progress("control frames behind a 64 MiB data frame at 100 Mbit/s")
+    cw = await control_wait(16 if quick else 64, 100)
+    out["control_wait"] = cw
+    out["control_wait_ms_p99"] = cw["p99_ms"]
+    out["control_wait_floor_ms"] = cw["floor_ms"]
+    return out
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer samples (CI smoke)")
+    args = parser.parse_args()
+    result = uvloop.run(main(args.quick))
+    print(json.dumps(result, indent=2))

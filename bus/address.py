@@ -1,0 +1,44 @@
+"""Addresses on the bus: `region/role/index`, e.g. `Virginia/worker/3`."""
+
+from __future__ import annotations
+
+import re
+
+from .errors import FrameError
+
+_ADDRESS_RE = re.compile(r"^([A-Za-z][A-Za-z0-9_-]{0,31})/([a-z][a-z0-9_]{0,31})/([0-9]{1,6})$")
+_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
+ROUTER_ROLE = "router"
+
+
+def is_valid_address(address: object) -> bool:
+    """True when `address` is a well-formed `region/role/index` string."""
+    return isinstance(address, str) and _ADDRESS_RE.match(address) is not None
+
+
+def is_valid_region_name(name: object) -> bool:
+    """True when `name` may be used as a region name."""
+    return isinstance(name, str) and _NAME_RE.match(name) is not None
+
+
+def make_address(region: str, role: str, index: int = 0) -> str:
+    """Build and validate an address."""
+    address = f"{region}/{role}/{index}"
+    if not is_valid_address(address):
+        raise FrameError("bad_address", f"not a valid address: {address!r}")
+    return address
+
+
+def region_of(address: str) -> str:
+    """The region part of a (valid) address."""
+    return address.split("/", 1)[0]
+
+
+def role_of(address: str) -> str:
+    """The role part of a (valid) address."""
+    return address.split("/", 2)[1]
+
+
+def router_address(region: str) -> str:
+    """The address of a region's router."""
+    return f"{region}/{ROUTER_ROLE}/0"

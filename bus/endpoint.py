@@ -1,0 +1,288 @@
+"""A role's connection to its region's router (a DEALER socket named by the role's address)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import zmq
+
+from . import frame as fr
+from .address import is_valid_address, region_of, router_address
+from .errors import BusClosed, FrameError, HandshakeRefused, HandshakeTimeout
+from .zio import ZIO
+
+log = logging.getLogger("geoml.bus.endpoint")
+
+_BATCH = 512
+#: A sender yields to the event loop after this many bytes, so that its router runs and
+#: flow control (bus.pause) reaches it before it has run far past the link's queue limit.
+_YIELD_BYTES = 8 << 20
+#: Default inbox size (bytes) above which the endpoint stops reading its socket, so that
+#: a role that does not read pushes back on its senders instead of growing without bound.
+INBOX_LIMIT_BYTES = 256 << 20
+
+
+class Endpoint:
+    """Send and receive frames as one role (`region/role/index`).
+
+    Use as ``async with Endpoint(...) as ep:``. `send` honours the router's flow control
+    (it waits while the link towards the destination is full); `recv` returns validated
+    application messages. Bus frames (welcome, pause, resume, error) are handled here.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        router_endpoint: str,
+        *,
+        ctx: zmq.Context[Any],
+        max_frame_bytes: int = fr.DEFAULT_MAX_FRAME_BYTES,
+        hwm: int = 1000,
+        inbox_limit_bytes: int = INBOX_LIMIT_BYTES,
+        on_error: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        if not is_valid_address(address):
+            raise FrameError("bad_address", f"not a valid address: {address!r}")
+        self.address = address
+        self.region = region_of(address)
+        self.router = router_address(self.region)
+        self._router_endpoint = router_endpoint
+        self._ctx = ctx
+        self.max_frame_bytes = max_frame_bytes
+        self._hwm = hwm
+        self._inbox_limit = inbox_limit_bytes
+        self._inbox_drained = asyncio.Event()
+        self._on_error = on_error
+        self._io: ZIO | None = None
+        self._seq = 0
+        self._unyielded = 0
+        self._inbox: asyncio.Queue[fr.Message] = asyncio.Queue()
+        self._inbox_bytes = 0
+        self._welcome: asyncio.Future[dict[str, Any]] | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._paused: set[str] = set()
+        self._resumed = asyncio.Event()
+        self._closed = False
+        self.errors: deque[dict[str, Any]] = deque(maxlen=100)
+        self.counters = {"sent_frames": 0, "sent_bytes": 0, "recv_frames": 0, "recv_bytes": 0,
+                         "bad_frames": 0, "errors": 0, "pauses": 0, "inbox_full": 0}
+
+    async def __aenter__(self) -> Endpoint:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def start(self, timeout: float = 10.0) -> None:
+        """Connect and do the hello/welcome handshake with the router."""
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTING_ID, self.address.encode())
+        sock.setsockopt(zmq.SNDHWM, self._hwm)
+        sock.setsockopt(zmq.RCVHWM, self._hwm)
+        if self._router_endpoint.startswith("tcp://"):
+            sock.setsockopt(zmq.MAXMSGSIZE, self.max_frame_bytes)
+        sock.connect(self._router_endpoint)
+        loop = asyncio.get_running_loop()
+        self._io = ZIO(sock, loop)
+        self._welcome = loop.create_future()
+        self._reader = loop.create_task(self._read_loop(), name=f"endpoint {self.address}")
+        hello = fr.make_header(fr.HELLO, self.address, self.router, self._next_seq(),
+                               priority=fr.CONTROL, meta={"role": self.address.split("/")[1]})
+        await self._io.send([fr.encode_header(hello)])
+        try:
+            await asyncio.wait_for(asyncio.shield(self._welcome), timeout)
+        except HandshakeRefused:
+            await self.aclose()
+            raise
+        except TimeoutError:
+            await self.aclose()
+            raise HandshakeTimeout(f"{self.address}: router {self.region} at "
+                                   f"{self._router_endpoint} did not answer within "
+                                   f"{timeout}s") from None
+
+    async def aclose(self) -> None:
+        """Say goodbye and close the socket (linger 0)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._io is not None:
+            bye = fr.make_header(fr.BYE, self.address, self.router, self._next_seq(),
+                                 priority=fr.CONTROL)
+            with contextlib.suppress(zmq.ZMQError):
+                self._io.send_nowait([fr.encode_header(bye)])
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        if self._io is not None:
+            self._io.close()
+        self._resumed.set()
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def _blocked(self, dst: str) -> bool:
+        return dst in self._paused or region_of(dst) in self._paused
+
+    async def send(
+        self,
+        dst: str,
+        ftype: str,
+        *,
+        meta: dict[str, Any] | None = None,
+        arrays: Sequence[np.ndarray] = (),
+        control: bool = False,
+        clock: int = 0,
+        raw: bool = False,
+        stamp: bool = False,
+    ) -> int:
+        """Send a frame to `dst`; returns its sequence number.
+
+        Data frames wait while the router has paused traffic towards `dst`. Raises
+        FrameError for a frame the router would refuse (bad address, too large...).
+        """
+        if self._closed or self._io is None:
+            raise BusClosed(f"{self.address}: endpoint is closed")
+        if not is_valid_address(dst):
+            raise FrameError("bad_address", f"destination {dst!r} is not region/role/index")
+        if ftype.startswith("bus."):
+            raise FrameError("reserved_type", f"frame type {ftype!r} is reserved for the bus")
+        if not control:
+            while self._paused and self._blocked(dst):
+                await self._resumed.wait()
+                if self._closed:
+                    raise BusClosed(f"{self.address}: endpoint closed while paused")
+        arrays = fr.contiguous(arrays)
+        seq = self._next_seq()
+        header = fr.make_header(
+            ftype, self.address, dst, seq, clock=clock,
+            priority=fr.CONTROL if control else fr.DATA, meta=meta, arrays=arrays,
+            sent_at=asyncio.get_running_loop().time() if stamp else None, raw=raw,
+        )
+        hb = fr.encode_header(header)
+        size = len(hb) + sum(a.nbytes for a in arrays)
+        if size > self.max_frame_bytes:
+            raise FrameError("too_large", f"frame of {size} bytes > {self.max_frame_bytes}")
+        if control and size > fr.CONTROL_MAX_BYTES:
+            raise FrameError("too_large", f"control frame of {size} bytes > "
+                             f"{fr.CONTROL_MAX_BYTES}; send it as data")
+        await self._io.send([hb, *arrays])
+        self.counters["sent_frames"] += 1
+        self.counters["sent_bytes"] += size
+        self._unyielded += size
+        if self._unyielded >= _YIELD_BYTES:
+            self._unyielded = 0
+            await asyncio.sleep(0)
+        return seq
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    async def recv(self, timeout: float | None = None) -> fr.Message:
+        """The next application message (TimeoutError after `timeout` seconds)."""
+        if self._closed and self._inbox.empty():
+            raise BusClosed(f"{self.address}: endpoint is closed")
+        if timeout is None:
+            msg = await self._inbox.get()
+        else:
+            msg = await asyncio.wait_for(self._inbox.get(), timeout)
+        self._took(msg)
+        return msg
+
+    def recv_nowait(self) -> fr.Message | None:
+        """The next message if one is waiting, else None."""
+        try:
+            msg = self._inbox.get_nowait()
+        except asyncio.QueueEmpty:
+            return None
+        self._took(msg)
+        return msg
+
+    def _took(self, msg: fr.Message) -> None:
+        self._inbox_bytes -= msg.nbytes
+        if self._inbox_bytes <= self._inbox_limit // 2:
+            self._inbox_drained.set()
+
+    @property
+    def pending(self) -> int:
+        """Messages received and not yet taken with recv."""
+        return self._inbox.qsize()
+
+    async def _read_loop(self) -> None:
+        assert self._io is not None
+        io = self._io
+        while True:
+            if self._inbox_bytes > self._inbox_limit:
+                self.counters["inbox_full"] += 1
+                log.warning("%s: %d bytes received and not read; not reading until the role "
+                            "catches up (its senders will be paused)", self.address,
+                            self._inbox_bytes)
+                self._inbox_drained.clear()
+                await self._inbox_drained.wait()
+            parts: list[zmq.Frame] | None = await io.recv()
+            handled = 0
+            while parts is not None:
+                self._on_parts(parts)
+                if self._inbox_bytes > self._inbox_limit:
+                    break
+                handled += 1
+                if handled >= _BATCH:
+                    await asyncio.sleep(0)  # let the role read what we queued
+                    handled = 0
+                parts = io.recv_nowait()
+
+    def _on_parts(self, parts: list[zmq.Frame]) -> None:
+        sizes = [len(p) for p in parts[1:]]
+        nbytes = len(parts[0]) + sum(sizes)
+        try:
+            header = fr.decode_header(parts[0].buffer, sizes)
+        except FrameError as exc:
+            self.counters["bad_frames"] += 1
+            log.warning("%s: dropped a bad frame from the router: %s", self.address, exc)
+            return
+        ftype = header["t"]
+        if ftype in fr.BUS_TYPES:
+            self._on_bus(header)
+            return
+        self.counters["recv_frames"] += 1
+        self.counters["recv_bytes"] += nbytes
+        self._inbox_bytes += nbytes
+        self._inbox.put_nowait(fr.Message.from_wire(header, parts[1:], nbytes))
+
+    def _on_bus(self, header: dict[str, Any]) -> None:
+        ftype, meta = header["t"], header["meta"]
+        if ftype == fr.WELCOME:
+            if self._welcome is not None and not self._welcome.done():
+                self._welcome.set_result(meta)
+        elif ftype == fr.PAUSE:
+            keys = meta.get("keys", [])
+            self.counters["pauses"] += 1
+            self._paused.update(k for k in keys if isinstance(k, str))
+            self._resumed.clear()
+        elif ftype == fr.RESUME:
+            self._paused.difference_update(meta.get("keys", []))
+            self._resumed.set()
+            if self._paused:
+                self._resumed = asyncio.Event()
+        elif ftype == fr.ERROR:
+            if self._welcome is not None and not self._welcome.done():
+                self._welcome.set_exception(HandshakeRefused(
+                    f"{self.address}: router {self.region} refused the hello: "
+                    f"{meta.get('detail', meta)}"))
+                return
+            self.counters["errors"] += 1
+            self.errors.append(dict(meta))
+            log.warning("%s: router %s refused a frame: %s", self.address, self.region,
+                        meta.get("detail", meta))
+            if self._on_error is not None:
+                self._on_error(dict(meta))

@@ -1,0 +1,237 @@
+"""Frame codec: a msgpack header plus raw buffers, one ZeroMQ part each (docs/PROTOCOL.md).
+
+On the wire between a role and its router a frame is the multipart message
+``[header, buffer_0, ..., buffer_n-1]`` (the router's ROUTER socket prepends the
+sender's routing id). The header is a msgpack map; numpy arrays travel as their own
+parts, described by ``bufs`` in the header, and are never pickled.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from .address import is_valid_address
+from .errors import FrameError
+
+PROTOCOL_VERSION = 1
+
+CONTROL = 0
+DATA = 1
+
+#: Control frames overtake queued data, so they must stay small.
+CONTROL_MAX_BYTES = 64 * 1024
+#: Largest msgpack header accepted.
+HEADER_MAX_BYTES = 64 * 1024
+#: Default largest frame (header plus buffers) a router or endpoint accepts.
+DEFAULT_MAX_FRAME_BYTES = 512 * 1024 * 1024
+MAX_BUFFERS = 64
+MAX_DIMS = 8
+
+#: dtypes allowed for buffers: explicit byte order, no objects, no pickles.
+ALLOWED_DTYPES = frozenset(
+    ["|b1", "|u1", "|i1", "<u2", "<i2", "<u4", "<i4", "<u8", "<i8", "<f2", "<f4", "<f8"]
+)
+
+_TYPE_MAX_LEN = 48
+
+# Bus-level frame types (reserved prefix "bus.").
+HELLO = "bus.hello"
+WELCOME = "bus.welcome"
+ERROR = "bus.error"
+PAUSE = "bus.pause"
+RESUME = "bus.resume"
+BYE = "bus.bye"
+BUS_TYPES = frozenset([HELLO, WELCOME, ERROR, PAUSE, RESUME, BYE])
+
+_REQUIRED: tuple[tuple[str, type | tuple[type, ...]], ...] = (
+    ("t", str),
+    ("src", str),
+    ("dst", str),
+    ("seq", int),
+    ("clk", int),
+    ("pri", int),
+    ("meta", dict),
+    ("bufs", list),
+)
+_OPTIONAL: dict[str, type | tuple[type, ...]] = {"ts": (float, int), "raw": bool}
+_KNOWN_KEYS = frozenset(["v", *(k for k, _ in _REQUIRED), *_OPTIONAL])
+
+
+def _reject_ext(code: int, data: bytes) -> Any:
+    raise FrameError("bad_msgpack", f"msgpack extension type {code} is not allowed")
+
+
+def encode_header(header: dict[str, Any]) -> bytes:
+    """Serialise a header map (no validation; use `make_header` to build one)."""
+    return msgpack.packb(header, use_bin_type=True)
+
+
+def make_header(
+    ftype: str,
+    src: str,
+    dst: str,
+    seq: int,
+    *,
+    clock: int = 0,
+    priority: int = DATA,
+    meta: dict[str, Any] | None = None,
+    arrays: Sequence[np.ndarray] = (),
+    sent_at: float | None = None,
+    raw: bool = False,
+) -> dict[str, Any]:
+    """Build a header map describing `arrays` as buffers."""
+    header: dict[str, Any] = {
+        "v": PROTOCOL_VERSION,
+        "t": ftype,
+        "src": src,
+        "dst": dst,
+        "seq": seq,
+        "clk": clock,
+        "pri": priority,
+        "meta": meta if meta is not None else {},
+        "bufs": [[a.dtype.str, list(a.shape)] for a in arrays],
+    }
+    if sent_at is not None:
+        header["ts"] = sent_at
+    if raw:
+        header["raw"] = True
+    return header
+
+
+def decode_header(buf: bytes | memoryview, buffer_sizes: Sequence[int]) -> dict[str, Any]:
+    """Decode and validate a header against the sizes of the buffers that followed it.
+
+    Raises FrameError with a stable reason code on any problem.
+    """
+    if len(buf) > HEADER_MAX_BYTES:
+        raise FrameError("too_large", f"header of {len(buf)} bytes > {HEADER_MAX_BYTES}")
+    try:
+        header = msgpack.unpackb(buf, raw=False, ext_hook=_reject_ext, strict_map_key=True)
+    except FrameError:
+        raise
+    except Exception as exc:  # msgpack raises a zoo of types for corrupt input
+        raise FrameError("bad_msgpack",
+                         f"header is not valid msgpack ({type(exc).__name__})") from None
+    if type(header) is not dict:
+        raise FrameError("bad_header", f"header is a {type(header).__name__}, not a map")
+    version = header.get("v")
+    if version != PROTOCOL_VERSION or type(version) is not int:
+        raise FrameError("bad_version",
+                         f"protocol version {version!r}, expected {PROTOCOL_VERSION}")
+    for key, kind in _REQUIRED:
+        value = header.get(key)
+        if value is None:
+            raise FrameError("missing_field", f"header field {key!r} is missing")
+        if not isinstance(value, kind) or type(value) is bool:
+            raise FrameError("bad_field", f"header field {key!r} has type {type(value).__name__}")
+    for key, kind in _OPTIONAL.items():
+        if key in header and (not isinstance(header[key], kind) or
+                              (kind is not bool and type(header[key]) is bool)):
+            raise FrameError("bad_field", f"header field {key!r} has type "
+                             f"{type(header[key]).__name__}")
+    if len(header) > len(_KNOWN_KEYS) or not _KNOWN_KEYS.issuperset(header):
+        unknown = sorted(str(k) for k in header if k not in _KNOWN_KEYS)
+        raise FrameError("bad_field", f"unknown header field(s) {unknown}")
+    ftype = header["t"]
+    if not ftype or len(ftype) > _TYPE_MAX_LEN or not ftype.isascii() or not ftype.isprintable():
+        raise FrameError("bad_field", f"frame type {ftype[:60]!r} is not a short ASCII name")
+    if not is_valid_address(header["src"]):
+        raise FrameError("bad_address", f"source {header['src'][:80]!r} is not region/role/index")
+    if not is_valid_address(header["dst"]):
+        raise FrameError("bad_address", f"destination {header['dst'][:80]!r} is not "
+                         "region/role/index")
+    if header["seq"] < 0 or header["seq"] >= 2**64:
+        raise FrameError("bad_field", "seq must be an unsigned 64-bit integer")
+    if header["pri"] not in (CONTROL, DATA):
+        raise FrameError("bad_field", f"priority {header['pri']} is neither 0 (control) nor 1")
+    _check_buffers(header["bufs"], buffer_sizes)
+    if header["pri"] == CONTROL:
+        total = len(buf) + sum(buffer_sizes)
+        if total > CONTROL_MAX_BYTES:
+            raise FrameError("too_large", f"control frame of {total} bytes > {CONTROL_MAX_BYTES}")
+    return header
+
+
+def _check_buffers(bufs: list[Any], sizes: Sequence[int]) -> None:
+    if len(bufs) != len(sizes):
+        raise FrameError("buffer_mismatch",
+                         f"header describes {len(bufs)} buffer(s) but {len(sizes)} followed")
+    if len(bufs) > MAX_BUFFERS:
+        raise FrameError("buffer_mismatch", f"{len(bufs)} buffers > {MAX_BUFFERS}")
+    for i, (desc, size) in enumerate(zip(bufs, sizes, strict=True)):
+        if type(desc) is not list or len(desc) != 2:
+            raise FrameError("bad_field", f"bufs[{i}] is not [dtype, shape]")
+        dtype, shape = desc
+        if dtype not in ALLOWED_DTYPES:
+            raise FrameError("bad_field", f"bufs[{i}] dtype {str(dtype)[:20]!r} not allowed")
+        if type(shape) is not list or len(shape) > MAX_DIMS or not all(
+            type(d) is int and 0 <= d < 2**40 for d in shape
+        ):
+            raise FrameError("bad_field", f"bufs[{i}] shape is not a list of sizes")
+        expected = np.dtype(dtype).itemsize * math.prod(shape)
+        if expected != size:
+            raise FrameError("buffer_mismatch",
+                             f"bufs[{i}] needs {expected} bytes for {dtype}{shape}, got {size}")
+
+
+def arrays_from_parts(header: dict[str, Any], parts: Sequence[Any]) -> list[np.ndarray]:
+    """View received buffers as read-only numpy arrays without copying."""
+    out = []
+    for (dtype, shape), part in zip(header["bufs"], parts, strict=True):
+        buf = part.buffer if hasattr(part, "buffer") else part
+        arr = np.frombuffer(buf, dtype=np.dtype(dtype)).reshape(shape)
+        out.append(arr)
+    return out
+
+
+def contiguous(arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Arrays in the byte order and layout the wire needs (copies only if needed)."""
+    out = []
+    for a in arrays:
+        a = np.asarray(a)
+        if a.dtype.str not in ALLOWED_DTYPES:
+            a = a.astype(a.dtype.newbyteorder("<"))
+            if a.dtype.str not in ALLOWED_DTYPES:
+                raise FrameError("bad_field", f"dtype {a.dtype} cannot be sent")
+        out.append(np.ascontiguousarray(a))
+    return out
+
+
+@dataclass(slots=True)
+class Message:
+    """A received application frame: its header fields and its arrays."""
+
+    type: str
+    src: str
+    dst: str
+    seq: int
+    clock: int
+    priority: int
+    meta: dict[str, Any]
+    arrays: list[np.ndarray] = field(default_factory=list)
+    sent_at: float | None = None
+    raw: bool = False
+    nbytes: int = 0
+
+    @classmethod
+    def from_wire(cls, header: dict[str, Any], parts: Sequence[Any], nbytes: int) -> Message:
+        """Build from a validated header and its buffer parts."""
+        return cls(
+            type=header["t"],
+            src=header["src"],
+            dst=header["dst"],
+            seq=header["seq"],
+            clock=header["clk"],
+            priority=header["pri"],
+            meta=header["meta"],
+            arrays=arrays_from_parts(header, parts),
+            sent_at=header.get("ts"),
+            raw=header.get("raw", False),
+            nbytes=nbytes,
+        )

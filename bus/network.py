@@ -1,0 +1,106 @@
+"""All-in-one: every region's router as tasks of one event loop, over inproc:// (or tcp)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+from typing import Any
+
+import zmq
+
+from .address import region_of
+from .endpoint import Endpoint
+from .router import Router
+from .topology import Topology
+
+_run_ids = itertools.count()
+
+
+class Network:
+    """The routers of a topology, started together; hands out endpoints for roles.
+
+    ``async with Network(topology) as net: ep = await net.connect("R/worker/0")``
+    """
+
+    def __init__(
+        self,
+        topology: Topology,
+        *,
+        transport: str = "inproc",
+        ctx: zmq.Context[Any] | None = None,
+        run_id: str | None = None,
+        **router_options: Any,
+    ) -> None:
+        self.topology = topology
+        self.transport = transport
+        self._own_ctx = ctx is None
+        self.ctx: zmq.Context[Any] = ctx or zmq.Context()
+        self.run_id = run_id or f"{topology.name}-{os.getpid()}-{next(_run_ids)}"
+        self.routers: dict[str, Router] = {
+            r: Router(topology, r, ctx=self.ctx, transport=transport, run_id=self.run_id,
+                      **router_options)
+            for r in topology.region_names
+        }
+        self._endpoints: list[Endpoint] = []
+
+    async def __aenter__(self) -> Network:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def start(self, timeout: float = 10.0) -> None:
+        """Start every router and wait until they all see each other."""
+        for router in self.routers.values():
+            await router.start()
+        await asyncio.gather(*(r.wait_ready(timeout) for r in self.routers.values()))
+
+    def endpoint(self, address: str, **options: Any) -> Endpoint:
+        """An endpoint for `address` attached to its region's router (not yet started)."""
+        router = self.routers[region_of(address)]
+        ep = Endpoint(address, router.endpoint, ctx=self.ctx, **options)
+        self._endpoints.append(ep)
+        return ep
+
+    async def connect(self, address: str, timeout: float = 10.0, **options: Any) -> Endpoint:
+        """A started endpoint for `address`."""
+        ep = self.endpoint(address, **options)
+        await ep.start(timeout)
+        return ep
+
+    async def quiesce(self, timeout: float = 30.0) -> None:
+        """Wait until no link of any router holds a queued or in-flight frame."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not all(r.idle for r in self.routers.values()):
+            if loop.time() > deadline:
+                raise TimeoutError(f"network did not go idle within {timeout}s")
+            await asyncio.sleep(0.005)
+
+    def stats(self) -> dict[str, Any]:
+        """Every router's counters, by region."""
+        return {name: r.stats() for name, r in self.routers.items()}
+
+    def link_bytes(self) -> dict[str, int]:
+        """Bytes delivered per link name, over every router."""
+        out: dict[str, int] = {}
+        for r in self.routers.values():
+            for name, link in r.links.items():
+                out[name] = link.stats.bytes
+        return out
+
+    def wan_bytes(self) -> int:
+        """Bytes that crossed inter-region links."""
+        return sum(link.stats.bytes for r in self.routers.values()
+                   for link in r.links.values() if link.spec.kind == "wan")
+
+    async def aclose(self) -> None:
+        """Close endpoints, routers and (if we made it) the context."""
+        for ep in self._endpoints:
+            await ep.aclose()
+        for router in self.routers.values():
+            await router.aclose()
+        if self._own_ctx:
+            self.ctx.term()

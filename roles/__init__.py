@@ -1,0 +1,1 @@
+"""Roles: asyncio coroutines that wire the bus to the math."""

@@ -1,0 +1,87 @@
+"""Frame codec: round trips and every validation rule."""
+
+from __future__ import annotations
+
+import msgpack
+import numpy as np
+import pytest
+
+from geoml.bus import frame as fr
+from geoml.bus.errors import FrameError
+
+
+def _wire(header: dict, arrays=()) -> tuple[bytes, list[int]]:
+    return fr.encode_header(header), [a.nbytes for a in arrays]
+
+
+def test_round_trip_arrays_zero_copy_views() -> None:
+    arrays = [np.arange(12, dtype=np.float32).reshape(3, 4), np.array([1, 2], dtype=np.int64)]
+    h = fr.make_header("ps.update", "a/worker/0", "b/ps/1", 7, clock=3, meta={"k": [1, 2]},
+                       arrays=arrays, sent_at=1.5, raw=True)
+    hb, sizes = _wire(h, arrays)
+    got = fr.decode_header(hb, sizes)
+    msg = fr.Message.from_wire(got, [a.tobytes() for a in arrays], len(hb) + sum(sizes))
+    assert (msg.type, msg.src, msg.dst, msg.seq, msg.clock) == ("ps.update", "a/worker/0",
+                                                               "b/ps/1", 7, 3)
+    assert msg.meta == {"k": [1, 2]} and msg.sent_at == 1.5 and msg.raw is True
+    np.testing.assert_array_equal(msg.arrays[0], arrays[0])
+    np.testing.assert_array_equal(msg.arrays[1], arrays[1])
+    assert msg.arrays[0].dtype == np.float32 and msg.arrays[0].shape == (3, 4)
+
+
+def test_big_endian_arrays_are_converted_for_the_wire() -> None:
+    a = np.arange(3, dtype=">i4")
+    (c,) = fr.contiguous([a])
+    assert c.dtype.str == "<i4" and list(c) == [0, 1, 2]
+
+
+def _good() -> dict:
+    return fr.make_header("x.y", "a/worker/0", "b/ps/0", 1)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "sizes", "reason"),
+    [
+        (lambda h: h.update(v=2), [], "bad_version"),
+        (lambda h: h.pop("v"), [], "bad_version"),
+        (lambda h: h.pop("dst"), [], "missing_field"),
+        (lambda h: h.update(seq="1"), [], "bad_field"),
+        (lambda h: h.update(seq=True), [], "bad_field"),
+        (lambda h: h.update(seq=-1), [], "bad_field"),
+        (lambda h: h.update(pri=5), [], "bad_field"),
+        (lambda h: h.update(extra=1), [], "bad_field"),
+        (lambda h: h.update(ts="now"), [], "bad_field"),
+        (lambda h: h.update(t=""), [], "bad_field"),
+        (lambda h: h.update(src="no-slashes"), [], "bad_address"),
+        (lambda h: h.update(dst="a/Worker/0"), [], "bad_address"),
+        (lambda h: h.update(bufs=[["<f4", [2]]]), [], "buffer_mismatch"),
+        (lambda h: h.update(bufs=[["<f4", [2]]]), [7], "buffer_mismatch"),
+        (lambda h: h.update(bufs=[["O", [2]]]), [16], "bad_field"),
+        (lambda h: h.update(bufs=[[">f4", [2]]]), [8], "bad_field"),
+        (lambda h: h.update(bufs=[["<f4", [-2]]]), [8], "bad_field"),
+        (lambda h: h.update(bufs=[["<f4"]]), [8], "bad_field"),
+        (lambda h: h.update(pri=0, bufs=[["|u1", [fr.CONTROL_MAX_BYTES]]]),
+         [fr.CONTROL_MAX_BYTES], "too_large"),
+    ],
+)
+def test_each_rule_rejects_with_its_reason(mutate, sizes, reason) -> None:
+    h = _good()
+    mutate(h)
+    with pytest.raises(FrameError) as info:
+        fr.decode_header(fr.encode_header(h), sizes)
+    assert info.value.reason == reason
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"\xc1", "bad_msgpack"),
+        (msgpack.packb([1, 2, 3]), "bad_header"),
+        (msgpack.packb(msgpack.ExtType(1, b"x")), "bad_msgpack"),
+        (b"\x00" * (fr.HEADER_MAX_BYTES + 1), "too_large"),
+    ],
+)
+def test_garbage_headers(raw: bytes, reason: str) -> None:
+    with pytest.raises(FrameError) as info:
+        fr.decode_header(raw, [])
+    assert info.value.reason == reason

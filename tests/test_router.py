@@ -1,0 +1,177 @@
+"""Routers through real ZeroMQ sockets (inproc): routing, validation, errors, flow control, tap."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+
+from geoml.bus import Network
+from geoml.bus import frame as fr
+from geoml.bus.errors import FrameError, HandshakeRefused
+from geoml.bus.router import TAP_TOPIC
+from geoml.bus.zio import ZIO
+
+from .conftest import make_topology
+
+pytestmark = pytest.mark.asyncio
+
+
+async def test_frames_cross_regions_with_arrays_and_are_counted(net: Network) -> None:
+    a = await net.connect("east/worker/0")
+    b = await net.connect("west/worker/1")
+    arr = np.arange(1000, dtype=np.float32)
+    await a.send("west/worker/1", "t.data", arrays=[arr], meta={"step": 3}, clock=5)
+    msg = await b.recv(timeout=5)
+    assert (msg.type, msg.src, msg.clock, msg.meta) == ("t.data", "east/worker/0", 5,
+                                                         {"step": 3})
+    np.testing.assert_array_equal(msg.arrays[0], arr)
+    wan = net.routers["east"].wan_link("west").stats
+    assert wan.frames == 1 and wan.bytes == msg.nbytes
+    assert wan.frames_by_type == {"t.data": 1}
+    assert net.link_bytes()["west/lan->west/worker/1"] == msg.nbytes
+
+
+async def test_wan_transfer_takes_the_shaped_time(net: Network) -> None:
+    # tiny.toml: 10 Mbit/s, 20 ms; 250 kB ~ 0.2 s of transmission (minus one burst)
+    a = await net.connect("east/worker/0")
+    b = await net.connect("west/worker/0")
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    await a.send("west/worker/0", "t.big", arrays=[np.zeros(250_000, np.uint8)])
+    await b.recv(timeout=5)
+    elapsed = loop.time() - t0
+    assert 0.2 - 0.0525 + 0.02 - 0.005 <= elapsed <= 0.2 + 0.02 + 0.1
+
+
+async def test_spoofed_source_is_refused_with_an_error_back(net: Network) -> None:
+    a = await net.connect("east/worker/0")
+    b = await net.connect("east/worker/1")
+    assert a._io is not None
+    h = fr.make_header("t.x", "east/worker/1", "east/worker/1", 99)
+    await a._io.send([fr.encode_header(h)])
+    await _wait_for(lambda: a.counters["errors"] == 1)
+    assert a.errors[-1]["reason"] == "spoofed_source"
+    assert net.routers["east"].dropped["spoofed_source"] == 1
+    assert b.pending == 0
+
+
+async def test_unknown_destination_region_gets_a_clear_error(net: Network) -> None:
+    a = await net.connect("east/worker/0")
+    await a.send("mars/worker/0", "t.x")
+    await _wait_for(lambda: a.counters["errors"] == 1)
+    err = a.errors[-1]
+    assert err["reason"] == "unknown_destination" and "mars/worker/0" in err["detail"]
+    assert err["seq"] >= 1 and err["type"] == "t.x"
+
+
+async def test_local_destination_that_never_connects_is_reported(net: Network) -> None:
+    a = await net.connect("east/worker/0")
+    await a.send("east/ghost/0", "t.x")
+    await _wait_for(lambda: a.counters["errors"] == 1, timeout=5)
+    assert a.errors[-1]["reason"] == "unreachable"
+    assert net.routers["east"].dropped["unreachable"] == 1
+
+
+async def test_frames_wait_for_a_late_local_destination(net: Network) -> None:
+    a = await net.connect("east/worker/0")
+    await a.send("east/late/0", "t.x", meta={"n": 1})
+    late = await net.connect("east/late/0")
+    assert (await late.recv(timeout=5)).meta == {"n": 1}
+
+
+async def test_role_must_join_its_own_region(net: Network) -> None:
+    ep = net.endpoint("west/worker/0")
+    ep._router_endpoint = net.routers["east"].endpoint
+    with pytest.raises(HandshakeRefused, match="must connect to the router of its own region"):
+        await ep.start(timeout=5)
+    assert net.routers["east"].dropped["wrong_region"] == 1
+
+
+async def test_sender_side_mistakes_raise_before_sending(net: Network) -> None:
+    a = await net.connect("east/worker/0")
+    with pytest.raises(FrameError, match="bad_address"):
+        await a.send("nowhere", "t.x")
+    with pytest.raises(FrameError, match="reserved_type"):
+        await a.send("west/worker/0", "bus.hello")
+    with pytest.raises(FrameError, match="too_large"):
+        await a.send("west/worker/0", "t.x", control=True,
+                     arrays=[np.zeros(fr.CONTROL_MAX_BYTES, np.uint8)])
+
+
+async def test_backpressure_pauses_sender_and_nothing_is_lost() -> None:
+    topo = make_topology(rate_mbps=8.0, latency_ms=1.0, queue_limit_bytes=200_000)
+    async with Network(topo) as net:
+        a = await net.connect("a/src/0")
+        b = await net.connect("b/sink/0")
+        payload = np.zeros(50_000, np.uint8)
+        n = 40  # 2 MB at 1 MB/s: the queue limit is hit long before the end
+        link = net.routers["a"].wan_link("b")
+
+        async def sender() -> None:
+            for i in range(n):
+                await a.send("b/sink/0", "t.data", arrays=[payload], meta={"i": i})
+
+        send_task = asyncio.ensure_future(sender())
+        got = [(await b.recv(timeout=10)).meta["i"] for _ in range(n)]
+        await asyncio.wait_for(send_task, 10)
+        assert got == list(range(n))
+        assert a.counters["pauses"] >= 1
+        # the sender was held near the limit (plus what it had sent before the pause)
+        assert link.stats.max_queued_bytes < 200_000 + 8 * 1024 * 1024
+        assert link.stats.frames == n
+
+
+async def test_control_frame_overtakes_big_data_through_real_routers() -> None:
+    topo = make_topology(rate_mbps=80.0, latency_ms=5.0, queue_limit_bytes=64 << 20)
+    async with Network(topo) as net:
+        a = await net.connect("a/src/0")
+        b = await net.connect("b/sink/0")
+        await a.send("b/sink/0", "t.big", arrays=[np.zeros(5_000_000, np.uint8)])  # 0.5 s
+        await a.send("b/sink/0", "t.ctl", control=True)
+        first = await b.recv(timeout=5)
+        second = await b.recv(timeout=5)
+        assert (first.type, second.type) == ("t.ctl", "t.big")
+
+
+async def test_tap_publishes_one_event_per_forwarded_frame(net: Network) -> None:
+    router = net.routers["east"]
+    sock = net.ctx.socket(zmq.SUB)
+    sock.setsockopt(zmq.SUBSCRIBE, TAP_TOPIC)
+    sock.connect(router.tap_endpoint)
+    sub = ZIO(sock)
+    try:
+        await router.wait_tap_subscribed(timeout=5)
+        a = await net.connect("east/worker/0")
+        await net.connect("west/worker/0")
+        await a.send("west/worker/0", "t.x", arrays=[np.zeros(10, np.uint8)])
+        topic, raw = await asyncio.wait_for(sub.recv(), 5)
+        _t, link, kind, src, dst, ftype, size, qdelay = msgpack.unpackb(raw.bytes)
+        assert topic.bytes == TAP_TOPIC
+        assert (link, kind, src, dst, ftype) == ("east->west", "wan", "east/worker/0",
+                                                 "west/worker/0", "t.x")
+        assert size == router.wan_link("west").stats.bytes and qdelay >= 0
+        assert router.tap_events == 1 and router.tap_dropped == 0
+    finally:
+        sub.close()
+
+
+async def test_tap_costs_nothing_without_subscriber(net: Network) -> None:
+    a = await net.connect("east/worker/0")
+    b = await net.connect("west/worker/0")
+    await a.send("west/worker/0", "t.x")
+    await b.recv(timeout=5)
+    assert net.routers["east"].tap_events == 0
+
+
+async def _wait_for(cond, timeout: float = 2.0) -> None:
+    """Wait for a condition driven by the event loop (bounded)."""
+
+    async def poll() -> None:
+        while not cond():
+            await asyncio.sleep(0.005)
+
+    await asyncio.wait_for(poll(), timeout)

@@ -1,0 +1,211 @@
+"""The `geoml` command: demo, topo show, and one router or role per process."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import uvloop
+import zmq
+
+from geoml import __version__
+from geoml.bus import GeomlError, Router, Topology, load_topology, region_of
+from geoml.bus.address import is_valid_address
+from geoml.bus.endpoint import Endpoint
+
+log = logging.getLogger("geoml")
+
+ROLE_KINDS = ("source", "sink")
+
+
+def _topo_show(topo: Topology) -> str:
+    lines = [f"topology {topo.name!r} ({topo.source})", f"  {topo.description}".rstrip(),
+             f"  routing: {topo.routing}", "", "regions:"]
+    lines.append(f"  {'name':<12} {'lat':>7} {'lon':>8} {'workers':>7} {'shards':>6} "
+                 f"{'$/h':>5} {'$/GB':>5} {'LAN Mb/s':>9} {'sovereign':>9}  endpoint")
+    for r in topo.regions:
+        lines.append(f"  {r.name:<12} {r.lat:>7.2f} {r.lon:>8.2f} {r.workers:>7} "
+                     f"{r.ps_shards:>6} {r.machine_usd_per_hour:>5.2f} "
+                     f"{r.egress_usd_per_gb:>5.2f} {r.lan_rate_mbps:>9.0f} "
+                     f"{'yes' if r.sovereign else 'no':>9}  tcp://{r.host}:{r.port}")
+    if topo.wan:
+        lines += ["", "links (one direction each):",
+                  f"  {'link':<26} {'Mb/s':>8} {'latency ms':>10} {'burst B':>9} "
+                  f"{'queue B':>10}"]
+        for spec in topo.iter_links():
+            lines.append(f"  {spec.name:<26} {spec.rate_bps / 1e6:>8.1f} "
+                         f"{spec.latency_s * 1e3:>10.1f} {spec.burst_bytes:>9} "
+                         f"{spec.queue_limit_bytes:>10}")
+    if topo.overlay:
+        lines += ["", "overlay groups:"]
+        for g in topo.overlay:
+            lines.append(f"  {g.name:<14} hub {g.hub:<12} members {', '.join(g.members)}")
+        if topo.routing == "overlay":
+            lines += ["", "routes between groups:"]
+            names = topo.region_names
+            for a in names:
+                for b in names:
+                    path = topo.route(a, b)
+                    if len(path) > 2:
+                        lines.append(f"  {a} -> {b}: {' -> '.join(path)}")
+    return "\n".join(lines)
+
+
+def _run(main: Coroutine[Any, Any, Any]) -> Any:
+    return uvloop.run(main)
+
+
+async def _until_signal(work: Callable[[asyncio.Event], Coroutine[Any, Any, Any]]) -> Any:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return await work(stop)
+
+
+async def _router_main(topo: Topology, region: str, status_every: float) -> dict[str, Any]:
+    ctx: zmq.Context[Any] = zmq.Context()
+    router = Router(topo, region, ctx=ctx, transport="tcp")
+    try:
+        await router.start()
+    except zmq.ZMQError as exc:
+        ctx.destroy(linger=0)
+        raise GeomlError(f"router {region}: cannot bind {router.endpoint} or "
+                         f"{router.tap_endpoint}: {exc.strerror}") from None
+
+    async def work(stop: asyncio.Event) -> dict[str, Any]:
+        print(f"router {region} listening on {router.endpoint}, tap on {router.tap_endpoint}",
+              flush=True)
+        ready = asyncio.ensure_future(router.wait_ready(timeout=3600))
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), status_every)
+            if ready.done() and not ready.cancelled() and ready.exception() is None:
+                peers = "all peers connected"
+            else:
+                waiting = [p for p, ev in router._peer_ready.items() if not ev.is_set()]
+                peers = f"waiting for router(s) of {', '.join(waiting)}"
+            wan = sum(link.stats.bytes for link in router.links.values()
+                      if link.spec.kind == "wan")
+            print(f"router {region} t={loop.time():.0f} received={router.received} "
+                  f"wan_bytes={wan} dropped={dict(router.dropped)} {peers}", flush=True)
+        ready.cancel()
+        return router.stats()
+
+    try:
+        return await _until_signal(work)
+    finally:
+        await router.aclose()
+        ctx.destroy(linger=0)
+
+
+async def _role_main(topo: Topology, address: str, kind: str, args: argparse.Namespace
+                     ) -> dict[str, Any]:
+    from geoml.roles.traffic import run_sink, run_source
+
+    region = region_of(address)
+    endpoint = topo.endpoints(region, "tcp")[0]
+    ctx: zmq.Context[Any] = zmq.Context()
+    ep = Endpoint(address, endpoint, ctx=ctx)
+    try:
+        await ep.start(timeout=args.connect_timeout)
+        if kind == "source":
+            if not args.to or not is_valid_address(args.to):
+                raise GeomlError("a source needs --to REGION/ROLE/INDEX")
+            sent = await run_source(ep, args.to, frame_bytes=args.frame_bytes,
+                                    count=args.count, seconds=args.seconds)
+            return {"role": address, "kind": kind, "sent": sent, **ep.counters}
+        report = await run_sink(ep, sources=args.sources, idle_timeout=args.idle_timeout)
+        return {"role": address, "kind": kind, **report.as_dict()}
+    finally:
+        await ep.aclose()
+        ctx.destroy(linger=0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the `geoml` command."""
+    p = argparse.ArgumentParser(prog="geoml", description="Geo-distributed ML over an "
+                                "emulated WAN message bus.")
+    p.add_argument("--version", action="version", version=f"geoml {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    d = sub.add_parser("demo", help="the all-in-one demo (bus traffic over ss_wan)")
+    d.add_argument("--topology", default="ss_wan")
+    d.add_argument("--seconds", type=float, default=6.0)
+    d.add_argument("--frame-bytes", type=int, default=256 * 1024)
+    d.add_argument("--out", type=Path, default=Path("out/demo"))
+
+    t = sub.add_parser("topo", help="topology files")
+    tsub = t.add_subparsers(dest="topo_command", required=True, metavar="ACTION")
+    show = tsub.add_parser("show", help="print regions, links and routes")
+    show.add_argument("topology", help="a file, or a shipped name (ss_wan, ec2_all, ...)")
+
+    r = sub.add_parser("router", help="run one region's router (tcp, one process)")
+    r.add_argument("--topology", required=True)
+    r.add_argument("--region", required=True)
+    r.add_argument("--status-every", type=float, default=5.0, help="seconds between lines")
+
+    ro = sub.add_parser("role", help="run one role (tcp, one process)")
+    ro.add_argument("--topology", required=True)
+    ro.add_argument("--address", required=True, help="REGION/ROLE/INDEX, e.g. east/sink/0")
+    ro.add_argument("--kind", required=True, help=f"one of: {', '.join(ROLE_KINDS)}")
+    ro.add_argument("--to", help="source: destination address")
+    ro.add_argument("--frame-bytes", type=int, default=64 * 1024)
+    ro.add_argument("--count", type=int, default=None)
+    ro.add_argument("--seconds", type=float, default=None)
+    ro.add_argument("--sources", type=int, default=1, help="sink: sources to wait for")
+    ro.add_argument("--idle-timeout", type=float, default=30.0)
+    ro.add_argument("--connect-timeout", type=float, default=30.0)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `geoml` command."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "demo":
+            from geoml.demo import bus_demo
+
+            _run(bus_demo(args.topology, args.seconds, args.frame_bytes, args.out))
+        elif args.command == "topo":
+            print(_topo_show(load_topology(args.topology)))
+        elif args.command == "router":
+            topo = load_topology(args.topology)
+            topo.region(args.region)
+            print(json.dumps(_run(_router_main(topo, args.region, args.status_every))),
+                  flush=True)
+        elif args.command == "role":
+            if args.kind not in ROLE_KINDS:
+                raise GeomlError(f"unknown role kind {args.kind!r}; known kinds: "
+                                 f"{', '.join(ROLE_KINDS)}")
+            if not is_valid_address(args.address):
+                raise GeomlError(f"--address {args.address!r} is not REGION/ROLE/INDEX")
+            if args.kind == "source" and args.count is None and args.seconds is None:
+                raise GeomlError("a source needs --count N or --seconds S")
+            topo = load_topology(args.topology)
+            topo.region(region_of(args.address))
+            print(json.dumps(_run(_role_main(topo, args.address, args.kind, args))),
+                  flush=True)
+    except (GeomlError, KeyError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) else str(exc)
+        print(f"geoml: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""`geoml demo`: the bus demo, all-in-one, on ss_wan.
+
+Every region pushes tensors to every other region at once for a few seconds; the table
+compares each link's achieved rate with its configured rate. (The Gaia comparison takes
+over this command once the ML systems land.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+from geoml.bus import Network, load_topology
+from geoml.roles.traffic import SinkReport, run_sink, run_source
+
+
+async def bus_demo(topology: str, seconds: float, frame_bytes: int,
+                   out: Path | None) -> dict[str, Any]:
+    """Saturate every WAN link of `topology` for `seconds`; return per-link results."""
+    topo = load_topology(topology)
+    regions = topo.region_names
+    async with Network(topo) as net:
+        loop = asyncio.get_running_loop()
+        sinks = {r: await net.connect(f"{r}/sink/0") for r in regions}
+        reports = {r: SinkReport() for r in regions}
+        sink_tasks = [asyncio.ensure_future(
+            run_sink(sinks[r], sources=len(regions) - 1, idle_timeout=seconds + 60,
+                     report=reports[r])) for r in regions]
+        sources = []
+        for i, a in enumerate(regions):
+            for b in regions:
+                if a != b:
+                    ep = await net.connect(f"{a}/source/{i * len(regions) + regions.index(b)}")
+                    sources.append(asyncio.ensure_future(
+                        run_source(ep, f"{b}/sink/0", frame_bytes=frame_bytes,
+                                   seconds=seconds)))
+        t0 = loop.time()
+        while not all(t.done() for t in sources):
+            await asyncio.wait(sources, timeout=1.0)
+            print(f"  t={loop.time() - t0:4.1f}s  WAN bytes so far: "
+                  f"{net.wan_bytes() / 1e6:8.2f} MB", flush=True)
+        await asyncio.wait_for(asyncio.gather(*sink_tasks), 120)
+        rows = []
+        for spec in topo.iter_links():
+            a, b = spec.name.split("->")
+            link = net.routers[a].wan_link(b)
+            achieved = link.stats.achieved_bps()
+            rows.append({
+                "link": spec.name,
+                "configured_mbps": spec.rate_bps / 1e6,
+                "achieved_mbps": achieved / 1e6,
+                "error_pct": abs(achieved - spec.rate_bps) / spec.rate_bps * 100,
+                "latency_ms_configured": spec.latency_s * 1e3,
+                "latency_ms_median": reports[b].as_dict()["latency_ms_median"],
+                "bytes": link.stats.bytes,
+                "frames": link.stats.frames,
+                "queue_delay_mean_ms": link.stats.as_dict()["queue_delay_mean_ms"],
+            })
+        result = {"topology": topo.name, "seconds": seconds, "frame_bytes": frame_bytes,
+                  "links": rows, "wan_bytes": net.wan_bytes()}
+    print()
+    print(f"{'link':<28} {'configured':>11} {'achieved':>10} {'error':>7} {'latency':>9} "
+          f"{'median delay':>13}")
+    for r in rows:
+        med = r["latency_ms_median"]
+        print(f"{r['link']:<28} {r['configured_mbps']:>7.1f} Mb/s {r['achieved_mbps']:>6.2f} "
+              f"Mb/s {r['error_pct']:>5.2f}% {r['latency_ms_configured']:>6.0f} ms "
+              f"{med if med is None else round(med):>10} ms")
+    print("(median delay: send to receipt, including queueing behind the saturating stream)")
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "bus_demo.json").write_text(json.dumps(result, indent=2))
+        print(f"wrote {out / 'bus_demo.json'}")
+    return result
