@@ -129,7 +129,10 @@ class Router:
         self._tap_topics = 0
         self._tap_subscribed = asyncio.Event()
         self.dropped: Counter[str] = Counter()
-        self.received = 0
+        self.received = 0  # frames read from the ROUTER socket...
+        self.forwarded = 0  # ...of which handed to a link...
+        self.rejected = 0  # ...or refused on arrival (counted by reason in `dropped`)
+        self.bus_frames = 0  # ...or bus frames (hello, bye) handled by the router itself
         self.tap_events = 0
         self.tap_dropped = 0
         self.io: ZIO
@@ -237,6 +240,8 @@ class Router:
         return {
             "region": self.region,
             "received": self.received,
+            "forwarded": self.forwarded,
+            "rejected": self.rejected,
             "dropped": dict(self.dropped),
             "tap_events": self.tap_events,
             "tap_dropped": self.tap_dropped,
@@ -299,6 +304,7 @@ class Router:
         header = fr.decode_header(parts[1].buffer, sizes)
         ftype = header["t"]
         if ftype in fr.BUS_TYPES:
+            self.bus_frames += 1
             self._handle_bus(ident, header)
             return
         if ftype.startswith("bus."):
@@ -321,6 +327,7 @@ class Router:
             self._drop(ident, "unknown_destination",
                        f"no route to {dst} in topology {self.topology.name!r}", header)
             return
+        self.forwarded += 1
         link.offer(Pending(parts[1:], ftype, src, dst, total, header["pri"] == fr.CONTROL,
                            ident, header.get("raw", False)))
 
@@ -396,6 +403,8 @@ class Router:
 
     def _drop(self, ident: bytes, reason: str, detail: str, header: dict[str, Any] | None) -> None:
         self.dropped[reason] += 1
+        if header is None or header["t"] not in fr.BUS_TYPES:
+            self.rejected += 1
         n = self.dropped[reason]
         sender = ident.decode("utf-8", "replace")[:80]
         if n <= _LOG_FIRST or n % _LOG_EVERY == 0:

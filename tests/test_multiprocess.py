@@ -1,0 +1,123 @@
+"""One process per role: real router and role processes over tcp on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.multiprocess
+
+TOPOLOGY = """
+name = "mp"
+[defaults]
+lan_rate_mbps = 1000
+host = "127.0.0.1"
+base_port = {port}
+[[regions]]
+name = "east"
+[[regions]]
+name = "west"
+lon = 10.0
+[[links]]
+between = ["east", "west"]
+rate_mbps = 8
+latency_ms = 15
+"""
+
+
+def _geoml(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "geoml.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ,
+                                                                    "PYTHONUNBUFFERED": "1"})
+
+
+def _wait_line(proc: subprocess.Popen[str], needle: str, timeout: float) -> str:
+    """Read proc's stdout until a line containing `needle` (bounded by `timeout`)."""
+    assert proc.stdout is not None
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if not sel.select(timeout=deadline - time.monotonic()):
+                break
+            line = proc.stdout.readline()
+            if not line:
+                break
+            if needle in line:
+                return line
+    finally:
+        sel.unregister(proc.stdout)
+    raise AssertionError(f"no line with {needle!r} within {timeout}s; stderr: "
+                         f"{proc.stderr.read() if proc.poll() is not None else '(running)'}")
+
+
+@pytest.fixture
+def topology_file(tmp_path: Path) -> Path:
+    path = tmp_path / "mp.toml"
+    path.write_text(TOPOLOGY.format(port=random.randrange(20000, 60000, 8)))
+    return path
+
+
+def test_routers_and_roles_as_processes_shape_traffic(topology_file: Path) -> None:
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        for region in ("east", "west"):
+            proc = _geoml("router", "--topology", str(topology_file), "--region", region,
+                          "--status-every", "1")
+            procs.append(proc)
+        for proc in procs:
+            _wait_line(proc, "listening on tcp://127.0.0.1:", 30)
+        sink = _geoml("role", "--topology", str(topology_file), "--address", "west/sink/0",
+                      "--kind", "sink", "--idle-timeout", "60")
+        source = _geoml("role", "--topology", str(topology_file), "--address",
+                        "east/source/0", "--kind", "source", "--to", "west/sink/0",
+                        "--count", "40", "--frame-bytes", "50000")
+        procs += [sink, source]
+        src_out, src_err = source.communicate(timeout=120)
+        sink_out, sink_err = sink.communicate(timeout=120)
+        assert source.returncode == 0, src_err
+        assert sink.returncode == 0, sink_err
+        sent = json.loads(src_out.strip().splitlines()[-1])
+        got = json.loads(sink_out.strip().splitlines()[-1])
+        assert sent["sent"] == 40
+        assert got["frames"] == 40 and got["by_source"] == {"east/source/0": 40}
+        # 2 MB over an 8 Mbit/s link: shaped to the configured rate (per process, over tcp)
+        assert got["rate_mbps"] == pytest.approx(8.0, rel=0.05)
+        stats = {}
+        for proc, region in zip(procs[:2], ("east", "west"), strict=True):
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=30)
+            assert proc.returncode == 0, err
+            stats[region] = json.loads(out.strip().splitlines()[-1])
+        wan = stats["east"]["links"]["east->west"]
+        assert wan["frames_by_type"] == {"traffic.data": 40, "traffic.stop": 1}
+        assert wan["bytes_by_type"]["traffic.data"] == got["bytes"]
+        assert stats["east"]["rejected"] == 0 and stats["west"]["rejected"] == 0
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate(timeout=10)
+
+
+def test_unknown_role_kind_and_bad_topology_are_clear_errors(tmp_path: Path) -> None:
+    bad = _geoml("role", "--topology", "tiny", "--address", "east/x/0", "--kind", "oracle")
+    _out, err = bad.communicate(timeout=60)
+    assert bad.returncode == 2 and "unknown role kind 'oracle'" in err and "source" in err
+    broken = tmp_path / "broken.toml"
+    broken.write_text('[[regions]]\nname = "a"\nlat = 200\n[[links]]\nbetween = ["a", "b"]\n')
+    proc = _geoml("topo", "show", str(broken))
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert "2 problem(s)" in err and "'lat' must be <= 90.0" in err and "'b'" in err
+    assert "Traceback" not in err

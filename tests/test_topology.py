@@ -1,0 +1,76 @@
+"""Topology files: shipped ones load with the wan.md figures; bad files report every problem."""
+
+from __future__ import annotations
+
+import pytest
+
+from geoml.bus import TopologyError, load_topology, parse_topology
+from geoml.cli import _topo_show
+
+
+@pytest.mark.parametrize("name", ["lan", "vc_wan", "ss_wan", "ec2_all", "tiny"])
+def test_shipped_topologies_load(name: str) -> None:
+    topo = load_topology(name)
+    assert topo.name == name
+    n = len(topo.regions)
+    assert len(topo.wan) == n * (n - 1)
+
+
+def test_wan_md_figures_are_encoded() -> None:
+    ss = load_topology("ss_wan").wan_spec("Singapore", "SaoPaulo")
+    assert ss.rate_bps == 16.7e6 and ss.latency_s == pytest.approx(0.164)
+    vc = load_topology("vc_wan").wan_spec("California", "Virginia")
+    assert vc.rate_bps == 167e6 and vc.latency_s == pytest.approx(0.036)
+    ec2 = load_topology("ec2_all")
+    assert ec2.wan_spec("Oregon", "California").rate_bps == 250e6
+    assert ec2.wan_spec("Sydney", "Tokyo").rate_bps == 50e6
+    assert ec2.wan_spec("Singapore", "SaoPaulo").rate_bps == 16.7e6
+    assert ec2.wan_spec("Ireland", "Frankfurt").latency_s == pytest.approx(0.010)
+    # Mumbai: no measurement, distance rule (great-circle km / 100 per ms)
+    assert 0.015 < ec2.wan_spec("Mumbai", "Singapore").latency_s < 0.045
+    assert ec2.region("SaoPaulo").egress_usd_per_gb == 0.16
+
+
+def test_overlay_routes_through_hubs() -> None:
+    topo = parse_topology({
+        "routing": "overlay",
+        "regions": [{"name": n} for n in ("a1", "a2", "b1", "b2")],
+        "overlay": [{"name": "A", "hub": "a1", "members": ["a1", "a2"]},
+                    {"name": "B", "hub": "b1", "members": ["b1", "b2"]}],
+    })
+    assert topo.route("a2", "b2") == ["a2", "a1", "b1", "b2"]
+    assert topo.route("a2", "a1") == ["a2", "a1"]
+    assert topo.route("a1", "b1") == ["a1", "b1"]
+    assert topo.neighbours("a2") == ["a1"]
+    assert "a2 -> b2: a2 -> a1 -> b1 -> b2" in _topo_show(topo)
+
+
+def test_default_latency_from_great_circle_distance() -> None:
+    topo = parse_topology({"regions": [{"name": "x", "lat": 0.0, "lon": 0.0},
+                                       {"name": "y", "lat": 0.0, "lon": 90.0}]})
+    # a quarter of the equator, ~10,008 km, at 100 km per ms
+    assert topo.wan_spec("x", "y").latency_s == pytest.approx(0.10008, rel=1e-3)
+
+
+def test_every_problem_is_reported_at_once_with_the_file_name() -> None:
+    with pytest.raises(TopologyError) as info:
+        parse_topology({
+            "routing": "ring",
+            "defaults": {"wan_rate_mbps": "fast", "lan_rat_mbps": 1},
+            "regions": [{"name": "a", "workers": -1}, {"name": "a", "port": 70000},
+                        {"name": "b", "sovereign": "yes"}],
+            "links": [{"from": "a", "to": "c", "rate_mbps": 0},
+                      {"between": ["a", "b"]}, {"between": ["b", "a"]}],
+            "overlay": [{"name": "g", "hub": "b", "members": ["a"]}],
+        }, "bad.toml")
+    err = info.value
+    assert str(err).startswith("bad.toml: ")
+    text = "\n".join(err.problems)
+    for expected in ["routing = 'ring'", "'wan_rate_mbps' must be a number",
+                     "unknown key 'lan_rat_mbps'", "'workers' must be >= 0",
+                     "duplicate region name", "'port' must be <= 65535",
+                     "'sovereign' must be true or false", "'rate_mbps' must be > 0",
+                     "unknown region(s) 'c'", "given more than once",
+                     "hub 'b' is not one of its members"]:
+        assert expected in text, expected
+    assert len(err.problems) == 12  # the repeated two-way link collides in both directions
