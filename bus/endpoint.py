@@ -65,6 +65,7 @@ class Endpoint:
         self._inbox: asyncio.Queue[fr.Message] = asyncio.Queue()
         self._inbox_bytes = 0
         self._welcome: asyncio.Future[dict[str, Any]] | None = None
+        self._bye_ack: asyncio.Future[None] | None = None
         self._reader: asyncio.Task[None] | None = None
         self._paused: set[str] = set()
         self._resumed = asyncio.Event()
@@ -108,16 +109,24 @@ class Endpoint:
                                    f"{self._router_endpoint} did not answer within "
                                    f"{timeout}s") from None
 
-    async def aclose(self) -> None:
-        """Say goodbye and close the socket (linger 0)."""
+    async def aclose(self, timeout: float = 5.0) -> None:
+        """Say goodbye, wait until the router has everything we sent, close (linger 0)."""
         if self._closed:
             return
         self._closed = True
-        if self._io is not None:
+        welcomed = self._welcome is not None and self._welcome.done() and \
+            not self._welcome.cancelled() and self._welcome.exception() is None
+        if self._io is not None and welcomed:
+            self._bye_ack = asyncio.get_running_loop().create_future()
             bye = fr.make_header(fr.BYE, self.address, self.router, self._next_seq(),
                                  priority=fr.CONTROL)
-            with contextlib.suppress(zmq.ZMQError):
-                self._io.send_nowait([fr.encode_header(bye)])
+            try:
+                await asyncio.wait_for(self._io.send([fr.encode_header(bye)]), timeout)
+                await asyncio.wait_for(self._bye_ack, timeout)
+            except (TimeoutError, zmq.ZMQError):
+                log.warning("%s: router %s did not acknowledge bus.bye within %ss; frames "
+                            "sent just before closing may not have reached it", self.address,
+                            self.region, timeout)
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -264,6 +273,9 @@ class Endpoint:
         if ftype == fr.WELCOME:
             if self._welcome is not None and not self._welcome.done():
                 self._welcome.set_result(meta)
+        elif ftype == fr.BYE:
+            if self._bye_ack is not None and not self._bye_ack.done():
+                self._bye_ack.set_result(None)
         elif ftype == fr.PAUSE:
             keys = meta.get("keys", [])
             self.counters["pauses"] += 1

@@ -382,6 +382,9 @@ class Router:
         elif ftype == fr.BYE:
             if self.local_addresses.get(src) == ident:
                 self.forget_local(src)
+            # Frames on one connection arrive in order: this ack tells the sender that
+            # everything it sent before has reached the router.
+            self._send_control(ident, fr.BYE, src, {})
         else:
             self._drop(ident, "reserved_type", f"{ftype} is not accepted from a sender", header)
 

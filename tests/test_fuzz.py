@@ -19,7 +19,8 @@ from geoml.bus.zio import ZIO
 ANY_VALUE = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1),
                       st.floats(allow_nan=True), st.text(max_size=40), st.binary(max_size=40),
                       st.lists(st.integers(-5, 5), max_size=4),
-                      st.dictionaries(st.text(max_size=5), st.integers(), max_size=3))
+                      st.dictionaries(st.text(max_size=5), st.integers(-(2**63), 2**64 - 1),
+                                      max_size=3))
 FIELDS = ["v", "t", "src", "dst", "seq", "clk", "pri", "meta", "bufs", "ts", "raw", "zz"]
 
 
