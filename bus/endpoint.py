@@ -66,6 +66,7 @@ class Endpoint:
         self._inbox_bytes = 0
         self._welcome: asyncio.Future[dict[str, Any]] | None = None
         self._bye_ack: asyncio.Future[None] | None = None
+        self._welcomed = False
         self._reader: asyncio.Task[None] | None = None
         self._paused: set[str] = set()
         self._resumed = asyncio.Event()
@@ -100,6 +101,7 @@ class Endpoint:
         await self._io.send([fr.encode_header(hello)])
         try:
             await asyncio.wait_for(asyncio.shield(self._welcome), timeout)
+            self._welcomed = True
         except HandshakeRefused:
             await self.aclose()
             raise
@@ -114,9 +116,7 @@ class Endpoint:
         if self._closed:
             return
         self._closed = True
-        welcomed = self._welcome is not None and self._welcome.done() and \
-            not self._welcome.cancelled() and self._welcome.exception() is None
-        if self._io is not None and welcomed:
+        if self._io is not None and self._welcomed:
             self._bye_ack = asyncio.get_running_loop().create_future()
             bye = fr.make_header(fr.BYE, self.address, self.router, self._next_seq(),
                                  priority=fr.CONTROL)

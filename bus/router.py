@@ -242,6 +242,7 @@ class Router:
             "received": self.received,
             "forwarded": self.forwarded,
             "rejected": self.rejected,
+            "bus_frames": self.bus_frames,
             "dropped": dict(self.dropped),
             "tap_events": self.tap_events,
             "tap_dropped": self.tap_dropped,
