@@ -22,7 +22,9 @@ log = logging.getLogger("geoml.bus.endpoint")
 _BATCH = 512
 #: A sender yields to the event loop after this many bytes, so that its router runs and
 #: flow control (bus.pause) reaches it before it has run far past the link's queue limit.
-_YIELD_BYTES = 8 << 20
+#: Each yield costs a loop iteration per hop; at 8 MiB, 4 MiB frames through one router ran
+#: at ~13k frames/s, at 32 MiB ~17k/s (benchmarks/bench_bus.py, router_vs_raw_large).
+_YIELD_BYTES = 32 << 20
 #: Default inbox size (bytes) above which the endpoint stops reading its socket, so that
 #: a role that does not read pushes back on its senders instead of growing without bound.
 INBOX_LIMIT_BYTES = 256 << 20
