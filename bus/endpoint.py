@@ -225,6 +225,11 @@ class Endpoint:
             self._inbox_drained.set()
 
     @property
+    def closed(self) -> bool:
+        """True once `aclose` has begun."""
+        return self._closed
+
+    @property
     def pending(self) -> int:
         """Messages received and not yet taken with recv."""
         return self._inbox.qsize()

@@ -91,6 +91,11 @@ class Network:
                 out[name] = link.stats.bytes
         return out
 
+    def link_bytes_by_kind(self, kind: str) -> dict[str, int]:
+        """Bytes delivered per link name, for links of `kind` ("lan" or "wan") only."""
+        return {name: link.stats.bytes for r in self.routers.values()
+                for name, link in r.links.items() if link.spec.kind == kind}
+
     def wan_bytes(self) -> int:
         """Bytes that crossed inter-region links."""
         return sum(link.stats.bytes for r in self.routers.values()

@@ -23,7 +23,7 @@ from geoml.bus.endpoint import Endpoint
 
 log = logging.getLogger("geoml")
 
-ROLE_KINDS = ("source", "sink")
+ROLE_KINDS = ("source", "sink", "ps_shard", "worker")
 
 
 def _topo_show(topo: Topology) -> str:
@@ -108,9 +108,43 @@ async def _router_main(topo: Topology, region: str, status_every: float) -> dict
         ctx.destroy(linger=0)
 
 
+def _options(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise GeomlError(f"--opt wants KEY=VALUE, got {pair!r}")
+        out[key] = value
+    return out
+
+
+def _run_config(args: argparse.Namespace, check: bool = True) -> Any:
+    from geoml.run import RunConfig, parse_sync, parse_until
+
+    try:
+        cfg = RunConfig(
+            topology=load_topology(args.topology), system=args.system, workload=args.workload,
+            workload_options=_options(args.opt), staleness=parse_sync(args.sync),
+            iterations=args.iterations, seconds=args.seconds,
+            target=parse_until(args.until) if args.until else None,
+            out=getattr(args, "out", None), lan_region=getattr(args, "lan_region", None),
+            eval_every=getattr(args, "eval_every", 1))
+        if check:
+            cfg.check()
+    except ValueError as exc:
+        raise GeomlError(str(exc)) from None
+    return cfg
+
+
 async def _role_main(topo: Topology, address: str, kind: str, args: argparse.Namespace
                      ) -> dict[str, Any]:
     from geoml.roles.traffic import run_sink, run_source
+
+    if kind in ("ps_shard", "worker"):
+        from geoml.run import ps_role_main
+
+        return await ps_role_main(_run_config(args, check=kind == "worker"), address, kind,
+                                  connect_timeout=args.connect_timeout)
 
     region = region_of(address)
     endpoint = topo.endpoints(region, "tcp")[0]
@@ -166,7 +200,37 @@ def build_parser() -> argparse.ArgumentParser:
     ro.add_argument("--sources", type=int, default=1, help="sink: sources to wait for")
     ro.add_argument("--idle-timeout", type=float, default=30.0)
     ro.add_argument("--connect-timeout", type=float, default=30.0)
+    _ps_args(ro, role=True)
+
+    run = sub.add_parser("run", help="train with one system, all-in-one; writes summary.json, "
+                         "curve.csv, curve.png")
+    run.add_argument("--topology", required=True)
+    _ps_args(run, role=False)
+    run.add_argument("--lan-region", help="lan system: the region that holds everything "
+                     "(default: the topology's first)")
+    run.add_argument("--eval-every", type=int, default=1, help="evaluate every N clocks")
     return p
+
+
+def _ps_args(p: argparse.ArgumentParser, role: bool) -> None:
+    from geoml.roles.ps_plan import SYSTEMS
+    from geoml.workloads import WORKLOADS
+
+    p.add_argument("--system", required=not role, choices=SYSTEMS,
+                   help="lan: everything in one region; baseline: one global model sharded "
+                   "over every region")
+    p.add_argument("--workload", required=not role, choices=list(WORKLOADS))
+    p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="workload option, e.g. rank=50 (repeatable)")
+    p.add_argument("--sync", default="bsp", help="bsp or ssp:S (staleness S)")
+    p.add_argument("--until", help="stop when objective:X is reached")
+    if not role:
+        p.add_argument("--iterations", type=int, help="stop after N clocks")
+        p.add_argument("--seconds", type=float, help="stop after T seconds")
+        p.add_argument("--out", type=Path, help="results directory (default runs/...)")
+    else:
+        p.add_argument("--iterations", type=int, help="worker: clocks to run")
+        p.add_argument("--out", type=Path, help="ps_shard: write its final rows here")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,6 +243,18 @@ def main(argv: list[str] | None = None) -> int:
             from geoml.demo import bus_demo
 
             _run(bus_demo(args.topology, args.seconds, args.frame_bytes, args.out))
+        elif args.command == "run":
+            from geoml.run import run_ps
+
+            cfg = _run_config(args)
+            if cfg.out is None:
+                cfg.out = Path("runs") / f"{args.system}-{cfg.topology.name}-{args.workload}"
+            result = _run(run_ps(cfg))
+            s = result.summary
+            print(json.dumps({k: s[k] for k in (
+                "system", "topology", "sync", "iterations", "elapsed_s", "time_to_target_s",
+                "final_objective", "wan_bytes", "cost_usd")}, indent=2))
+            print(f"wrote {cfg.out}/summary.json, curve.csv, curve.png")
         elif args.command == "topo":
             print(_topo_show(load_topology(args.topology)))
         elif args.command == "router":
@@ -192,6 +268,10 @@ def main(argv: list[str] | None = None) -> int:
                                  f"{', '.join(ROLE_KINDS)}")
             if not is_valid_address(args.address):
                 raise GeomlError(f"--address {args.address!r} is not REGION/ROLE/INDEX")
+            if args.kind in ("ps_shard", "worker") and (not args.system or not args.workload):
+                raise GeomlError(f"a {args.kind} needs --system and --workload")
+            if args.kind == "worker" and args.iterations is None:
+                raise GeomlError("a worker needs --iterations N")
             if args.kind == "source" and args.count is None and args.seconds is None:
                 raise GeomlError("a source needs --count N or --seconds S")
             topo = load_topology(args.topology)

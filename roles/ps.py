@@ -1,0 +1,267 @@
+"""Parameter-server roles: `PSShard` (a key range of every table) and `PSWorker`.
+
+Frames (docs/PROTOCOL.md, "Parameter server"):
+  ps.read   worker -> shard   meta {req, clock, tables, sparse}; one int64 row array per
+                              sparse table. Control priority when small.
+  ps.value  shard -> worker   meta {req, clock, tables}; one value array per table.
+  ps.push   worker -> shard   meta {clock, tables, sparse}; per table [rows,] delta.
+                              Data priority, so it never overtakes the worker's earlier
+                              pushes; it also says "iteration `clock` is complete".
+  ps.done   worker -> shard   the worker will push no more.
+  ps.error  shard -> sender   meta {reason, detail}: a request the shard refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+
+import numpy as np
+
+from geoml.bus import Endpoint, FrameError, Message
+from geoml.bus.frame import CONTROL_MAX_BYTES
+from geoml.workloads import Params, Partition, Workload
+
+from .ps_plan import KeyRanges
+from .ssp import ClockError, SSPGate
+
+log = logging.getLogger("geoml.roles.ps")
+
+READ, VALUE, PUSH, DONE, ERROR = "ps.read", "ps.value", "ps.push", "ps.done", "ps.error"
+
+
+class PSShard:
+    """Holds rows [lo, hi) of every table; serves reads under SSP(s); applies pushes.
+
+    `run()` returns once every worker has sent ps.done.
+    """
+
+    def __init__(self, endpoint: Endpoint, index: int, ranges: KeyRanges, init: Params,
+                 workers: Sequence[str], *, staleness: int = 0, record: bool = False,
+                 on_min_clock: Callable[[int, int], None] | None = None) -> None:
+        self.ep = endpoint
+        self.index = index
+        self.ranges = ranges
+        self.lo = {t: ranges.range_of(t, index)[0] for t in ranges.shapes}
+        self.tables = {t: init[t][slice(*ranges.range_of(t, index))].copy()
+                       for t in ranges.shapes}
+        self.gate: SSPGate[tuple[Message, list[np.ndarray | None]]] = SSPGate(
+            workers, staleness, record=record)
+        self._on_min_clock = on_min_clock
+        self.counters: Counter[str] = Counter()
+
+    async def run(self) -> None:
+        """Serve until every worker is done."""
+        while not self.gate.all_done:
+            msg = await self.ep.recv()
+            try:
+                await self._handle(msg)
+            except (FrameError, ClockError, ValueError, KeyError, IndexError) as exc:
+                self.counters["refused"] += 1
+                log.warning("%s refused %s from %s: %s", self.ep.address, msg.type, msg.src,
+                            exc)
+                await self.ep.send(msg.src, ERROR, control=True,
+                                   meta={"reason": type(exc).__name__,
+                                         "detail": str(exc)[:500], "type": msg.type})
+
+    async def _handle(self, msg: Message) -> None:
+        before = self.gate.min_clock
+        if msg.type == READ:
+            rows = self._read_rows(msg)
+            self.counters["reads"] += 1
+            if self.gate.read(msg.src, int(msg.meta["clock"]), (msg, rows)):
+                await self._serve(msg, rows)
+            else:
+                self.counters["reads_waited"] += 1
+            return
+        if msg.type == PUSH:
+            self._apply(msg)
+            self.counters["pushes"] += 1
+            ready = self.gate.advance(msg.src, int(msg.meta["clock"]))
+        elif msg.type == DONE:
+            ready = self.gate.finish(msg.src)
+        else:
+            raise ValueError(f"a PS shard does not take {msg.type!r} frames")
+        for waiting, rows in ready:
+            await self._serve(waiting, rows)
+        after = self.gate.min_clock
+        if after != before and self._on_min_clock is not None:
+            self._on_min_clock(self.index, after)
+
+    def _local_rows(self, table: str, rows: np.ndarray) -> np.ndarray:
+        lo, hi = self.ranges.range_of(table, self.index)
+        if rows.ndim != 1 or (len(rows) and (rows.min() < lo or rows.max() >= hi)):
+            raise IndexError(f"rows of {table} outside this shard's range [{lo}, {hi})")
+        return rows - lo
+
+    def _read_rows(self, msg: Message) -> list[np.ndarray | None]:
+        tables, sparse = msg.meta["tables"], msg.meta["sparse"]
+        if len(tables) != len(sparse) or sum(map(bool, sparse)) != len(msg.arrays):
+            raise ValueError("ps.read: tables, sparse flags and row arrays do not match")
+        arrays = iter(msg.arrays)
+        out: list[np.ndarray | None] = []
+        for table, is_sparse in zip(tables, sparse, strict=True):
+            if table not in self.tables:
+                raise KeyError(f"unknown table {table!r}")
+            out.append(self._local_rows(table, next(arrays)) if is_sparse else None)
+        return out
+
+    async def _serve(self, msg: Message, rows: list[np.ndarray | None]) -> None:
+        values = [self.tables[t].copy() if r is None else self.tables[t][r]
+                  for t, r in zip(msg.meta["tables"], rows, strict=True)]
+        await self.ep.send(msg.src, VALUE, arrays=values,
+                           meta={"req": msg.meta["req"], "clock": msg.meta["clock"],
+                                 "tables": msg.meta["tables"]})
+
+    def _apply(self, msg: Message) -> None:
+        tables, sparse = msg.meta["tables"], msg.meta["sparse"]
+        if len(tables) != len(sparse) or len(msg.arrays) != len(tables) + sum(map(bool, sparse)):
+            raise ValueError("ps.push: tables, sparse flags and arrays do not match")
+        arrays = iter(msg.arrays)
+        for table, is_sparse in zip(tables, sparse, strict=True):
+            if table not in self.tables:
+                raise KeyError(f"unknown table {table!r}")
+            target = self.tables[table]
+            if is_sparse:
+                rows = self._local_rows(table, next(arrays))
+                delta = next(arrays)
+                if delta.shape != (len(rows), target.shape[1]):
+                    raise ValueError(f"ps.push: delta of {table} has shape {delta.shape}")
+                target[rows] += delta
+            else:
+                delta = next(arrays)
+                if delta.shape != target.shape:
+                    raise ValueError(f"ps.push: delta of {table} has shape {delta.shape}, "
+                                     f"expected {target.shape}")
+                target += delta
+
+
+class WorkerFailed(RuntimeError):
+    """A worker cannot go on (a shard or router refused its frames)."""
+
+
+class PSWorker:
+    """read -> local pass (in an executor) -> push, once per clock."""
+
+    def __init__(self, endpoint: Endpoint, workload: Workload, part: Partition,
+                 shards: Sequence[str], ranges: KeyRanges, *, iterations: int | None = None,
+                 stop: asyncio.Event | None = None, executor: Executor | None = None,
+                 on_clock: Callable[[str, int], None] | None = None,
+                 read_timeout_s: float = 600.0) -> None:
+        self.ep = endpoint
+        self.workload = workload
+        self.part = part
+        self.shards = list(shards)
+        self.ranges = ranges
+        self.iterations = iterations
+        self.stop = stop or asyncio.Event()
+        self.executor = executor
+        self.on_clock = on_clock
+        self.read_timeout_s = read_timeout_s
+        self.clock = 0
+        self._req = itertools.count()
+        # Per shard: (table, rows or None) it must read and push, precomputed once.
+        self._plan: list[list[tuple[str, np.ndarray | None]]] = [[] for _ in self.shards]
+        for table, rows in part.rows.items():
+            for s, r in enumerate(ranges.split(table, rows)):
+                if r is None:
+                    lo, hi = ranges.range_of(table, s)
+                    if hi > lo:
+                        self._plan[s].append((table, None))
+                elif len(r):
+                    self._plan[s].append((table, r))
+        self.times = {"compute_s": 0.0, "read_s": 0.0, "push_s": 0.0}
+
+    async def run(self) -> int:
+        """Run until `iterations` clocks are done or `stop` is set; returns the clock."""
+        loop = asyncio.get_running_loop()
+        try:
+            while (self.iterations is None or self.clock < self.iterations) \
+                    and not self.stop.is_set():
+                t0 = loop.time()
+                params = await self._read()
+                t1 = loop.time()
+                new = await loop.run_in_executor(self.executor, self.workload.local_pass,
+                                                 params, self.part, self.clock)
+                t2 = loop.time()
+                await self._push(params, new)
+                t3 = loop.time()
+                self.times["read_s"] += t1 - t0
+                self.times["compute_s"] += t2 - t1
+                self.times["push_s"] += t3 - t2
+                self.clock += 1
+                if self.on_clock is not None:
+                    self.on_clock(self.ep.address, self.clock)
+        finally:
+            if not self.ep.closed:
+                for shard in self.shards:
+                    await self.ep.send(shard, DONE)
+        return self.clock
+
+    async def _read(self) -> Params:
+        pending: dict[int, int] = {}
+        for s, wanted in enumerate(self._plan):
+            if not wanted:
+                continue
+            req = next(self._req)
+            pending[req] = s
+            rows = [r for _, r in wanted if r is not None]
+            size = sum(r.nbytes for r in rows)
+            await self.ep.send(
+                self.shards[s], READ, arrays=rows, control=size < CONTROL_MAX_BYTES // 2,
+                meta={"req": req, "clock": self.clock, "tables": [t for t, _ in wanted],
+                      "sparse": [r is not None for _, r in wanted]})
+        replies: dict[int, list[np.ndarray]] = {}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.read_timeout_s
+        errors_before = self.ep.counters["errors"]
+        while len(replies) < len(pending):
+            try:
+                msg = await self.ep.recv(timeout=min(1.0, max(0.0, deadline - loop.time())))
+            except TimeoutError:
+                if self.ep.counters["errors"] > errors_before:
+                    raise WorkerFailed(f"{self.ep.address}: the bus refused a read: "
+                                       f"{self.ep.errors[-1]}") from None
+                if loop.time() >= deadline:
+                    raise WorkerFailed(f"{self.ep.address}: no answer to reads at clock "
+                                       f"{self.clock} within {self.read_timeout_s}s") from None
+                continue
+            if msg.type == ERROR:
+                raise WorkerFailed(f"{self.ep.address}: {msg.src} refused "
+                                   f"{msg.meta.get('type')}: {msg.meta.get('detail')}")
+            if msg.type != VALUE or msg.meta.get("req") not in pending:
+                log.warning("%s: unexpected %s from %s while reading", self.ep.address,
+                            msg.type, msg.src)
+                continue
+            replies[msg.meta["req"]] = msg.arrays
+        by_shard = {pending[req]: arrays for req, arrays in replies.items()}
+        params: Params = {}
+        for table in self.part.rows:
+            pieces = [arrays[i] for s, arrays in sorted(by_shard.items())
+                      for i, (t, _) in enumerate(self._plan[s]) if t == table]
+            params[table] = np.concatenate(pieces) if len(pieces) > 1 else pieces[0].copy()
+        return params
+
+    async def _push(self, old: Params, new: Params) -> None:
+        delta = {t: new[t] - old[t] for t in old}
+        offsets = dict.fromkeys(delta, 0)
+        for s, shard in enumerate(self.shards):
+            arrays: list[np.ndarray] = []
+            tables, sparse = [], []
+            for table, rows in self._plan[s]:
+                tables.append(table)
+                sparse.append(rows is not None)
+                if rows is None:
+                    lo, hi = self.ranges.range_of(table, s)
+                    arrays.append(delta[table][lo:hi])
+                else:
+                    start = offsets[table]
+                    offsets[table] = start + len(rows)
+                    arrays += [rows, delta[table][start:start + len(rows)]]
+            await self.ep.send(shard, PUSH, arrays=arrays,
+                               meta={"clock": self.clock, "tables": tables, "sparse": sparse})
+

@@ -1,0 +1,84 @@
+"""Where parameter-server roles run, and which rows each shard owns (pure functions).
+
+Every process derives the same plan from (topology, system), so one-process-per-role
+runs need no coordinator to agree on addresses or key ranges.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from geoml.bus import Topology
+
+SYSTEMS = ("lan", "baseline")
+
+
+@dataclass(frozen=True)
+class PSPlan:
+    """The roles of one parameter-server deployment."""
+
+    system: str
+    shards: tuple[str, ...]  # addresses, in key-range order
+    workers: tuple[str, ...]
+    #: region -> number of workers whose data lives there (data partitioning, in order).
+    data_regions: dict[str, int]
+
+    def machines_per_region(self) -> dict[str, int]:
+        """Workers plus shards per region (what a run pays machine-hours for)."""
+        out: dict[str, int] = {}
+        for addr in (*self.shards, *self.workers):
+            region = addr.split("/")[0]
+            out[region] = out.get(region, 0) + 1
+        return out
+
+
+def plan_ps(topology: Topology, system: str, lan_region: str | None = None) -> PSPlan:
+    """Roles for `system` on `topology`.
+
+    lan: every worker and shard the topology lists, all in one region (`lan_region`,
+    default the first), holding all the data. baseline: each region runs its own workers
+    (on its own data) and PS shards; one global model is sharded over all shards.
+    """
+    if system not in SYSTEMS:
+        raise ValueError(f"unknown system {system!r} for the parameter server; choose from "
+                         f"{', '.join(SYSTEMS)}")
+    regions = topology.regions
+    if system == "lan":
+        home = lan_region or regions[0].name
+        if home not in topology.region_names:
+            raise ValueError(f"region {home!r} is not in topology {topology.name!r}")
+        n_workers = sum(r.workers for r in regions)
+        n_shards = sum(r.ps_shards for r in regions)
+        return PSPlan(system, tuple(f"{home}/ps/{i}" for i in range(n_shards)),
+                      tuple(f"{home}/worker/{i}" for i in range(n_workers)),
+                      {home: n_workers})
+    shards = tuple(f"{r.name}/ps/{i}" for r in regions for i in range(r.ps_shards))
+    workers = tuple(f"{r.name}/worker/{i}" for r in regions for i in range(r.workers))
+    return PSPlan(system, shards, workers, {r.name: r.workers for r in regions if r.workers})
+
+
+class KeyRanges:
+    """Contiguous row ranges of every table over n shards."""
+
+    def __init__(self, table_shapes: dict[str, tuple[int, int]], n_shards: int) -> None:
+        if n_shards < 1:
+            raise ValueError("need at least one PS shard")
+        self.n_shards = n_shards
+        self.shapes = dict(table_shapes)
+        self.bounds = {name: np.linspace(0, rows, n_shards + 1).round().astype(np.int64)
+                       for name, (rows, _) in self.shapes.items()}
+
+    def range_of(self, table: str, shard: int) -> tuple[int, int]:
+        """[lo, hi) rows of `table` owned by `shard`."""
+        b = self.bounds[table]
+        return int(b[shard]), int(b[shard + 1])
+
+    def split(self, table: str, rows: np.ndarray | None) -> list[np.ndarray | None]:
+        """Per shard: the given (sorted, global) rows that shard owns, or None for all
+        of its range when `rows` is None. Concatenating the parts restores the order."""
+        if rows is None:
+            return [None] * self.n_shards
+        cuts = np.searchsorted(rows, self.bounds[table])
+        return [rows[cuts[s]:cuts[s + 1]] for s in range(self.n_shards)]

@@ -1,0 +1,293 @@
+"""`geoml run`: one all-in-one training run of a system on a topology."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+from geoml.bus import Endpoint, GeomlError, Network, Topology, load_topology, region_of
+from geoml.roles.ps import PSShard, PSWorker
+from geoml.roles.ps_plan import KeyRanges, plan_ps
+from geoml.workloads import Params, Workload, make_workload
+
+from .results import cost_usd, time_to_target, write_results
+
+
+def parse_sync(text: str) -> int:
+    """'bsp' -> 0, 'ssp:S' -> S (the staleness bound)."""
+    if text == "bsp":
+        return 0
+    if text.startswith("ssp:"):
+        try:
+            s = int(text[4:])
+        except ValueError:
+            s = -1
+        if s >= 0:
+            return s
+    raise ValueError(f"--sync must be 'bsp' or 'ssp:S' with S >= 0, got {text!r}")
+
+
+def parse_until(text: str) -> float:
+    """'objective:X' -> X."""
+    kind, _, value = text.partition(":")
+    try:
+        if kind == "objective":
+            return float(value)
+    except ValueError:
+        pass
+    raise ValueError(f"--until must be objective:X (a number), got {text!r}")
+
+
+@dataclass
+class RunConfig:
+    """What to run; at least one of iterations, seconds, target must bound the run."""
+
+    topology: str | Path | Topology
+    system: str
+    workload: str | Workload
+    workload_options: dict[str, Any] = field(default_factory=dict)
+    staleness: int = 0
+    iterations: int | None = None
+    seconds: float | None = None
+    target: float | None = None
+    out: Path | None = None
+    lan_region: str | None = None
+    quiet: bool = False
+    record_reads: bool = False
+    eval_every: int = 1
+
+    def check(self) -> None:
+        """Raise ValueError for a run that would never end or makes no sense."""
+        if self.iterations is None and self.seconds is None and self.target is None:
+            raise ValueError("give --iterations, --seconds or --until so the run ends")
+        if self.iterations is not None and self.iterations < 1:
+            raise ValueError("--iterations must be >= 1")
+        if self.seconds is not None and self.seconds <= 0:
+            raise ValueError("--seconds must be > 0")
+        if self.eval_every < 1:
+            raise ValueError("eval_every must be >= 1")
+
+
+@dataclass
+class RunResult:
+    """Everything a run produced (tests look inside; the CLI writes `summary`)."""
+
+    summary: dict[str, Any]
+    curve: list[dict[str, Any]]
+    params: Params
+    shards: list[PSShard]
+    workers: list[PSWorker]
+
+
+def assemble(shards: list[PSShard], ranges: KeyRanges) -> Params:
+    """The full model from the shards' slices (a copy)."""
+    return {t: np.concatenate([s.tables[t] for s in shards]) for t in ranges.shapes}
+
+
+class _Monitor:
+    """Evaluates the global model whenever every shard has seen a new clock."""
+
+    def __init__(self, workload: Workload, shards: list[PSShard], ranges: KeyRanges,
+                 net: Network, executor: ThreadPoolExecutor, cfg: RunConfig,
+                 stop: asyncio.Event) -> None:
+        self.workload, self.shards, self.ranges, self.net = workload, shards, ranges, net
+        self.executor, self.cfg, self.stop = executor, cfg, stop
+        self.shard_clock = [0] * len(shards)
+        self.evaluated = -1
+        self.curve: list[dict[str, Any]] = []
+        self.new_clock = asyncio.Event()
+        self.t0 = 0.0
+        self.diverged = False
+
+    def on_min_clock(self, shard: int, clock: int) -> None:
+        self.shard_clock[shard] = clock
+        self.new_clock.set()
+
+    @property
+    def clock(self) -> int:
+        return min(min(self.shard_clock), 1 << 40)
+
+    async def evaluate_now(self, clock: int) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        t = loop.time() - self.t0
+        params = assemble(self.shards, self.ranges)
+        metrics = await loop.run_in_executor(self.executor, self.workload.evaluate, params)
+        row = {"time_s": t, "clock": clock, **metrics, "wan_bytes": self.net.wan_bytes()}
+        self.curve.append(row)
+        self.evaluated = clock
+        if not self.cfg.quiet:
+            print(f"[{self.cfg.system}] clock {clock:4d}  {self.workload.objective_name} "
+                  f"{metrics['objective']:.4f}  t={t:8.2f}s  WAN "
+                  f"{self.net.wan_bytes() / 1e6:9.2f} MB", file=sys.stderr, flush=True)
+        if self.cfg.target is not None and metrics["objective"] <= self.cfg.target:
+            self.stop.set()
+        if not np.isfinite(metrics["objective"]):
+            self.diverged = True
+            self.stop.set()
+            print(f"[{self.cfg.system}] the objective is {metrics['objective']} at clock "
+                  f"{clock}: training diverged (try a smaller lr); stopping",
+                  file=sys.stderr, flush=True)
+        return row
+
+    async def loop(self) -> None:
+        while True:
+            await self.new_clock.wait()
+            self.new_clock.clear()
+            clock = self.clock
+            if clock >= 1 << 40:
+                return  # every worker finished; the runner does the final evaluation
+            if clock > self.evaluated and clock % self.cfg.eval_every == 0:
+                await self.evaluate_now(clock)
+
+
+async def run_ps(cfg: RunConfig) -> RunResult:
+    """Run the LAN or baseline parameter server all-in-one; returns the results."""
+    cfg.check()
+    topo = cfg.topology if isinstance(cfg.topology, Topology) else load_topology(cfg.topology)
+    workload = (cfg.workload if isinstance(cfg.workload, Workload)
+                else make_workload(cfg.workload, cfg.workload_options))
+    plan = plan_ps(topo, cfg.system, cfg.lan_region)
+    if not plan.workers or not plan.shards:
+        raise ValueError(f"topology {topo.name!r} gives {len(plan.workers)} workers and "
+                         f"{len(plan.shards)} PS shards; need at least one of each")
+    ranges = KeyRanges(workload.table_shapes(), len(plan.shards))
+    init = workload.init_params()
+    parts = workload.partition(plan.data_regions)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    executor = ThreadPoolExecutor(max_workers=len(plan.workers) + 1,
+                                  thread_name_prefix="geoml-compute")
+    try:
+        async with Network(topo) as net:
+            monitor_holder: list[_Monitor] = []
+            shards = []
+            for i, addr in enumerate(plan.shards):
+                ep = await net.connect(addr)
+                shards.append(PSShard(
+                    ep, i, ranges, init, plan.workers, staleness=cfg.staleness,
+                    record=cfg.record_reads,
+                    on_min_clock=lambda s, c: monitor_holder[0].on_min_clock(s, c)))
+            monitor = _Monitor(workload, shards, ranges, net, executor, cfg, stop)
+            monitor_holder.append(monitor)
+            workers = []
+            worker_index: dict[str, int] = {}
+            for addr in plan.workers:
+                region = addr.split("/")[0]
+                worker_index[region] = worker_index.get(region, -1) + 1
+                part = parts[(region, worker_index[region])]
+                ep = await net.connect(addr)
+                workers.append(PSWorker(ep, workload, part, plan.shards, ranges,
+                                        iterations=cfg.iterations, stop=stop,
+                                        executor=executor))
+            monitor.t0 = loop.time()
+            await monitor.evaluate_now(0)
+            timer = (loop.call_later(cfg.seconds, stop.set) if cfg.seconds is not None
+                     else None)
+            monitor_task = asyncio.ensure_future(monitor.loop())
+            shard_tasks = [asyncio.ensure_future(s.run()) for s in shards]
+            worker_tasks = [asyncio.ensure_future(w.run()) for w in workers]
+            try:
+                await asyncio.gather(*worker_tasks)
+                await asyncio.gather(*shard_tasks)
+            finally:
+                for t in (*worker_tasks, *shard_tasks):
+                    t.cancel()
+                if timer is not None:
+                    timer.cancel()
+            elapsed = loop.time() - monitor.t0
+            monitor.new_clock.set()
+            await monitor_task
+            clock = min(w.clock for w in workers)
+            if monitor.evaluated != clock or not monitor.curve:
+                await monitor.evaluate_now(clock)
+            params = assemble(shards, ranges)
+            link_bytes = net.link_bytes()
+            wan_bytes = net.wan_bytes()
+            lan_bytes = sum(net.link_bytes_by_kind("lan").values())
+            wan_link_bytes = net.link_bytes_by_kind("wan")
+    finally:
+        executor.shutdown(wait=True)
+    curve = monitor.curve
+    final = curve[-1]
+    summary: dict[str, Any] = {
+        "system": cfg.system,
+        "topology": topo.name,
+        "workload": workload.describe(),
+        "objective_name": workload.objective_name,
+        "sync": "bsp" if cfg.staleness == 0 else f"ssp:{cfg.staleness}",
+        "workers": len(plan.workers),
+        "ps_shards": len(plan.shards),
+        "iterations": clock,
+        "elapsed_s": elapsed,
+        "target": cfg.target,
+        "time_to_target_s": time_to_target(curve, cfg.target),
+        "final_objective": final["objective"],
+        "diverged": monitor.diverged,
+        "final_metrics": {k: v for k, v in final.items() if k not in ("time_s", "clock")},
+        "wan_bytes": wan_bytes,
+        "lan_bytes": lan_bytes,
+        "link_bytes": link_bytes,
+        **cost_usd(topo, plan.machines_per_region(), elapsed, wan_link_bytes),
+        "worker_times_s": {w.ep.address: w.times for w in workers},
+        "shard_counters": {s.ep.address: dict(s.counters) for s in shards},
+    }
+    if cfg.out is not None:
+        write_results(cfg.out, summary, curve, f"{cfg.system} on {topo.name}")
+    return RunResult(summary, curve, params, shards, workers)
+
+
+def _shard_file(out: Path, address: str) -> Path:
+    return out / f"{address.replace('/', '_')}.npz"
+
+
+async def ps_role_main(cfg: RunConfig, address: str, kind: str,
+                       connect_timeout: float = 30.0) -> dict[str, Any]:
+    """One PS shard or worker as its own process (tcp); returns its report."""
+    topo = cfg.topology if isinstance(cfg.topology, Topology) else load_topology(cfg.topology)
+    try:
+        workload = (cfg.workload if isinstance(cfg.workload, Workload)
+                    else make_workload(cfg.workload, cfg.workload_options))
+        plan = plan_ps(topo, cfg.system, cfg.lan_region)
+    except ValueError as exc:
+        raise GeomlError(str(exc)) from None
+    members = plan.shards if kind == "ps_shard" else plan.workers
+    if address not in members:
+        raise GeomlError(f"{address} is not a {kind} of {cfg.system} on {topo.name}; those "
+                         f"are: {', '.join(members)}")
+    ranges = KeyRanges(workload.table_shapes(), len(plan.shards))
+    ctx: zmq.Context[Any] = zmq.Context()
+    ep = Endpoint(address, topo.endpoints(region_of(address), "tcp")[0], ctx=ctx)
+    try:
+        await ep.start(timeout=connect_timeout)
+        if kind == "ps_shard":
+            shard = PSShard(ep, plan.shards.index(address), ranges, workload.init_params(),
+                            plan.workers, staleness=cfg.staleness)
+            await shard.run()
+            report: dict[str, Any] = {"role": address, "kind": kind, **shard.counters}
+            if cfg.out is not None:
+                cfg.out.mkdir(parents=True, exist_ok=True)
+                np.savez(_shard_file(cfg.out, address), **shard.tables)
+                report["wrote"] = str(_shard_file(cfg.out, address))
+            return report
+        region = region_of(address)
+        index = [a for a in plan.workers if region_of(a) == region].index(address)
+        part = workload.partition(plan.data_regions)[(region, index)]
+        worker = PSWorker(ep, workload, part, plan.shards, ranges, iterations=cfg.iterations)
+        clock = await worker.run()
+        return {"role": address, "kind": kind, "clock": clock, **worker.times}
+    finally:
+        await ep.aclose()
+        ctx.destroy(linger=0)
+
+
+def load_shard_outputs(out: Path, shards: tuple[str, ...]) -> Params:
+    """The full model from the files shard processes wrote with --out."""
+    pieces = [dict(np.load(_shard_file(out, a))) for a in shards]
+    return {t: np.concatenate([p[t] for p in pieces]) for t in pieces[0]}

@@ -1,0 +1,111 @@
+"""The interface every workload implements (plain numpy; knows nothing of the bus).
+
+A model is a set of named tables, each a 2-D float32 array whose rows are the keys a
+parameter server shards. A worker holds the data of one partition; each clock it reads
+the rows its partition touches, runs one local pass, and pushes new - old as its update.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+Params = dict[str, np.ndarray]
+#: Rows of each table a partition needs; None means every row (a dense table).
+RowSet = dict[str, np.ndarray | None]
+
+DTYPE = np.float32
+
+
+@dataclass
+class Partition:
+    """The data one worker owns, and the table rows its passes touch."""
+
+    region: str
+    worker: int
+    rows: RowSet
+    data: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        """Number of training examples."""
+        first = next(iter(self.data.values()), None)
+        return 0 if first is None else len(first)
+
+
+class Workload(ABC):
+    """A trainable problem: parameters, partitioned data, local passes, evaluation."""
+
+    name: str
+    #: Name of the metric `evaluate` returns as "objective" (lower is better).
+    objective_name: str
+
+    @abstractmethod
+    def table_shapes(self) -> dict[str, tuple[int, int]]:
+        """Shape of every table."""
+
+    @abstractmethod
+    def init_params(self) -> Params:
+        """The seeded initial parameters (every run and process gets the same)."""
+
+    @abstractmethod
+    def partition(self, workers: Mapping[str, int]) -> dict[tuple[str, int], Partition]:
+        """Split the training data over regions first, then over each region's workers.
+
+        `workers` maps region name -> worker count (regions in the order given). Data of
+        one region is only ever given to that region's workers.
+        """
+
+    @abstractmethod
+    def local_pass(self, params: Params, part: Partition, clock: int) -> Params:
+        """One pass over the partition starting from `params` (rows as in `part.rows`,
+        compact: row i of a table is global row part.rows[table][i]). Returns the new
+        values of the same rows; must not modify `params`."""
+
+    @abstractmethod
+    def evaluate(self, params: Params) -> dict[str, float]:
+        """Metrics of full parameters on the fixed held-out set; includes "objective"."""
+
+    def model_bytes(self) -> int:
+        """Bytes of the serialized parameters."""
+        return sum(r * c * np.dtype(DTYPE).itemsize for r, c in self.table_shapes().values())
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-friendly description for run summaries."""
+        return {"name": self.name, "objective": self.objective_name,
+                "model_bytes": self.model_bytes(),
+                "tables": {k: list(v) for k, v in self.table_shapes().items()}}
+
+
+def take_rows(params: Params, rows: RowSet) -> Params:
+    """Compact copy of the requested rows of each table."""
+    return {name: (params[name].copy() if r is None else params[name][r])
+            for name, r in rows.items()}
+
+
+def apply_delta(params: Params, rows: RowSet, delta: Params) -> None:
+    """params[rows] += delta, in place (rows are unique within a table)."""
+    for name, d in delta.items():
+        r = rows[name]
+        if r is None:
+            params[name] += d
+        else:
+            params[name][r] += d
+
+
+def split_region_first(region_of_example: np.ndarray, regions: Sequence[str],
+                       workers: Mapping[str, int], rng: np.random.Generator
+                       ) -> dict[tuple[str, int], np.ndarray]:
+    """Example indices per (region, worker): by region first, then shuffled round-robin."""
+    out: dict[tuple[str, int], np.ndarray] = {}
+    for r_idx, region in enumerate(regions):
+        mine = np.flatnonzero(region_of_example == r_idx)
+        mine = mine[rng.permutation(len(mine))]
+        n = workers[region]
+        for w in range(n):
+            out[(region, w)] = np.sort(mine[w::n])
+    return out
