@@ -212,6 +212,8 @@ async def run_ps(cfg: RunConfig) -> RunResult:
             wan_bytes = net.wan_bytes()
             lan_bytes = sum(net.link_bytes_by_kind("lan").values())
             wan_link_bytes = net.link_bytes_by_kind("wan")
+            wan_links = {name: link for r in net.stats().values()
+                         for name, link in r["links"].items() if link["kind"] == "wan"}
     finally:
         executor.shutdown(wait=True)
     curve = monitor.curve
@@ -234,6 +236,7 @@ async def run_ps(cfg: RunConfig) -> RunResult:
         "wan_bytes": wan_bytes,
         "lan_bytes": lan_bytes,
         "link_bytes": link_bytes,
+        "wan_links": wan_links,
         **cost_usd(topo, plan.machines_per_region(), elapsed, wan_link_bytes),
         "worker_times_s": {w.ep.address: w.times for w in workers},
         "shard_counters": {s.ep.address: dict(s.counters) for s in shards},

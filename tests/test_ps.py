@@ -1,0 +1,144 @@
+"""The parameter server through the real bus (all-in-one, inproc)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+
+import numpy as np
+import pytest
+
+from geoml.bus import load_topology, parse_topology
+from geoml.roles.ps_plan import KeyRanges, plan_ps
+from geoml.run import RunConfig, run_ps
+from geoml.workloads import Params, Partition, Workload, make_workload, take_rows
+
+
+def one_region(workers: int, shards: int) -> object:
+    return parse_topology({"name": "one", "defaults": {"workers": workers,
+                                                        "ps_shards": shards},
+                           "regions": [{"name": "home"}]})
+
+
+@pytest.mark.asyncio
+async def test_one_worker_under_bsp_follows_sequential_sgd_exactly() -> None:
+    mf = make_workload("mf-movielens")
+    result = await asyncio.wait_for(run_ps(RunConfig(
+        one_region(1, 2), "lan", mf, iterations=3, quiet=True)), 60)
+    params = mf.init_params()
+    (_, part), = mf.partition({"home": 1}).items()
+    for clock in range(3):
+        new = mf.local_pass(take_rows(params, part.rows), part, clock)
+        for table, rows in part.rows.items():
+            params[table][rows] = new[table]
+    for table in params:
+        np.testing.assert_allclose(result.params[table], params[table], atol=2e-5)
+    assert result.summary["iterations"] == 3
+    assert result.summary["lan_bytes"] > 0 and result.summary["wan_bytes"] == 0
+
+
+class UnevenSpeeds(Workload):
+    """Wraps a workload; worker w's passes take an extra w * delay seconds."""
+
+    def __init__(self, inner: Workload, delay: float) -> None:
+        self.inner, self.delay = inner, delay
+        self.name, self.objective_name = inner.name, inner.objective_name
+
+    def table_shapes(self) -> dict[str, tuple[int, int]]:
+        return self.inner.table_shapes()
+
+    def init_params(self) -> Params:
+        return self.inner.init_params()
+
+    def partition(self, workers: Mapping[str, int]) -> dict[tuple[str, int], Partition]:
+        return self.inner.partition(workers)
+
+    def local_pass(self, params: Params, part: Partition, clock: int) -> Params:
+        time.sleep(self.delay * part.worker)  # in the executor: a slow machine
+        return self.inner.local_pass(params, part, clock)
+
+    def evaluate(self, params: Params) -> dict[str, float]:
+        return self.inner.evaluate(params)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("staleness", [0, 2])
+async def test_ssp_bound_holds_on_every_read_with_uneven_workers(staleness: int) -> None:
+    workload = UnevenSpeeds(make_workload("softmax-digits"), delay=0.01)
+    result = await asyncio.wait_for(run_ps(RunConfig(
+        one_region(4, 2), "lan", workload, staleness=staleness, iterations=8,
+        quiet=True, record_reads=True)), 60)
+    served = [r for shard in result.shards for r in shard.gate.served]
+    assert len(served) == 4 * 8 * 2  # every worker read every shard every clock
+    for read in served:
+        assert read.min_clock >= read.clock - staleness, read
+    ahead = max(read.clock - read.min_clock for read in served)
+    if staleness:
+        assert ahead == staleness, "the fast worker never used its slack"
+    else:
+        assert ahead == 0
+    curve = result.curve
+    assert curve[-1]["objective"] < 0.7 * curve[0]["objective"]
+    assert curve[-1]["accuracy"] > 0.8
+
+
+@pytest.mark.asyncio
+async def test_baseline_sends_its_traffic_over_the_shaped_wan_links() -> None:
+    topo = load_topology("tiny")
+    iterations = 3
+    result = await asyncio.wait_for(run_ps(RunConfig(
+        topo, "baseline", "softmax-digits", iterations=iterations, quiet=True)), 60)
+    s = result.summary
+    plan = plan_ps(topo, "baseline")
+    assert s["wan_bytes"] > 0
+    assert s["wan_bytes"] == sum(link["bytes"] for link in s["wan_links"].values())
+    for name, link in s["wan_links"].items():
+        src, dst = name.split("->")
+        workers_src = sum(1 for w in plan.workers if w.startswith(src + "/"))
+        shards_dst = sum(1 for p in plan.shards if p.startswith(dst + "/"))
+        # Each worker pushes to, reads from and says done to every shard.
+        assert link["frames_by_type"]["ps.push"] == iterations * workers_src * shards_dst
+        assert link["frames_by_type"]["ps.read"] == iterations * workers_src * shards_dst
+        assert link["frames_by_type"]["ps.done"] == workers_src * shards_dst
+        # And the shards answer the other region's reads over this link.
+        workers_dst = sum(1 for w in plan.workers if w.startswith(dst + "/"))
+        shards_src = sum(1 for p in plan.shards if p.startswith(src + "/"))
+        assert link["frames_by_type"]["ps.value"] == iterations * workers_dst * shards_src
+        assert sum(link["bytes_by_type"].values()) == link["bytes"]
+    assert s["egress_usd"] > 0 and s["cost_usd"] > s["egress_usd"]
+
+
+@pytest.mark.asyncio
+async def test_run_stops_at_target_and_reports_time_to_target(tmp_path: object) -> None:
+    from pathlib import Path
+
+    out = Path(str(tmp_path)) / "run"
+    result = await asyncio.wait_for(run_ps(RunConfig(
+        "lan", "lan", "softmax-digits", target=1.5, iterations=50, quiet=True, out=out)), 60)
+    s = result.summary
+    assert s["time_to_target_s"] is not None and s["final_objective"] <= 1.5
+    assert s["iterations"] < 50
+    hit = next(r for r in result.curve if r["objective"] <= 1.5)
+    assert s["time_to_target_s"] == hit["time_s"]
+    assert (out / "summary.json").exists() and (out / "curve.png").stat().st_size > 1000
+    lines = (out / "curve.csv").read_text().splitlines()
+    assert lines[0].startswith("time_s,clock,objective") and len(lines) == len(result.curve) + 1
+
+
+def test_key_ranges_split_rows_in_order() -> None:
+    ranges = KeyRanges({"V": (10, 3), "b": (1, 3)}, 3)
+    assert [ranges.range_of("V", s) for s in range(3)] == [(0, 3), (3, 7), (7, 10)]
+    rows = np.array([0, 2, 3, 9])
+    parts = ranges.split("V", rows)
+    assert [p.tolist() for p in parts] == [[0, 2], [3], [9]]
+    assert ranges.split("b", None) == [None, None, None]
+    with pytest.raises(ValueError, match="at least one"):
+        KeyRanges({"V": (1, 1)}, 0)
+
+
+def test_bad_run_configs_are_clear_errors() -> None:
+    with pytest.raises(ValueError, match="so the run ends"):
+        RunConfig("lan", "lan", "softmax-digits").check()
+    with pytest.raises(ValueError, match="unknown system 'gaia2'"):
+        plan_ps(load_topology("lan"), "gaia2")
