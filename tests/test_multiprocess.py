@@ -123,3 +123,59 @@ def test_unknown_role_kind_and_bad_topology_are_clear_errors(tmp_path: Path) -> 
     assert proc.returncode == 2
     assert "2 problem(s)" in err and "'lat' must be <= 90.0" in err and "'b'" in err
     assert "Traceback" not in err
+
+
+def test_baseline_parameter_server_as_processes_converges(topology_file: Path,
+                                                          tmp_path: Path) -> None:
+    """2 routers, 2 PS shards and 2 workers as 6 processes; the model they train improves."""
+    from geoml.bus import load_topology
+    from geoml.roles.ps_plan import plan_ps
+    from geoml.run import load_shard_outputs
+    from geoml.workloads import make_workload
+
+    common = ["--topology", str(topology_file), "--system", "baseline",
+              "--workload", "softmax-digits"]
+    plan = plan_ps(load_topology(topology_file), "baseline")
+    assert len(plan.shards) == 2 and len(plan.workers) == 2
+    out = tmp_path / "shards"
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        routers = [_geoml("router", "--topology", str(topology_file), "--region", region,
+                          "--status-every", "1") for region in ("east", "west")]
+        procs += routers
+        for proc in routers:
+            _wait_line(proc, "listening on tcp://127.0.0.1:", 30)
+        shards = [_geoml("role", *common, "--address", a, "--kind", "ps_shard", "--out",
+                         str(out)) for a in plan.shards]
+        procs += shards
+        for proc in shards:
+            _wait_line(proc, "connected to", 60)
+        workers = [_geoml("role", *common, "--address", a, "--kind", "worker",
+                          "--iterations", "5") for a in plan.workers]
+        procs += workers
+        for proc in (*workers, *shards):
+            stdout, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err
+            report = json.loads(stdout.strip().splitlines()[-1])
+            if report["kind"] == "worker":
+                assert report["clock"] == 5
+            else:
+                assert report["pushes"] == 2 * 5 and report["reads"] == 2 * 5
+        stats = []
+        for proc in routers:
+            proc.send_signal(signal.SIGTERM)
+            stdout, err = proc.communicate(timeout=30)
+            assert proc.returncode == 0, err
+            stats.append(json.loads(stdout.strip().splitlines()[-1]))
+        wan = stats[0]["links"]["east->west"]
+        assert wan["frames_by_type"]["ps.push"] == 5 and wan["frames_by_type"]["ps.read"] == 5
+        workload = make_workload("softmax-digits")
+        start = workload.evaluate(workload.init_params())
+        end = workload.evaluate(load_shard_outputs(out, plan.shards))
+        assert end["objective"] < 0.8 * start["objective"]
+        assert end["accuracy"] > 0.7
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate(timeout=10)

@@ -120,11 +120,14 @@ def _options(pairs: list[str]) -> dict[str, str]:
 
 def _run_config(args: argparse.Namespace, check: bool = True) -> Any:
     from geoml.run import RunConfig, parse_sync, parse_until
+    from geoml.workloads import make_workload
 
     try:
+        options = _options(args.opt)
         cfg = RunConfig(
-            topology=load_topology(args.topology), system=args.system, workload=args.workload,
-            workload_options=_options(args.opt), staleness=parse_sync(args.sync),
+            topology=load_topology(args.topology), system=args.system,
+            workload=make_workload(args.workload, options) if args.workload else "",
+            workload_options=options, staleness=parse_sync(args.sync),
             iterations=args.iterations, seconds=args.seconds,
             target=parse_until(args.until) if args.until else None,
             out=getattr(args, "out", None), lan_region=getattr(args, "lan_region", None),

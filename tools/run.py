@@ -269,6 +269,7 @@ async def ps_role_main(cfg: RunConfig, address: str, kind: str,
     ep = Endpoint(address, topo.endpoints(region_of(address), "tcp")[0], ctx=ctx)
     try:
         await ep.start(timeout=connect_timeout)
+        print(f"{address} connected to {ep.router}", flush=True)
         if kind == "ps_shard":
             shard = PSShard(ep, plan.shards.index(address), ranges, workload.init_params(),
                             plan.workers, staleness=cfg.staleness)

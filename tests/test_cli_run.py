@@ -1,0 +1,53 @@
+"""`geoml run` and PS roles on the command line: results on disk, clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from geoml.cli import main
+
+
+def test_run_writes_summary_curve_and_plot(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "r"
+    code = main(["run", "--topology", "tiny", "--system", "baseline", "--workload",
+                 "softmax-digits", "--iterations", "2", "--out", str(out)])
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "clock    2" in captured.err  # the progress line
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("system", "topology", "workload", "sync", "iterations", "time_to_target_s",
+                "final_objective", "wan_bytes", "lan_bytes", "link_bytes", "cost_usd"):
+        assert key in summary, key
+    assert summary["iterations"] == 2 and summary["wan_bytes"] > 0
+    assert (out / "curve.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--sync", "ssp:x"], "--sync must be 'bsp' or 'ssp:S'"),
+    (["--until", "rmse<1"], "--until must be objective:X"),
+    (["--opt", "rank=3"], "has no option 'rank'"),
+    (["--opt", "lr"], "--opt wants KEY=VALUE"),
+    (["--iterations", "0"], "--iterations must be >= 1"),
+])
+def test_run_argument_mistakes_are_one_line_errors(
+        args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["run", "--topology", "tiny", "--system", "lan", "--workload", "softmax-digits"]
+    if "--iterations" not in args:
+        base += ["--iterations", "1"]
+    assert main(base + args) == 2
+    err = capsys.readouterr().err
+    assert "geoml: error: " in err and message in err and "Traceback" not in err
+
+
+def test_a_role_outside_the_plan_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["role", "--topology", "tiny", "--system", "baseline", "--workload",
+                 "softmax-digits", "--address", "east/worker/7", "--kind", "worker",
+                 "--iterations", "1", "--connect-timeout", "1"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "east/worker/7 is not a worker of baseline on tiny" in err
+    assert "east/worker/0" in err
