@@ -20,11 +20,16 @@ from .zio import ZIO
 log = logging.getLogger("geoml.bus.endpoint")
 
 _BATCH = 512
-#: A sender yields to the event loop after this many bytes, so that its router runs and
-#: flow control (bus.pause) reaches it before it has run far past the link's queue limit.
-#: Each yield costs a loop iteration per hop; at 8 MiB, 4 MiB frames through one router ran
-#: at ~13k frames/s, at 32 MiB ~17k/s (benchmarks/bench_bus.py, router_vs_raw_large).
-_YIELD_BYTES = 32 << 20
+#: A sender yields to the event loop after a quantum of bytes, so that its router runs and
+#: flow control (bus.pause) reaches it. A pause takes a few loop iterations to come back, and
+#: the sender sends one quantum per iteration, so the overshoot past a link's queue limit is
+#: a few quanta; but each yield costs a loop iteration per hop (4 MiB frames through one
+#: router: ~13k frames/s with 8 MiB quanta, ~17k/s with 32 MiB). So the quantum grows by
+#: 1 MiB per yield while the sender is not held back, up to 32 MiB, and drops back to 1 MiB
+#: whenever a bus.pause arrives (additive increase, reset on congestion).
+_QUANTUM_MIN = 1 << 20
+_QUANTUM_STEP = 1 << 20
+_QUANTUM_MAX = 32 << 20
 #: Default inbox size (bytes) above which the endpoint stops reading its socket, so that
 #: a role that does not read pushes back on its senders instead of growing without bound.
 INBOX_LIMIT_BYTES = 256 << 20
@@ -64,6 +69,7 @@ class Endpoint:
         self._io: ZIO | None = None
         self._seq = 0
         self._unyielded = 0
+        self._quantum = _QUANTUM_MIN
         self._inbox: asyncio.Queue[fr.Message] = asyncio.Queue()
         self._inbox_bytes = 0
         self._welcome: asyncio.Future[dict[str, Any]] | None = None
@@ -192,8 +198,9 @@ class Endpoint:
         self.counters["sent_frames"] += 1
         self.counters["sent_bytes"] += size
         self._unyielded += size
-        if self._unyielded >= _YIELD_BYTES:
+        if self._unyielded >= self._quantum:
             self._unyielded = 0
+            self._quantum = min(self._quantum + _QUANTUM_STEP, _QUANTUM_MAX)
             await asyncio.sleep(0)
         return seq
 
@@ -286,6 +293,7 @@ class Endpoint:
         elif ftype == fr.PAUSE:
             keys = meta.get("keys", [])
             self.counters["pauses"] += 1
+            self._quantum = _QUANTUM_MIN
             self._paused.update(k for k in keys if isinstance(k, str))
             self._resumed.clear()
         elif ftype == fr.RESUME:
