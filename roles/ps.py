@@ -22,7 +22,7 @@ from concurrent.futures import Executor
 
 import numpy as np
 
-from geoml.bus import Endpoint, FrameError, Message
+from geoml.bus import Endpoint, FrameError, GeomlError, Message
 from geoml.bus.frame import CONTROL_MAX_BYTES
 from geoml.workloads import Params, Partition, Workload
 
@@ -140,7 +140,7 @@ class PSShard:
                 target += delta
 
 
-class WorkerFailed(RuntimeError):
+class WorkerFailed(GeomlError):
     """A worker cannot go on (a shard or router refused its frames)."""
 
 

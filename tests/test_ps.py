@@ -85,8 +85,8 @@ async def test_ssp_bound_holds_on_every_read_with_uneven_workers(staleness: int)
 
 @pytest.mark.asyncio
 async def test_baseline_sends_its_traffic_over_the_shaped_wan_links() -> None:
-    topo = load_topology("tiny")
-    iterations = 3
+    topo = load_topology("ss_wan")
+    iterations = 2
     result = await asyncio.wait_for(run_ps(RunConfig(
         topo, "baseline", "softmax-digits", iterations=iterations, quiet=True)), 60)
     s = result.summary
@@ -107,6 +107,8 @@ async def test_baseline_sends_its_traffic_over_the_shaped_wan_links() -> None:
         assert link["frames_by_type"]["ps.value"] == iterations * workers_dst * shards_src
         assert sum(link["bytes_by_type"].values()) == link["bytes"]
     assert s["egress_usd"] > 0 and s["cost_usd"] > s["egress_usd"]
+    # Every clock waits for a read's round trip over the 164 ms link.
+    assert s["elapsed_s"] >= iterations * 2 * 0.164
 
 
 @pytest.mark.asyncio
