@@ -79,9 +79,11 @@ class PSShard:
                 self.counters["reads_waited"] += 1
             return
         if msg.type == PUSH:
+            clock = int(msg.meta["clock"])
+            self.gate.check_advance(msg.src, clock)
             self._apply(msg)
             self.counters["pushes"] += 1
-            ready = self.gate.advance(msg.src, int(msg.meta["clock"]))
+            ready = self.gate.advance(msg.src, clock)
         elif msg.type == DONE:
             ready = self.gate.finish(msg.src)
         else:
@@ -118,26 +120,28 @@ class PSShard:
                                  "tables": msg.meta["tables"]})
 
     def _apply(self, msg: Message) -> None:
+        """Check every delta of the push, then add them all (never half a push)."""
         tables, sparse = msg.meta["tables"], msg.meta["sparse"]
         if len(tables) != len(sparse) or len(msg.arrays) != len(tables) + sum(map(bool, sparse)):
             raise ValueError("ps.push: tables, sparse flags and arrays do not match")
         arrays = iter(msg.arrays)
+        updates: list[tuple[np.ndarray, np.ndarray | None, np.ndarray]] = []
         for table, is_sparse in zip(tables, sparse, strict=True):
             if table not in self.tables:
                 raise KeyError(f"unknown table {table!r}")
             target = self.tables[table]
-            if is_sparse:
-                rows = self._local_rows(table, next(arrays))
-                delta = next(arrays)
-                if delta.shape != (len(rows), target.shape[1]):
-                    raise ValueError(f"ps.push: delta of {table} has shape {delta.shape}")
-                target[rows] += delta
-            else:
-                delta = next(arrays)
-                if delta.shape != target.shape:
-                    raise ValueError(f"ps.push: delta of {table} has shape {delta.shape}, "
-                                     f"expected {target.shape}")
+            rows = self._local_rows(table, next(arrays)) if is_sparse else None
+            delta = next(arrays)
+            expected = target.shape if rows is None else (len(rows), target.shape[1])
+            if delta.shape != expected:
+                raise ValueError(f"ps.push: delta of {table} has shape {delta.shape}, "
+                                 f"expected {expected}")
+            updates.append((target, rows, delta))
+        for target, rows, delta in updates:
+            if rows is None:
                 target += delta
+            else:
+                target[rows] += delta
 
 
 class WorkerFailed(GeomlError):

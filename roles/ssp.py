@@ -67,11 +67,8 @@ class SSPGate(Generic[T]):
         self._waiting.append((clock, worker, token))
         return False
 
-    def advance(self, worker: str, clock: int) -> list[T]:
-        """`worker` completed iteration `clock` (its clock becomes clock + 1).
-
-        Returns the tokens of waiting reads that may now be served, oldest first.
-        """
+    def check_advance(self, worker: str, clock: int) -> None:
+        """Raise ClockError unless `advance(worker, clock)` would be accepted."""
         self._check_worker(worker)
         current = self.clocks[worker]
         if current == DONE:
@@ -79,6 +76,13 @@ class SSPGate(Generic[T]):
         if clock != current:
             raise ClockError(f"worker {worker} completed iteration {clock}, expected "
                              f"{current}")
+
+    def advance(self, worker: str, clock: int) -> list[T]:
+        """`worker` completed iteration `clock` (its clock becomes clock + 1).
+
+        Returns the tokens of waiting reads that may now be served, oldest first.
+        """
+        self.check_advance(worker, clock)
         self.clocks[worker] = clock + 1
         return self._release()
 

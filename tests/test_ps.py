@@ -144,3 +144,42 @@ def test_bad_run_configs_are_clear_errors() -> None:
         RunConfig("lan", "lan", "softmax-digits").check()
     with pytest.raises(ValueError, match="unknown system 'gaia2'"):
         plan_ps(load_topology("lan"), "gaia2")
+
+
+@pytest.mark.asyncio
+async def test_a_shard_refuses_bad_requests_with_a_reason_and_keeps_serving() -> None:
+    from geoml.bus import Network
+    from geoml.roles.ps import PSShard, PSWorker
+
+    workload = make_workload("softmax-digits")
+    ranges = KeyRanges(workload.table_shapes(), 1)
+    async with Network(load_topology("tiny")) as net:
+        shard = PSShard(await net.connect("east/ps/0"), 0, ranges, workload.init_params(),
+                        ["east/worker/0", "east/rogue/0"])
+        serving = asyncio.ensure_future(shard.run())
+        rogue = await net.connect("east/rogue/0")
+        bad = [
+            ("ps.read", {"req": 1, "clock": 0, "tables": ["W"], "sparse": [True]},
+             [np.array([10**6])], "outside this shard's range"),
+            ("ps.push", {"clock": 0, "tables": ["W"], "sparse": [False]},
+             [np.zeros((2, 2), np.float32)], "has shape (2, 2), expected (64, 10)"),
+            ("ps.push", {"clock": 5, "tables": [], "sparse": []}, [],
+             "completed iteration 5, expected 0"),
+            ("ps.read", {"req": 2, "clock": 0, "tables": ["nope"], "sparse": [False]},
+             [], "unknown table"),
+            ("ps.gossip", {}, [], "does not take"),
+        ]
+        for ftype, meta, arrays, reason in bad:
+            await rogue.send("east/ps/0", ftype, meta=meta, arrays=arrays)
+            reply = await rogue.recv(timeout=10)
+            assert reply.type == "ps.error" and reason in reply.meta["detail"], reply.meta
+        assert shard.counters["refused"] == len(bad)
+        untouched = {t: v.copy() for t, v in shard.tables.items()}
+        part = workload.partition({"east": 1})[("east", 0)]
+        np.testing.assert_array_equal(untouched["W"], workload.init_params()["W"])
+        await rogue.send("east/ps/0", "ps.done")
+        worker = PSWorker(await net.connect("east/worker/0"), workload, part, ["east/ps/0"],
+                          ranges, iterations=2)
+        assert await asyncio.wait_for(worker.run(), 30) == 2
+        await asyncio.wait_for(serving, 10)
+        assert shard.counters["pushes"] == 2
