@@ -179,6 +179,7 @@ class PSWorker:
                 elif len(r):
                     self._plan[s].append((table, r))
         self.times = {"compute_s": 0.0, "read_s": 0.0, "push_s": 0.0}
+        self.counters: Counter[str] = Counter()
 
     async def run(self) -> int:
         """Run until `iterations` clocks are done or `stop` is set; returns the clock."""
@@ -238,8 +239,9 @@ class PSWorker:
                 raise WorkerFailed(f"{self.ep.address}: {msg.src} refused "
                                    f"{msg.meta.get('type')}: {msg.meta.get('detail')}")
             if msg.type != VALUE or msg.meta.get("req") not in pending:
-                log.warning("%s: unexpected %s from %s while reading", self.ep.address,
-                            msg.type, msg.src)
+                self.counters["unexpected"] += 1
+                log.warning("%s: ignored an unexpected %s from %s while reading",
+                            self.ep.address, msg.type, msg.src)
                 continue
             replies[msg.meta["req"]] = msg.arrays
         by_shard = {pending[req]: arrays for req, arrays in replies.items()}
@@ -247,6 +249,8 @@ class PSWorker:
         for table in self.part.rows:
             pieces = [arrays[i] for s, arrays in sorted(by_shard.items())
                       for i, (t, _) in enumerate(self._plan[s]) if t == table]
+            if not pieces:  # this partition touches no row of the table
+                pieces = [np.empty((0, self.ranges.shapes[table][1]), np.float32)]
             params[table] = np.concatenate(pieces) if len(pieces) > 1 else pieces[0].copy()
         return params
 
