@@ -512,7 +512,7 @@ class Router:
         if not self._tap_topics:
             return
         event = msgpack.packb([now, link.name, link.spec.kind, item.src, item.dst, item.ftype,
-                               item.size, item.started - item.enqueued])
+                               item.size, item.started - item.enqueued, link.queued_bytes])
         assert self._tap_io is not None
         if self._tap_io.send_nowait([TAP_TOPIC, event]):
             self.tap_events += 1

@@ -149,11 +149,11 @@ async def test_tap_publishes_one_event_per_forwarded_frame(net: Network) -> None
         await net.connect("west/worker/0")
         await a.send("west/worker/0", "t.x", arrays=[np.zeros(10, np.uint8)])
         topic, raw = await asyncio.wait_for(sub.recv(), 5)
-        _t, link, kind, src, dst, ftype, size, qdelay = msgpack.unpackb(raw.bytes)
+        _t, link, kind, src, dst, ftype, size, qdelay, queued = msgpack.unpackb(raw.bytes)
         assert topic.bytes == TAP_TOPIC
         assert (link, kind, src, dst, ftype) == ("east->west", "wan", "east/worker/0",
                                                  "west/worker/0", "t.x")
-        assert size == router.wan_link("west").stats.bytes and qdelay >= 0
+        assert size == router.wan_link("west").stats.bytes and qdelay >= 0 and queued == 0
         assert router.tap_events == 1 and router.tap_dropped == 0
     finally:
         sub.close()

@@ -131,7 +131,8 @@ def _run_config(args: argparse.Namespace, check: bool = True) -> Any:
             iterations=args.iterations, seconds=args.seconds,
             target=parse_until(args.until) if args.until else None,
             out=getattr(args, "out", None), lan_region=getattr(args, "lan_region", None),
-            eval_every=getattr(args, "eval_every", 1))
+            eval_every=getattr(args, "eval_every", 1),
+            inspect=getattr(args, "inspect", False), record=getattr(args, "record", None))
         if check:
             cfg.check()
     except ValueError as exc:
@@ -212,6 +213,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--lan-region", help="lan system: the region that holds everything "
                      "(default: the topology's first)")
     run.add_argument("--eval-every", type=int, default=1, help="evaluate every N clocks")
+    run.add_argument("--inspect", action="store_true",
+                     help="show the live traffic view instead of progress lines")
+    run.add_argument("--record", type=Path, metavar="FILE",
+                     help="record every tap event (see `geoml inspect report`)")
+
+    ins = sub.add_parser("inspect", help="traffic inspector: live view of running routers "
+                         "(one process per role), or `inspect report FILE --out DIR`")
+    ins.add_argument("action", nargs="*", metavar="report FILE",
+                     help="`report FILE`: pictures and JSON from a recording")
+    ins.add_argument("--topology", help="live: the topology whose routers to watch")
+    ins.add_argument("--record", type=Path, metavar="FILE", help="live: also record to FILE")
+    ins.add_argument("--region", help="only frames from or to this region")
+    ins.add_argument("--role", help="only frames from or to this role (e.g. worker)")
+    ins.add_argument("--type", dest="ftype", help="only frame types starting with this")
+    ins.add_argument("--seconds", type=float, help="live: stop after T seconds")
+    ins.add_argument("--out", type=Path, help="report: output directory")
     return p
 
 
@@ -258,6 +275,10 @@ def main(argv: list[str] | None = None) -> int:
                 "system", "topology", "sync", "iterations", "elapsed_s", "time_to_target_s",
                 "final_objective", "wan_bytes", "cost_usd")}, indent=2))
             print(f"wrote {cfg.out}/summary.json, curve.csv, curve.png")
+        elif args.command == "inspect":
+            from geoml.inspect_cli import inspect_main
+
+            return inspect_main(args)
         elif args.command == "topo":
             print(_topo_show(load_topology(args.topology)))
         elif args.command == "router":

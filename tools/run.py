@@ -17,7 +17,10 @@ from geoml.roles.ps import PSShard, PSWorker
 from geoml.roles.ps_plan import KeyRanges, plan_ps
 from geoml.workloads import Params, Workload, make_workload
 
+from .inspector import LiveView, TapSubscriber, capacities
+from .recording import Recorder, topology_header
 from .results import cost_usd, time_to_target, write_results
+from .traffic import TrafficStats
 
 
 def parse_sync(text: str) -> int:
@@ -62,6 +65,8 @@ class RunConfig:
     quiet: bool = False
     record_reads: bool = False
     eval_every: int = 1
+    inspect: bool = False  # live traffic view instead of progress lines
+    record: Path | None = None  # tap recording of the whole run
 
     def check(self) -> None:
         """Raise ValueError for a run that would never end or makes no sense."""
@@ -105,6 +110,7 @@ class _Monitor:
         self.new_clock = asyncio.Event()
         self.t0 = 0.0
         self.diverged = False
+        self.status = ""
 
     def on_min_clock(self, shard: int, clock: int) -> None:
         self.shard_clock[shard] = clock
@@ -122,10 +128,11 @@ class _Monitor:
         row = {"time_s": t, "clock": clock, **metrics, "wan_bytes": self.net.wan_bytes()}
         self.curve.append(row)
         self.evaluated = clock
-        if not self.cfg.quiet:
-            print(f"[{self.cfg.system}] clock {clock:4d}  {self.workload.objective_name} "
-                  f"{metrics['objective']:.4f}  t={t:8.2f}s  WAN "
-                  f"{self.net.wan_bytes() / 1e6:9.2f} MB", file=sys.stderr, flush=True)
+        self.status = (f"[{self.cfg.system}] clock {clock:4d}  {self.workload.objective_name} "
+                       f"{metrics['objective']:.4f}  t={t:8.2f}s  WAN "
+                       f"{self.net.wan_bytes() / 1e6:9.2f} MB")
+        if not self.cfg.quiet and not self.cfg.inspect:
+            print(self.status, file=sys.stderr, flush=True)
         if self.cfg.target is not None and metrics["objective"] <= self.cfg.target:
             self.stop.set()
         if not np.isfinite(metrics["objective"]):
@@ -166,6 +173,7 @@ async def run_ps(cfg: RunConfig) -> RunResult:
                                   thread_name_prefix="geoml-compute")
     try:
         async with Network(topo) as net:
+            tap = await _start_tap(net, topo, cfg)
             monitor_holder: list[_Monitor] = []
             shards = []
             for i, addr in enumerate(plan.shards):
@@ -188,6 +196,11 @@ async def run_ps(cfg: RunConfig) -> RunResult:
                                         executor=executor))
             monitor.t0 = loop.time()
             await monitor.evaluate_now(0)
+            view_task = None
+            if cfg.inspect and tap is not None:
+                view = LiveView(tap.stats, capacities(topo), tap.reach,
+                                status=lambda: monitor.status, out=sys.stderr)
+                view_task = asyncio.ensure_future(view.run())
             timer = (loop.call_later(cfg.seconds, stop.set) if cfg.seconds is not None
                      else None)
             monitor_task = asyncio.ensure_future(monitor.loop())
@@ -201,6 +214,8 @@ async def run_ps(cfg: RunConfig) -> RunResult:
                     t.cancel()
                 if timer is not None:
                     timer.cancel()
+                if view_task is not None:
+                    view_task.cancel()
             elapsed = loop.time() - monitor.t0
             monitor.new_clock.set()
             await monitor_task
@@ -214,6 +229,14 @@ async def run_ps(cfg: RunConfig) -> RunResult:
             wan_link_bytes = net.link_bytes_by_kind("wan")
             wan_links = {name: link for r in net.stats().values()
                          for name, link in r["links"].items() if link["kind"] == "wan"}
+            if tap is not None:
+                await tap.aclose()
+                if view_task is not None:
+                    view.draw()
+                if tap.recorder is not None:
+                    tap.recorder.close({
+                        "tap_dropped": {r: rt.tap_dropped for r, rt in net.routers.items()},
+                        "link_bytes": link_bytes})
     finally:
         executor.shutdown(wait=True)
     curve = monitor.curve
@@ -244,6 +267,21 @@ async def run_ps(cfg: RunConfig) -> RunResult:
     if cfg.out is not None:
         write_results(cfg.out, summary, curve, f"{cfg.system} on {topo.name}")
     return RunResult(summary, curve, params, shards, workers)
+
+
+async def _start_tap(net: Network, topo: Topology, cfg: RunConfig) -> TapSubscriber | None:
+    """Subscribe to every router's tap before any traffic, if the run inspects or records."""
+    if not cfg.inspect and cfg.record is None:
+        return None
+    recorder = None
+    if cfg.record is not None:
+        recorder = Recorder(cfg.record, {**topology_header(topo), "system": cfg.system})
+    tap = TapSubscriber(net.ctx, {r: rt.tap_endpoint for r, rt in net.routers.items()},
+                        TrafficStats(), recorder)
+    await tap.start()
+    for router in net.routers.values():
+        await router.wait_tap_subscribed()
+    return tap
 
 
 def _shard_file(out: Path, address: str) -> Path:
