@@ -1,7 +1,8 @@
 """Bus benchmark: prints one JSON object (see issue [bus]).
 
 Fields: router_vs_raw_large, small_frames_per_s, shaping_error_pct_max,
-latency_error_ms_max, control_wait_ms_p99 (plus the raw figures behind each).
+latency_error_ms_max, control_wait_ms_p99, tap_overhead_pct (plus the raw figures behind
+each).
 Run: python benchmarks/bench_bus.py [--quick]
 """
 
@@ -13,7 +14,9 @@ import json
 import math
 import statistics
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -25,6 +28,9 @@ import zmq.asyncio
 from geoml.bus import Network, parse_topology
 from geoml.bus.router import TAP_TOPIC
 from geoml.bus.zio import ZIO
+from geoml.inspector import TapSubscriber
+from geoml.recording import Recorder, topology_header
+from geoml.traffic import TrafficStats
 
 MiB = 1 << 20
 
@@ -67,10 +73,21 @@ async def raw_large(ctx: zmq.asyncio.Context, payload: np.ndarray, n: int) -> fl
     return n * payload.nbytes / dt
 
 
-async def through_router(payload: np.ndarray, n: int, lan_mbps: float = math.inf) -> float:
-    """Frames/s (and thus bytes/s) from one role to another through one router."""
+async def through_router(payload: np.ndarray, n: int, lan_mbps: float = math.inf,
+                         record: Path | None = None, live: bool = False) -> float:
+    """Frames/s (and thus bytes/s) from one role to another through one router; with
+    `record`, a tap subscriber records every event to that file meanwhile (and with `live`
+    also keeps the live view's figures)."""
     topo = two_regions(100, 10, lan=lan_mbps)
     async with Network(topo) as net:
+        tap = None
+        if record is not None:
+            router = net.routers["a"]
+            tap = TapSubscriber(net.ctx, {"a": router.tap_endpoint},
+                                TrafficStats() if live else None,
+                                Recorder(record, topology_header(topo)))
+            await tap.start()
+            await router.wait_tap_subscribed()
         src = await net.connect("a/src/0")
         dst = await net.connect("a/sink/0")
 
@@ -85,7 +102,36 @@ async def through_router(payload: np.ndarray, n: int, lan_mbps: float = math.inf
         t0 = time.perf_counter()
         await asyncio.wait_for(asyncio.gather(sender(), receiver()), 300)
         dt = time.perf_counter() - t0
+        if tap is not None:
+            net.routers["a"].flush_tap()
+            await tap.aclose()
+            assert tap.recorder is not None
+            tap.recorder.close()
+            if tap.recorder.events != n:
+                raise RuntimeError(f"tap recorded {tap.recorder.events} of {n} frames")
     return n / dt
+
+
+async def tap_overhead(n: int, rounds: int) -> dict[str, Any]:
+    """Small-frame router throughput with one recording tap subscriber vs none, and with
+    a subscriber that also keeps the live view's figures (all on the same event loop)."""
+    small = np.zeros(100, dtype=np.uint8)
+    plain, recorded, live = [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(rounds):
+            progress(f"tap overhead, round {r + 1}/{rounds}")
+            plain.append(await through_router(small, n, lan_mbps=1000))
+            recorded.append(await through_router(small, n, lan_mbps=1000,
+                                                 record=Path(tmp) / "bench.tap"))
+            live.append(await through_router(small, n, lan_mbps=1000,
+                                             record=Path(tmp) / "bench.tap", live=True))
+    rec = [(p - q) / p * 100 for p, q in zip(plain, recorded, strict=True)]
+    liv = [(p - q) / p * 100 for p, q in zip(plain, live, strict=True)]
+    return {"frames_per_s_no_tap": plain, "frames_per_s_recording": recorded,
+            "frames_per_s_recording_and_live_figures": live,
+            "overhead_pct_rounds": rec, "overhead_live_pct_rounds": liv,
+            "tap_overhead_pct": statistics.median(rec),
+            "tap_overhead_live_pct": statistics.median(liv)}
 
 
 async def shaping_error(rate_mbps: float, seconds: float) -> dict[str, float]:
@@ -230,6 +276,11 @@ async def main(quick: bool) -> dict[str, Any]:
         lat.append(await latency_error(ms, 10 if quick else 30))
     out["latency"] = lat
     out["latency_error_ms_max"] = max(x["error_ms"] for x in lat)
+
+    tap = await tap_overhead(20_000 if quick else 50_000, 3)
+    out["tap"] = tap
+    out["tap_overhead_pct"] = tap["tap_overhead_pct"]
+    out["tap_overhead_live_pct"] = tap["tap_overhead_live_pct"]
 
     progress("control frames behind a 64 MiB data frame at 100 Mbit/s")
     cw = await control_wait(16 if quick else 64, 100)

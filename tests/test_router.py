@@ -148,9 +148,9 @@ async def test_tap_publishes_one_event_per_forwarded_frame(net: Network) -> None
         a = await net.connect("east/worker/0")
         await net.connect("west/worker/0")
         await a.send("west/worker/0", "t.x", arrays=[np.zeros(10, np.uint8)])
-        topic, raw = await asyncio.wait_for(sub.recv(), 5)
+        topic, count, raw = await asyncio.wait_for(sub.recv(), 5)
+        assert topic.bytes == TAP_TOPIC and int.from_bytes(count.bytes, "little") == 1
         _t, link, kind, src, dst, ftype, size, qdelay, queued = msgpack.unpackb(raw.bytes)
-        assert topic.bytes == TAP_TOPIC
         assert (link, kind, src, dst, ftype) == ("east->west", "wan", "east/worker/0",
                                                  "west/worker/0", "t.x")
         assert size == router.wan_link("west").stats.bytes and qdelay >= 0 and queued == 0

@@ -85,10 +85,14 @@ def render(stats: TrafficStats, caps: dict[str, float], reach: dict[str, str],
 
 
 class TapSubscriber:
-    """One SUB socket per router tap; events go to a TrafficStats and maybe a Recorder."""
+    """One SUB socket per router tap; events go to a TrafficStats and/or a Recorder.
 
-    def __init__(self, ctx: zmq.Context[Any], endpoints: dict[str, str], stats: TrafficStats,
-                 recorder: Recorder | None = None) -> None:
+    Without stats (record only) events are written as the routers packed them, unparsed,
+    which is what keeps `geoml run --record` cheap.
+    """
+
+    def __init__(self, ctx: zmq.Context[Any], endpoints: dict[str, str],
+                 stats: TrafficStats | None, recorder: Recorder | None = None) -> None:
         self.ctx = ctx
         self.endpoints = endpoints
         self.stats = stats
@@ -137,18 +141,26 @@ class TapSubscriber:
                 parts = io.recv_nowait()
 
     def _on_parts(self, parts: list[zmq.Frame]) -> None:
-        if len(parts) != 2 or parts[0].bytes != TAP_TOPIC:
+        if len(parts) != 3 or parts[0].bytes != TAP_TOPIC or len(parts[1]) != 4:
             self.bad_events += 1
             return
-        raw = parts[1].bytes
-        try:
-            ev = TapEvent.parse(msgpack.unpackb(raw))
-        except (BadTapEvent, ValueError, msgpack.UnpackException):
-            self.bad_events += 1
-            return
-        self.stats.add(ev)
+        count = int.from_bytes(parts[1].bytes, "little")
+        stream = parts[2].bytes
+        if self.stats is not None:
+            unpacker = msgpack.Unpacker(raw=False)
+            unpacker.feed(stream)
+            try:
+                events = [TapEvent.parse(obj) for obj in unpacker]
+            except (BadTapEvent, ValueError, msgpack.UnpackException):
+                self.bad_events += 1
+                return
+            if len(events) != count:
+                self.bad_events += 1
+                return
+            for ev in events:
+                self.stats.add(ev)
         if self.recorder is not None:
-            self.recorder.write_raw(raw)
+            self.recorder.write_raw(stream, count)
 
     def drain(self) -> None:
         """Take every event already waiting (call before closing to miss none)."""

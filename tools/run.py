@@ -197,7 +197,7 @@ async def run_ps(cfg: RunConfig) -> RunResult:
             monitor.t0 = loop.time()
             await monitor.evaluate_now(0)
             view_task = None
-            if cfg.inspect and tap is not None:
+            if cfg.inspect and tap is not None and tap.stats is not None:
                 view = LiveView(tap.stats, capacities(topo), tap.reach,
                                 status=lambda: monitor.status, out=sys.stderr)
                 view_task = asyncio.ensure_future(view.run())
@@ -230,6 +230,8 @@ async def run_ps(cfg: RunConfig) -> RunResult:
             wan_links = {name: link for r in net.stats().values()
                          for name, link in r["links"].items() if link["kind"] == "wan"}
             if tap is not None:
+                for router in net.routers.values():
+                    router.flush_tap()
                 await tap.aclose()
                 if view_task is not None:
                     view.draw()
@@ -277,7 +279,7 @@ async def _start_tap(net: Network, topo: Topology, cfg: RunConfig) -> TapSubscri
     if cfg.record is not None:
         recorder = Recorder(cfg.record, {**topology_header(topo), "system": cfg.system})
     tap = TapSubscriber(net.ctx, {r: rt.tap_endpoint for r, rt in net.routers.items()},
-                        TrafficStats(), recorder)
+                        TrafficStats() if cfg.inspect else None, recorder)
     await tap.start()
     for router in net.routers.values():
         await router.wait_tap_subscribed()
