@@ -30,7 +30,7 @@ from geoml.bus.router import TAP_TOPIC
 from geoml.bus.zio import ZIO
 from geoml.inspector import TapSubscriber
 from geoml.recording import Recorder, topology_header
-from geoml.traffic import TrafficStats
+from geoml.traffic import TapEvent, TrafficStats
 
 MiB = 1 << 20
 
@@ -225,10 +225,13 @@ async def control_wait(big_mib: int, rate_mbps: float) -> dict[str, float]:
                 break
         delays = []
         while len(delays) < sent:
-            _, ev = await asyncio.wait_for(sub.recv(), 10)
-            _t, link, _kind, _src, _dst, ftype, _size, qdelay = msgpack.unpackb(ev.bytes)
-            if link == "a->b" and ftype == "bench.ctl":
-                delays.append(qdelay * 1e3)
+            _, _count, batch = await asyncio.wait_for(sub.recv(), 10)
+            unpacker = msgpack.Unpacker()
+            unpacker.feed(batch.bytes)
+            for event in unpacker:
+                ev = TapEvent.parse(event)
+                if ev.link == "a->b" and ev.ftype == "bench.ctl":
+                    delays.append(ev.queue_delay * 1e3)
         sub.close()
     delays.sort()
     p99 = delays[min(len(delays) - 1, int(0.99 * len(delays)))]

@@ -108,4 +108,6 @@ class Network:
         for router in self.routers.values():
             await router.aclose()
         if self._own_ctx:
-            self.ctx.term()
+            # destroy, not term: a socket someone left open on our context (say, a tap
+            # subscriber abandoned by an exception) must not make closing hang forever.
+            self.ctx.destroy(linger=0)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import zmq
 
-from geoml.bus import Network
+from geoml.bus import Network, load_topology
 from geoml.bus import frame as fr
 from geoml.bus.errors import FrameError, HandshakeRefused
 from geoml.bus.router import TAP_TOPIC
@@ -175,3 +175,12 @@ async def _wait_for(cond, timeout: float = 2.0) -> None:
             await asyncio.sleep(0.005)
 
     await asyncio.wait_for(poll(), timeout)
+
+
+async def test_closing_a_network_does_not_hang_on_a_socket_left_open() -> None:
+    net = Network(load_topology("tiny"))
+    await net.start(timeout=5)
+    forgotten = net.ctx.socket(zmq.SUB)
+    forgotten.connect(net.routers["east"].tap_endpoint)
+    await asyncio.wait_for(net.aclose(), 10)
+    assert forgotten.closed
