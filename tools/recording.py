@@ -173,7 +173,8 @@ def build_report(path: Path, out: Path) -> dict[str, Any]:
                        "queued_max_bytes": lt.queued_max}
     summary = {
         "recording": str(path), "topology": header.get("topology"), "events": stats.events,
-        "complete": bool(trailer.get("end")), "tap_dropped": trailer.get("tap_dropped"),
+        "complete": bool(trailer.get("end")) and not trailer.get("aborted"),
+        "tap_dropped": trailer.get("tap_dropped"),
         "wan_bytes": sum(v["bytes"] for v in links.values() if v["kind"] == "wan"),
         "lan_bytes": sum(v["bytes"] for v in links.values() if v["kind"] == "lan"),
         "links": links, "bytes_by_type": dict(stats.by_type),

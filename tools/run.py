@@ -209,6 +209,11 @@ async def run_ps(cfg: RunConfig) -> RunResult:
             try:
                 await asyncio.gather(*worker_tasks)
                 await asyncio.gather(*shard_tasks)
+            except BaseException:
+                monitor_task.cancel()
+                if tap is not None and tap.recorder is not None:
+                    tap.recorder.close({"aborted": True})  # keeps what was recorded
+                raise
             finally:
                 for t in (*worker_tasks, *shard_tasks):
                     t.cancel()
