@@ -54,9 +54,12 @@ class PSShard:
         self._on_min_clock = on_min_clock
         self.counters: Counter[str] = Counter()
 
+    def _finished(self) -> bool:
+        return self.gate.all_done
+
     async def run(self) -> None:
         """Serve until every worker is done."""
-        while not self.gate.all_done:
+        while not self._finished():
             msg = await self.ep.recv()
             try:
                 await self._handle(msg)
@@ -87,12 +90,28 @@ class PSShard:
         elif msg.type == DONE:
             ready = self.gate.finish(msg.src)
         else:
-            raise ValueError(f"a PS shard does not take {msg.type!r} frames")
+            ready = await self._handle_other(msg)
+        await self._serve_all(ready)
+        after = self.gate.min_clock
+        if after != before:
+            await self._clock_advanced(before, after)
+            if self._on_min_clock is not None:
+                self._on_min_clock(self.index, after)
+
+    async def _serve_all(self, ready: list[tuple[Message, list[np.ndarray | None]]]) -> None:
         for waiting, rows in ready:
             await self._serve(waiting, rows)
-        after = self.gate.min_clock
-        if after != before and self._on_min_clock is not None:
-            self._on_min_clock(self.index, after)
+
+    async def _handle_other(self, msg: Message) -> list[tuple[Message,
+                                                              list[np.ndarray | None]]]:
+        """Frame types beyond the PS protocol (subclasses); returns reads now servable."""
+        raise ValueError(f"a PS shard does not take {msg.type!r} frames")
+
+    async def _clock_advanced(self, before: int, after: int) -> None:
+        """The slowest local worker's clock went from `before` to `after` (subclasses)."""
+
+    def _applied(self, table: str, rows: np.ndarray | None, delta: np.ndarray) -> None:
+        """A worker's delta was added to `table` (rows local to this shard; subclasses)."""
 
     def _local_rows(self, table: str, rows: np.ndarray) -> np.ndarray:
         lo, hi = self.ranges.range_of(table, self.index)
@@ -137,11 +156,12 @@ class PSShard:
                 raise ValueError(f"ps.push: delta of {table} has shape {delta.shape}, "
                                  f"expected {expected}")
             updates.append((target, rows, delta))
-        for target, rows, delta in updates:
+        for (target, rows, delta), table in zip(updates, tables, strict=True):
             if rows is None:
                 target += delta
             else:
                 target[rows] += delta
+            self._applied(table, rows, delta)
 
 
 class WorkerFailed(GeomlError):

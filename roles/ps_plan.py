@@ -12,7 +12,7 @@ import numpy as np
 
 from geoml.bus import Topology
 
-SYSTEMS = ("lan", "baseline")
+SYSTEMS = ("lan", "baseline", "gaia")
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,12 @@ class PSPlan:
     workers: tuple[str, ...]
     #: region -> number of workers whose data lives there (data partitioning, in order).
     data_regions: dict[str, int]
+    #: gaia: one mirror per region, by region.
+    mirrors: dict[str, str] | None = None
+
+    def in_region(self, addresses: tuple[str, ...], region: str) -> list[str]:
+        """The addresses of `region` among `addresses`, in order."""
+        return [a for a in addresses if a.split("/")[0] == region]
 
     def machines_per_region(self) -> dict[str, int]:
         """Workers plus shards per region (what a run pays machine-hours for)."""
@@ -39,7 +45,9 @@ def plan_ps(topology: Topology, system: str, lan_region: str | None = None) -> P
 
     lan: every worker and shard the topology lists, all in one region (`lan_region`,
     default the first), holding all the data. baseline: each region runs its own workers
-    (on its own data) and PS shards; one global model is sharded over all shards.
+    (on its own data) and PS shards; one global model is sharded over all shards. gaia: the
+    same roles as baseline, but each region's shards hold a full replica, and each region
+    adds a mirror.
     """
     if system not in SYSTEMS:
         raise ValueError(f"unknown system {system!r} for the parameter server; choose from "
@@ -56,7 +64,9 @@ def plan_ps(topology: Topology, system: str, lan_region: str | None = None) -> P
                       {home: n_workers})
     shards = tuple(f"{r.name}/ps/{i}" for r in regions for i in range(r.ps_shards))
     workers = tuple(f"{r.name}/worker/{i}" for r in regions for i in range(r.workers))
-    return PSPlan(system, shards, workers, {r.name: r.workers for r in regions if r.workers})
+    mirrors = {r.name: f"{r.name}/mirror/0" for r in regions} if system == "gaia" else None
+    return PSPlan(system, shards, workers, {r.name: r.workers for r in regions if r.workers},
+                  mirrors)
 
 
 class KeyRanges:

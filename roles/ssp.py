@@ -39,6 +39,8 @@ class SSPGate(Generic[T]):
     record: bool = False
     clocks: dict[str, int] = field(init=False)
     served: list[ServedRead] = field(init=False, default_factory=list)
+    #: Highest clock a read may be at (Gaia's mirror clock sets it; None: no limit).
+    limit: int | None = None
     _waiting: list[tuple[int, str, T]] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
@@ -56,7 +58,14 @@ class SSPGate(Generic[T]):
 
     def admits(self, clock: int) -> bool:
         """May a read at `clock` be served now?"""
+        if self.limit is not None and clock > self.limit:
+            return False
         return self.min_clock >= clock - self.staleness
+
+    def set_limit(self, limit: int | None) -> list[T]:
+        """Change the highest admissible clock; returns reads that may now be served."""
+        self.limit = limit
+        return self._release()
 
     def read(self, worker: str, clock: int, token: T) -> bool:
         """A read at `clock`: True to serve it now; False means it waits (see `advance`)."""

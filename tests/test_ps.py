@@ -183,3 +183,29 @@ async def test_a_shard_refuses_bad_requests_with_a_reason_and_keeps_serving() ->
         assert await asyncio.wait_for(worker.run(), 30) == 2
         await asyncio.wait_for(serving, 10)
         assert shard.counters["pushes"] == 2
+
+
+@pytest.mark.asyncio
+async def test_gaia_replicas_agree_and_only_filtered_updates_cross_the_wan() -> None:
+    from geoml.run import assemble
+
+    topo = parse_topology({"name": "three", "defaults": {"workers": 2, "ps_shards": 2},
+                           "regions": [{"name": "a"}, {"name": "b", "lon": 20.0},
+                                       {"name": "c", "lon": 40.0, "ps_shards": 1}]})
+    result = await asyncio.wait_for(run_ps(RunConfig(
+        topo, "gaia", "softmax-digits", iterations=6, quiet=True, gaia_v=0.05)), 60)
+    s = result.summary
+    by_region: dict[str, list] = {}
+    for shard in result.shards:
+        by_region.setdefault(shard.ep.address.split("/")[0], []).append(shard)
+    replicas = {r: assemble(sh, sh[0].ranges) for r, sh in by_region.items()}
+    # After the final flush every region holds init + every region's updates.
+    for name in replicas["a"]:
+        for region in ("b", "c"):
+            np.testing.assert_allclose(replicas[region][name], replicas["a"][name],
+                                       atol=1e-5)
+    assert 0 < s["filtered_fraction"] < 1
+    assert s["gaia"]["elements_sent"] < s["gaia"]["elements_updated"]
+    for link in s["wan_links"].values():
+        assert set(link["frames_by_type"]) == {"gaia.update"}
+    assert result.curve[-1]["objective"] < 0.8 * result.curve[0]["objective"]

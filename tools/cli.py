@@ -132,7 +132,8 @@ def _run_config(args: argparse.Namespace, check: bool = True) -> Any:
             target=parse_until(args.until) if args.until else None,
             out=getattr(args, "out", None), lan_region=getattr(args, "lan_region", None),
             eval_every=getattr(args, "eval_every", 1),
-            inspect=getattr(args, "inspect", False), record=getattr(args, "record", None))
+            inspect=getattr(args, "inspect", False), record=getattr(args, "record", None),
+            gaia_v=getattr(args, "gaia_v", 0.01), gaia_ds=getattr(args, "gaia_ds", 2))
         if check:
             cfg.check()
     except ValueError as exc:
@@ -213,6 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--lan-region", help="lan system: the region that holds everything "
                      "(default: the topology's first)")
     run.add_argument("--eval-every", type=int, default=1, help="evaluate every N clocks")
+    run.add_argument("--gaia-v", type=float, default=0.01,
+                     help="gaia: initial significance threshold (decays as v/sqrt(t))")
+    run.add_argument("--gaia-ds", type=int, default=2,
+                     help="gaia: mirror clock, clocks a region may lead the slowest other")
     run.add_argument("--inspect", action="store_true",
                      help="show the live traffic view instead of progress lines")
     run.add_argument("--record", type=Path, metavar="FILE",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,7 @@ import numpy as np
 import zmq
 
 from geoml.bus import Endpoint, GeomlError, Network, Topology, load_topology, region_of
+from geoml.roles.gaia import GaiaMirror, GaiaShard
 from geoml.roles.ps import PSShard, PSWorker
 from geoml.roles.ps_plan import KeyRanges, plan_ps
 from geoml.workloads import Params, Workload, make_workload
@@ -65,6 +67,8 @@ class RunConfig:
     quiet: bool = False
     record_reads: bool = False
     eval_every: int = 1
+    gaia_v: float = 0.01  # initial significance threshold (decays as v / sqrt(t))
+    gaia_ds: int = 2  # mirror clock: clocks a region may lead the slowest other region
     inspect: bool = False  # live traffic view instead of progress lines
     record: Path | None = None  # tap recording of the whole run
 
@@ -78,6 +82,8 @@ class RunConfig:
             raise ValueError("--seconds must be > 0")
         if self.eval_every < 1:
             raise ValueError("eval_every must be >= 1")
+        if self.gaia_v <= 0 or self.gaia_ds < 0:
+            raise ValueError("--gaia-v must be > 0 and --gaia-ds >= 0")
 
 
 @dataclass
@@ -101,10 +107,10 @@ class _Monitor:
 
     def __init__(self, workload: Workload, shards: list[PSShard], ranges: KeyRanges,
                  net: Network, executor: ThreadPoolExecutor, cfg: RunConfig,
-                 stop: asyncio.Event) -> None:
+                 stop: asyncio.Event, n_clocks: int) -> None:
         self.workload, self.shards, self.ranges, self.net = workload, shards, ranges, net
         self.executor, self.cfg, self.stop = executor, cfg, stop
-        self.shard_clock = [0] * len(shards)
+        self.shard_clock = [0] * n_clocks
         self.evaluated = -1
         self.curve: list[dict[str, Any]] = []
         self.new_clock = asyncio.Event()
@@ -175,25 +181,57 @@ async def run_ps(cfg: RunConfig) -> RunResult:
         async with Network(topo) as net:
             tap = await _start_tap(net, topo, cfg)
             monitor_holder: list[_Monitor] = []
-            shards = []
-            for i, addr in enumerate(plan.shards):
-                ep = await net.connect(addr)
-                shards.append(PSShard(
-                    ep, i, ranges, init, plan.workers, staleness=cfg.staleness,
-                    record=cfg.record_reads,
-                    on_min_clock=lambda s, c: monitor_holder[0].on_min_clock(s, c)))
-            monitor = _Monitor(workload, shards, ranges, net, executor, cfg, stop)
+
+            def report_clock(global_index: int) -> Callable[[int, int], None]:
+                return lambda _s, c: monitor_holder[0].on_min_clock(global_index, c)
+
+            shards: list[PSShard] = []
+            workers: list[PSWorker] = []
+            mirrors: list[GaiaMirror] = []
+            # Per region: the shards a region's workers use, and their key ranges.
+            groups: list[tuple[str, list[str], KeyRanges]] = []
+            if plan.mirrors is None:
+                groups = [(r, plan.shards, ranges) for r in plan.data_regions]
+            else:
+                for region in plan.data_regions:
+                    mine = plan.in_region(plan.shards, region)
+                    if not mine:
+                        raise ValueError(f"gaia: region {region} has workers but no PS "
+                                         "shard to hold its replica")
+                    groups.append((region, mine, KeyRanges(workload.table_shapes(),
+                                                           len(mine))))
+            made: set[str] = set()
+            for region, shard_addrs, group_ranges in groups:
+                for i, addr in enumerate(shard_addrs):
+                    if addr in made:
+                        continue
+                    made.add(addr)
+                    ep = await net.connect(addr)
+                    common = dict(staleness=cfg.staleness, record=cfg.record_reads,
+                                  on_min_clock=report_clock(len(shards)))
+                    if plan.mirrors is None:
+                        shards.append(PSShard(ep, i, group_ranges, init, plan.workers,
+                                              **common))
+                    else:
+                        shards.append(GaiaShard(
+                            ep, i, group_ranges, init, plan.in_region(plan.workers, region),
+                            plan.mirrors[region], v=cfg.gaia_v, ds=cfg.gaia_ds, **common))
+                if plan.mirrors is not None:
+                    mirrors.append(GaiaMirror(await net.connect(plan.mirrors[region]), region,
+                                              shard_addrs, group_ranges, plan.mirrors,
+                                              ds=cfg.gaia_ds))
+                for index, addr in enumerate(plan.in_region(plan.workers, region)):
+                    ep = await net.connect(addr)
+                    workers.append(PSWorker(ep, workload, parts[(region, index)], shard_addrs,
+                                            group_ranges, iterations=cfg.iterations,
+                                            stop=stop, executor=executor))
+            # The model evaluated: the global one, or the first region's replica (gaia).
+            eval_shards = shards if plan.mirrors is None else [
+                s for s in shards if s.ep.address in groups[0][1]]
+            eval_ranges = groups[0][2]
+            monitor = _Monitor(workload, eval_shards, eval_ranges, net, executor, cfg, stop,
+                               n_clocks=len(shards))
             monitor_holder.append(monitor)
-            workers = []
-            worker_index: dict[str, int] = {}
-            for addr in plan.workers:
-                region = addr.split("/")[0]
-                worker_index[region] = worker_index.get(region, -1) + 1
-                part = parts[(region, worker_index[region])]
-                ep = await net.connect(addr)
-                workers.append(PSWorker(ep, workload, part, plan.shards, ranges,
-                                        iterations=cfg.iterations, stop=stop,
-                                        executor=executor))
             monitor.t0 = loop.time()
             await monitor.evaluate_now(0)
             view_task = None
@@ -205,6 +243,7 @@ async def run_ps(cfg: RunConfig) -> RunResult:
                      else None)
             monitor_task = asyncio.ensure_future(monitor.loop())
             shard_tasks = [asyncio.ensure_future(s.run()) for s in shards]
+            shard_tasks += [asyncio.ensure_future(m.run()) for m in mirrors]
             worker_tasks = [asyncio.ensure_future(w.run()) for w in workers]
             try:
                 await asyncio.gather(*worker_tasks)
@@ -227,7 +266,7 @@ async def run_ps(cfg: RunConfig) -> RunResult:
             clock = min(w.clock for w in workers)
             if monitor.evaluated != clock or not monitor.curve:
                 await monitor.evaluate_now(clock)
-            params = assemble(shards, ranges)
+            params = assemble(eval_shards, eval_ranges)
             link_bytes = net.link_bytes()
             wan_bytes = net.wan_bytes()
             lan_bytes = sum(net.link_bytes_by_kind("lan").values())
@@ -271,6 +310,14 @@ async def run_ps(cfg: RunConfig) -> RunResult:
         "worker_times_s": {w.ep.address: w.times for w in workers},
         "shard_counters": {s.ep.address: dict(s.counters) for s in shards},
     }
+    filters = [s.filter for s in shards if isinstance(s, GaiaShard)]
+    if filters:
+        updated = sum(f.counters.updated for f in filters)
+        sent = sum(f.counters.sent for f in filters)
+        summary["gaia"] = {"v": cfg.gaia_v, "ds": cfg.gaia_ds, "elements_updated": updated,
+                           "elements_sent": sent,
+                           "evaluated_replica": groups[0][0]}
+        summary["filtered_fraction"] = 1 - sent / updated if updated else 0.0
     if cfg.out is not None:
         write_results(cfg.out, summary, curve, f"{cfg.system} on {topo.name}")
     return RunResult(summary, curve, params, shards, workers)
