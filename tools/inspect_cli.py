@@ -14,9 +14,9 @@ import zmq
 
 from geoml.bus import GeomlError, load_topology
 
-from .inspector import LiveView, TapSubscriber, capacities
+from .inspector import LiveView, TapSubscriber
 from .recording import Recorder, build_report, topology_header
-from .traffic import EventFilter, TrafficStats
+from .traffic import EventFilter, TrafficStats, capacities
 
 
 def inspect_main(args: argparse.Namespace) -> int:

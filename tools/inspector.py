@@ -12,12 +12,11 @@ from typing import Any, TextIO
 import msgpack
 import zmq
 
-from geoml.bus import Topology
 from geoml.bus.router import TAP_TOPIC
 from geoml.bus.zio import ZIO
 
 from .recording import Recorder
-from .traffic import BadTapEvent, TapEvent, TrafficStats
+from .traffic import BadTapEvent, TapEvent, TrafficStats, link_capacity
 
 BAR_WIDTH = 24
 _BLOCKS = " ▏▎▍▌▋▊▉█"
@@ -45,14 +44,6 @@ def human_bytes(n: float) -> str:
     return f"{n:.0f} B"
 
 
-def capacities(topology: Topology) -> dict[str, float]:
-    """Configured rate (bit/s) of every WAN link, and of each region's LAN links by region."""
-    caps = {spec.name: spec.rate_bps for spec in topology.iter_links()}
-    for r in topology.regions:
-        caps[f"{r.name}/lan"] = r.lan_rate_mbps * 1e6
-    return caps
-
-
 def render(stats: TrafficStats, caps: dict[str, float], reach: dict[str, str],
            status: str = "", max_links: int = 20) -> str:
     """The live view as text (one screen)."""
@@ -66,7 +57,7 @@ def render(stats: TrafficStats, caps: dict[str, float], reach: dict[str, str],
                  f"{'queued':>9} {'delay ms':>8} {'frames':>8} {'MB':>9}")
     ranked = sorted(stats.links.items(), key=lambda kv: (kv[1].kind != "wan", -kv[1].bytes))
     for name, lt in ranked[:max_links]:
-        cap = caps.get(name, caps.get(name.split("->")[0], math.nan))
+        cap = link_capacity(caps, name)
         rate = lt.rate_bps()
         lines.append(f"{name[:34]:<34} {bar(rate / cap if cap else math.nan)} {_mbps(rate)} / "
                      f"{_mbps(cap)} {lt.queued / 1e6:7.2f}MB {lt.delay_ms():8.1f} "
@@ -217,4 +208,4 @@ class LiveView:
             await asyncio.sleep(self.every_s)
 
 
-__all__ = ["LiveView", "TapSubscriber", "bar", "capacities", "human_bytes", "render"]
+__all__ = ["LiveView", "TapSubscriber", "bar", "human_bytes", "render"]

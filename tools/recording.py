@@ -19,7 +19,7 @@ import numpy as np
 
 from geoml.bus import GeomlError, Topology
 
-from .traffic import BadTapEvent, TapEvent, TrafficStats
+from .traffic import BadTapEvent, TapEvent, TrafficStats, capacities, link_capacity
 
 FORMAT = "geoml.tap.recording"
 VERSION = 1
@@ -31,11 +31,8 @@ class RecordingError(GeomlError):
 
 def topology_header(topology: Topology) -> dict[str, Any]:
     """The header fields that describe the links of `topology`."""
-    links = {spec.name: {"kind": "wan", "rate_bps": spec.rate_bps}
-             for spec in topology.iter_links()}
     return {"topology": topology.name, "regions": list(topology.region_names),
-            "links": links,
-            "lan_rate_bps": {r.name: r.lan_rate_mbps * 1e6 for r in topology.regions}}
+            "capacity_bps": capacities(topology)}
 
 
 class Recorder:
@@ -105,13 +102,6 @@ def read_recording(path: Path) -> tuple[dict[str, Any], Iterator[TapEvent],
     return header, events(), trailer
 
 
-def _capacity(header: dict[str, Any], link: str, kind: str) -> float:
-    if kind == "wan":
-        return float(header.get("links", {}).get(link, {}).get("rate_bps", math.nan))
-    region = link.split("/")[0]
-    return float(header.get("lan_rate_bps", {}).get(region, math.nan))
-
-
 class TimeBins:
     """Bytes per time bin for every link; bins double in width (and merge) whenever the
     recording outgrows MAX_BINS of them, so memory is bounded however long the run."""
@@ -160,7 +150,7 @@ def build_report(path: Path, out: Path) -> dict[str, Any]:
                 regions.append(r)
     links = {}
     for name, lt in sorted(stats.links.items()):
-        cap = _capacity(header, name, lt.kind)
+        cap = link_capacity(header.get("capacity_bps", {}), name)
         link_bins = bins.series[name]
         peak = max(link_bins.values()) * 8 / bins.width if link_bins else 0.0
         links[name] = {"kind": lt.kind, "frames": lt.frames, "bytes": lt.bytes,
@@ -225,7 +215,7 @@ def _plot_utilisation(series: dict[str, Counter[int]], header: dict[str, Any],
     fig, ax = plt.subplots(figsize=(8, 4.2), dpi=110)
     wan = [n for n in series if stats.links[n].kind == "wan"] or list(series)
     for name in sorted(wan, key=lambda n: -stats.links[n].bytes)[:12]:
-        cap = _capacity(header, name, stats.links[name].kind)
+        cap = link_capacity(header.get("capacity_bps", {}), name)
         bins = series[name]
         xs = np.arange(max(bins) + 1) if bins else np.arange(1)
         ys = np.array([bins.get(int(i), 0) * 8 / bin_s for i in xs])

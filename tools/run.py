@@ -19,10 +19,10 @@ from geoml.roles.ps import PSShard, PSWorker
 from geoml.roles.ps_plan import KeyRanges, plan_ps
 from geoml.workloads import Params, Workload, make_workload
 
-from .inspector import LiveView, TapSubscriber, capacities
+from .inspector import LiveView, TapSubscriber
 from .recording import Recorder, topology_header
 from .results import cost_usd, time_to_target, write_results
-from .traffic import TrafficStats
+from .traffic import TrafficStats, capacities
 
 
 def parse_sync(text: str) -> int:

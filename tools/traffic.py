@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter, deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from geoml.bus import Topology
+
 #: Seconds of history the live view's rates and delays are computed over.
 WINDOW_S = 1.0
+
+
+def capacities(topology: Topology) -> dict[str, float]:
+    """Configured rate (bit/s) of every WAN link by name, and of each region's LAN links
+    under "<region>/lan" (the prefix of that region's LAN link names)."""
+    caps = {spec.name: spec.rate_bps for spec in topology.iter_links()}
+    for r in topology.regions:
+        caps[f"{r.name}/lan"] = r.lan_rate_mbps * 1e6
+    return caps
+
+
+def link_capacity(caps: Mapping[str, float], link: str) -> float:
+    """The capacity of `link` from a `capacities` map (NaN if unknown)."""
+    return float(caps.get(link, caps.get(link.split("->")[0], math.nan)))
 
 
 class BadTapEvent(ValueError):
