@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import numpy as np
 import uvloop
 import zmq
@@ -30,7 +29,7 @@ from geoml.bus.router import TAP_TOPIC
 from geoml.bus.zio import ZIO
 from geoml.inspector import TapSubscriber
 from geoml.recording import Recorder, topology_header
-from geoml.traffic import TapEvent, TrafficStats
+from geoml.traffic import TrafficStats, split_tap_message, unpack_events
 
 MiB = 1 << 20
 
@@ -225,11 +224,9 @@ async def control_wait(big_mib: int, rate_mbps: float) -> dict[str, float]:
                 break
         delays = []
         while len(delays) < sent:
-            _, _count, batch = await asyncio.wait_for(sub.recv(), 10)
-            unpacker = msgpack.Unpacker()
-            unpacker.feed(batch.bytes)
-            for event in unpacker:
-                ev = TapEvent.parse(event)
+            parts = await asyncio.wait_for(sub.recv(), 10)
+            count, stream = split_tap_message([p.bytes for p in parts])
+            for ev in unpack_events(stream, count):
                 if ev.link == "a->b" and ev.ftype == "bench.ctl":
                     delays.append(ev.queue_delay * 1e3)
         sub.close()

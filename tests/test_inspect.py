@@ -21,7 +21,14 @@ from geoml.bus import load_topology
 from geoml.inspector import bar, render
 from geoml.recording import RecordingError, TimeBins, build_report, read_recording
 from geoml.run import RunConfig, run_ps
-from geoml.traffic import BadTapEvent, EventFilter, TapEvent, TrafficStats
+from geoml.traffic import (
+    BadTapEvent,
+    EventFilter,
+    TapEvent,
+    TrafficStats,
+    split_tap_message,
+    unpack_events,
+)
 
 
 def ev(link: str, src: str, dst: str, nbytes: int = 100, t: float = 0.0,
@@ -39,6 +46,17 @@ def test_tap_events_parse_strictly_but_accept_trailing_fields() -> None:
         TapEvent.parse([1.0, 3, "wan", "a/w/0", "b/ps/0", "t", 1, 0.0])
     with pytest.raises(BadTapEvent, match="bad type"):
         TapEvent.parse([1.0, "a->b", "wan", "a/w/0", "b/ps/0", "t", "10", 0.0])
+
+
+def test_tap_batches_are_checked_against_their_count() -> None:
+    event = [0.0, "a->b", "wan", "a/w/0", "b/p/0", "t", 9, 0.0, 0]
+    stream = msgpack.packb(event) * 2
+    count, got = split_tap_message([b"geoml.tap.1", (2).to_bytes(4, "little"), stream])
+    assert [e.nbytes for e in unpack_events(got, count)] == [9, 9]
+    with pytest.raises(BadTapEvent, match="holds 2 events, its count says 3"):
+        unpack_events(stream, 3)
+    with pytest.raises(BadTapEvent, match="a tap message is"):
+        split_tap_message([b"geoml.tap.1", stream])
 
 
 def test_talkers_count_a_frame_once_across_its_hops_and_filters_apply() -> None:

@@ -9,14 +9,19 @@ import sys
 from collections.abc import Callable
 from typing import Any, TextIO
 
-import msgpack
 import zmq
 
 from geoml.bus.router import TAP_TOPIC
 from geoml.bus.zio import ZIO
 
 from .recording import Recorder
-from .traffic import BadTapEvent, TapEvent, TrafficStats, link_capacity
+from .traffic import (
+    BadTapEvent,
+    TrafficStats,
+    link_capacity,
+    split_tap_message,
+    unpack_events,
+)
 
 BAR_WIDTH = 24
 _BLOCKS = " ▏▎▍▌▋▊▉█"
@@ -132,24 +137,14 @@ class TapSubscriber:
                 parts = io.recv_nowait()
 
     def _on_parts(self, parts: list[zmq.Frame]) -> None:
-        if len(parts) != 3 or parts[0].bytes != TAP_TOPIC or len(parts[1]) != 4:
+        try:
+            count, stream = split_tap_message([p.bytes for p in parts])
+            if self.stats is not None:
+                for ev in unpack_events(stream, count):
+                    self.stats.add(ev)
+        except BadTapEvent:
             self.bad_events += 1
             return
-        count = int.from_bytes(parts[1].bytes, "little")
-        stream = parts[2].bytes
-        if self.stats is not None:
-            unpacker = msgpack.Unpacker(raw=False)
-            unpacker.feed(stream)
-            try:
-                events = [TapEvent.parse(obj) for obj in unpacker]
-            except (BadTapEvent, ValueError, msgpack.UnpackException):
-                self.bad_events += 1
-                return
-            if len(events) != count:
-                self.bad_events += 1
-                return
-            for ev in events:
-                self.stats.add(ev)
         if self.recorder is not None:
             self.recorder.write_raw(stream, count)
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import math
 from collections import Counter, deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgpack
+
 from geoml.bus import Topology
+from geoml.bus.router import TAP_TOPIC
 
 #: Seconds of history the live view's rates and delays are computed over.
 WINDOW_S = 1.0
@@ -66,6 +69,28 @@ class TapEvent:
         """The wire/recording form."""
         return [self.time, self.link, self.kind, self.src, self.dst, self.ftype, self.nbytes,
                 self.queue_delay, self.queued]
+
+
+def split_tap_message(parts: Sequence[bytes]) -> tuple[int, bytes]:
+    """(count, packed events) of a tap message `[topic, count, events]` (PROTOCOL.md §7)."""
+    if len(parts) != 3 or parts[0] != TAP_TOPIC or len(parts[1]) != 4:
+        raise BadTapEvent("a tap message is [b'geoml.tap.1', 4-byte count, events]")
+    return int.from_bytes(parts[1], "little"), parts[2]
+
+
+def unpack_events(stream: bytes, count: int) -> list[TapEvent]:
+    """The `count` events of a packed batch; BadTapEvent if it holds anything else."""
+    unpacker = msgpack.Unpacker(raw=False)
+    unpacker.feed(stream)
+    try:
+        events = [TapEvent.parse(obj) for obj in unpacker]
+    except BadTapEvent:
+        raise
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise BadTapEvent(f"tap batch is not a msgpack stream ({exc})") from None
+    if len(events) != count:
+        raise BadTapEvent(f"tap batch holds {len(events)} events, its count says {count}")
+    return events
 
 
 @dataclass(frozen=True)
