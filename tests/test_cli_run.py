@@ -51,3 +51,12 @@ def test_a_role_outside_the_plan_is_refused(capsys: pytest.CaptureFixture[str]) 
     err = capsys.readouterr().err
     assert "east/worker/7 is not a worker of baseline on tiny" in err
     assert "east/worker/0" in err
+
+
+def test_gaia_roles_as_processes_are_refused_not_run_as_baseline(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["role", "--topology", "tiny", "--system", "gaia", "--workload",
+                 "softmax-digits", "--address", "east/worker/0", "--kind", "worker",
+                 "--iterations", "1", "--connect-timeout", "1"])
+    assert code == 2
+    assert "gaia does not run one process per role yet" in capsys.readouterr().err

@@ -352,6 +352,9 @@ async def ps_role_main(cfg: RunConfig, address: str, kind: str,
         plan = plan_ps(topo, cfg.system, cfg.lan_region)
     except ValueError as exc:
         raise GeomlError(str(exc)) from None
+    if plan.mirrors is not None:
+        raise GeomlError("gaia does not run one process per role yet (its mirror role has "
+                         "no process entry point); use `geoml run --system gaia`")
     members = plan.shards if kind == "ps_shard" else plan.workers
     if address not in members:
         raise GeomlError(f"{address} is not a {kind} of {cfg.system} on {topo.name}; those "
@@ -373,7 +376,7 @@ async def ps_role_main(cfg: RunConfig, address: str, kind: str,
                 report["wrote"] = str(_shard_file(cfg.out, address))
             return report
         region = region_of(address)
-        index = [a for a in plan.workers if region_of(a) == region].index(address)
+        index = plan.in_region(plan.workers, region).index(address)
         part = workload.partition(plan.data_regions)[(region, index)]
         worker = PSWorker(ep, workload, part, plan.shards, ranges, iterations=cfg.iterations)
         clock = await worker.run()
