@@ -98,8 +98,7 @@ class Network:
 
     def wan_bytes(self) -> int:
         """Bytes that crossed inter-region links."""
-        return sum(link.stats.bytes for r in self.routers.values()
-                   for link in r.links.values() if link.spec.kind == "wan")
+        return sum(self.link_bytes_by_kind("wan").values())
 
     async def aclose(self) -> None:
         """Close endpoints, routers and (if we made it) the context."""

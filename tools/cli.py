@@ -118,14 +118,15 @@ def _options(pairs: list[str]) -> dict[str, str]:
     return out
 
 
-def _run_config(args: argparse.Namespace, check: bool = True) -> Any:
+def _run_config(args: argparse.Namespace, check: bool = True,
+                topo: Topology | None = None) -> Any:
     from geoml.run import RunConfig, parse_sync, parse_until
     from geoml.workloads import make_workload
 
     try:
         options = _options(args.opt)
         cfg = RunConfig(
-            topology=load_topology(args.topology), system=args.system,
+            topology=topo or load_topology(args.topology), system=args.system,
             workload=make_workload(args.workload, options) if args.workload else "",
             workload_options=options, staleness=parse_sync(args.sync),
             iterations=args.iterations, seconds=args.seconds,
@@ -148,7 +149,8 @@ async def _role_main(topo: Topology, address: str, kind: str, args: argparse.Nam
     if kind in ("ps_shard", "worker"):
         from geoml.run import ps_role_main
 
-        return await ps_role_main(_run_config(args, check=kind == "worker"), address, kind,
+        return await ps_role_main(_run_config(args, check=kind == "worker", topo=topo),
+                                  address, kind,
                                   connect_timeout=args.connect_timeout)
 
     region = region_of(address)

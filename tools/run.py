@@ -268,11 +268,11 @@ async def run_ps(cfg: RunConfig) -> RunResult:
                 await monitor.evaluate_now(clock)
             params = assemble(eval_shards, eval_ranges)
             link_bytes = net.link_bytes()
-            wan_bytes = net.wan_bytes()
-            lan_bytes = sum(net.link_bytes_by_kind("lan").values())
-            wan_link_bytes = net.link_bytes_by_kind("wan")
             wan_links = {name: link for r in net.stats().values()
                          for name, link in r["links"].items() if link["kind"] == "wan"}
+            wan_link_bytes = {name: link["bytes"] for name, link in wan_links.items()}
+            wan_bytes = sum(wan_link_bytes.values())
+            lan_bytes = sum(link_bytes.values()) - wan_bytes
             if tap is not None:
                 for router in net.routers.values():
                     router.flush_tap()
