@@ -6,6 +6,7 @@ the file, so a user fixes a file in one pass. See topologies/tiny.toml for the s
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import tomllib
 from collections.abc import Iterator
@@ -159,6 +160,16 @@ class Topology:
         if transport == "tcp":
             return f"tcp://{r.host}:{r.port}", f"tcp://{r.host}:{r.tap_port}"
         raise ValueError(f"unknown transport {transport!r} (inproc or tcp)")
+
+    def with_roles(self, workers: int | None = None, ps_shards: int | None = None
+                   ) -> Topology:
+        """A copy with every region's worker and/or PS shard count replaced."""
+        if (workers is not None and workers < 0) or (ps_shards is not None and ps_shards < 0):
+            raise ValueError("worker and PS shard counts must be >= 0")
+        regions = tuple(dataclasses.replace(
+            r, workers=r.workers if workers is None else workers,
+            ps_shards=r.ps_shards if ps_shards is None else ps_shards) for r in self.regions)
+        return dataclasses.replace(self, regions=regions)
 
     def iter_links(self) -> Iterator[LinkSpec]:
         """Every WAN link spec, in a stable order."""

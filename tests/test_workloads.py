@@ -9,6 +9,8 @@ from geoml.workloads import (
     Classifier,
     MatrixFactorization,
     apply_delta,
+    clock_examples,
+    decayed_lr,
     load_digits,
     load_movielens,
     make_workload,
@@ -116,3 +118,32 @@ def test_bad_workload_names_and_options_are_clear_errors() -> None:
         make_workload("mf-movielens", {"rank": "x"})
     with pytest.raises(ValueError, match="need rank >= 1"):
         make_workload("mf-movielens", {"rank": "0"})
+    with pytest.raises(ValueError, match=r"clock_fraction must be in \(0, 1\]"):
+        make_workload("softmax-digits", {"clock_fraction": "1.5"})
+    with pytest.raises(ValueError, match="lr_decay must be >= 0"):
+        make_workload("mf-movielens", {"lr_decay": "-1"})
+
+
+def test_clock_fraction_slices_cover_each_pass_once() -> None:
+    n, fraction = 103, 0.25
+    seen = [clock_examples(n, clock, fraction, [7]) for clock in range(8)]
+    first_pass, second_pass = np.concatenate(seen[:4]), np.concatenate(seen[4:])
+    assert sorted(first_pass) == list(range(n)) == sorted(second_pass)
+    assert not np.array_equal(first_pass, second_pass)  # a new permutation per pass
+    assert all(25 <= len(s) <= 26 for s in seen)
+
+
+def test_a_fractional_clock_touches_fewer_examples_and_the_step_decays() -> None:
+    whole = make_workload("softmax-digits")
+    quarter = make_workload("softmax-digits", {"clock_fraction": "0.25"})
+    decayed = make_workload("softmax-digits", {"lr_decay": "0.5"})
+    part = whole.partition({"r": 1})[("r", 0)]
+    params = whole.init_params()
+
+    def step(w: Classifier, clock: int) -> float:
+        new = w.local_pass(params, part, clock)
+        return float(sum(np.abs(new[t] - params[t]).sum() for t in params))
+
+    assert step(quarter, 0) < 0.5 * step(whole, 0)
+    assert step(decayed, 0) == pytest.approx(step(whole, 0), rel=1e-6)  # (1 + 0) ** p = 1
+    assert decayed.lr_decay == 0.5 and decayed_lr(1.0, 3, 0.5) == 0.5

@@ -125,8 +125,11 @@ def _run_config(args: argparse.Namespace, check: bool = True,
 
     try:
         options = _options(args.opt)
+        if topo is None:
+            topo = load_topology(args.topology).with_roles(
+                getattr(args, "workers", None), getattr(args, "ps_shards", None))
         cfg = RunConfig(
-            topology=topo or load_topology(args.topology), system=args.system,
+            topology=topo, system=args.system,
             workload=make_workload(args.workload, options) if args.workload else "",
             workload_options=options, staleness=parse_sync(args.sync),
             iterations=args.iterations, seconds=args.seconds,
@@ -215,11 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     _ps_args(run, role=False)
     run.add_argument("--lan-region", help="lan system: the region that holds everything "
                      "(default: the topology's first)")
-    run.add_argument("--eval-every", type=int, default=1, help="evaluate every N clocks")
-    run.add_argument("--gaia-v", type=float, default=0.01,
-                     help="gaia: initial significance threshold (decays as v/sqrt(t))")
-    run.add_argument("--gaia-ds", type=int, default=2,
-                     help="gaia: mirror clock, clocks a region may lead the slowest other")
+    _training_args(run)
     run.add_argument("--inspect", action="store_true",
                      help="show the live traffic view instead of progress lines")
     run.add_argument("--record", type=Path, metavar="FILE",
@@ -237,6 +236,19 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--seconds", type=float, help="live: stop after T seconds")
     ins.add_argument("--out", type=Path, help="report: output directory")
     return p
+
+
+def _training_args(p: argparse.ArgumentParser) -> None:
+    """Options of all-in-one training runs (`run` and `compare`)."""
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="workers per region (overrides the topology file)")
+    p.add_argument("--ps-shards", type=int, metavar="N",
+                   help="PS shards per region (overrides the topology file)")
+    p.add_argument("--eval-every", type=int, default=1, help="evaluate every N clocks")
+    p.add_argument("--gaia-v", type=float, default=0.01,
+                   help="gaia: initial significance threshold (decays as v/sqrt(t))")
+    p.add_argument("--gaia-ds", type=int, default=2,
+                   help="gaia: mirror clock, clocks a region may lead the slowest other")
 
 
 def _ps_args(p: argparse.ArgumentParser, role: bool) -> None:

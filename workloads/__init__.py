@@ -9,7 +9,16 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .base import Params, Partition, RowSet, Workload, apply_delta, take_rows
+from .base import (
+    Params,
+    Partition,
+    RowSet,
+    Workload,
+    apply_delta,
+    clock_examples,
+    decayed_lr,
+    take_rows,
+)
 from .classify import Classifier
 from .datasets import (
     load_digits,
@@ -21,40 +30,39 @@ from .mf import MatrixFactorization
 
 # lr and l2 picked by a short sweep with 4 and 22 parallel workers (summed deltas diverge
 # above lr ~0.02 with 4 workers); the default is what stays stable for both.
-_MF = {"rank": 20, "lr": 0.015, "l2": 0.1, "batch": 256, "seed": 0}
+# clock_fraction: the share of a worker's partition one clock covers; lr_decay p: the step
+# of clock t is lr / (1 + t) ** p (0.5 follows Gaia's decaying significance threshold).
+_SCHEDULE = {"clock_fraction": 1.0, "lr_decay": 0.0}
+_MF = {"rank": 20, "lr": 0.015, "l2": 0.1, "batch": 256, "seed": 0, **_SCHEDULE}
 # Summed deltas of N parallel workers act like an N-times larger step: lr 0.1 diverged with
 # 22 workers (ec2_all), 0.02 stays stable.
-_CLS = {"lr": 0.02, "batch": 32, "l2": 1e-4, "seed": 0}
+_CLS = {"lr": 0.02, "batch": 32, "l2": 1e-4, "seed": 0, **_SCHEDULE}
 
 #: name -> (defaults, builder). Every option a builder takes is listed with its default.
 WORKLOADS: dict[str, tuple[dict[str, Any], Callable[..., Workload]]] = {
-    "mf-movielens": (dict(_MF), lambda rank, lr, l2, batch, seed: MatrixFactorization(
-        load_movielens(), rank=rank, lr=lr, l2=l2, batch=batch, seed=seed,
-        name="mf-movielens")),
+    "mf-movielens": (dict(_MF), lambda **kw: MatrixFactorization(
+        load_movielens(), name="mf-movielens", **kw)),
     "mf-synthetic": (
         {**_MF, "users": 1000, "items": 5000, "true_rank": 10, "ratings": 500_000,
          "noise": 0.1},
-        lambda rank, lr, l2, batch, seed, users, items, true_rank, ratings, noise:
-        MatrixFactorization(synthetic_ratings(users, items, true_rank, ratings, noise, seed),
-                            rank=rank, lr=lr, l2=l2, batch=batch, seed=seed,
-                            name="mf-synthetic")),
-    "softmax-digits": (dict(_CLS), lambda lr, batch, l2, seed: Classifier(
-        load_digits(), hidden=0, lr=lr, batch=batch, l2=l2, seed=seed,
-        name="softmax-digits")),
-    "mlp-digits": ({**_CLS, "hidden": 64}, lambda lr, batch, l2, seed, hidden: Classifier(
-        load_digits(), hidden=hidden, lr=lr, batch=batch, l2=l2, seed=seed,
-        name="mlp-digits")),
+        lambda users, items, true_rank, ratings, noise, **kw: MatrixFactorization(
+            synthetic_ratings(users, items, true_rank, ratings, noise, kw["seed"]),
+            name="mf-synthetic", **kw)),
+    "softmax-digits": (dict(_CLS), lambda **kw: Classifier(
+        load_digits(), hidden=0, name="softmax-digits", **kw)),
+    "mlp-digits": ({**_CLS, "hidden": 64}, lambda **kw: Classifier(
+        load_digits(), name="mlp-digits", **kw)),
     "softmax-synthetic": (
         {**_CLS, "samples": 20000, "features": 256, "classes": 10, "spread": 5.0},
-        lambda lr, batch, l2, seed, samples, features, classes, spread: Classifier(
-            synthetic_clusters(samples, features, classes, spread, seed), hidden=0, lr=lr,
-            batch=batch, l2=l2, seed=seed, name="softmax-synthetic")),
+        lambda samples, features, classes, spread, **kw: Classifier(
+            synthetic_clusters(samples, features, classes, spread, kw["seed"]), hidden=0,
+            name="softmax-synthetic", **kw)),
     "mlp-synthetic": (
         {**_CLS, "samples": 20000, "features": 256, "classes": 10, "spread": 5.0,
          "hidden": 1024},
-        lambda lr, batch, l2, seed, samples, features, classes, spread, hidden: Classifier(
-            synthetic_clusters(samples, features, classes, spread, seed), hidden=hidden,
-            lr=lr, batch=batch, l2=l2, seed=seed, name="mlp-synthetic")),
+        lambda samples, features, classes, spread, **kw: Classifier(
+            synthetic_clusters(samples, features, classes, spread, kw["seed"]),
+            name="mlp-synthetic", **kw)),
 }
 
 
@@ -86,6 +94,8 @@ __all__ = [
     "RowSet",
     "Workload",
     "apply_delta",
+    "clock_examples",
+    "decayed_lr",
     "load_digits",
     "load_movielens",
     "make_workload",

@@ -7,6 +7,7 @@ the rows its partition touches, runs one local pass, and pushes new - old as its
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -95,6 +96,31 @@ def apply_delta(params: Params, rows: RowSet, delta: Params) -> None:
             params[name] += d
         else:
             params[name][r] += d
+
+
+def check_schedule(clock_fraction: float, lr_decay: float) -> None:
+    """ValueError unless 0 < clock_fraction <= 1 and lr_decay >= 0."""
+    if not 0 < clock_fraction <= 1:
+        raise ValueError(f"clock_fraction must be in (0, 1], got {clock_fraction}")
+    if lr_decay < 0:
+        raise ValueError(f"lr_decay must be >= 0, got {lr_decay}")
+
+
+def decayed_lr(lr: float, clock: int, decay: float) -> float:
+    """The step size of clock `clock` (0-based): lr / (1 + clock) ** decay (0.5: the
+    1/sqrt(t) schedule Gaia's significance threshold follows)."""
+    return lr / (1 + clock) ** decay
+
+
+def clock_examples(n: int, clock: int, fraction: float, seed: Sequence[int]) -> np.ndarray:
+    """The examples a worker visits in clock `clock` (0-based) when a clock is `fraction`
+    of a pass over its n examples: a seeded permutation per pass, cut into
+    ceil(1/fraction) consecutive slices, one per clock."""
+    slices = max(1, math.ceil(1 / fraction - 1e-9))
+    epoch, piece = divmod(clock, slices)
+    order = np.random.default_rng([*seed, epoch]).permutation(n)
+    bounds = np.linspace(0, n, slices + 1).round().astype(np.int64)
+    return order[bounds[piece]:bounds[piece + 1]]
 
 
 def split_region_first(region_of_example: np.ndarray, regions: Sequence[str],

@@ -7,7 +7,16 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .base import DTYPE, Params, Partition, Workload, split_region_first
+from .base import (
+    DTYPE,
+    Params,
+    Partition,
+    Workload,
+    check_schedule,
+    clock_examples,
+    decayed_lr,
+    split_region_first,
+)
 from .datasets import Labelled
 
 
@@ -34,11 +43,14 @@ class Classifier(Workload):
 
     def __init__(self, data: Labelled, *, hidden: int = 0, lr: float = 0.1,
                  batch: int = 32, l2: float = 1e-4, test_fraction: float = 0.2,
-                 seed: int = 0, name: str = "classifier") -> None:
+                 seed: int = 0, clock_fraction: float = 1.0, lr_decay: float = 0.0,
+                 name: str = "classifier") -> None:
         if hidden < 0 or lr <= 0 or batch < 1 or l2 < 0 or not 0 < test_fraction < 1:
             raise ValueError("classifier: need hidden >= 0, lr > 0, batch >= 1, l2 >= 0, "
                              "0 < test_fraction < 1")
+        check_schedule(clock_fraction, lr_decay)
         self.name = name
+        self.clock_fraction, self.lr_decay = clock_fraction, lr_decay
         self.data = data
         self.hidden, self.lr, self.batch, self.l2, self.seed = hidden, lr, batch, l2, seed
         rng = np.random.default_rng(seed)
@@ -94,10 +106,9 @@ class Classifier(Workload):
     def local_pass(self, params: Params, part: Partition, clock: int) -> Params:
         p = {k: v.copy() for k, v in params.items()}
         x, y = part.data["x"], part.data["y"]
-        order = np.random.default_rng(
-            [self.seed, clock, part.worker, zlib.crc32(part.region.encode())]
-        ).permutation(len(y))
-        lr = DTYPE(self.lr)
+        order = clock_examples(len(y), clock, self.clock_fraction,
+                               [self.seed, part.worker, zlib.crc32(part.region.encode())])
+        lr = DTYPE(decayed_lr(self.lr, clock, self.lr_decay))
         for start in range(0, len(order), self.batch):
             idx = order[start:start + self.batch]
             for name, g in self._grads(p, x[idx], y[idx]).items():

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .base import DTYPE, Params, Partition, Workload
+from .base import DTYPE, Params, Partition, Workload, check_schedule, clock_examples, decayed_lr
 from .datasets import Ratings
 
 
@@ -24,11 +24,14 @@ class MatrixFactorization(Workload):
 
     def __init__(self, ratings: Ratings, *, rank: int = 20, lr: float = 0.02,
                  l2: float = 0.05, batch: int = 256, test_fraction: float = 0.1,
-                 seed: int = 0, name: str = "mf") -> None:
+                 seed: int = 0, clock_fraction: float = 1.0, lr_decay: float = 0.0,
+                 name: str = "mf") -> None:
         if rank < 1 or lr <= 0 or l2 < 0 or batch < 1 or not 0 < test_fraction < 1:
             raise ValueError("mf: need rank >= 1, lr > 0, l2 >= 0, batch >= 1, "
                              "0 < test_fraction < 1")
+        check_schedule(clock_fraction, lr_decay)
         self.name = name
+        self.clock_fraction, self.lr_decay = clock_fraction, lr_decay
         self.ratings = ratings
         self.rank, self.lr, self.l2, self.batch, self.seed = rank, lr, l2, batch, seed
         rng = np.random.default_rng(seed)
@@ -76,10 +79,10 @@ class MatrixFactorization(Workload):
     def local_pass(self, params: Params, part: Partition, clock: int) -> Params:
         U, V = params["U"].copy(), params["V"].copy()
         u, i, r = part.data["u"], part.data["i"], part.data["r"]
-        order = np.random.default_rng(
-            [self.seed, clock, part.worker, zlib.crc32(part.region.encode())]
-        ).permutation(len(r))
-        lr, l2, mu = DTYPE(self.lr), DTYPE(self.l2), DTYPE(self.mu)
+        order = clock_examples(len(r), clock, self.clock_fraction,
+                               [self.seed, part.worker, zlib.crc32(part.region.encode())])
+        lr = DTYPE(decayed_lr(self.lr, clock, self.lr_decay))
+        l2, mu = DTYPE(self.l2), DTYPE(self.mu)
         for start in range(0, len(order), self.batch):
             idx = order[start:start + self.batch]
             uu, ii = u[idx], i[idx]
