@@ -1,11 +1,12 @@
 """Gaia's roles: a region's PS shard with a significance filter, and the region's mirror.
 
 Frames (docs/PROTOCOL.md, "Gaia"); element indices are flat indices into a table's
-global array (row * columns + column), values `<f4`:
+global array (row * columns + column); updates use the compact form of `sparse_codec`
+(meta {tables, enc}, per table an index part and `<f4` values):
   gaia.update  shard -> own mirror, and mirror -> other regions' mirrors. Data priority.
-               meta {clock, tables, final}; per table: idx `<i8`, values. `clock`: the
-               sender's local clocks completed; `final`: its last update (after a flush).
-  gaia.apply   mirror -> own shard: add these remote updates. meta {tables}; idx, values.
+               meta {clock, final, tables, enc}. `clock`: the sender's local clocks
+               completed; `final`: its last update (after a flush).
+  gaia.apply   mirror -> own shard: add these remote updates. meta {tables, enc}.
   gaia.allow   mirror -> own shard, control: meta {clock}: reads beyond this clock wait
                (the mirror clock: slowest other region + DS).
   gaia.stop    mirror -> own shard, data (after every apply): every region has finished.
@@ -26,32 +27,11 @@ from geoml.workloads import Params
 from .ps import PSShard
 from .ps_plan import KeyRanges
 from .significance import MirrorClock, SignificanceFilter
+from .sparse_codec import decode, encode
 
 log = logging.getLogger("geoml.roles.gaia")
 
 UPDATE, APPLY, ALLOW, STOP = "gaia.update", "gaia.apply", "gaia.allow", "gaia.stop"
-
-
-def _pack(tables: list[str], update: dict[str, tuple[np.ndarray, np.ndarray]]
-          ) -> list[np.ndarray]:
-    out: list[np.ndarray] = []
-    for t in tables:
-        idx, vals = update[t]
-        out += [idx.astype(np.int64, copy=False), vals.astype(np.float32, copy=False)]
-    return out
-
-
-def _unpack(msg: Message) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    tables = msg.meta["tables"]
-    if len(msg.arrays) != 2 * len(tables):
-        raise ValueError(f"{msg.type}: {len(tables)} tables need {2 * len(tables)} arrays")
-    out = {}
-    for i, t in enumerate(tables):
-        idx, vals = msg.arrays[2 * i], msg.arrays[2 * i + 1]
-        if idx.shape != vals.shape or idx.ndim != 1:
-            raise ValueError(f"{msg.type}: indices and values of {t} differ in shape")
-        out[t] = (idx, vals)
-    return out
 
 
 class GaiaShard(PSShard):
@@ -80,10 +60,10 @@ class GaiaShard(PSShard):
 
     async def _send_update(self, clock: int, update: dict[str, tuple[np.ndarray, np.ndarray]],
                            final: bool) -> None:
-        tables = [t for t, (idx, _) in update.items() if len(idx)]
-        glob = {t: (self._to_global(t, update[t][0]), update[t][1]) for t in tables}
-        await self.ep.send(self.mirror, UPDATE, arrays=_pack(tables, glob),
-                           meta={"clock": clock, "tables": tables, "final": final})
+        meta, arrays = encode({t: (self._to_global(t, idx), vals)
+                               for t, (idx, vals) in update.items()})
+        await self.ep.send(self.mirror, UPDATE, arrays=arrays,
+                           meta={"clock": clock, "final": final, **meta})
 
     async def _clock_advanced(self, before: int, after: int) -> None:
         if self.gate.all_done:
@@ -98,7 +78,7 @@ class GaiaShard(PSShard):
         if msg.src != self.mirror:
             raise ValueError(f"{msg.type} is only accepted from this region's mirror")
         if msg.type == APPLY:
-            for table, (idx, vals) in _unpack(msg).items():
+            for table, (idx, vals) in decode(msg.meta, msg.arrays).items():
                 if table not in self.tables:
                     raise KeyError(f"unknown table {table!r}")
                 flat = self.tables[table].reshape(-1)
@@ -165,7 +145,7 @@ class GaiaMirror:
 
     async def _local(self, msg: Message) -> None:
         clock, final = int(msg.meta["clock"]), bool(msg.meta["final"])
-        update = _unpack(msg)
+        update = decode(msg.meta, msg.arrays)
         key = -1 if final else clock
         bucket = self._pending.setdefault(key, {})
         for t, pair in update.items():
@@ -179,15 +159,15 @@ class GaiaMirror:
         del self._reported[key]
         merged = {t: (np.concatenate([i for i, _ in pairs]), np.concatenate([v for _, v in pairs]))
                   for t, pairs in self._pending.pop(key).items()}
-        tables = sorted(merged)
-        self.counters["elements_sent"] += sum(len(merged[t][0]) for t in tables)
+        self.counters["elements_sent"] += sum(len(i) for i, _ in merged.values())
+        meta, arrays = encode(merged)
         for mirror in self.mirrors.values():
-            await self.ep.send(mirror, UPDATE, arrays=_pack(tables, merged),
-                               meta={"clock": clock, "tables": tables, "final": final})
+            await self.ep.send(mirror, UPDATE, arrays=arrays,
+                               meta={"clock": clock, "final": final, **meta})
 
     async def _remote(self, msg: Message) -> None:
         region = msg.src.split("/")[0]
-        update = _unpack(msg)
+        update = decode(msg.meta, msg.arrays)
         per_shard: list[dict[str, tuple[np.ndarray, np.ndarray]]] = [{} for _ in self.shards]
         for table, (idx, vals) in update.items():
             if table not in self.ranges.shapes:
@@ -201,9 +181,8 @@ class GaiaMirror:
                     per_shard[s][table] = (idx[cuts[s]:cuts[s + 1]], vals[cuts[s]:cuts[s + 1]])
         for shard, part in zip(self.shards, per_shard, strict=True):
             if part:
-                tables = sorted(part)
-                await self.ep.send(shard, APPLY, arrays=_pack(tables, part),
-                                   meta={"tables": tables})
+                meta, arrays = encode(part)
+                await self.ep.send(shard, APPLY, arrays=arrays, meta=meta)
         if msg.meta["final"]:
             self._final_regions.add(region)
             self.clock.on_remote_clock(region, 1 << 40)

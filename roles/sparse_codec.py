@@ -1,0 +1,95 @@
+"""Compact wire form of sparse updates: per table, element indices + float32 values.
+
+Indices are sent relative to the smallest one (`base`), either as a bitmap over the span
+[base, base + span) when that is smaller (dense updates: 1 bit per element of the span), or
+as `<u4` offsets (4 bytes per element). Values follow in index order. Duplicate indices are
+summed first, so decoding always yields sorted, unique indices.
+
+An update is encoded as meta {"tables": [...], "enc": [[kind, base, span], ...]} plus two
+arrays per table (index part, values); `decode` validates everything it reads.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+#: Per table: flat element indices (int64) and values.
+Update = dict[str, tuple[np.ndarray, np.ndarray]]
+
+BITMAP, OFFSETS = "bitmap", "u4"
+
+
+def canonical(idx: np.ndarray, vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted unique indices, duplicates' values summed."""
+    idx = np.asarray(idx, np.int64)
+    if len(idx) < 2 or (np.all(idx[1:] > idx[:-1])):
+        return idx, np.asarray(vals)
+    uniq, inverse = np.unique(idx, return_inverse=True)
+    summed = np.zeros(len(uniq), np.float64)
+    np.add.at(summed, inverse, vals)
+    return uniq, summed.astype(vals.dtype)
+
+
+def encode(update: Update) -> tuple[dict[str, Any], list[np.ndarray]]:
+    """(meta, arrays) for the non-empty tables of `update`."""
+    tables: list[str] = []
+    enc: list[list[Any]] = []
+    arrays: list[np.ndarray] = []
+    for table in sorted(update):
+        idx, vals = canonical(*update[table])
+        if not len(idx):
+            continue
+        base = int(idx[0])
+        span = int(idx[-1]) - base + 1
+        rel = idx - base
+        if span > 0xFFFF_FFFF:
+            raise ValueError(f"{table}: update spans {span} elements (at most 2**32 - 1)")
+        if (span + 7) // 8 < 4 * len(idx):
+            mask = np.zeros(span, bool)
+            mask[rel] = True
+            arrays.append(np.packbits(mask))
+            enc.append([BITMAP, base, span])
+        else:
+            arrays.append(rel.astype("<u4"))
+            enc.append([OFFSETS, base, span])
+        arrays.append(np.asarray(vals, "<f4"))
+        tables.append(table)
+    return {"tables": tables, "enc": enc}, arrays
+
+
+def decode(meta: dict[str, Any], arrays: list[np.ndarray]) -> Update:
+    """The update `encode` made; ValueError for anything inconsistent."""
+    tables, enc = meta.get("tables"), meta.get("enc")
+    if not isinstance(tables, list) or not isinstance(enc, list) or len(tables) != len(enc):
+        raise ValueError("update: meta needs equal-length 'tables' and 'enc' lists")
+    if len(arrays) != 2 * len(tables):
+        raise ValueError(f"update: {len(tables)} tables need {2 * len(tables)} arrays, "
+                         f"got {len(arrays)}")
+    out: Update = {}
+    for i, (table, spec) in enumerate(zip(tables, enc, strict=True)):
+        if not (isinstance(spec, list) and len(spec) == 3 and isinstance(spec[1], int)
+                and isinstance(spec[2], int) and spec[1] >= 0 and spec[2] >= 1):
+            raise ValueError(f"update: bad encoding {spec!r} for table {table!r}")
+        kind, base, span = spec
+        part, vals = arrays[2 * i], arrays[2 * i + 1]
+        if vals.ndim != 1:
+            raise ValueError(f"update: values of {table!r} are not one-dimensional")
+        if kind == BITMAP:
+            if part.dtype != np.uint8 or part.shape != ((span + 7) // 8,):
+                raise ValueError(f"update: bitmap of {table!r} does not cover {span} elements")
+            rel = np.flatnonzero(np.unpackbits(part, count=span))
+        elif kind == OFFSETS:
+            if part.ndim != 1 or part.dtype.kind != "u":
+                raise ValueError(f"update: offsets of {table!r} are not unsigned integers")
+            rel = part.astype(np.int64)
+            if len(rel) and (rel.max() >= span or np.any(rel[1:] <= rel[:-1])):
+                raise ValueError(f"update: offsets of {table!r} unsorted or beyond the span")
+        else:
+            raise ValueError(f"update: unknown index encoding {kind!r} for {table!r}")
+        if len(rel) != len(vals):
+            raise ValueError(f"update: {len(rel)} indices but {len(vals)} values for "
+                             f"{table!r}")
+        out[table] = (rel + base, vals)
+    return out
