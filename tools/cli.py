@@ -175,6 +175,23 @@ async def _role_main(topo: Topology, address: str, kind: str, args: argparse.Nam
         ctx.destroy(linger=0)
 
 
+def _compare_main(args: argparse.ArgumentParser | argparse.Namespace) -> None:
+    from geoml.compare import compare
+
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    args.system = systems[0] if systems else "lan"
+    cfg = _run_config(args, check=False)
+    if cfg.iterations is None and cfg.seconds is None:
+        raise GeomlError("give --iterations N and/or --seconds T: every run needs a bound, "
+                         "even with a target (a system may never reach it)")
+    try:
+        report = _run(compare(cfg, systems, args.out))
+    except ValueError as exc:
+        raise GeomlError(str(exc)) from None
+    print(report["table"])
+    print(f"wrote {args.out}/compare.json, compare.png and one directory per system")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `geoml` command."""
     p = argparse.ArgumentParser(prog="geoml", description="Geo-distributed ML over an "
@@ -183,11 +200,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    d = sub.add_parser("demo", help="the all-in-one demo (bus traffic over ss_wan)")
+    d = sub.add_parser("demo", help="the all-in-one demo: LAN, baseline and Gaia on ss_wan "
+                       "(MF on MovieLens); --bus: saturate the WAN links instead")
+    d.add_argument("--bus", action="store_true", help="the message-bus demo: every link "
+                   "saturated, achieved against configured rates")
     d.add_argument("--topology", default="ss_wan")
-    d.add_argument("--seconds", type=float, default=6.0)
+    d.add_argument("--seconds", type=float, default=6.0, help="--bus: seconds of traffic")
     d.add_argument("--frame-bytes", type=int, default=256 * 1024)
     d.add_argument("--out", type=Path, default=Path("out/demo"))
+
+    c = sub.add_parser("compare", help="run several systems on one workload and target; "
+                       "writes compare.json, compare.png and each run's results")
+    c.add_argument("--topology", required=True)
+    c.add_argument("--workload", required=True, choices=_workload_names())
+    c.add_argument("--systems", default="lan,baseline,gaia",
+                   help="comma-separated (default lan,baseline,gaia)")
+    c.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="workload option, e.g. rank=50 (repeatable)")
+    c.add_argument("--sync", default="bsp", help="bsp or ssp:S (staleness S)")
+    c.add_argument("--until", help="the target, objective:X (default: what LAN reaches, "
+                   "see README)")
+    c.add_argument("--iterations", type=int, help="clocks per run (at most)")
+    c.add_argument("--seconds", type=float, help="seconds per run (at most)")
+    c.add_argument("--out", type=Path, default=Path("runs/compare"))
+    _training_args(c)
 
     t = sub.add_parser("topo", help="topology files")
     tsub = t.add_subparsers(dest="topo_command", required=True, metavar="ACTION")
@@ -251,14 +287,19 @@ def _training_args(p: argparse.ArgumentParser) -> None:
                    help="gaia: mirror clock, clocks a region may lead the slowest other")
 
 
+def _workload_names() -> list[str]:
+    from geoml.workloads import WORKLOADS
+
+    return list(WORKLOADS)
+
+
 def _ps_args(p: argparse.ArgumentParser, role: bool) -> None:
     from geoml.roles.ps_plan import SYSTEMS
-    from geoml.workloads import WORKLOADS
 
     p.add_argument("--system", required=not role, choices=SYSTEMS,
                    help="lan: everything in one region; baseline: one global model sharded "
                    "over every region")
-    p.add_argument("--workload", required=not role, choices=list(WORKLOADS))
+    p.add_argument("--workload", required=not role, choices=_workload_names())
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="workload option, e.g. rank=50 (repeatable)")
     p.add_argument("--sync", default="bsp", help="bsp or ssp:S (staleness S)")
@@ -279,9 +320,16 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "demo":
-            from geoml.demo import bus_demo
+            if args.bus:
+                from geoml.demo import bus_demo
 
-            _run(bus_demo(args.topology, args.seconds, args.frame_bytes, args.out))
+                _run(bus_demo(args.topology, args.seconds, args.frame_bytes, args.out))
+            else:
+                from geoml.demo import gaia_demo
+
+                _run(gaia_demo(args.topology, args.out))
+        elif args.command == "compare":
+            _compare_main(args)
         elif args.command == "run":
             from geoml.run import run_ps
 
