@@ -1,41 +1,107 @@
-"""Gaia's roles: a region's PS shard with a significance filter, and the region's mirror.
+"""Gaia's roles: a region's PS shard with a significance filter, the region's mirror, and
+the overlay hub of a group of regions.
 
 Frames (docs/PROTOCOL.md, "Gaia"); element indices are flat indices into a table's
 global array (row * columns + column); updates use the compact form of `sparse_codec`
 (meta {tables, enc}, per table an index part and `<f4` values):
-  gaia.update  shard -> own mirror, and mirror -> other regions' mirrors. Data priority.
-               meta {clock, final, tables, enc}. `clock`: the sender's local clocks
-               completed; `final`: its last update (after a flush).
-  gaia.apply   mirror -> own shard: add these remote updates. meta {tables, enc}.
-  gaia.allow   mirror -> own shard, control: meta {clock}: reads beyond this clock wait
-               (the mirror clock: slowest other region + DS).
-  gaia.stop    mirror -> own shard, data (after every apply): every region has finished.
+  gaia.update   shard -> own mirror: meta {clock, final, tables, enc}. `clock`: the
+                region's local clocks completed; `final`: its last update (after a flush).
+                mirror/hub -> mirror/hub: meta {seq, clocks {region: clock}, final
+                [regions], tables, enc}: the summed updates of the regions in `clocks`.
+  gaia.barrier  mirror/hub -> mirror/hub, control, sent just before the gaia.update with the
+                same `seq`: meta {seq, tables, enc}, one index array (rows) per table.
+                The selective barrier: reads of those rows wait until the values arrive.
+  gaia.block    mirror -> own shard, control: meta {origin, seq, tables, enc}: the rows of
+                this shard a barrier named.
+  gaia.apply    mirror -> own shard: add these remote updates; meta {origin, seq, tables,
+                enc}; unblocks the rows of the gaia.block with the same origin and seq.
+  gaia.allow    mirror -> own shard, control: meta {clock}: reads beyond this clock wait
+                (the mirror clock: slowest other region + DS).
+  gaia.stop     mirror -> own shard, data (after every apply): every region has finished.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import Counter
-from collections.abc import Sequence
+from collections import Counter, deque
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from geoml.bus import Endpoint, Message
+from geoml.bus.frame import CONTROL_MAX_BYTES
 from geoml.workloads import Params
 
 from .ps import PSShard
 from .ps_plan import KeyRanges
 from .significance import MirrorClock, SignificanceFilter
-from .sparse_codec import decode, encode
+from .sparse_codec import Update, decode, decode_indices, encode, encode_indices
 
 log = logging.getLogger("geoml.roles.gaia")
 
-UPDATE, APPLY, ALLOW, STOP = "gaia.update", "gaia.apply", "gaia.allow", "gaia.stop"
+UPDATE, BARRIER, BLOCK = "gaia.update", "gaia.barrier", "gaia.block"
+APPLY, ALLOW, STOP = "gaia.apply", "gaia.allow", "gaia.stop"
+#: Room left for the header when deciding whether a barrier fits a control frame.
+_HEADER_ROOM = 4096
+_NEVER = 1 << 40
+
+
+def _merge(updates: Sequence[Update]) -> Update:
+    """The element-wise sum of several updates (duplicates are summed when encoded)."""
+    tables: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    for update in updates:
+        for t, pair in update.items():
+            tables.setdefault(t, []).append(pair)
+    return {t: (np.concatenate([i for i, _ in pairs]), np.concatenate([v for _, v in pairs]))
+            for t, pairs in tables.items()}
+
+
+def _rows_of(update: Update, shapes: Mapping[str, tuple[int, int]]) -> dict[str, np.ndarray]:
+    """The rows an update touches (global row ids, per table)."""
+    return {t: np.unique(idx // shapes[t][1]) for t, (idx, _) in update.items()}
+
+
+class _Sender:
+    """Sends barrier + update pairs with a sequence number, counting what it sent."""
+
+    def __init__(self, ep: Endpoint, counters: Counter[str], barrier: bool) -> None:
+        self.ep, self.counters, self.barrier = ep, counters, barrier
+        self.seq = 0
+
+    def next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    async def send_barrier(self, dst: str, seq: int,
+                           encoded: tuple[dict[str, Any], list[np.ndarray]]) -> None:
+        meta, arrays = encoded
+        size = sum(a.nbytes for a in arrays)
+        control = size + _HEADER_ROOM <= CONTROL_MAX_BYTES
+        if not control:
+            self.counters["barriers_as_data"] += 1  # still before the values, just not faster
+        self.counters["barriers_sent"] += 1
+        await self.ep.send(dst, BARRIER, arrays=arrays, control=control,
+                           meta={"seq": seq, **meta})
+
+    async def send_update(self, dst: str, seq: int, clocks: dict[str, int], final: list[str],
+                          encoded: tuple[dict[str, Any], list[np.ndarray]]) -> None:
+        meta, arrays = encoded
+        await self.ep.send(dst, UPDATE, arrays=arrays,
+                           meta={"seq": seq, "clocks": clocks, "final": final, **meta})
+
+
+def _peer_meta(msg: Message) -> tuple[int, dict[str, int], list[str]]:
+    """(seq, clocks, final) of a mirror-to-mirror gaia.update, validated."""
+    seq, clocks, final = msg.meta.get("seq"), msg.meta.get("clocks"), msg.meta.get("final")
+    if not isinstance(seq, int) or not isinstance(clocks, dict) or not isinstance(final, list):
+        raise ValueError(f"{msg.type} from {msg.src} needs meta seq, clocks and final")
+    return seq, {str(r): int(c) for r, c in clocks.items()}, [str(r) for r in final]
 
 
 class GaiaShard(PSShard):
-    """A PS shard of one region's replica; filters its workers' updates for the WAN."""
+    """A PS shard of one region's replica; filters its workers' updates for the WAN and
+    holds reads of rows a selective barrier blocked until their values arrive."""
 
     def __init__(self, endpoint: Endpoint, index: int, ranges: KeyRanges, init: Params,
                  workers: Sequence[str], mirror: str, *, v: float = 0.01,
@@ -48,6 +114,11 @@ class GaiaShard(PSShard):
         self._stopped = False
         self._sent_final = False
         self.cols = {t: ranges.shapes[t][1] for t in ranges.shapes}
+        #: Per table, per local row: how many barriers block it now.
+        self.blocked = {t: np.zeros(len(a), np.int32) for t, a in self.tables.items()}
+        self._blocks: dict[tuple[str, int], dict[str, np.ndarray]] = {}
+        self._applied_seq: dict[str, int] = {}
+        self._held: list[tuple[Message, list[np.ndarray | None]]] = []
 
     def _finished(self) -> bool:
         return self._stopped
@@ -58,8 +129,7 @@ class GaiaShard(PSShard):
     def _to_global(self, table: str, idx: np.ndarray) -> np.ndarray:
         return idx + self.lo[table] * self.cols[table]
 
-    async def _send_update(self, clock: int, update: dict[str, tuple[np.ndarray, np.ndarray]],
-                           final: bool) -> None:
+    async def _send_update(self, clock: int, update: Update, final: bool) -> None:
         meta, arrays = encode({t: (self._to_global(t, idx), vals)
                                for t, (idx, vals) in update.items()})
         await self.ep.send(self.mirror, UPDATE, arrays=arrays,
@@ -74,19 +144,73 @@ class GaiaShard(PSShard):
         for clock in range(before + 1, after + 1):
             await self._send_update(clock, self.filter.select(self.tables, clock), final=False)
 
+    def _is_blocked(self, msg: Message, rows: list[np.ndarray | None]) -> bool:
+        for table, r in zip(msg.meta["tables"], rows, strict=True):
+            counts = self.blocked[table]
+            if (counts.any() if r is None else counts[r].any()):
+                return True
+        return False
+
+    async def _serve(self, msg: Message, rows: list[np.ndarray | None]) -> None:
+        if self._is_blocked(msg, rows):
+            self.counters["reads_held_by_barrier"] += 1
+            self._held.append((msg, rows))
+            return
+        await super()._serve(msg, rows)
+
+    def _local_rows_of(self, table: str, rows: np.ndarray) -> np.ndarray:
+        if table not in self.tables:
+            raise KeyError(f"unknown table {table!r}")
+        local = rows - self.lo[table]
+        if len(local) and (local.min() < 0 or local.max() >= len(self.tables[table])):
+            raise IndexError(f"gaia.block: rows of {table} outside this shard")
+        return local
+
+    def _block(self, msg: Message) -> None:
+        origin, seq = str(msg.meta["origin"]), int(msg.meta["seq"])
+        if seq <= self._applied_seq.get(origin, -1):
+            self.counters["late_barriers"] += 1  # its values are here already
+            return
+        rows = {t: self._local_rows_of(t, r)
+                for t, r in decode_indices(msg.meta, msg.arrays).items()}
+        for t, r in rows.items():
+            self.blocked[t][r] += 1
+        self._blocks[(origin, seq)] = rows
+        self.counters["blocks"] += 1
+
+    def _apply_remote(self, msg: Message) -> list[Any]:
+        update = decode(msg.meta, msg.arrays)
+        checked = []
+        for table, (idx, vals) in update.items():
+            if table not in self.tables:
+                raise KeyError(f"unknown table {table!r}")
+            flat = self.tables[table].reshape(-1)
+            local = idx - self.lo[table] * self.cols[table]
+            if len(local) and (local.min() < 0 or local.max() >= flat.size):
+                raise IndexError(f"gaia.apply: indices of {table} outside this shard")
+            checked.append((flat, local, vals))
+        for flat, local, vals in checked:
+            np.add.at(flat, local, vals)
+        self.counters["applies"] += 1
+        origin, seq = msg.meta.get("origin"), msg.meta.get("seq")
+        if origin is None or seq is None:
+            return []
+        self._applied_seq[str(origin)] = max(self._applied_seq.get(str(origin), -1), int(seq))
+        rows = self._blocks.pop((str(origin), int(seq)), None)
+        if rows is None:
+            return []
+        for t, r in rows.items():
+            self.blocked[t][r] -= 1
+        held, self._held = self._held, []
+        return held  # served again by the caller; still-blocked ones are held again
+
     async def _handle_other(self, msg: Message) -> list[Any]:
         if msg.src != self.mirror:
             raise ValueError(f"{msg.type} is only accepted from this region's mirror")
         if msg.type == APPLY:
-            for table, (idx, vals) in decode(msg.meta, msg.arrays).items():
-                if table not in self.tables:
-                    raise KeyError(f"unknown table {table!r}")
-                flat = self.tables[table].reshape(-1)
-                local = idx - self.lo[table] * self.cols[table]
-                if len(local) and (local.min() < 0 or local.max() >= flat.size):
-                    raise IndexError(f"gaia.apply: indices of {table} outside this shard")
-                np.add.at(flat, local, vals)
-            self.counters["applies"] += 1
+            return self._apply_remote(msg)
+        if msg.type == BLOCK:
+            self._block(msg)
             return []
         if msg.type == ALLOW:
             return self.gate.set_limit(int(msg.meta["clock"]))
@@ -97,23 +221,29 @@ class GaiaShard(PSShard):
 
 
 class GaiaMirror:
-    """A region's mirror: ships significant updates between regions, runs the mirror clock.
+    """A region's mirror: ships significant updates between regions (directly to every
+    other mirror, or through its group's hub), forwards selective barriers, and runs the
+    mirror clock.
 
     `run()` returns when every region (this one included) has sent its final update and
     this region's shards have been told to stop.
     """
 
     def __init__(self, endpoint: Endpoint, region: str, shards: Sequence[str],
-                 ranges: KeyRanges, mirrors: dict[str, str], *, ds: int = 2) -> None:
+                 ranges: KeyRanges, mirrors: dict[str, str], *, ds: int = 2,
+                 hub: str | None = None, barrier: bool = True) -> None:
         self.ep = endpoint
         self.region = region
         self.shards = list(shards)
         self.ranges = ranges
         self.mirrors = {r: a for r, a in mirrors.items() if r != region}
+        self.hub = hub
+        self.out = [hub] if hub is not None else list(self.mirrors.values())
         self.clock = MirrorClock(self.mirrors, ds)
         self.allowed = ds
         self.counters: Counter[str] = Counter()
-        self._pending: dict[int, dict[str, list[tuple[np.ndarray, np.ndarray]]]] = {}
+        self.sender = _Sender(endpoint, self.counters, barrier)
+        self._pending: dict[int, list[Update]] = {}
         self._reported: dict[int, set[str]] = {}
         self._final_shards: set[str] = set()
         self._final_regions: set[str] = set()
@@ -121,35 +251,39 @@ class GaiaMirror:
     async def run(self) -> None:
         """Serve until all regions are final."""
         while not (len(self._final_shards) == len(self.shards)
-                   and self._final_regions == set(self.mirrors)):
+                   and self._final_regions >= set(self.mirrors)):
             msg = await self.ep.recv()
             try:
                 await self._handle(msg)
-            except (ValueError, KeyError, IndexError) as exc:
+            except (ValueError, KeyError, IndexError, TypeError) as exc:
                 self.counters["refused"] += 1
                 log.warning("%s refused %s from %s: %s", self.ep.address, msg.type, msg.src,
                             exc)
         for shard in self.shards:
             await self.ep.send(shard, STOP)
 
+    def _is_peer(self, src: str) -> bool:
+        return src == self.hub if self.hub is not None else src in self.mirrors.values()
+
     async def _handle(self, msg: Message) -> None:
-        if msg.type != UPDATE:
-            raise ValueError(f"a mirror does not take {msg.type!r} frames")
-        if msg.src in self.shards:
+        if msg.type == UPDATE and msg.src in self.shards:
             await self._local(msg)
-        elif msg.src in self.mirrors.values():
-            await self._remote(msg)
+        elif msg.type in (UPDATE, BARRIER) and self._is_peer(msg.src):
+            if msg.type == UPDATE:
+                await self._remote(msg)
+            else:
+                await self._barrier(msg)
+        elif msg.type not in (UPDATE, BARRIER):
+            raise ValueError(f"a mirror does not take {msg.type!r} frames")
         else:
-            raise ValueError(f"gaia.update from {msg.src}, which is neither a shard of "
-                             f"{self.region} nor a mirror")
+            raise ValueError(f"{msg.type} from {msg.src}, which is neither a shard of "
+                             f"{self.region} nor a peer of its mirror")
 
     async def _local(self, msg: Message) -> None:
         clock, final = int(msg.meta["clock"]), bool(msg.meta["final"])
         update = decode(msg.meta, msg.arrays)
         key = -1 if final else clock
-        bucket = self._pending.setdefault(key, {})
-        for t, pair in update.items():
-            bucket.setdefault(t, []).append(pair)
+        self._pending.setdefault(key, []).append(update)
         reported = self._reported.setdefault(key, set())
         reported.add(msg.src)
         if final:
@@ -157,39 +291,166 @@ class GaiaMirror:
         if len(reported) < len(self.shards):
             return
         del self._reported[key]
-        merged = {t: (np.concatenate([i for i, _ in pairs]), np.concatenate([v for _, v in pairs]))
-                  for t, pairs in self._pending.pop(key).items()}
+        merged = _merge(self._pending.pop(key))
         self.counters["elements_sent"] += sum(len(i) for i, _ in merged.values())
-        meta, arrays = encode(merged)
-        for mirror in self.mirrors.values():
-            await self.ep.send(mirror, UPDATE, arrays=arrays,
-                               meta={"clock": clock, "final": final, **meta})
+        encoded = encode(merged)
+        rows = encode_indices(_rows_of(merged, self.ranges.shapes))
+        for peer in self.out:
+            seq = self.sender.next_seq()
+            if self.sender.barrier and encoded[0]["tables"]:
+                await self.sender.send_barrier(peer, seq, rows)
+            await self.sender.send_update(peer, seq, {self.region: clock},
+                                          [self.region] if final else [], encoded)
 
-    async def _remote(self, msg: Message) -> None:
-        region = msg.src.split("/")[0]
-        update = decode(msg.meta, msg.arrays)
-        per_shard: list[dict[str, tuple[np.ndarray, np.ndarray]]] = [{} for _ in self.shards]
-        for table, (idx, vals) in update.items():
+    def _split(self, per_table: dict[str, np.ndarray], scale: bool
+               ) -> list[dict[str, slice]]:
+        """Per shard, per table: the slice of sorted indices (rows, or elements if
+        `scale`) that shard owns."""
+        parts: list[dict[str, slice]] = [{} for _ in self.shards]
+        for table, idx in per_table.items():
             if table not in self.ranges.shapes:
-                raise KeyError(f"unknown table {table!r} from {msg.src}")
-            cols = self.ranges.shapes[table][1]
-            order = np.argsort(idx, kind="stable")
-            idx, vals = idx[order], vals[order]
-            cuts = np.searchsorted(idx, self.ranges.bounds[table] * cols)
+                raise KeyError(f"unknown table {table!r}")
+            bounds = self.ranges.bounds[table] * (self.ranges.shapes[table][1] if scale else 1)
+            cuts = np.searchsorted(idx, bounds)
             for s in range(len(self.shards)):
                 if cuts[s + 1] > cuts[s]:
-                    per_shard[s][table] = (idx[cuts[s]:cuts[s + 1]], vals[cuts[s]:cuts[s + 1]])
-        for shard, part in zip(self.shards, per_shard, strict=True):
+                    parts[s][table] = slice(int(cuts[s]), int(cuts[s + 1]))
+        return parts
+
+    async def _barrier(self, msg: Message) -> None:
+        rows = decode_indices(msg.meta, msg.arrays)
+        seq = int(msg.meta["seq"])
+        self.counters["barriers_received"] += 1
+        for shard, part in zip(self.shards, self._split(rows, scale=False), strict=True):
             if part:
-                meta, arrays = encode(part)
-                await self.ep.send(shard, APPLY, arrays=arrays, meta=meta)
-        if msg.meta["final"]:
-            self._final_regions.add(region)
-            self.clock.on_remote_clock(region, 1 << 40)
-        else:
-            self.clock.on_remote_clock(region, int(msg.meta["clock"]))
-        allowed = min(self.clock.slowest + self.clock.ds, 1 << 40)
+                meta, arrays = encode_indices({t: rows[t][sl] for t, sl in part.items()})
+                await self.ep.send(shard, BLOCK, arrays=arrays, control=True,
+                                   meta={"origin": msg.src, "seq": seq, **meta})
+
+    async def _remote(self, msg: Message) -> None:
+        seq, clocks, final = _peer_meta(msg)
+        update = decode(msg.meta, msg.arrays)
+        elements = {t: idx for t, (idx, _) in update.items()}
+        for shard, part in zip(self.shards, self._split(elements, scale=True), strict=True):
+            if part:
+                meta, arrays = encode({t: (update[t][0][sl], update[t][1][sl])
+                                       for t, sl in part.items()})
+                await self.ep.send(shard, APPLY, arrays=arrays,
+                                   meta={"origin": msg.src, "seq": seq, **meta})
+        for region, clock in clocks.items():
+            if region in self.mirrors:
+                self.clock.on_remote_clock(region, clock)
+        for region in final:
+            if region in self.mirrors:
+                self._final_regions.add(region)
+                self.clock.on_remote_clock(region, _NEVER)
+        allowed = min(self.clock.slowest + self.clock.ds, _NEVER)
         if allowed != self.allowed:
             self.allowed = allowed
             for shard in self.shards:
                 await self.ep.send(shard, ALLOW, control=True, meta={"clock": allowed})
+
+
+class GaiaHub:
+    """The hub of an overlay group: relays each member's update to the other members,
+    merges one update per member into a combined one for the other groups' hubs, and fans
+    the other hubs' combined updates out to its members. Barriers go ahead of updates.
+
+    `run()` returns when every member and every other group has sent its final update.
+    """
+
+    def __init__(self, endpoint: Endpoint, members: Mapping[str, str],
+                 hubs: Mapping[str, str], shapes: Mapping[str, tuple[int, int]],
+                 other_regions: Sequence[str], *, barrier: bool = True) -> None:
+        self.ep = endpoint
+        self.members = dict(members)  # region -> mirror address
+        self.hubs = [h for h in hubs.values() if h != endpoint.address]
+        self.shapes = dict(shapes)
+        self.other_regions = set(other_regions)
+        self.counters: Counter[str] = Counter()
+        self.sender = _Sender(endpoint, self.counters, barrier)
+        self._queues: dict[str, deque[tuple[int, bool, Update]]] = {
+            r: deque() for r in self.members}
+        self._member_final: set[str] = set()
+        self._remote_final: set[str] = set()
+        self._seq_map: dict[tuple[str, int], dict[str, int]] = {}
+        self._updated_seq: dict[str, int] = {}
+        self._by_address = {a: r for r, a in self.members.items()}
+
+    async def run(self) -> None:
+        """Serve until every member and every other group is final."""
+        while not (self._member_final == set(self.members)
+                   and self._remote_final >= self.other_regions):
+            msg = await self.ep.recv()
+            try:
+                await self._handle(msg)
+            except (ValueError, KeyError, IndexError, TypeError) as exc:
+                self.counters["refused"] += 1
+                log.warning("%s refused %s from %s: %s", self.ep.address, msg.type, msg.src,
+                            exc)
+
+    def _targets(self, src: str) -> list[str]:
+        if src in self._by_address:
+            return [a for a in self.members.values() if a != src]
+        if src in self.hubs:
+            return list(self.members.values())
+        raise ValueError(f"{src} is neither a member mirror nor a hub")
+
+    async def _handle(self, msg: Message) -> None:
+        if msg.type not in (UPDATE, BARRIER):
+            raise ValueError(f"a hub does not take {msg.type!r} frames")
+        targets = self._targets(msg.src)
+        seq = int(msg.meta["seq"])
+        encoded = ({"tables": msg.meta["tables"], "enc": msg.meta["enc"]}, list(msg.arrays))
+        if msg.type == BARRIER:
+            if seq <= self._updated_seq.get(msg.src, -1):
+                self.counters["late_barriers"] += 1
+                return
+            relayed = {dst: self.sender.next_seq() for dst in targets}
+            self._seq_map[(msg.src, seq)] = relayed
+            for dst, out_seq in relayed.items():
+                await self.sender.send_barrier(dst, out_seq, encoded)
+            return
+        _, clocks, final = _peer_meta(msg)
+        self._updated_seq[msg.src] = max(self._updated_seq.get(msg.src, -1), seq)
+        relayed = self._seq_map.pop((msg.src, seq), {})
+        for dst in targets:
+            out_seq = relayed.get(dst) or self.sender.next_seq()
+            await self.sender.send_update(dst, out_seq, clocks, final, encoded)
+        if msg.src in self.hubs:
+            self._remote_final.update(final)
+            return
+        region = self._by_address[msg.src]
+        self._queues[region].append((clocks.get(region, 0), region in final,
+                                     decode(msg.meta, msg.arrays)))
+        await self._combine()
+
+    async def _combine(self) -> None:
+        """Send combined updates while every member that is not final has one queued."""
+        while True:
+            waiting = [r for r in self.members
+                       if r not in self._member_final and not self._queues[r]]
+            ready = [r for r in self.members if self._queues[r]]
+            if waiting or not ready:
+                return
+            clocks: dict[str, int] = {}
+            final: list[str] = []
+            updates = []
+            for r in ready:
+                clock, is_final, update = self._queues[r].popleft()
+                clocks[r] = clock
+                updates.append(update)
+                if is_final:
+                    final.append(r)
+                    self._member_final.add(r)
+            merged = _merge(updates)
+            self.counters["combined"] += 1
+            self.counters["elements_in"] += sum(len(i) for u in updates for i, _ in u.values())
+            encoded = encode(merged)
+            self.counters["elements_out"] += sum(len(a) for a in encoded[1][1::2])
+            rows = encode_indices(_rows_of(merged, self.shapes))
+            for hub in self.hubs:
+                seq = self.sender.next_seq()
+                if self.sender.barrier and encoded[0]["tables"]:
+                    await self.sender.send_barrier(hub, seq, rows)
+                await self.sender.send_update(hub, seq, clocks, final, encoded)

@@ -24,8 +24,17 @@ class PSPlan:
     workers: tuple[str, ...]
     #: region -> number of workers whose data lives there (data partitioning, in order).
     data_regions: dict[str, int]
-    #: gaia: one mirror per region, by region.
+    #: gaia: one mirror per region with workers, by region.
     mirrors: dict[str, str] | None = None
+    #: gaia with hubs: overlay group name -> (hub address, member regions with workers).
+    hubs: dict[str, tuple[str, tuple[str, ...]]] | None = None
+
+    def hub_of(self, region: str) -> str | None:
+        """The hub address a region's mirror talks to (None: it talks to every mirror)."""
+        for hub, members in (self.hubs or {}).values():
+            if region in members:
+                return hub
+        return None
 
     def in_region(self, addresses: tuple[str, ...], region: str) -> list[str]:
         """The addresses of `region` among `addresses`, in order."""
@@ -40,14 +49,16 @@ class PSPlan:
         return out
 
 
-def plan_ps(topology: Topology, system: str, lan_region: str | None = None) -> PSPlan:
+def plan_ps(topology: Topology, system: str, lan_region: str | None = None,
+            hubs: bool = False) -> PSPlan:
     """Roles for `system` on `topology`.
 
     lan: every worker and shard the topology lists, all in one region (`lan_region`,
     default the first), holding all the data. baseline: each region runs its own workers
     (on its own data) and PS shards; one global model is sharded over all shards. gaia: the
     same roles as baseline, but each region's shards hold a full replica, and each region
-    adds a mirror.
+    adds a mirror; with `hubs`, each overlay group of the topology adds a hub role in its
+    hub region, and mirrors exchange updates through the hubs.
     """
     if system not in SYSTEMS:
         raise ValueError(f"unknown system {system!r} for the parameter server; choose from "
@@ -64,9 +75,22 @@ def plan_ps(topology: Topology, system: str, lan_region: str | None = None) -> P
                       {home: n_workers})
     shards = tuple(f"{r.name}/ps/{i}" for r in regions for i in range(r.ps_shards))
     workers = tuple(f"{r.name}/worker/{i}" for r in regions for i in range(r.workers))
-    mirrors = {r.name: f"{r.name}/mirror/0" for r in regions} if system == "gaia" else None
-    return PSPlan(system, shards, workers, {r.name: r.workers for r in regions if r.workers},
-                  mirrors)
+    data_regions = {r.name: r.workers for r in regions if r.workers}
+    mirrors = {r: f"{r}/mirror/0" for r in data_regions} if system == "gaia" else None
+    hub_plan = None
+    if hubs:
+        if system != "gaia":
+            raise ValueError(f"hubs are part of Gaia; system {system!r} has none")
+        if not topology.overlay:
+            raise ValueError(f"topology {topology.name!r} has no [[overlay]] groups, so "
+                             "there are no hubs")
+        outside = [r for r in data_regions if topology.group_of(r) is None]
+        if outside:
+            raise ValueError(f"with hubs every region needs an overlay group; "
+                             f"{', '.join(outside)} has none in {topology.name!r}")
+        hub_plan = {g.name: (f"{g.hub}/hub/0", tuple(m for m in g.members if m in data_regions))
+                    for g in topology.overlay}
+    return PSPlan(system, shards, workers, data_regions, mirrors, hub_plan)
 
 
 class KeyRanges:

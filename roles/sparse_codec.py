@@ -6,7 +6,8 @@ as `<u4` offsets (4 bytes per element). Values follow in index order. Duplicate 
 summed first, so decoding always yields sorted, unique indices.
 
 An update is encoded as meta {"tables": [...], "enc": [[kind, base, span], ...]} plus two
-arrays per table (index part, values); `decode` validates everything it reads.
+arrays per table (index part, values); `decode` validates everything it reads. Index sets
+alone (`encode_indices`) use the same meta with one array per table.
 """
 
 from __future__ import annotations
@@ -32,6 +33,52 @@ def canonical(idx: np.ndarray, vals: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return uniq, summed.astype(vals.dtype)
 
 
+def encode_index(idx: np.ndarray) -> tuple[list[Any], np.ndarray]:
+    """([kind, base, span], index part) for sorted, unique, non-empty `idx`."""
+    base = int(idx[0])
+    span = int(idx[-1]) - base + 1
+    if span > 0xFFFF_FFFF:
+        raise ValueError(f"indices span {span} elements (at most 2**32 - 1)")
+    rel = idx - base
+    if (span + 7) // 8 < 4 * len(idx):
+        mask = np.zeros(span, bool)
+        mask[rel] = True
+        return [BITMAP, base, span], np.packbits(mask)
+    return [OFFSETS, base, span], rel.astype("<u4")
+
+
+def decode_index(spec: Any, part: np.ndarray, table: str) -> np.ndarray:
+    """The sorted int64 indices `encode_index` described; ValueError if inconsistent."""
+    if not (isinstance(spec, list) and len(spec) == 3 and isinstance(spec[1], int)
+            and isinstance(spec[2], int) and spec[1] >= 0 and spec[2] >= 1):
+        raise ValueError(f"update: bad encoding {spec!r} for table {table!r}")
+    kind, base, span = spec
+    if kind == BITMAP:
+        if part.dtype != np.uint8 or part.shape != ((span + 7) // 8,):
+            raise ValueError(f"update: bitmap of {table!r} does not cover {span} elements")
+        rel = np.flatnonzero(np.unpackbits(part, count=span))
+    elif kind == OFFSETS:
+        if part.ndim != 1 or part.dtype.kind != "u":
+            raise ValueError(f"update: offsets of {table!r} are not unsigned integers")
+        rel = part.astype(np.int64)
+        if len(rel) and (rel.max() >= span or np.any(rel[1:] <= rel[:-1])):
+            raise ValueError(f"update: offsets of {table!r} unsorted or beyond the span")
+    else:
+        raise ValueError(f"update: unknown index encoding {kind!r} for {table!r}")
+    return rel + base
+
+
+def _check_meta(meta: dict[str, Any], arrays: list[np.ndarray], per_table: int
+                ) -> tuple[list[str], list[Any]]:
+    tables, enc = meta.get("tables"), meta.get("enc")
+    if not isinstance(tables, list) or not isinstance(enc, list) or len(tables) != len(enc):
+        raise ValueError("update: meta needs equal-length 'tables' and 'enc' lists")
+    if len(arrays) != per_table * len(tables):
+        raise ValueError(f"update: {len(tables)} tables need {per_table * len(tables)} "
+                         f"arrays, got {len(arrays)}")
+    return tables, enc
+
+
 def encode(update: Update) -> tuple[dict[str, Any], list[np.ndarray]]:
     """(meta, arrays) for the non-empty tables of `update`."""
     tables: list[str] = []
@@ -41,55 +88,44 @@ def encode(update: Update) -> tuple[dict[str, Any], list[np.ndarray]]:
         idx, vals = canonical(*update[table])
         if not len(idx):
             continue
-        base = int(idx[0])
-        span = int(idx[-1]) - base + 1
-        rel = idx - base
-        if span > 0xFFFF_FFFF:
-            raise ValueError(f"{table}: update spans {span} elements (at most 2**32 - 1)")
-        if (span + 7) // 8 < 4 * len(idx):
-            mask = np.zeros(span, bool)
-            mask[rel] = True
-            arrays.append(np.packbits(mask))
-            enc.append([BITMAP, base, span])
-        else:
-            arrays.append(rel.astype("<u4"))
-            enc.append([OFFSETS, base, span])
-        arrays.append(np.asarray(vals, "<f4"))
+        spec, part = encode_index(idx)
+        enc.append(spec)
+        arrays += [part, np.asarray(vals, "<f4")]
         tables.append(table)
     return {"tables": tables, "enc": enc}, arrays
 
 
 def decode(meta: dict[str, Any], arrays: list[np.ndarray]) -> Update:
     """The update `encode` made; ValueError for anything inconsistent."""
-    tables, enc = meta.get("tables"), meta.get("enc")
-    if not isinstance(tables, list) or not isinstance(enc, list) or len(tables) != len(enc):
-        raise ValueError("update: meta needs equal-length 'tables' and 'enc' lists")
-    if len(arrays) != 2 * len(tables):
-        raise ValueError(f"update: {len(tables)} tables need {2 * len(tables)} arrays, "
-                         f"got {len(arrays)}")
+    tables, enc = _check_meta(meta, arrays, 2)
     out: Update = {}
     for i, (table, spec) in enumerate(zip(tables, enc, strict=True)):
-        if not (isinstance(spec, list) and len(spec) == 3 and isinstance(spec[1], int)
-                and isinstance(spec[2], int) and spec[1] >= 0 and spec[2] >= 1):
-            raise ValueError(f"update: bad encoding {spec!r} for table {table!r}")
-        kind, base, span = spec
-        part, vals = arrays[2 * i], arrays[2 * i + 1]
+        vals = arrays[2 * i + 1]
         if vals.ndim != 1:
             raise ValueError(f"update: values of {table!r} are not one-dimensional")
-        if kind == BITMAP:
-            if part.dtype != np.uint8 or part.shape != ((span + 7) // 8,):
-                raise ValueError(f"update: bitmap of {table!r} does not cover {span} elements")
-            rel = np.flatnonzero(np.unpackbits(part, count=span))
-        elif kind == OFFSETS:
-            if part.ndim != 1 or part.dtype.kind != "u":
-                raise ValueError(f"update: offsets of {table!r} are not unsigned integers")
-            rel = part.astype(np.int64)
-            if len(rel) and (rel.max() >= span or np.any(rel[1:] <= rel[:-1])):
-                raise ValueError(f"update: offsets of {table!r} unsorted or beyond the span")
-        else:
-            raise ValueError(f"update: unknown index encoding {kind!r} for {table!r}")
-        if len(rel) != len(vals):
-            raise ValueError(f"update: {len(rel)} indices but {len(vals)} values for "
+        idx = decode_index(spec, arrays[2 * i], table)
+        if len(idx) != len(vals):
+            raise ValueError(f"update: {len(idx)} indices but {len(vals)} values for "
                              f"{table!r}")
-        out[table] = (rel + base, vals)
+        out[table] = (idx, vals)
     return out
+
+
+def encode_indices(indices: dict[str, np.ndarray]) -> tuple[dict[str, Any], list[np.ndarray]]:
+    """(meta, arrays) for index sets only (e.g. the rows a selective barrier blocks)."""
+    tables, enc, arrays = [], [], []
+    for table in sorted(indices):
+        idx = np.unique(np.asarray(indices[table], np.int64))
+        if len(idx):
+            spec, part = encode_index(idx)
+            tables.append(table)
+            enc.append(spec)
+            arrays.append(part)
+    return {"tables": tables, "enc": enc}, arrays
+
+
+def decode_indices(meta: dict[str, Any], arrays: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """The index sets `encode_indices` made; ValueError for anything inconsistent."""
+    tables, enc = _check_meta(meta, arrays, 1)
+    return {t: decode_index(spec, part, t)
+            for t, spec, part in zip(tables, enc, arrays, strict=True)}

@@ -206,6 +206,8 @@ async def test_gaia_replicas_agree_and_only_filtered_updates_cross_the_wan() -> 
                                        atol=1e-5)
     assert 0 < s["filtered_fraction"] < 1
     assert s["gaia"]["elements_sent"] < s["gaia"]["elements_updated"]
-    for link in s["wan_links"].values():
-        assert set(link["frames_by_type"]) == {"gaia.update"}
+    for link in s["wan_links"].values():  # a selective barrier ahead of every update
+        frames = link["frames_by_type"]
+        assert set(frames) == {"gaia.update", "gaia.barrier"}
+        assert frames["gaia.update"] - 1 <= frames["gaia.barrier"] <= frames["gaia.update"]
     assert result.curve[-1]["objective"] < 0.8 * result.curve[0]["objective"]

@@ -14,7 +14,7 @@ import numpy as np
 import zmq
 
 from geoml.bus import Endpoint, GeomlError, Network, Topology, load_topology, region_of
-from geoml.roles.gaia import GaiaMirror, GaiaShard
+from geoml.roles.gaia import GaiaHub, GaiaMirror, GaiaShard
 from geoml.roles.ps import PSShard, PSWorker
 from geoml.roles.ps_plan import KeyRanges, plan_ps
 from geoml.workloads import Params, Workload, make_workload
@@ -69,6 +69,8 @@ class RunConfig:
     eval_every: int = 1
     gaia_v: float = 0.01  # initial significance threshold (decays as v / sqrt(t))
     gaia_ds: int = 2  # mirror clock: clocks a region may lead the slowest other region
+    gaia_hubs: bool = False  # exchange updates through the overlay groups' hubs
+    gaia_barrier: bool = True  # selective barrier ahead of every update
     inspect: bool = False  # live traffic view instead of progress lines
     record: Path | None = None  # tap recording of the whole run
 
@@ -166,7 +168,7 @@ async def run_ps(cfg: RunConfig) -> RunResult:
     topo = cfg.topology if isinstance(cfg.topology, Topology) else load_topology(cfg.topology)
     workload = (cfg.workload if isinstance(cfg.workload, Workload)
                 else make_workload(cfg.workload, cfg.workload_options))
-    plan = plan_ps(topo, cfg.system, cfg.lan_region)
+    plan = plan_ps(topo, cfg.system, cfg.lan_region, hubs=cfg.gaia_hubs)
     if not plan.workers or not plan.shards:
         raise ValueError(f"topology {topo.name!r} gives {len(plan.workers)} workers and "
                          f"{len(plan.shards)} PS shards; need at least one of each")
@@ -187,7 +189,7 @@ async def run_ps(cfg: RunConfig) -> RunResult:
 
             shards: list[PSShard] = []
             workers: list[PSWorker] = []
-            mirrors: list[GaiaMirror] = []
+            mirrors: list[GaiaMirror | GaiaHub] = []
             # Per region: the shards a region's workers use, and their key ranges.
             groups: list[tuple[str, list[str], KeyRanges]] = []
             if plan.mirrors is None:
@@ -219,12 +221,19 @@ async def run_ps(cfg: RunConfig) -> RunResult:
                 if plan.mirrors is not None:
                     mirrors.append(GaiaMirror(await net.connect(plan.mirrors[region]), region,
                                               shard_addrs, group_ranges, plan.mirrors,
-                                              ds=cfg.gaia_ds))
+                                              ds=cfg.gaia_ds, hub=plan.hub_of(region),
+                                              barrier=cfg.gaia_barrier))
                 for index, addr in enumerate(plan.in_region(plan.workers, region)):
                     ep = await net.connect(addr)
                     workers.append(PSWorker(ep, workload, parts[(region, index)], shard_addrs,
                                             group_ranges, iterations=cfg.iterations,
                                             stop=stop, executor=executor))
+            for hub, members in (plan.hubs or {}).values():
+                mirrors.append(GaiaHub(
+                    await net.connect(hub), {r: plan.mirrors[r] for r in members},
+                    {g: h for g, (h, _) in plan.hubs.items()}, workload.table_shapes(),
+                    [r for r in plan.data_regions if r not in members],
+                    barrier=cfg.gaia_barrier))
             # The model evaluated: the global one, or the first region's replica (gaia).
             eval_shards = shards if plan.mirrors is None else [
                 s for s in shards if s.ep.address in groups[0][1]]
@@ -314,9 +323,10 @@ async def run_ps(cfg: RunConfig) -> RunResult:
     if filters:
         updated = sum(f.counters.updated for f in filters)
         sent = sum(f.counters.sent for f in filters)
-        summary["gaia"] = {"v": cfg.gaia_v, "ds": cfg.gaia_ds, "elements_updated": updated,
-                           "elements_sent": sent,
-                           "evaluated_replica": groups[0][0]}
+        summary["gaia"] = {"v": cfg.gaia_v, "ds": cfg.gaia_ds, "hubs": cfg.gaia_hubs,
+                           "barrier": cfg.gaia_barrier, "elements_updated": updated,
+                           "elements_sent": sent, "evaluated_replica": groups[0][0],
+                           "roles": {m.ep.address: dict(m.counters) for m in mirrors}}
         summary["filtered_fraction"] = 1 - sent / updated if updated else 0.0
     if cfg.out is not None:
         write_results(cfg.out, summary, curve, f"{cfg.system} on {topo.name}")

@@ -1,0 +1,167 @@
+"""Gaia through the real bus: conservation, the selective barrier, overlay hubs."""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pytest
+
+from geoml.bus import Network, load_topology, parse_topology
+from geoml.bus.topology import Topology
+from geoml.roles.gaia import BARRIER, UPDATE, GaiaMirror, GaiaShard
+from geoml.roles.ps import READ, VALUE
+from geoml.roles.ps_plan import KeyRanges
+from geoml.roles.sparse_codec import encode, encode_indices
+from geoml.run import RunConfig, RunResult, assemble, run_ps
+from geoml.workloads import Params, Partition, Workload
+
+
+class IntegerUpdates(Workload):
+    """Every clock a worker adds a seeded integer matrix (mostly zeros, some large), so
+    float32 sums are exact and the expected replica is known in closed form."""
+
+    name = "integer-updates"
+    objective_name = "l1"
+
+    def __init__(self, shape: tuple[int, int] = (12, 5)) -> None:
+        self.shape = shape
+
+    def table_shapes(self) -> dict[str, tuple[int, int]]:
+        return {"W": self.shape}
+
+    def init_params(self) -> Params:
+        return {"W": np.arange(np.prod(self.shape), dtype=np.float32).reshape(self.shape)}
+
+    def partition(self, workers: Mapping[str, int]) -> dict[tuple[str, int], Partition]:
+        return {(r, w): Partition(r, w, {"W": None}) for r, n in workers.items()
+                for w in range(n)}
+
+    def delta(self, region: str, worker: int, clock: int) -> np.ndarray:
+        rng = np.random.default_rng([zlib.crc32(region.encode()), worker, clock])
+        d = rng.integers(-3, 4, self.shape) * (rng.random(self.shape) < 0.3)
+        d[rng.random(self.shape) < 0.05] *= 100
+        return d.astype(np.float32)
+
+    def local_pass(self, params: Params, part: Partition, clock: int) -> Params:
+        return {"W": params["W"] + self.delta(part.region, part.worker, clock)}
+
+    def evaluate(self, params: Params) -> dict[str, float]:
+        return {"objective": float(np.abs(params["W"]).sum())}
+
+
+def _replicas(result: RunResult) -> dict[str, Params]:
+    by_region: dict[str, list[Any]] = {}
+    for shard in result.shards:
+        by_region.setdefault(shard.ep.address.split("/")[0], []).append(shard)
+    return {r: assemble(sh, sh[0].ranges) for r, sh in by_region.items()}
+
+
+def _expected(wl: IntegerUpdates, topo: Topology, clocks: int) -> np.ndarray:
+    total = wl.init_params()["W"].astype(np.float64)
+    for region in topo.regions:
+        for w in range(region.workers):
+            for c in range(clocks):
+                total += wl.delta(region.name, w, c)
+    return total
+
+
+def _four_regions(**extra: Any) -> Topology:
+    return parse_topology({
+        "name": "four", "defaults": {"workers": 2, "ps_shards": 2},
+        "regions": [{"name": "a"}, {"name": "b", "lon": 10.0, "ps_shards": 1},
+                    {"name": "c", "lon": 90.0}, {"name": "d", "lon": 100.0}],
+        "overlay": [{"name": "west", "hub": "a", "members": ["a", "b"]},
+                    {"name": "east", "hub": "d", "members": ["c", "d"]}], **extra})
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("hubs", [False, True])
+async def test_every_replica_ends_exactly_at_init_plus_all_updates(hubs: bool) -> None:
+    topo, wl, clocks = _four_regions(), IntegerUpdates(), 7
+    result = await asyncio.wait_for(run_ps(RunConfig(
+        topo, "gaia", wl, iterations=clocks, quiet=True, gaia_v=0.5, gaia_hubs=hubs)), 60)
+    expected = _expected(wl, topo, clocks)
+    replicas = _replicas(result)
+    assert set(replicas) == {"a", "b", "c", "d"}
+    for region, params in replicas.items():
+        np.testing.assert_array_equal(params["W"], expected, err_msg=region)
+    s = result.summary
+    assert 0.2 < s["filtered_fraction"] < 1  # the filter held updates back, lost none
+    if hubs:
+        assert {"a/hub/0", "d/hub/0"} <= set(s["gaia"]["roles"])
+        assert s["gaia"]["roles"]["a/hub/0"]["combined"] >= clocks
+
+
+@pytest.mark.asyncio
+async def test_hubs_carry_fewer_wan_bytes_than_all_to_all_on_ec2_all() -> None:
+    topo = load_topology("ec2_all").with_roles(workers=1)
+    wl = IntegerUpdates((200, 40))
+    runs = {}
+    for hubs in (False, True):
+        result = await asyncio.wait_for(run_ps(RunConfig(
+            topo, "gaia", wl, iterations=3, quiet=True, gaia_v=0.5, gaia_hubs=hubs)), 90)
+        expected = _expected(wl, topo, 3)
+        for region, params in _replicas(result).items():
+            np.testing.assert_array_equal(params["W"], expected, err_msg=region)
+        runs[hubs] = result.summary["wan_bytes"]
+    assert runs[True] < 0.8 * runs[False], runs
+
+
+@pytest.mark.asyncio
+async def test_a_read_of_a_row_under_a_selective_barrier_waits_for_its_values() -> None:
+    """Region a's updates cross a slow link: the index-only barrier (control) arrives
+    long before the values. A read of a blocked row is held until they are applied (its
+    reply already contains them); a read of another row is served at once."""
+    topo = parse_topology({
+        "name": "barrier", "defaults": {"workers": 1, "ps_shards": 1},
+        "regions": [{"name": "a"}, {"name": "b", "lon": 20.0}],
+        "links": [{"between": ["a", "b"], "rate_mbps": 2, "latency_ms": 20}]})
+    shape = (100, 640)
+    init = {"W": np.zeros(shape, np.float32)}
+    ranges = KeyRanges({"W": shape}, 1)
+    async with Network(topo) as net:
+        shard = GaiaShard(await net.connect("b/ps/0"), 0, ranges, init, ["b/worker/0"],
+                          "b/mirror/0")
+        mirror = GaiaMirror(await net.connect("b/mirror/0"), "b", ["b/ps/0"], ranges,
+                            {"a": "a/mirror/0", "b": "b/mirror/0"})
+        remote = await net.connect("a/mirror/0")
+        worker = await net.connect("b/worker/0")
+        blocked = asyncio.Event()
+        block = shard._block
+
+        def spy(msg: Any) -> None:
+            block(msg)
+            blocked.set()
+
+        shard._block = spy  # type: ignore[method-assign]
+        tasks = [asyncio.ensure_future(shard.run()), asyncio.ensure_future(mirror.run())]
+        try:
+            rows = np.arange(50)
+            elements = (rows[:, None] * shape[1] + np.arange(shape[1])).ravel()
+            meta, arrays = encode_indices({"W": rows})
+            await remote.send("b/mirror/0", BARRIER, control=True, arrays=arrays,
+                              meta={"seq": 1, **meta})
+            meta, arrays = encode({"W": (elements, np.ones(len(elements), np.float32))})
+            await remote.send("b/mirror/0", UPDATE, arrays=arrays,
+                              meta={"seq": 1, "clocks": {"a": 1}, "final": [], **meta})
+            await asyncio.wait_for(blocked.wait(), 10)
+            for req, row in ((1, 5), (2, 80)):
+                await worker.send("b/ps/0", READ, arrays=[np.array([row], np.int64)],
+                                  meta={"req": req, "clock": 0, "tables": ["W"],
+                                        "sparse": [True]})
+            first = await worker.recv(timeout=10)
+            second = await worker.recv(timeout=10)
+        finally:
+            for t in tasks:
+                t.cancel()
+    assert (first.type, first.meta["req"]) == (VALUE, 2)  # the free row, at once
+    np.testing.assert_array_equal(first.arrays[0], 0)
+    assert (second.type, second.meta["req"]) == (VALUE, 1)  # the blocked row, after apply
+    np.testing.assert_array_equal(second.arrays[0], 1)
+    assert shard.counters["reads_held_by_barrier"] == 1
+    assert shard.counters["applies"] == 1 and shard.counters["blocks"] == 1
+    assert not shard.blocked["W"].any()
