@@ -60,3 +60,13 @@ def test_gaia_roles_as_processes_are_refused_not_run_as_baseline(
                  "--iterations", "1", "--connect-timeout", "1"])
     assert code == 2
     assert "gaia does not run one process per role yet" in capsys.readouterr().err
+
+
+def test_hubs_on_a_topology_without_overlay_groups_is_a_one_line_error(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["run", "--topology", "ss_wan", "--system", "gaia", "--workload",
+                 "softmax-digits", "--iterations", "1", "--gaia-hubs"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "geoml: error: topology 'ss_wan' has no [[overlay]] groups" in err
+    assert "Traceback" not in err

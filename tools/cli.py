@@ -137,7 +137,9 @@ def _run_config(args: argparse.Namespace, check: bool = True,
             out=getattr(args, "out", None), lan_region=getattr(args, "lan_region", None),
             eval_every=getattr(args, "eval_every", 1),
             inspect=getattr(args, "inspect", False), record=getattr(args, "record", None),
-            gaia_v=getattr(args, "gaia_v", 0.01), gaia_ds=getattr(args, "gaia_ds", 2))
+            gaia_v=getattr(args, "gaia_v", 0.01), gaia_ds=getattr(args, "gaia_ds", 2),
+            gaia_hubs=getattr(args, "gaia_hubs", False),
+            gaia_barrier=getattr(args, "gaia_barrier", True))
         if check:
             cfg.check()
     except ValueError as exc:
@@ -285,6 +287,10 @@ def _training_args(p: argparse.ArgumentParser) -> None:
                    help="gaia: initial significance threshold (decays as v/sqrt(t))")
     p.add_argument("--gaia-ds", type=int, default=2,
                    help="gaia: mirror clock, clocks a region may lead the slowest other")
+    p.add_argument("--gaia-hubs", action="store_true",
+                   help="gaia: exchange updates through the overlay groups' hubs")
+    p.add_argument("--no-gaia-barrier", dest="gaia_barrier", action="store_false",
+                   help="gaia: no selective barrier ahead of updates")
 
 
 def _workload_names() -> list[str]:
@@ -336,7 +342,10 @@ def main(argv: list[str] | None = None) -> int:
             cfg = _run_config(args)
             if cfg.out is None:
                 cfg.out = Path("runs") / f"{args.system}-{cfg.topology.name}-{args.workload}"
-            result = _run(run_ps(cfg))
+            try:
+                result = _run(run_ps(cfg))
+            except ValueError as exc:  # a plan the topology cannot hold
+                raise GeomlError(str(exc)) from None
             s = result.summary
             print(json.dumps({k: s[k] for k in (
                 "system", "topology", "sync", "iterations", "elapsed_s", "time_to_target_s",
