@@ -199,6 +199,8 @@ class PSWorker:
                 elif len(r):
                     self._plan[s].append((table, r))
         self.times = {"compute_s": 0.0, "read_s": 0.0, "push_s": 0.0}
+        #: Loop time at which each clock was completed (pushed).
+        self.clock_done_at: list[float] = []
         self.counters: Counter[str] = Counter()
 
     async def run(self) -> int:
@@ -219,6 +221,7 @@ class PSWorker:
                 self.times["compute_s"] += t2 - t1
                 self.times["push_s"] += t3 - t2
                 self.clock += 1
+                self.clock_done_at.append(t3)
                 if self.on_clock is not None:
                     self.on_clock(self.ep.address, self.clock)
         finally:

@@ -70,3 +70,24 @@ def test_hubs_on_a_topology_without_overlay_groups_is_a_one_line_error(
     err = capsys.readouterr().err
     assert "geoml: error: topology 'ss_wan' has no [[overlay]] groups" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(("fault", "message"), [
+    ("Singapore-Tokyo@0+1", "there is no WAN link Singapore->Tokyo in topology 'ss_wan'"),
+    ("Singapore-SaoPaulo@x", "--link-down wants A-B@START+SECONDS"),
+    ("Singapore-SaoPaulo@1+0", "--link-down wants A-B@START+SECONDS"),
+])
+def test_bad_link_faults_are_one_line_errors(fault: str, message: str,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["run", "--topology", "ss_wan", "--system", "gaia", "--workload",
+                 "softmax-digits", "--iterations", "1", "--link-down", fault])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_link_faults_parse_both_directions_or_one() -> None:
+    from geoml.run import LinkFault, parse_fault
+
+    assert parse_fault("a-b@2+3.5") == LinkFault("a", "b", 2.0, 3.5, True)
+    assert parse_fault("a->b@0+1") == LinkFault("a", "b", 0.0, 1.0, False)

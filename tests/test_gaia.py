@@ -16,7 +16,7 @@ from geoml.roles.gaia import BARRIER, UPDATE, GaiaMirror, GaiaShard
 from geoml.roles.ps import READ, VALUE
 from geoml.roles.ps_plan import KeyRanges
 from geoml.roles.sparse_codec import encode, encode_indices
-from geoml.run import RunConfig, RunResult, assemble, run_ps
+from geoml.run import LinkFault, RunConfig, RunResult, assemble, run_ps
 from geoml.workloads import Params, Partition, Workload
 
 
@@ -165,3 +165,25 @@ async def test_a_read_of_a_row_under_a_selective_barrier_waits_for_its_values() 
     assert shard.counters["reads_held_by_barrier"] == 1
     assert shard.counters["applies"] == 1 and shard.counters["blocks"] == 1
     assert not shard.blocked["W"].any()
+
+
+@pytest.mark.asyncio
+async def test_a_partitioned_region_runs_ds_clocks_ahead_blocks_then_catches_up() -> None:
+    topo = parse_topology({
+        "name": "two", "defaults": {"workers": 2, "ps_shards": 1},
+        "regions": [{"name": "a"}, {"name": "b", "lon": 20.0}],
+        "links": [{"between": ["a", "b"], "rate_mbps": 50, "latency_ms": 10}]})
+    wl, clocks, ds, outage = IntegerUpdates(), 8, 2, 1.0
+    result = await asyncio.wait_for(run_ps(RunConfig(
+        topo, "gaia", wl, iterations=clocks, quiet=True, gaia_v=0.5, gaia_ds=ds,
+        faults=(LinkFault("a", "b", 0.0, outage),))), 60)
+    for worker in result.workers:
+        during = [t for t in worker.clock_done_at if t < result.t0 + outage]
+        # SSP-style bound: with nothing from the other region, DS + 1 clocks, then wait.
+        assert len(during) == ds + 1, (worker.ep.address, worker.clock_done_at)
+        assert worker.clock == clocks
+    for region, params in _replicas(result).items():
+        np.testing.assert_array_equal(params["W"], _expected(wl, topo, clocks),
+                                      err_msg=region)
+    assert result.summary["faults"] == [{"link": "a<->b", "down_at_s": 0.0, "up_at_s": 1.0}]
+    assert result.summary["elapsed_s"] >= outage

@@ -120,7 +120,7 @@ def _options(pairs: list[str]) -> dict[str, str]:
 
 def _run_config(args: argparse.Namespace, check: bool = True,
                 topo: Topology | None = None) -> Any:
-    from geoml.run import RunConfig, parse_sync, parse_until
+    from geoml.run import RunConfig, parse_fault, parse_sync, parse_until
     from geoml.workloads import make_workload
 
     try:
@@ -139,7 +139,8 @@ def _run_config(args: argparse.Namespace, check: bool = True,
             inspect=getattr(args, "inspect", False), record=getattr(args, "record", None),
             gaia_v=getattr(args, "gaia_v", 0.01), gaia_ds=getattr(args, "gaia_ds", 2),
             gaia_hubs=getattr(args, "gaia_hubs", False),
-            gaia_barrier=getattr(args, "gaia_barrier", True))
+            gaia_barrier=getattr(args, "gaia_barrier", True),
+            faults=tuple(parse_fault(f) for f in getattr(args, "link_down", [])))
         if check:
             cfg.check()
     except ValueError as exc:
@@ -289,6 +290,9 @@ def _training_args(p: argparse.ArgumentParser) -> None:
                    help="gaia: mirror clock, clocks a region may lead the slowest other")
     p.add_argument("--gaia-hubs", action="store_true",
                    help="gaia: exchange updates through the overlay groups' hubs")
+    p.add_argument("--link-down", action="append", default=[], metavar="A-B@T+S",
+                   help="fault injection: the WAN link between regions A and B (A->B: one "
+                   "direction) has rate 0 from T to T+S seconds into the run (repeatable)")
     p.add_argument("--no-gaia-barrier", dest="gaia_barrier", action="store_false",
                    help="gaia: no selective barrier ahead of updates")
 

@@ -50,6 +50,38 @@ def parse_until(text: str) -> float:
     raise ValueError(f"--until must be objective:X (a number), got {text!r}")
 
 
+@dataclass(frozen=True)
+class LinkFault:
+    """A WAN link down (rate 0) from `start_s` for `duration_s` seconds of the run."""
+
+    src: str
+    dst: str
+    start_s: float
+    duration_s: float
+    both_ways: bool = True
+
+    @property
+    def name(self) -> str:
+        return f"{self.src}{'<->' if self.both_ways else '->'}{self.dst}"
+
+
+def parse_fault(text: str) -> LinkFault:
+    """'A-B@START+DURATION' (both directions) or 'A->B@START+DURATION' (one)."""
+    link, _, when = text.partition("@")
+    start, _, duration = when.partition("+")
+    both = "->" not in link
+    src, _, dst = link.partition("->" if not both else "-")
+    try:
+        fault = LinkFault(src.strip(), dst.strip(), float(start), float(duration), both)
+    except ValueError:
+        fault = None
+    if fault is None or not fault.src or not fault.dst or fault.start_s < 0 \
+            or fault.duration_s <= 0:
+        raise ValueError(f"--link-down wants A-B@START+SECONDS or A->B@START+SECONDS "
+                         f"(START >= 0, SECONDS > 0), got {text!r}")
+    return fault
+
+
 @dataclass
 class RunConfig:
     """What to run; at least one of iterations, seconds, target must bound the run."""
@@ -71,6 +103,7 @@ class RunConfig:
     gaia_ds: int = 2  # mirror clock: clocks a region may lead the slowest other region
     gaia_hubs: bool = False  # exchange updates through the overlay groups' hubs
     gaia_barrier: bool = True  # selective barrier ahead of every update
+    faults: tuple[LinkFault, ...] = ()  # WAN links taken down for a while (fault injection)
     inspect: bool = False  # live traffic view instead of progress lines
     record: Path | None = None  # tap recording of the whole run
 
@@ -97,6 +130,7 @@ class RunResult:
     params: Params
     shards: list[PSShard]
     workers: list[PSWorker]
+    t0: float = 0.0  # loop time at which training started (times in `curve` count from it)
 
 
 def assemble(shards: list[PSShard], ranges: KeyRanges) -> Params:
@@ -250,6 +284,7 @@ async def run_ps(cfg: RunConfig) -> RunResult:
                 view_task = asyncio.ensure_future(view.run())
             timer = (loop.call_later(cfg.seconds, stop.set) if cfg.seconds is not None
                      else None)
+            fault_timers = _schedule_faults(net, cfg.faults)
             monitor_task = asyncio.ensure_future(monitor.loop())
             shard_tasks = [asyncio.ensure_future(s.run()) for s in shards]
             shard_tasks += [asyncio.ensure_future(m.run()) for m in mirrors]
@@ -267,6 +302,8 @@ async def run_ps(cfg: RunConfig) -> RunResult:
                     t.cancel()
                 if timer is not None:
                     timer.cancel()
+                for handle in fault_timers:
+                    handle.cancel()
                 if view_task is not None:
                     view_task.cancel()
             elapsed = loop.time() - monitor.t0
@@ -330,7 +367,28 @@ async def run_ps(cfg: RunConfig) -> RunResult:
         summary["filtered_fraction"] = 1 - sent / updated if updated else 0.0
     if cfg.out is not None:
         write_results(cfg.out, summary, curve, f"{cfg.system} on {topo.name}")
-    return RunResult(summary, curve, params, shards, workers)
+    if cfg.faults:
+        summary["faults"] = [{"link": f.name, "down_at_s": f.start_s,
+                              "up_at_s": f.start_s + f.duration_s} for f in cfg.faults]
+    return RunResult(summary, curve, params, shards, workers, monitor.t0)
+
+
+def _schedule_faults(net: Network, faults: tuple[LinkFault, ...]) -> list[asyncio.TimerHandle]:
+    """Take each faulty link down at its start and restore its rate after its duration."""
+    loop = asyncio.get_running_loop()
+    handles = []
+    for fault in faults:
+        pairs = [(fault.src, fault.dst)] + ([(fault.dst, fault.src)] if fault.both_ways else [])
+        for src, dst in pairs:
+            if src not in net.routers or dst not in net.topology.neighbours(src):
+                raise ValueError(f"--link-down {fault.name}: there is no WAN link {src}->{dst} "
+                                 f"in topology {net.topology.name!r}")
+            router = net.routers[src]
+            rate = router.wan_link(dst).rate_bps
+            handles.append(loop.call_later(fault.start_s, router.set_link_rate, dst, 0.0))
+            handles.append(loop.call_later(fault.start_s + fault.duration_s,
+                                           router.set_link_rate, dst, rate))
+    return handles
 
 
 async def _start_tap(net: Network, topo: Topology, cfg: RunConfig) -> TapSubscriber | None:
