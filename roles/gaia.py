@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -89,6 +89,20 @@ class _Sender:
         meta, arrays = encoded
         await self.ep.send(dst, UPDATE, arrays=arrays,
                            meta={"seq": seq, "clocks": clocks, "final": final, **meta})
+
+
+async def _serve_until(ep: Endpoint, counters: Counter[str],
+                       handle: Callable[[Message], Awaitable[None]],
+                       done: Callable[[], bool]) -> None:
+    """Handle frames until `done()`; a frame that cannot be handled is logged and counted
+    as refused, and serving goes on."""
+    while not done():
+        msg = await ep.recv()
+        try:
+            await handle(msg)
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            counters["refused"] += 1
+            log.warning("%s refused %s from %s: %s", ep.address, msg.type, msg.src, exc)
 
 
 def _peer_meta(msg: Message) -> tuple[int, dict[str, int], list[str]]:
@@ -250,15 +264,9 @@ class GaiaMirror:
 
     async def run(self) -> None:
         """Serve until all regions are final."""
-        while not (len(self._final_shards) == len(self.shards)
-                   and self._final_regions >= set(self.mirrors)):
-            msg = await self.ep.recv()
-            try:
-                await self._handle(msg)
-            except (ValueError, KeyError, IndexError, TypeError) as exc:
-                self.counters["refused"] += 1
-                log.warning("%s refused %s from %s: %s", self.ep.address, msg.type, msg.src,
-                            exc)
+        await _serve_until(self.ep, self.counters, self._handle, lambda: (
+            len(self._final_shards) == len(self.shards)
+            and self._final_regions >= set(self.mirrors)))
         for shard in self.shards:
             await self.ep.send(shard, STOP)
 
@@ -379,15 +387,9 @@ class GaiaHub:
 
     async def run(self) -> None:
         """Serve until every member and every other group is final."""
-        while not (self._member_final == set(self.members)
-                   and self._remote_final >= self.other_regions):
-            msg = await self.ep.recv()
-            try:
-                await self._handle(msg)
-            except (ValueError, KeyError, IndexError, TypeError) as exc:
-                self.counters["refused"] += 1
-                log.warning("%s refused %s from %s: %s", self.ep.address, msg.type, msg.src,
-                            exc)
+        await _serve_until(self.ep, self.counters, self._handle, lambda: (
+            self._member_final == set(self.members)
+            and self._remote_final >= self.other_regions))
 
     def _targets(self, src: str) -> list[str]:
         if src in self._by_address:

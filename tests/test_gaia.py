@@ -13,7 +13,7 @@ import pytest
 from geoml.bus import Network, load_topology, parse_topology
 from geoml.bus.topology import Topology
 from geoml.roles.gaia import BARRIER, UPDATE, GaiaMirror, GaiaShard
-from geoml.roles.ps import READ, VALUE
+from geoml.roles.ps import DONE, READ, VALUE
 from geoml.roles.ps_plan import KeyRanges
 from geoml.roles.sparse_codec import encode, encode_indices
 from geoml.run import LinkFault, RunConfig, RunResult, assemble, run_ps
@@ -187,3 +187,41 @@ async def test_a_partitioned_region_runs_ds_clocks_ahead_blocks_then_catches_up(
                                       err_msg=region)
     assert result.summary["faults"] == [{"link": "a<->b", "down_at_s": 0.0, "up_at_s": 1.0}]
     assert result.summary["elapsed_s"] >= outage
+
+
+@pytest.mark.asyncio
+async def test_a_mirror_refuses_bad_frames_counts_them_and_keeps_serving() -> None:
+    topo = parse_topology({"name": "two", "defaults": {"workers": 1, "ps_shards": 1},
+                           "regions": [{"name": "a"}, {"name": "b", "lon": 20.0}]})
+    shape = (4, 3)
+    ranges = KeyRanges({"W": shape}, 1)
+    async with Network(topo) as net:
+        shard = GaiaShard(await net.connect("b/ps/0"), 0, ranges,
+                          {"W": np.zeros(shape, np.float32)}, ["b/worker/0"], "b/mirror/0")
+        mirror = GaiaMirror(await net.connect("b/mirror/0"), "b", ["b/ps/0"], ranges,
+                            {"a": "a/mirror/0", "b": "b/mirror/0"})
+        remote = await net.connect("a/mirror/0")
+        stranger = await net.connect("a/worker/0")
+        worker = await net.connect("b/worker/0")
+        tasks = [asyncio.ensure_future(shard.run()), asyncio.ensure_future(mirror.run())]
+        try:
+            good_meta, good_arrays = encode({"W": (np.array([0, 5]),
+                                                   np.array([1, 2], np.float32))})
+            peer = {"seq": 1, "clocks": {"a": 1}, "final": ["a"]}
+            await remote.send("b/mirror/0", UPDATE, arrays=good_arrays[:1],  # no values
+                              meta={**peer, **good_meta})
+            await remote.send("b/mirror/0", "gaia.nonsense")
+            await stranger.send("b/mirror/0", UPDATE, arrays=good_arrays,
+                                meta={**peer, **good_meta})
+            await remote.send("b/mirror/0", UPDATE, arrays=good_arrays,
+                              meta={"seq": 2, "clocks": {"a": 1}, "final": ["a"],
+                                    **good_meta})
+            # Region b's only worker finishes: its shard flushes, and everyone is final.
+            await worker.send("b/ps/0", DONE)
+            await asyncio.wait_for(asyncio.gather(*tasks), 10)
+        finally:
+            for t in tasks:
+                t.cancel()
+    assert mirror.counters["refused"] == 3
+    np.testing.assert_array_equal(shard.tables["W"].ravel()[[0, 5]], [1, 2])
+    assert shard.counters["applies"] == 1
