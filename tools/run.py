@@ -202,7 +202,8 @@ async def run_ps(cfg: RunConfig) -> RunResult:
     topo = cfg.topology if isinstance(cfg.topology, Topology) else load_topology(cfg.topology)
     workload = (cfg.workload if isinstance(cfg.workload, Workload)
                 else make_workload(cfg.workload, cfg.workload_options))
-    plan = plan_ps(topo, cfg.system, cfg.lan_region, hubs=cfg.gaia_hubs)
+    plan = plan_ps(topo, cfg.system, cfg.lan_region,
+                   hubs=cfg.gaia_hubs and cfg.system == "gaia")  # gaia_* options: gaia only
     if not plan.workers or not plan.shards:
         raise ValueError(f"topology {topo.name!r} gives {len(plan.workers)} workers and "
                          f"{len(plan.shards)} PS shards; need at least one of each")
