@@ -9,7 +9,8 @@ global array (row * columns + column); updates use the compact form of `sparse_c
                 mirror/hub -> mirror/hub: meta {seq, clocks {region: clock}, final
                 [regions], tables, enc}: the summed updates of the regions in `clocks`.
   gaia.barrier  mirror/hub -> mirror/hub, control, sent just before the gaia.update with the
-                same `seq`: meta {seq, tables, enc}, one index array (rows) per table.
+                same `seq` (when earlier updates are still queued on the path, or always):
+                meta {seq, tables, enc}, one index array (rows) per table.
                 The selective barrier: reads of those rows wait until the values arrive.
   gaia.block    mirror -> own shard, control: meta {origin, seq, tables, enc}: the rows of
                 this shard a barrier named.
@@ -22,6 +23,7 @@ global array (row * columns + column); updates use the compact form of `sparse_c
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -35,7 +37,7 @@ from geoml.workloads import Params
 
 from .ps import PSShard
 from .ps_plan import KeyRanges
-from .significance import MirrorClock, SignificanceFilter
+from .significance import LinkBacklog, MirrorClock, SignificanceFilter
 from .sparse_codec import Update, decode, decode_indices, encode, encode_indices
 
 log = logging.getLogger("geoml.roles.gaia")
@@ -62,12 +64,33 @@ def _rows_of(update: Update, shapes: Mapping[str, tuple[int, int]]) -> dict[str,
     return {t: np.unique(idx // shapes[t][1]) for t, (idx, _) in update.items()}
 
 
-class _Sender:
-    """Sends barrier + update pairs with a sequence number, counting what it sent."""
+BARRIER_MODES = ("auto", "always", "off")
 
-    def __init__(self, ep: Endpoint, counters: Counter[str], barrier: bool) -> None:
+
+class _Sender:
+    """Sends barrier + update pairs with a sequence number, counting what it sent.
+
+    Barrier mode "auto" (Gaia's rule): a barrier goes ahead of an update only when earlier
+    updates to that destination are estimated to be still queued on the path (`rates`:
+    bytes/s per destination address); "always": ahead of every update; "off": never.
+    """
+
+    def __init__(self, ep: Endpoint, counters: Counter[str], barrier: str,
+                 rates: Mapping[str, float] | None = None) -> None:
+        if barrier not in BARRIER_MODES:
+            raise ValueError(f"barrier mode must be one of {', '.join(BARRIER_MODES)}, "
+                             f"got {barrier!r}")
         self.ep, self.counters, self.barrier = ep, counters, barrier
         self.seq = 0
+        self._backlog = {dst: LinkBacklog(rate) for dst, rate in (rates or {}).items()
+                         if rate != float("inf")}
+
+    def wants_barrier(self, dst: str) -> bool:
+        """Should the next update to `dst` be preceded by a barrier?"""
+        if self.barrier != "auto":
+            return self.barrier == "always"
+        backlog = self._backlog.get(dst)
+        return backlog is not None and backlog.queued(asyncio.get_running_loop().time()) > 0
 
     def next_seq(self) -> int:
         self.seq += 1
@@ -87,6 +110,9 @@ class _Sender:
     async def send_update(self, dst: str, seq: int, clocks: dict[str, int], final: list[str],
                           encoded: tuple[dict[str, Any], list[np.ndarray]]) -> None:
         meta, arrays = encoded
+        if dst in self._backlog:
+            self._backlog[dst].add(sum(a.nbytes for a in arrays),
+                                   asyncio.get_running_loop().time())
         await self.ep.send(dst, UPDATE, arrays=arrays,
                            meta={"seq": seq, "clocks": clocks, "final": final, **meta})
 
@@ -245,7 +271,8 @@ class GaiaMirror:
 
     def __init__(self, endpoint: Endpoint, region: str, shards: Sequence[str],
                  ranges: KeyRanges, mirrors: dict[str, str], *, ds: int = 2,
-                 hub: str | None = None, barrier: bool = True) -> None:
+                 hub: str | None = None, barrier: str = "auto",
+                 rates: Mapping[str, float] | None = None) -> None:
         self.ep = endpoint
         self.region = region
         self.shards = list(shards)
@@ -256,7 +283,7 @@ class GaiaMirror:
         self.clock = MirrorClock(self.mirrors, ds)
         self.allowed = ds
         self.counters: Counter[str] = Counter()
-        self.sender = _Sender(endpoint, self.counters, barrier)
+        self.sender = _Sender(endpoint, self.counters, barrier, rates)
         self._pending: dict[int, list[Update]] = {}
         self._reported: dict[int, set[str]] = {}
         self._final_shards: set[str] = set()
@@ -305,7 +332,7 @@ class GaiaMirror:
         rows = encode_indices(_rows_of(merged, self.ranges.shapes))
         for peer in self.out:
             seq = self.sender.next_seq()
-            if self.sender.barrier and encoded[0]["tables"]:
+            if encoded[0]["tables"] and self.sender.wants_barrier(peer):
                 await self.sender.send_barrier(peer, seq, rows)
             await self.sender.send_update(peer, seq, {self.region: clock},
                                           [self.region] if final else [], encoded)
@@ -369,14 +396,15 @@ class GaiaHub:
 
     def __init__(self, endpoint: Endpoint, members: Mapping[str, str],
                  hubs: Mapping[str, str], shapes: Mapping[str, tuple[int, int]],
-                 other_regions: Sequence[str], *, barrier: bool = True) -> None:
+                 other_regions: Sequence[str], *, barrier: str = "auto",
+                 rates: Mapping[str, float] | None = None) -> None:
         self.ep = endpoint
         self.members = dict(members)  # region -> mirror address
         self.hubs = [h for h in hubs.values() if h != endpoint.address]
         self.shapes = dict(shapes)
         self.other_regions = set(other_regions)
         self.counters: Counter[str] = Counter()
-        self.sender = _Sender(endpoint, self.counters, barrier)
+        self.sender = _Sender(endpoint, self.counters, barrier, rates)
         self._queues: dict[str, deque[tuple[int, bool, Update]]] = {
             r: deque() for r in self.members}
         self._member_final: set[str] = set()
@@ -453,6 +481,6 @@ class GaiaHub:
             rows = encode_indices(_rows_of(merged, self.shapes))
             for hub in self.hubs:
                 seq = self.sender.next_seq()
-                if self.sender.barrier and encoded[0]["tables"]:
+                if encoded[0]["tables"] and self.sender.wants_barrier(hub):
                     await self.sender.send_barrier(hub, seq, rows)
                 await self.sender.send_update(hub, seq, clocks, final, encoded)

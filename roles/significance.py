@@ -119,3 +119,27 @@ class MirrorClock:
     def may_start(self, local_clock: int) -> bool:
         """May this region start local clock `local_clock` (0-based) now?"""
         return local_clock - self.slowest <= self.ds
+
+
+class LinkBacklog:
+    """A sender's estimate of its own data still queued on a path of `rate` bytes/s
+    (a leaky bucket fed by what it sent): Gaia sends a selective barrier when updates are
+    produced faster than the WAN carries them, i.e. when earlier ones are still queued."""
+
+    def __init__(self, rate: float) -> None:
+        if not rate > 0:
+            raise ValueError(f"rate must be > 0 bytes/s, got {rate}")
+        self.rate = rate
+        self._queued = 0.0
+        self._stamp = 0.0
+
+    def queued(self, now: float) -> float:
+        """Bytes estimated still waiting at `now`."""
+        if self._queued:
+            self._queued = max(0.0, self._queued - (now - self._stamp) * self.rate)
+        self._stamp = max(self._stamp, now)
+        return self._queued
+
+    def add(self, nbytes: int, now: float) -> None:
+        """The sender handed `nbytes` to the path at `now`."""
+        self._queued = self.queued(now) + nbytes

@@ -193,7 +193,8 @@ async def test_gaia_replicas_agree_and_only_filtered_updates_cross_the_wan() -> 
                            "regions": [{"name": "a"}, {"name": "b", "lon": 20.0},
                                        {"name": "c", "lon": 40.0, "ps_shards": 1}]})
     result = await asyncio.wait_for(run_ps(RunConfig(
-        topo, "gaia", "softmax-digits", iterations=6, quiet=True, gaia_v=0.05)), 60)
+        topo, "gaia", "softmax-digits", iterations=6, quiet=True, gaia_v=0.05,
+        gaia_barrier="always")), 60)
     s = result.summary
     by_region: dict[str, list] = {}
     for shard in result.shards:

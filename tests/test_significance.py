@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from geoml.roles.significance import (
+    LinkBacklog,
     MirrorClock,
     SignificanceFilter,
     apply_significant,
@@ -88,3 +89,15 @@ def test_mirror_clock_blocks_beyond_ds() -> None:
         MirrorClock(["b"], ds=-1)
     with pytest.raises(ValueError, match="thresholds must be > 0"):
         SignificanceFilter({"t": (1, 1)}, v=0)
+
+
+def test_link_backlog_drains_at_the_path_rate() -> None:
+    backlog = LinkBacklog(rate=1000.0)
+    assert backlog.queued(0.0) == 0
+    backlog.add(3000, 1.0)
+    assert backlog.queued(2.0) == pytest.approx(2000)
+    backlog.add(500, 2.0)
+    assert backlog.queued(4.0) == pytest.approx(500)
+    assert backlog.queued(5.0) == 0
+    with pytest.raises(ValueError, match="rate must be > 0"):
+        LinkBacklog(0)

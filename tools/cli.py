@@ -139,7 +139,7 @@ def _run_config(args: argparse.Namespace, check: bool = True,
             inspect=getattr(args, "inspect", False), record=getattr(args, "record", None),
             gaia_v=getattr(args, "gaia_v", 0.01), gaia_ds=getattr(args, "gaia_ds", 2),
             gaia_hubs=getattr(args, "gaia_hubs", False),
-            gaia_barrier=getattr(args, "gaia_barrier", True),
+            gaia_barrier=getattr(args, "gaia_barrier", "auto"),
             faults=tuple(parse_fault(f) for f in getattr(args, "link_down", [])))
         if check:
             cfg.check()
@@ -293,8 +293,9 @@ def _training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--link-down", action="append", default=[], metavar="A-B@T+S",
                    help="fault injection: the WAN link between regions A and B (A->B: one "
                    "direction) has rate 0 from T to T+S seconds into the run (repeatable)")
-    p.add_argument("--no-gaia-barrier", dest="gaia_barrier", action="store_false",
-                   help="gaia: no selective barrier ahead of updates")
+    p.add_argument("--gaia-barrier", default="auto", choices=("auto", "always", "off"),
+                   help="gaia: selective barrier ahead of an update when earlier ones are "
+                   "still queued on the WAN (auto), ahead of every update, or never")
 
 
 def _workload_names() -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +15,7 @@ import numpy as np
 import zmq
 
 from geoml.bus import Endpoint, GeomlError, Network, Topology, load_topology, region_of
-from geoml.roles.gaia import GaiaHub, GaiaMirror, GaiaShard
+from geoml.roles.gaia import BARRIER_MODES, GaiaHub, GaiaMirror, GaiaShard
 from geoml.roles.ps import PSShard, PSWorker
 from geoml.roles.ps_plan import KeyRanges, plan_ps
 from geoml.workloads import Params, Workload, make_workload
@@ -102,7 +103,7 @@ class RunConfig:
     gaia_v: float = 0.01  # initial significance threshold (decays as v / sqrt(t))
     gaia_ds: int = 2  # mirror clock: clocks a region may lead the slowest other region
     gaia_hubs: bool = False  # exchange updates through the overlay groups' hubs
-    gaia_barrier: bool = True  # selective barrier ahead of every update
+    gaia_barrier: str = "auto"  # selective barrier: auto (WAN backlogged), always or off
     faults: tuple[LinkFault, ...] = ()  # WAN links taken down for a while (fault injection)
     inspect: bool = False  # live traffic view instead of progress lines
     record: Path | None = None  # tap recording of the whole run
@@ -119,6 +120,9 @@ class RunConfig:
             raise ValueError("eval_every must be >= 1")
         if self.gaia_v <= 0 or self.gaia_ds < 0:
             raise ValueError("--gaia-v must be > 0 and --gaia-ds >= 0")
+        if self.gaia_barrier not in BARRIER_MODES:
+            raise ValueError(f"--gaia-barrier must be one of {', '.join(BARRIER_MODES)}, "
+                             f"got {self.gaia_barrier!r}")
 
 
 @dataclass
@@ -238,6 +242,8 @@ async def run_ps(cfg: RunConfig) -> RunResult:
                     groups.append((region, mine, KeyRanges(workload.table_shapes(),
                                                            len(mine))))
             made: set[str] = set()
+            # Every address a mirror or hub may send updates to (for barrier decisions).
+            peers = [*(plan.mirrors or {}).values(), *(h for h, _ in (plan.hubs or {}).values())]
             for region, shard_addrs, group_ranges in groups:
                 for i, addr in enumerate(shard_addrs):
                     if addr in made:
@@ -257,7 +263,8 @@ async def run_ps(cfg: RunConfig) -> RunResult:
                     mirrors.append(GaiaMirror(await net.connect(plan.mirrors[region]), region,
                                               shard_addrs, group_ranges, plan.mirrors,
                                               ds=cfg.gaia_ds, hub=plan.hub_of(region),
-                                              barrier=cfg.gaia_barrier))
+                                              barrier=cfg.gaia_barrier,
+                                              rates=_path_rates(topo, region, peers)))
                 for index, addr in enumerate(plan.in_region(plan.workers, region)):
                     ep = await net.connect(addr)
                     workers.append(PSWorker(ep, workload, parts[(region, index)], shard_addrs,
@@ -268,7 +275,8 @@ async def run_ps(cfg: RunConfig) -> RunResult:
                     await net.connect(hub), {r: plan.mirrors[r] for r in members},
                     {g: h for g, (h, _) in plan.hubs.items()}, workload.table_shapes(),
                     [r for r in plan.data_regions if r not in members],
-                    barrier=cfg.gaia_barrier))
+                    barrier=cfg.gaia_barrier,
+                    rates=_path_rates(topo, region_of(hub), peers)))
             # The model evaluated: the global one, or the first region's replica (gaia).
             eval_shards = shards if plan.mirrors is None else [
                 s for s in shards if s.ep.address in groups[0][1]]
@@ -372,6 +380,16 @@ async def run_ps(cfg: RunConfig) -> RunResult:
         summary["faults"] = [{"link": f.name, "down_at_s": f.start_s,
                               "up_at_s": f.start_s + f.duration_s} for f in cfg.faults]
     return RunResult(summary, curve, params, shards, workers, monitor.t0)
+
+
+def _path_rates(topo: Topology, region: str, addresses: list[str]) -> dict[str, float]:
+    """Bytes/s of the slowest hop from `region` to each address's region."""
+    rates = {}
+    for address in addresses:
+        path = topo.route(region, region_of(address))
+        hops = [topo.wan_spec(a, b).rate_bytes for a, b in itertools.pairwise(path)]
+        rates[address] = min(hops, default=topo.lan_spec(region, address).rate_bytes)
+    return rates
 
 
 def _schedule_faults(net: Network, faults: tuple[LinkFault, ...]) -> list[asyncio.TimerHandle]:
