@@ -178,7 +178,7 @@ async def _role_main(topo: Topology, address: str, kind: str, args: argparse.Nam
         ctx.destroy(linger=0)
 
 
-def _compare_main(args: argparse.ArgumentParser | argparse.Namespace) -> None:
+def _compare_main(args: argparse.Namespace) -> None:
     from geoml.compare import compare
 
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
