@@ -146,4 +146,4 @@ def test_a_fractional_clock_touches_fewer_examples_and_the_step_decays() -> None
 
     assert step(quarter, 0) < 0.5 * step(whole, 0)
     assert step(decayed, 0) == pytest.approx(step(whole, 0), rel=1e-6)  # (1 + 0) ** p = 1
-    assert decayed.lr_decay == 0.5 and decayed_lr(1.0, 3, 0.5) == 0.5
+    assert decayed.schedule.lr_decay == 0.5 and decayed_lr(1.0, 3, 0.5) == 0.5

@@ -8,6 +8,7 @@ the rows its partition touches, runs one local pass, and pushes new - old as its
 from __future__ import annotations
 
 import math
+import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -98,14 +99,6 @@ def apply_delta(params: Params, rows: RowSet, delta: Params) -> None:
             params[name][r] += d
 
 
-def check_schedule(clock_fraction: float, lr_decay: float) -> None:
-    """ValueError unless 0 < clock_fraction <= 1 and lr_decay >= 0."""
-    if not 0 < clock_fraction <= 1:
-        raise ValueError(f"clock_fraction must be in (0, 1], got {clock_fraction}")
-    if lr_decay < 0:
-        raise ValueError(f"lr_decay must be >= 0, got {lr_decay}")
-
-
 def decayed_lr(lr: float, clock: int, decay: float) -> float:
     """The step size of clock `clock` (0-based): lr / (1 + clock) ** decay (0.5: the
     1/sqrt(t) schedule Gaia's significance threshold follows)."""
@@ -121,6 +114,29 @@ def clock_examples(n: int, clock: int, fraction: float, seed: Sequence[int]) -> 
     order = np.random.default_rng([*seed, epoch]).permutation(n)
     bounds = np.linspace(0, n, slices + 1).round().astype(np.int64)
     return order[bounds[piece]:bounds[piece + 1]]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Which examples a worker's clock visits and the step size it uses (every workload)."""
+
+    clock_fraction: float = 1.0  # share of the worker's partition one clock covers
+    lr_decay: float = 0.0  # the step of clock t is lr / (1 + t) ** lr_decay
+
+    def __post_init__(self) -> None:
+        if not 0 < self.clock_fraction <= 1:
+            raise ValueError(f"clock_fraction must be in (0, 1], got {self.clock_fraction}")
+        if self.lr_decay < 0:
+            raise ValueError(f"lr_decay must be >= 0, got {self.lr_decay}")
+
+    def examples(self, n: int, clock: int, part: Partition, seed: int) -> np.ndarray:
+        """Indices into the partition's n examples for clock `clock`, seeded per worker."""
+        return clock_examples(n, clock, self.clock_fraction,
+                              [seed, part.worker, zlib.crc32(part.region.encode())])
+
+    def lr(self, lr: float, clock: int) -> float:
+        """The step size of clock `clock`."""
+        return decayed_lr(lr, clock, self.lr_decay)
 
 
 def split_region_first(region_of_example: np.ndarray, regions: Sequence[str],

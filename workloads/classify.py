@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Mapping
 
 import numpy as np
@@ -11,10 +10,8 @@ from .base import (
     DTYPE,
     Params,
     Partition,
+    Schedule,
     Workload,
-    check_schedule,
-    clock_examples,
-    decayed_lr,
     split_region_first,
 )
 from .datasets import Labelled
@@ -48,9 +45,8 @@ class Classifier(Workload):
         if hidden < 0 or lr <= 0 or batch < 1 or l2 < 0 or not 0 < test_fraction < 1:
             raise ValueError("classifier: need hidden >= 0, lr > 0, batch >= 1, l2 >= 0, "
                              "0 < test_fraction < 1")
-        check_schedule(clock_fraction, lr_decay)
         self.name = name
-        self.clock_fraction, self.lr_decay = clock_fraction, lr_decay
+        self.schedule = Schedule(clock_fraction, lr_decay)
         self.data = data
         self.hidden, self.lr, self.batch, self.l2, self.seed = hidden, lr, batch, l2, seed
         rng = np.random.default_rng(seed)
@@ -106,9 +102,8 @@ class Classifier(Workload):
     def local_pass(self, params: Params, part: Partition, clock: int) -> Params:
         p = {k: v.copy() for k, v in params.items()}
         x, y = part.data["x"], part.data["y"]
-        order = clock_examples(len(y), clock, self.clock_fraction,
-                               [self.seed, part.worker, zlib.crc32(part.region.encode())])
-        lr = DTYPE(decayed_lr(self.lr, clock, self.lr_decay))
+        order = self.schedule.examples(len(y), clock, part, self.seed)
+        lr = DTYPE(self.schedule.lr(self.lr, clock))
         for start in range(0, len(order), self.batch):
             idx = order[start:start + self.batch]
             for name, g in self._grads(p, x[idx], y[idx]).items():

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Mapping
 
 import numpy as np
 
-from .base import DTYPE, Params, Partition, Workload, check_schedule, clock_examples, decayed_lr
+from .base import DTYPE, Params, Partition, Schedule, Workload
 from .datasets import Ratings
 
 
@@ -29,9 +28,8 @@ class MatrixFactorization(Workload):
         if rank < 1 or lr <= 0 or l2 < 0 or batch < 1 or not 0 < test_fraction < 1:
             raise ValueError("mf: need rank >= 1, lr > 0, l2 >= 0, batch >= 1, "
                              "0 < test_fraction < 1")
-        check_schedule(clock_fraction, lr_decay)
         self.name = name
-        self.clock_fraction, self.lr_decay = clock_fraction, lr_decay
+        self.schedule = Schedule(clock_fraction, lr_decay)
         self.ratings = ratings
         self.rank, self.lr, self.l2, self.batch, self.seed = rank, lr, l2, batch, seed
         rng = np.random.default_rng(seed)
@@ -79,9 +77,8 @@ class MatrixFactorization(Workload):
     def local_pass(self, params: Params, part: Partition, clock: int) -> Params:
         U, V = params["U"].copy(), params["V"].copy()
         u, i, r = part.data["u"], part.data["i"], part.data["r"]
-        order = clock_examples(len(r), clock, self.clock_fraction,
-                               [self.seed, part.worker, zlib.crc32(part.region.encode())])
-        lr = DTYPE(decayed_lr(self.lr, clock, self.lr_decay))
+        order = self.schedule.examples(len(r), clock, part, self.seed)
+        lr = DTYPE(self.schedule.lr(self.lr, clock))
         l2, mu = DTYPE(self.l2), DTYPE(self.mu)
         for start in range(0, len(order), self.batch):
             idx = order[start:start + self.batch]
