@@ -107,6 +107,22 @@ class _Sender:
         await self.ep.send(dst, BARRIER, arrays=arrays, control=control,
                            meta={"seq": seq, **meta})
 
+    async def send_to_all(self, dsts: Sequence[str], update: Update,
+                          shapes: Mapping[str, tuple[int, int]], clocks: dict[str, int],
+                          final: list[str]) -> tuple[dict[str, Any], list[np.ndarray]]:
+        """Send `update` to each of `dsts`, each behind a barrier when it wants one (the
+        rows are worked out once, and only then); returns the encoded update."""
+        encoded = encode(update)
+        rows = None
+        for dst in dsts:
+            seq = self.next_seq()
+            if encoded[0]["tables"] and self.wants_barrier(dst):
+                if rows is None:
+                    rows = encode_indices(_rows_of(update, shapes))
+                await self.send_barrier(dst, seq, rows)
+            await self.send_update(dst, seq, clocks, final, encoded)
+        return encoded
+
     async def send_update(self, dst: str, seq: int, clocks: dict[str, int], final: list[str],
                           encoded: tuple[dict[str, Any], list[np.ndarray]]) -> None:
         meta, arrays = encoded
@@ -328,14 +344,8 @@ class GaiaMirror:
         del self._reported[key]
         merged = _merge(self._pending.pop(key))
         self.counters["elements_sent"] += sum(len(i) for i, _ in merged.values())
-        encoded = encode(merged)
-        rows = encode_indices(_rows_of(merged, self.ranges.shapes))
-        for peer in self.out:
-            seq = self.sender.next_seq()
-            if encoded[0]["tables"] and self.sender.wants_barrier(peer):
-                await self.sender.send_barrier(peer, seq, rows)
-            await self.sender.send_update(peer, seq, {self.region: clock},
-                                          [self.region] if final else [], encoded)
+        await self.sender.send_to_all(self.out, merged, self.ranges.shapes,
+                                      {self.region: clock}, [self.region] if final else [])
 
     def _split(self, per_table: dict[str, np.ndarray], scale: bool
                ) -> list[dict[str, slice]]:
@@ -476,11 +486,6 @@ class GaiaHub:
             merged = _merge(updates)
             self.counters["combined"] += 1
             self.counters["elements_in"] += sum(len(i) for u in updates for i, _ in u.values())
-            encoded = encode(merged)
+            encoded = await self.sender.send_to_all(self.hubs, merged, self.shapes, clocks,
+                                                    final)
             self.counters["elements_out"] += sum(len(a) for a in encoded[1][1::2])
-            rows = encode_indices(_rows_of(merged, self.shapes))
-            for hub in self.hubs:
-                seq = self.sender.next_seq()
-                if encoded[0]["tables"] and self.sender.wants_barrier(hub):
-                    await self.sender.send_barrier(hub, seq, rows)
-                await self.sender.send_update(hub, seq, clocks, final, encoded)
