@@ -102,17 +102,19 @@ async def compare(base: RunConfig, systems: Sequence[str], out: Path) -> dict[st
         order = ["lan"] + [s for s in systems if s != "lan"]
     summaries: dict[str, dict[str, Any]] = {}
     curves: dict[str, list[dict[str, Any]]] = {}
-    objective = "objective"
     derived = target is None
     for system in order:
-        cfg = dataclasses.replace(base, system=system, target=target, out=out / system)
+        setting_target = target is None
+        # The run that sets the target writes its results once the target is known.
+        cfg = dataclasses.replace(base, system=system, target=target,
+                                  out=None if setting_target else out / system)
         if derived and system != "lan" and cfg.iterations is not None:
             cfg.iterations *= CLOCK_SLACK
         cfg.check()
         if not cfg.quiet:
             print(f"== {system} ==", file=sys.stderr, flush=True)
         result = await run_ps(cfg)
-        if target is None:
+        if setting_target:
             target = default_target(result.curve)
             result.summary["target"] = target
             result.summary["time_to_target_s"] = time_to_target(result.curve, target)
@@ -124,10 +126,10 @@ async def compare(base: RunConfig, systems: Sequence[str], out: Path) -> dict[st
                       flush=True)
         summaries[system] = result.summary
         curves[system] = result.curve
-        objective = result.summary["objective_name"]
     ordered = {s: summaries[s] for s in systems}
     rows = compare_rows(ordered)
     any_summary = next(iter(ordered.values()))
+    objective = any_summary["objective_name"]
     report = {"topology": any_summary["topology"], "workload": any_summary["workload"],
               "objective_name": objective, "target": target, "systems": rows}
     out.mkdir(parents=True, exist_ok=True)
