@@ -13,7 +13,6 @@ asks to resume them (``on_drained``). Nothing is ever dropped by the link itself
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 from collections import deque
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from typing import Any, Protocol
 
 from .address import region_of
 from .bucket import TokenBucket
+from .tasks import cancel_and_wait
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,11 +169,7 @@ class Link:
 
     async def aclose(self) -> None:
         """Stop the link; frames still queued are counted as `undelivered` by the caller."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks = []
 
     # -- state ------------------------------------------------------------------------

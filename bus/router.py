@@ -14,7 +14,6 @@ a bus.error back to the sender; the router keeps running.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import Counter
 from typing import Any
@@ -26,6 +25,7 @@ from . import frame as fr
 from .address import is_valid_address, region_of, role_of, router_address
 from .errors import FrameError
 from .link import Link, Pending
+from .tasks import cancel_and_wait
 from .topology import Topology
 from .zio import ZIO
 
@@ -216,11 +216,7 @@ class Router:
             return
         self.flush_tap()
         self._closed = True
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         for link in self._links.values():
             await link.aclose()
         for io in [self.io, self._tap_io, *self._peer_io.values()]:

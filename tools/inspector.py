@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import sys
 from collections.abc import Callable
@@ -12,6 +11,7 @@ from typing import Any, TextIO
 import zmq
 
 from geoml.bus.router import TAP_TOPIC
+from geoml.bus.tasks import cancel_and_wait
 from geoml.bus.zio import ZIO
 
 from .recording import Recorder
@@ -159,11 +159,7 @@ class TapSubscriber:
     async def aclose(self) -> None:
         """Drain, stop and close (linger 0)."""
         self.drain()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         for io in self._ios.values():
             io.close()
 
