@@ -119,6 +119,8 @@ class Router:
         self.unreachable_timeout_s = unreachable_timeout_s
         self._hwm = hwm
         topology.region(region)  # KeyError with the known names if absent
+        #: Regions whose raw data must stay inside (data sovereignty, from the topology).
+        self._sovereign = frozenset(r.name for r in topology.regions if r.sovereign)
         self.local_addresses: dict[str, bytes] = {}
         self._peers_in: dict[bytes, str] = {}
         self._registered: dict[str, asyncio.Event] = {}
@@ -331,6 +333,14 @@ class Router:
             self._drop(ident, "unknown_destination",
                        f"no route to {dst} in topology {self.topology.name!r}", header)
             return
+        if header.get("raw") and self._sovereign:
+            origin, target = region_of(src), region_of(dst)
+            if origin in self._sovereign and target != origin:
+                self._drop(ident, "sovereignty",
+                           f"raw-data frame {ftype!r} from {src} to {dst} refused: region "
+                           f"{origin} is sovereign (its raw data must not leave it; "
+                           f"topology {self.topology.name!r})", header)
+                return
         self.forwarded += 1
         link.offer(Pending(parts[1:], ftype, src, dst, total, header["pri"] == fr.CONTROL,
                            ident, header.get("raw", False)))
