@@ -49,7 +49,7 @@ class IntegerUpdates(Workload):
     def local_pass(self, params: Params, part: Partition, clock: int) -> Params:
         return {"W": params["W"] + self.delta(part.region, part.worker, clock)}
 
-    def evaluate(self, params: Params) -> dict[str, float]:
+    def evaluate(self, params: Params, subset: np.ndarray | None = None) -> dict[str, float]:
         return {"objective": float(np.abs(params["W"]).sum())}
 
 

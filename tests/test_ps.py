@@ -58,8 +58,8 @@ class UnevenSpeeds(Workload):
         time.sleep(self.delay * part.worker)  # in the executor: a slow machine
         return self.inner.local_pass(params, part, clock)
 
-    def evaluate(self, params: Params) -> dict[str, float]:
-        return self.inner.evaluate(params)
+    def evaluate(self, params: Params, subset: np.ndarray | None = None) -> dict[str, float]:
+        return self.inner.evaluate(params, subset)
 
 
 @pytest.mark.asyncio

@@ -147,3 +147,45 @@ def test_a_fractional_clock_touches_fewer_examples_and_the_step_decays() -> None
     assert step(quarter, 0) < 0.5 * step(whole, 0)
     assert step(decayed, 0) == pytest.approx(step(whole, 0), rel=1e-6)  # (1 + 0) ** p = 1
     assert decayed.schedule.lr_decay == 0.5 and decayed_lr(1.0, 3, 0.5) == 0.5
+
+
+def _record_multiset(records: list[dict[str, np.ndarray]]) -> list[tuple[float, ...]]:
+    cols = sorted(records[0])
+    rows = [np.column_stack([np.asarray(r[c], np.float64).reshape(len(r[c]), -1)
+                             for c in cols]) for r in records]
+    return sorted(map(tuple, np.concatenate(rows).tolist()))
+
+
+@pytest.mark.parametrize("name", ["mf-movielens", "softmax-digits"])
+def test_raw_records_regathered_in_one_region_are_the_whole_training_set(name: str) -> None:
+    wl = make_workload(name)
+    spread = wl.partition({"east": 2, "west": 3})
+    records = [wl.raw_records(p) for p in spread.values()]
+    gathered = wl.partition_records(records, "home", 4)
+    assert set(gathered) == {("home", w) for w in range(4)}
+    assert sum(p.size for p in gathered.values()) == sum(p.size for p in spread.values())
+    lan = wl.partition({"home": 1})[("home", 0)]
+    regathered = [wl.raw_records(p) for p in gathered.values()]
+    assert _record_multiset(regathered) == _record_multiset([wl.raw_records(lan)])
+    params = wl.init_params()
+    for part in gathered.values():  # the partitions train like any other
+        wl.local_pass(take_rows(params, part.rows), part, 0)
+
+
+@pytest.mark.parametrize("name", ["mf-movielens", "softmax-digits"])
+def test_held_out_set_splits_by_region_and_evaluates_per_region(name: str) -> None:
+    wl = make_workload(name)
+    split = wl.test_regions(["east", "west"])
+    both = np.concatenate(list(split.values()))
+    assert len(both) == len(np.unique(both)) == len(wl.test)  # type: ignore[attr-defined]
+    params = wl.init_params()
+    whole = wl.evaluate(params)["objective"]
+    parts = [wl.evaluate(params, idx)["objective"] for idx in split.values()]
+    assert min(parts) <= whole <= max(parts)
+    if name.startswith("mf"):  # a region's held-out ratings are those of its own users
+        users = {r: set(wl.ratings.user[wl.test[i]].tolist())  # type: ignore[attr-defined]
+                 for r, i in split.items()}
+        part_users = {r: set(p.rows["U"].tolist())
+                      for (r, _), p in wl.partition({"east": 1, "west": 1}).items()}
+        assert not users["east"] & part_users["west"]
+        assert not users["west"] & part_users["east"]

@@ -69,8 +69,28 @@ class Workload(ABC):
         values of the same rows; must not modify `params`."""
 
     @abstractmethod
-    def evaluate(self, params: Params) -> dict[str, float]:
-        """Metrics of full parameters on the fixed held-out set; includes "objective"."""
+    def evaluate(self, params: Params, subset: np.ndarray | None = None) -> dict[str, float]:
+        """Metrics of full parameters on the fixed held-out set (or the examples `subset`
+        indexes in it, see `test_regions`); includes "objective"."""
+
+    # Optional capabilities: the isolated system needs `test_regions`, the centralized one
+    # `raw_records` and `partition_records`. Every shipped workload has them.
+
+    def test_regions(self, regions: Sequence[str]) -> dict[str, np.ndarray]:
+        """Per region: indices into the held-out set of the examples that belong to that
+        region (drawn as its training data is, for `partition(regions...)`)."""
+        raise NotImplementedError(f"workload {self.name} has no per-region held-out sets")
+
+    def raw_records(self, part: Partition) -> dict[str, np.ndarray]:
+        """The partition's training examples as raw records (what would be shipped if the
+        data moved: e.g. features and labels, or (user, item, rating) triples)."""
+        raise NotImplementedError(f"workload {self.name} cannot export raw records")
+
+    def partition_records(self, records: Sequence[Mapping[str, np.ndarray]], region: str,
+                          workers: int) -> dict[tuple[str, int], Partition]:
+        """Partitions for `workers` workers of `region` holding all of `records` (the
+        output of `raw_records`, possibly from many regions)."""
+        raise NotImplementedError(f"workload {self.name} cannot import raw records")
 
     def model_bytes(self) -> int:
         """Bytes of the serialized parameters."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -110,8 +110,30 @@ class Classifier(Workload):
                 p[name] -= lr * g
         return p
 
-    def evaluate(self, params: Params) -> dict[str, float]:
-        x, y = self.data.x[self.test], self.data.y[self.test]
+    def test_regions(self, regions: Sequence[str]) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng(self.seed + 3)
+        example_region = rng.integers(0, len(regions), len(self.test))
+        return {r: np.flatnonzero(example_region == k) for k, r in enumerate(regions)}
+
+    def raw_records(self, part: Partition) -> dict[str, np.ndarray]:
+        return {"x": part.data["x"], "y": part.data["y"]}
+
+    def partition_records(self, records: Sequence[Mapping[str, np.ndarray]], region: str,
+                          workers: int) -> dict[tuple[str, int], Partition]:
+        if workers < 1:
+            raise ValueError("partition_records needs at least one worker")
+        x = np.concatenate([r["x"] for r in records])
+        y = np.concatenate([r["y"] for r in records])
+        order = np.random.default_rng(self.seed + 4).permutation(len(y))
+        rows = dict.fromkeys(self.table_shapes())
+        return {(region, w): Partition(region, w, dict(rows),
+                                       {"x": x[np.sort(order[w::workers])],
+                                        "y": y[np.sort(order[w::workers])]})
+                for w in range(workers)}
+
+    def evaluate(self, params: Params, subset: np.ndarray | None = None) -> dict[str, float]:
+        test = self.test if subset is None else self.test[subset]
+        x, y = self.data.x[test], self.data.y[test]
         logits, _ = self._forward(params, x)
         loss, _ = _softmax_xent(logits, y)
         acc = float((logits.argmax(axis=1) == y).mean())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -48,13 +48,17 @@ class MatrixFactorization(Workload):
         return {name: rng.normal(0, scale, shape).astype(DTYPE)
                 for name, shape in self.table_shapes().items()}
 
+    def _user_regions(self, n_regions: int, rng: np.random.Generator) -> np.ndarray:
+        """Region index of every user (the first draw of the partition's generator)."""
+        return rng.permutation(self.ratings.n_users) % n_regions
+
     def partition(self, workers: Mapping[str, int]) -> dict[tuple[str, int], Partition]:
         """Users go to regions (seeded), then each region's users to its workers, so a
         user's row is updated by one worker only; item rows are shared."""
         regions = list(workers)
         rng = np.random.default_rng(self.seed + 2)
         r = self.ratings
-        user_region = rng.permutation(r.n_users) % len(regions)
+        user_region = self._user_regions(len(regions), rng)
         user_worker = np.zeros(r.n_users, np.int64)
         for k, region in enumerate(regions):
             users = np.flatnonzero(user_region == k)
@@ -66,13 +70,35 @@ class MatrixFactorization(Workload):
             for w in range(workers[region]):
                 ex = self.train[(user_region[train_users] == k)
                                 & (user_worker[train_users] == w)]
-                users, u_local = np.unique(r.user[ex], return_inverse=True)
-                items, i_local = np.unique(r.item[ex], return_inverse=True)
-                parts[(region, w)] = Partition(
-                    region, w, {"U": users.astype(np.int64), "V": items.astype(np.int64)},
-                    {"u": u_local.astype(np.int32), "i": i_local.astype(np.int32),
-                     "r": r.rating[ex]})
+                parts[(region, w)] = _partition(region, w, r.user[ex], r.item[ex],
+                                                r.rating[ex])
         return parts
+
+    def test_regions(self, regions: Sequence[str]) -> dict[str, np.ndarray]:
+        user_region = self._user_regions(len(regions), np.random.default_rng(self.seed + 2))
+        test_region = user_region[self.ratings.user[self.test]]
+        return {r: np.flatnonzero(test_region == k) for k, r in enumerate(regions)}
+
+    def raw_records(self, part: Partition) -> dict[str, np.ndarray]:
+        return {"user": part.rows["U"][part.data["u"]].astype(np.int32),
+                "item": part.rows["V"][part.data["i"]].astype(np.int32),
+                "rating": part.data["r"]}
+
+    def partition_records(self, records: Sequence[Mapping[str, np.ndarray]], region: str,
+                          workers: int) -> dict[tuple[str, int], Partition]:
+        if workers < 1:
+            raise ValueError("partition_records needs at least one worker")
+        user = np.concatenate([r["user"] for r in records])
+        item = np.concatenate([r["item"] for r in records])
+        rating = np.concatenate([r["rating"] for r in records])
+        if len(user) and (user.min() < 0 or user.max() >= self.ratings.n_users
+                          or item.min() < 0 or item.max() >= self.ratings.n_items):
+            raise ValueError("rating records name users or items outside the model")
+        rng = np.random.default_rng(self.seed + 4)
+        user_worker = rng.permutation(self.ratings.n_users) % workers
+        return {(region, w): _partition(region, w, user[mine], item[mine], rating[mine])
+                for w in range(workers)
+                for mine in [user_worker[user] == w]}
 
     def local_pass(self, params: Params, part: Partition, clock: int) -> Params:
         U, V = params["U"].copy(), params["V"].copy()
@@ -89,9 +115,19 @@ class MatrixFactorization(Workload):
             np.add.at(V, ii, lr * (err[:, None] * Uu - l2 * Vi))
         return {"U": U, "V": V}
 
-    def evaluate(self, params: Params) -> dict[str, float]:
+    def evaluate(self, params: Params, subset: np.ndarray | None = None) -> dict[str, float]:
         r = self.ratings
-        t = self.test
+        t = self.test if subset is None else self.test[subset]
         pred = self.mu + np.einsum("ij,ij->i", params["U"][r.user[t]], params["V"][r.item[t]])
         rmse = float(np.sqrt(np.mean((r.rating[t] - pred) ** 2)))
         return {"objective": rmse, "rmse": rmse}
+
+
+def _partition(region: str, worker: int, user: np.ndarray, item: np.ndarray,
+               rating: np.ndarray) -> Partition:
+    """A worker's ratings with the U and V rows they touch (local indices into those)."""
+    users, u_local = np.unique(user, return_inverse=True)
+    items, i_local = np.unique(item, return_inverse=True)
+    return Partition(region, worker, {"U": users.astype(np.int64), "V": items.astype(np.int64)},
+                     {"u": u_local.astype(np.int32), "i": i_local.astype(np.int32),
+                      "r": rating})
