@@ -12,7 +12,10 @@ import numpy as np
 
 from geoml.bus import Topology
 
-SYSTEMS = ("lan", "baseline", "gaia")
+#: Systems built from parameter-server roles (plan_ps plans them).
+PS_SYSTEMS = ("lan", "baseline", "gaia", "isolated", "centralized")
+#: Every system `geoml run` and `geoml compare` know.
+SYSTEMS = (*PS_SYSTEMS, "fedavg")
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,23 @@ class PSPlan:
     mirrors: dict[str, str] | None = None
     #: gaia with hubs: overlay group name -> (hub address, member regions with workers).
     hubs: dict[str, tuple[str, tuple[str, ...]]] | None = None
+    #: centralized: where the data is born, region -> workers (its original partitioning);
+    #: every region's raw data but home's is shipped to home before training.
+    sources: dict[str, int] | None = None
+
+    @property
+    def replica_per_region(self) -> bool:
+        """Each region's workers use a model of their own on their region's shards."""
+        return self.system in ("gaia", "isolated")
+
+    @property
+    def home(self) -> str:
+        """The region of the first shard (lan and centralized: where everything runs)."""
+        return self.shards[0].split("/")[0]
+
+    def shippers(self) -> dict[str, str]:
+        """centralized: the shipper address of every region whose data must move."""
+        return {r: f"{r}/shipper/0" for r in self.sources or {} if r != self.home}
 
     def hub_of(self, region: str) -> str | None:
         """The hub address a region's mirror talks to (None: it talks to every mirror)."""
@@ -49,30 +69,36 @@ class PSPlan:
         return out
 
 
-def plan_ps(topology: Topology, system: str, lan_region: str | None = None,
+def plan_ps(topology: Topology, system: str, home: str | None = None,
             hubs: bool = False) -> PSPlan:
     """Roles for `system` on `topology`.
 
-    lan: every worker and shard the topology lists, all in one region (`lan_region`,
-    default the first), holding all the data. baseline: each region runs its own workers
-    (on its own data) and PS shards; one global model is sharded over all shards. gaia: the
-    same roles as baseline, but each region's shards hold a full replica, and each region
-    adds a mirror; with `hubs`, each overlay group of the topology adds a hub role in its
-    hub region, and mirrors exchange updates through the hubs.
+    lan: every worker and shard the topology lists, all in one region (`home`, default
+    the first), holding all the data. baseline: each region runs its own workers (on its
+    own data) and PS shards; one global model is sharded over all shards. gaia: the same
+    roles as baseline, but each region's shards hold a full replica, and each region adds a
+    mirror; with `hubs`, each overlay group of the topology adds a hub role in its hub
+    region, and mirrors exchange updates through the hubs. isolated: gaia without mirrors
+    (no region hears of another). centralized: lan's roles in `home`, trained after every
+    other region's raw data is shipped there (refused if one of them is sovereign).
     """
-    if system not in SYSTEMS:
+    if system not in PS_SYSTEMS:
         raise ValueError(f"unknown system {system!r} for the parameter server; choose from "
-                         f"{', '.join(SYSTEMS)}")
+                         f"{', '.join(PS_SYSTEMS)}")
     regions = topology.regions
-    if system == "lan":
-        home = lan_region or regions[0].name
+    if system in ("lan", "centralized"):
+        home = home or regions[0].name
         if home not in topology.region_names:
             raise ValueError(f"region {home!r} is not in topology {topology.name!r}")
         n_workers = sum(r.workers for r in regions)
         n_shards = sum(r.ps_shards for r in regions)
+        sources = None
+        if system == "centralized":
+            sources = {r.name: r.workers for r in regions if r.workers}
+            _check_sovereignty(topology, [r for r in sources if r != home], home)
         return PSPlan(system, tuple(f"{home}/ps/{i}" for i in range(n_shards)),
                       tuple(f"{home}/worker/{i}" for i in range(n_workers)),
-                      {home: n_workers})
+                      {home: n_workers}, sources=sources)
     shards = tuple(f"{r.name}/ps/{i}" for r in regions for i in range(r.ps_shards))
     workers = tuple(f"{r.name}/worker/{i}" for r in regions for i in range(r.workers))
     data_regions = {r.name: r.workers for r in regions if r.workers}
@@ -91,6 +117,17 @@ def plan_ps(topology: Topology, system: str, lan_region: str | None = None,
         hub_plan = {g.name: (f"{g.hub}/hub/0", tuple(m for m in g.members if m in data_regions))
                     for g in topology.overlay}
     return PSPlan(system, shards, workers, data_regions, mirrors, hub_plan)
+
+
+def _check_sovereignty(topology: Topology, shipped: list[str], home: str) -> None:
+    """Refuse, before any run, to plan raw data out of a sovereign region."""
+    for region in shipped:
+        if topology.region(region).sovereign:
+            raise ValueError(
+                f"centralized would ship the raw data of region {region} to {home}, but "
+                f"topology {topology.name!r} marks {region} sovereign (sovereign = true: its "
+                "raw data must not leave it); use a system that moves models, not data "
+                "(gaia, fedavg, ...)")
 
 
 class KeyRanges:

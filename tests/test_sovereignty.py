@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from geoml.bus import Network, Topology, parse_topology
+from geoml.roles.shipping import DataCollector, DataShipper, ShippingFailed
 
 pytestmark = pytest.mark.asyncio
 
@@ -65,3 +66,17 @@ async def test_raw_data_of_other_regions_may_cross_and_is_counted() -> None:
         for hop_src, hop_dst in itertools.pairwise(path):
             assert net.routers[hop_src].wan_link(hop_dst).stats.raw_frames == 1
         assert src.counters["errors"] == 0
+
+
+async def test_a_shipper_refused_at_the_border_fails_with_the_routers_reason() -> None:
+    async with Network(sovereign_topology("a")) as net:
+        shipper = DataShipper(await net.connect("a/shipper/0"),
+                              [{"x": np.zeros((10, 3), np.float32)}], "c/collector/0",
+                              ack_timeout_s=30)
+        collector = DataCollector(await net.connect("c/collector/0"), ["a/shipper/0"], ["x"])
+        collecting = asyncio.ensure_future(collector.run())
+        with pytest.raises(ShippingFailed, match=r"sovereignty.*region a is sovereign"):
+            await asyncio.wait_for(shipper.run(), 10)
+        assert not collecting.done() and collector.counters["chunks"] == 0
+        collecting.cancel()
+        assert net.routers["a"].dropped["sovereignty"] == 1

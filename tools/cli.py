@@ -134,7 +134,7 @@ def _run_config(args: argparse.Namespace, check: bool = True,
             workload_options=options, staleness=parse_sync(args.sync),
             iterations=args.iterations, seconds=args.seconds,
             target=parse_until(args.until) if args.until else None,
-            out=getattr(args, "out", None), lan_region=getattr(args, "lan_region", None),
+            out=getattr(args, "out", None), home=getattr(args, "home", None),
             eval_every=getattr(args, "eval_every", 1),
             inspect=getattr(args, "inspect", False), record=getattr(args, "record", None),
             gaia_v=getattr(args, "gaia_v", 0.01), gaia_ds=getattr(args, "gaia_ds", 2),
@@ -255,8 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "curve.csv, curve.png")
     run.add_argument("--topology", required=True)
     _ps_args(run, role=False)
-    run.add_argument("--lan-region", help="lan system: the region that holds everything "
-                     "(default: the topology's first)")
+    run.add_argument("--home", "--lan-region", dest="home",
+                     help="lan and centralized: the region that trains; fedavg: the "
+                     "aggregator's region (default: the topology's first)")
     _training_args(run)
     run.add_argument("--inspect", action="store_true",
                      help="show the live traffic view instead of progress lines")

@@ -17,8 +17,9 @@ import zmq
 from geoml.bus import Endpoint, GeomlError, Network, Topology, load_topology, region_of
 from geoml.roles.gaia import BARRIER_MODES, GaiaHub, GaiaMirror, GaiaShard
 from geoml.roles.ps import PSShard, PSWorker
-from geoml.roles.ps_plan import KeyRanges, plan_ps
-from geoml.workloads import Params, Workload, make_workload
+from geoml.roles.ps_plan import KeyRanges, PSPlan, plan_ps
+from geoml.roles.shipping import DataCollector, DataShipper
+from geoml.workloads import Params, Partition, Workload, make_workload
 
 from .inspector import LiveView, TapSubscriber
 from .recording import Recorder, topology_header
@@ -96,7 +97,7 @@ class RunConfig:
     seconds: float | None = None
     target: float | None = None
     out: Path | None = None
-    lan_region: str | None = None
+    home: str | None = None
     quiet: bool = False
     record_reads: bool = False
     eval_every: int = 1
@@ -143,12 +144,20 @@ def assemble(shards: list[PSShard], ranges: KeyRanges) -> Params:
 
 
 class _Monitor:
-    """Evaluates the global model whenever every shard has seen a new clock."""
+    """Evaluates the model(s) whenever every shard has seen a new clock.
 
-    def __init__(self, workload: Workload, shards: list[PSShard], ranges: KeyRanges,
+    `replicas` maps a name to the shards and key ranges of one full model. With
+    `region_tests` (isolated), every replica is scored on the global held-out set and on
+    its own region's, and the objective is the mean over regions of the global scores;
+    otherwise the first replica is the model scored.
+    """
+
+    def __init__(self, workload: Workload, replicas: dict[str, tuple[list[PSShard], KeyRanges]],
                  net: Network, executor: ThreadPoolExecutor, cfg: RunConfig,
-                 stop: asyncio.Event, n_clocks: int) -> None:
-        self.workload, self.shards, self.ranges, self.net = workload, shards, ranges, net
+                 stop: asyncio.Event, n_clocks: int,
+                 region_tests: dict[str, np.ndarray] | None = None) -> None:
+        self.workload, self.replicas, self.net = workload, replicas, net
+        self.region_tests = region_tests
         self.executor, self.cfg, self.stop = executor, cfg, stop
         self.shard_clock = [0] * n_clocks
         self.evaluated = -1
@@ -157,6 +166,27 @@ class _Monitor:
         self.t0 = 0.0
         self.diverged = False
         self.status = ""
+
+    def snapshot(self) -> dict[str, Params]:
+        """A copy of every replica evaluated (the first one is "the model")."""
+        if self.region_tests is None:
+            (shards, ranges), = list(self.replicas.values())[:1]
+            return {next(iter(self.replicas)): assemble(shards, ranges)}
+        return {name: assemble(shards, ranges) for name, (shards, ranges) in self.replicas.items()}
+
+    def _score(self, models: dict[str, Params]) -> dict[str, float]:
+        if self.region_tests is None:
+            return self.workload.evaluate(next(iter(models.values())))
+        tests = self.region_tests
+        per_region = {r: (self.workload.evaluate(p), self.workload.evaluate(p, tests[r]))
+                      for r, p in models.items()}
+        metrics: dict[str, float] = {}
+        for key in next(iter(per_region.values()))[0]:
+            metrics[key] = float(np.mean([g[key] for g, _ in per_region.values()]))
+            for r, (g, own) in per_region.items():
+                metrics[f"{r}:{key}"] = g[key]
+                metrics[f"{r}:own_{key}"] = own[key]
+        return metrics
 
     def on_min_clock(self, shard: int, clock: int) -> None:
         self.shard_clock[shard] = clock
@@ -169,8 +199,7 @@ class _Monitor:
     async def evaluate_now(self, clock: int) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
         t = loop.time() - self.t0
-        params = assemble(self.shards, self.ranges)
-        metrics = await loop.run_in_executor(self.executor, self.workload.evaluate, params)
+        metrics = await loop.run_in_executor(self.executor, self._score, self.snapshot())
         row = {"time_s": t, "clock": clock, **metrics, "wan_bytes": self.net.wan_bytes()}
         self.curve.append(row)
         self.evaluated = clock
@@ -206,14 +235,15 @@ async def run_ps(cfg: RunConfig) -> RunResult:
     topo = cfg.topology if isinstance(cfg.topology, Topology) else load_topology(cfg.topology)
     workload = (cfg.workload if isinstance(cfg.workload, Workload)
                 else make_workload(cfg.workload, cfg.workload_options))
-    plan = plan_ps(topo, cfg.system, cfg.lan_region,
+    plan = plan_ps(topo, cfg.system, cfg.home,
                    hubs=cfg.gaia_hubs and cfg.system == "gaia")  # gaia_* options: gaia only
     if not plan.workers or not plan.shards:
         raise ValueError(f"topology {topo.name!r} gives {len(plan.workers)} workers and "
                          f"{len(plan.shards)} PS shards; need at least one of each")
     ranges = KeyRanges(workload.table_shapes(), len(plan.shards))
     init = workload.init_params()
-    parts = workload.partition(plan.data_regions)
+    region_tests = (workload.test_regions(list(plan.data_regions))
+                    if plan.system == "isolated" else None)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     executor = ThreadPoolExecutor(max_workers=len(plan.workers) + 1,
@@ -221,6 +251,12 @@ async def run_ps(cfg: RunConfig) -> RunResult:
     try:
         async with Network(topo) as net:
             tap = await _start_tap(net, topo, cfg)
+            t_start = loop.time()
+            shipped: dict[str, Any] | None = None
+            if plan.sources is None:
+                parts = workload.partition(plan.data_regions)
+            else:
+                parts, shipped = await _ship_raw_data(net, workload, plan, cfg.quiet)
             monitor_holder: list[_Monitor] = []
 
             def report_clock(global_index: int) -> Callable[[int, int], None]:
@@ -231,14 +267,14 @@ async def run_ps(cfg: RunConfig) -> RunResult:
             mirrors: list[GaiaMirror | GaiaHub] = []
             # Per region: the shards a region's workers use, and their key ranges.
             groups: list[tuple[str, list[str], KeyRanges]] = []
-            if plan.mirrors is None:
+            if not plan.replica_per_region:
                 groups = [(r, plan.shards, ranges) for r in plan.data_regions]
             else:
                 for region in plan.data_regions:
                     mine = plan.in_region(plan.shards, region)
                     if not mine:
-                        raise ValueError(f"gaia: region {region} has workers but no PS "
-                                         "shard to hold its replica")
+                        raise ValueError(f"{plan.system}: region {region} has workers but no "
+                                         "PS shard to hold its model")
                     groups.append((region, mine, KeyRanges(workload.table_shapes(),
                                                            len(mine))))
             made: set[str] = set()
@@ -253,8 +289,9 @@ async def run_ps(cfg: RunConfig) -> RunResult:
                     common = dict(staleness=cfg.staleness, record=cfg.record_reads,
                                   on_min_clock=report_clock(len(shards)))
                     if plan.mirrors is None:
-                        shards.append(PSShard(ep, i, group_ranges, init, plan.workers,
-                                              **common))
+                        users = (plan.in_region(plan.workers, region)
+                                 if plan.replica_per_region else plan.workers)
+                        shards.append(PSShard(ep, i, group_ranges, init, users, **common))
                     else:
                         shards.append(GaiaShard(
                             ep, i, group_ranges, init, plan.in_region(plan.workers, region),
@@ -277,22 +314,23 @@ async def run_ps(cfg: RunConfig) -> RunResult:
                     [r for r in plan.data_regions if r not in members],
                     barrier=cfg.gaia_barrier,
                     rates=_path_rates(topo, region_of(hub), peers)))
-            # The model evaluated: the global one, or the first region's replica (gaia).
-            eval_shards = shards if plan.mirrors is None else [
-                s for s in shards if s.ep.address in groups[0][1]]
-            eval_ranges = groups[0][2]
-            monitor = _Monitor(workload, eval_shards, eval_ranges, net, executor, cfg, stop,
-                               n_clocks=len(shards))
+            # The model evaluated: the global one, or each region's replica (the first is
+            # the one reported for gaia; isolated reports every one).
+            replicas = {region: ([s for s in shards if s.ep.address in addrs], group_ranges)
+                        for region, addrs, group_ranges in groups}
+            eval_shards, eval_ranges = replicas[groups[0][0]]
+            monitor = _Monitor(workload, replicas, net, executor, cfg, stop,
+                               n_clocks=len(shards), region_tests=region_tests)
             monitor_holder.append(monitor)
-            monitor.t0 = loop.time()
+            monitor.t0 = t_start  # centralized: the clock started before the data moved
             await monitor.evaluate_now(0)
             view_task = None
             if cfg.inspect and tap is not None and tap.stats is not None:
                 view = LiveView(tap.stats, capacities(topo), tap.reach,
                                 status=lambda: monitor.status, out=sys.stderr)
                 view_task = asyncio.ensure_future(view.run())
-            timer = (loop.call_later(cfg.seconds, stop.set) if cfg.seconds is not None
-                     else None)
+            timer = (loop.call_later(max(0.0, cfg.seconds - (loop.time() - t_start)),
+                                     stop.set) if cfg.seconds is not None else None)
             fault_timers = _schedule_faults(net, cfg.faults)
             monitor_task = asyncio.ensure_future(monitor.loop())
             shard_tasks = [asyncio.ensure_future(s.run()) for s in shards]
@@ -327,6 +365,7 @@ async def run_ps(cfg: RunConfig) -> RunResult:
                          for name, link in r["links"].items() if link["kind"] == "wan"}
             wan_link_bytes = {name: link["bytes"] for name, link in wan_links.items()}
             wan_bytes = sum(wan_link_bytes.values())
+            raw_wan_frames = sum(link["raw_frames"] for link in wan_links.values())
             lan_bytes = sum(link_bytes.values()) - wan_bytes
             if tap is not None:
                 for router in net.routers.values():
@@ -359,6 +398,7 @@ async def run_ps(cfg: RunConfig) -> RunResult:
         "final_metrics": {k: v for k, v in final.items() if k not in ("time_s", "clock")},
         "wan_bytes": wan_bytes,
         "lan_bytes": lan_bytes,
+        "raw_wan_frames": raw_wan_frames,
         "link_bytes": link_bytes,
         "wan_links": wan_links,
         **cost_usd(topo, plan.machines_per_region(), elapsed, wan_link_bytes),
@@ -374,12 +414,63 @@ async def run_ps(cfg: RunConfig) -> RunResult:
                            "elements_sent": sent, "evaluated_replica": groups[0][0],
                            "roles": {m.ep.address: dict(m.counters) for m in mirrors}}
         summary["filtered_fraction"] = 1 - sent / updated if updated else 0.0
+    if shipped is not None:
+        summary["centralized"] = shipped
+    if region_tests is not None:
+        summary["isolated"] = {
+            r: {"global": {k.split(":", 1)[1]: v for k, v in final.items()
+                           if k.startswith(f"{r}:") and ":own_" not in k},
+                "own": {k.split(":own_", 1)[1]: v for k, v in final.items()
+                        if k.startswith(f"{r}:own_")}}
+            for r in plan.data_regions}
     if cfg.out is not None:
         write_results(cfg.out, summary, curve, f"{cfg.system} on {topo.name}")
     if cfg.faults:
         summary["faults"] = [{"link": f.name, "down_at_s": f.start_s,
                               "up_at_s": f.start_s + f.duration_s} for f in cfg.faults]
     return RunResult(summary, curve, params, shards, workers, monitor.t0)
+
+
+async def _ship_raw_data(net: Network, workload: Workload, plan: PSPlan, quiet: bool
+                         ) -> tuple[dict[tuple[str, int], Partition], dict[str, Any]]:
+    """centralized, phase 1: every other region ships its raw records to the home region's
+    collector (raw frames, shaped by the WAN links). Returns the home workers' partitions
+    of everything that arrived, and figures of the transfer."""
+    assert plan.sources is not None
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    born = workload.partition(plan.sources)
+    records = {r: [workload.raw_records(p) for (pr, _), p in born.items() if pr == r]
+               for r in plan.sources}
+    shippers = plan.shippers()
+    home = plan.home
+    columns = sorted(records[home][0] if home in records else next(iter(records.values()))[0])
+    collector = DataCollector(await net.connect(f"{home}/collector/0"), list(shippers.values()),
+                              columns)
+    ships = [DataShipper(await net.connect(addr), records[r], collector.ep.address)
+             for r, addr in shippers.items()]
+    if not quiet:
+        total = sum(a.nbytes for r in shippers for rec in records[r] for a in rec.values())
+        print(f"[centralized] shipping {total / 1e6:.1f} MB of raw data from "
+              f"{', '.join(shippers) or 'no region'} to {home}", file=sys.stderr, flush=True)
+    collecting = asyncio.ensure_future(collector.run())
+    try:
+        await asyncio.gather(*(s.run() for s in ships))
+        received = await collecting
+    finally:
+        collecting.cancel()
+    gathered = [*records.get(home, []), *(rec for addr in shippers.values()
+                                          for rec in received[addr])]
+    parts = workload.partition_records(gathered, home, plan.data_regions[home])
+    info = {"home": home, "transfer_s": loop.time() - t0,
+            "shipped_records": sum(s.counters["rows"] for s in ships),
+            "shipped_chunks": collector.counters["chunks"],
+            "shipped_bytes": collector.counters["bytes"],
+            "from": sorted(shippers)}
+    if not quiet:
+        print(f"[centralized] data arrived after {info['transfer_s']:.2f} s; training in "
+              f"{home}", file=sys.stderr, flush=True)
+    return parts, info
 
 
 def _path_rates(topo: Topology, region: str, addresses: list[str]) -> dict[str, float]:
@@ -436,12 +527,12 @@ async def ps_role_main(cfg: RunConfig, address: str, kind: str,
     try:
         workload = (cfg.workload if isinstance(cfg.workload, Workload)
                     else make_workload(cfg.workload, cfg.workload_options))
-        plan = plan_ps(topo, cfg.system, cfg.lan_region)
+        plan = plan_ps(topo, cfg.system, cfg.home)
     except ValueError as exc:
         raise GeomlError(str(exc)) from None
-    if plan.mirrors is not None:
-        raise GeomlError("gaia does not run one process per role yet (its mirror role has "
-                         "no process entry point); use `geoml run --system gaia`")
+    if plan.system not in ("lan", "baseline"):
+        raise GeomlError(f"{plan.system} does not run one process per role yet (only lan and "
+                         f"baseline do); use `geoml run --system {plan.system}`")
     members = plan.shards if kind == "ps_shard" else plan.workers
     if address not in members:
         raise GeomlError(f"{address} is not a {kind} of {cfg.system} on {topo.name}; those "
