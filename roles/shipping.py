@@ -87,6 +87,8 @@ class DataShipper:
                                          f"{self.ack_timeout_s:.0f}s") from None
                 continue
             if msg.type == ACK and msg.src == self.collector:
+                # A refusal of a chunk reaches us before the ack of the end that followed it.
+                self._raise_if_refused(errors_before)
                 confirmed = int(msg.meta.get("rows", -1))
                 if confirmed != rows:
                     raise ShippingFailed(f"{self.ep.address}: {self.collector} confirmed "
