@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,19 +144,19 @@ def assemble(shards: list[PSShard], ranges: KeyRanges) -> Params:
 
 
 class _Monitor:
-    """Evaluates the model(s) whenever every shard has seen a new clock.
+    """Evaluates the model(s) whenever every shard (or the aggregator) has seen a new clock.
 
-    `replicas` maps a name to the shards and key ranges of one full model. With
-    `region_tests` (isolated), every replica is scored on the global held-out set and on
-    its own region's, and the objective is the mean over regions of the global scores;
-    otherwise the first replica is the model scored.
+    `snapshot` returns copies of the models to score, by region. With `region_tests`
+    (isolated), every region's model is scored on the global held-out set and on its own
+    region's, and the objective is the mean over regions of the global scores; otherwise
+    the first model is the one scored.
     """
 
-    def __init__(self, workload: Workload, replicas: dict[str, tuple[list[PSShard], KeyRanges]],
+    def __init__(self, workload: Workload, snapshot: Callable[[], dict[str, Params]],
                  net: Network, executor: ThreadPoolExecutor, cfg: RunConfig,
                  stop: asyncio.Event, n_clocks: int,
                  region_tests: dict[str, np.ndarray] | None = None) -> None:
-        self.workload, self.replicas, self.net = workload, replicas, net
+        self.workload, self.snapshot, self.net = workload, snapshot, net
         self.region_tests = region_tests
         self.executor, self.cfg, self.stop = executor, cfg, stop
         self.shard_clock = [0] * n_clocks
@@ -166,13 +166,6 @@ class _Monitor:
         self.t0 = 0.0
         self.diverged = False
         self.status = ""
-
-    def snapshot(self) -> dict[str, Params]:
-        """A copy of every replica evaluated (the first one is "the model")."""
-        if self.region_tests is None:
-            (shards, ranges), = list(self.replicas.values())[:1]
-            return {next(iter(self.replicas)): assemble(shards, ranges)}
-        return {name: assemble(shards, ranges) for name, (shards, ranges) in self.replicas.items()}
 
     def _score(self, models: dict[str, Params]) -> dict[str, float]:
         if self.region_tests is None:
@@ -319,92 +312,37 @@ async def run_ps(cfg: RunConfig) -> RunResult:
             replicas = {region: ([s for s in shards if s.ep.address in addrs], group_ranges)
                         for region, addrs, group_ranges in groups}
             eval_shards, eval_ranges = replicas[groups[0][0]]
-            monitor = _Monitor(workload, replicas, net, executor, cfg, stop,
-                               n_clocks=len(shards), region_tests=region_tests)
+            scored = replicas if region_tests is not None else {groups[0][0]: replicas[
+                groups[0][0]]}
+            monitor = _Monitor(workload, lambda: {r: assemble(sh, rg) for r, (sh, rg)
+                                                  in scored.items()},
+                               net, executor, cfg, stop, n_clocks=len(shards),
+                               region_tests=region_tests)
             monitor_holder.append(monitor)
             monitor.t0 = t_start  # centralized: the clock started before the data moved
-            await monitor.evaluate_now(0)
-            view_task = None
-            if cfg.inspect and tap is not None and tap.stats is not None:
-                view = LiveView(tap.stats, capacities(topo), tap.reach,
-                                status=lambda: monitor.status, out=sys.stderr)
-                view_task = asyncio.ensure_future(view.run())
-            timer = (loop.call_later(max(0.0, cfg.seconds - (loop.time() - t_start)),
-                                     stop.set) if cfg.seconds is not None else None)
-            fault_timers = _schedule_faults(net, cfg.faults)
-            monitor_task = asyncio.ensure_future(monitor.loop())
-            shard_tasks = [asyncio.ensure_future(s.run()) for s in shards]
-            shard_tasks += [asyncio.ensure_future(m.run()) for m in mirrors]
-            worker_tasks = [asyncio.ensure_future(w.run()) for w in workers]
-            try:
-                await asyncio.gather(*worker_tasks)
-                await asyncio.gather(*shard_tasks)
-            except BaseException:
-                monitor_task.cancel()
-                if tap is not None and tap.recorder is not None:
-                    tap.recorder.close({"aborted": True})  # keeps what was recorded
-                raise
-            finally:
-                for t in (*worker_tasks, *shard_tasks):
-                    t.cancel()
-                if timer is not None:
-                    timer.cancel()
-                for handle in fault_timers:
-                    handle.cancel()
-                if view_task is not None:
-                    view_task.cancel()
-            elapsed = loop.time() - monitor.t0
-            monitor.new_clock.set()
-            await monitor_task
+            view, elapsed = await drive(cfg, net, tap, monitor, t_start, stop, [
+                [w.run for w in workers], [*(sh.run for sh in shards),
+                                           *(m.run for m in mirrors)]])
             clock = min(w.clock for w in workers)
             if monitor.evaluated != clock or not monitor.curve:
                 await monitor.evaluate_now(clock)
             params = assemble(eval_shards, eval_ranges)
-            link_bytes = net.link_bytes()
-            wan_links = {name: link for r in net.stats().values()
-                         for name, link in r["links"].items() if link["kind"] == "wan"}
-            wan_link_bytes = {name: link["bytes"] for name, link in wan_links.items()}
-            wan_bytes = sum(wan_link_bytes.values())
-            raw_wan_frames = sum(link["raw_frames"] for link in wan_links.values())
-            lan_bytes = sum(link_bytes.values()) - wan_bytes
+            traffic = traffic_figures(net)
             if tap is not None:
-                for router in net.routers.values():
-                    router.flush_tap()
-                await tap.aclose()
-                if view_task is not None:
-                    view.draw()
-                if tap.recorder is not None:
-                    tap.recorder.close({
-                        "tap_dropped": {r: rt.tap_dropped for r, rt in net.routers.items()},
-                        "link_bytes": link_bytes})
+                await _close_tap(tap, net, view, traffic["link_bytes"])
     finally:
         executor.shutdown(wait=True)
     curve = monitor.curve
     final = curve[-1]
-    summary: dict[str, Any] = {
-        "system": cfg.system,
-        "topology": topo.name,
-        "workload": workload.describe(),
-        "objective_name": workload.objective_name,
+    summary = summary_head(cfg, topo, workload, monitor, clock, elapsed,
+                           plan.machines_per_region(), traffic)
+    summary.update({
         "sync": "bsp" if cfg.staleness == 0 else f"ssp:{cfg.staleness}",
         "workers": len(plan.workers),
         "ps_shards": len(plan.shards),
-        "iterations": clock,
-        "elapsed_s": elapsed,
-        "target": cfg.target,
-        "time_to_target_s": time_to_target(curve, cfg.target),
-        "final_objective": final["objective"],
-        "diverged": monitor.diverged,
-        "final_metrics": {k: v for k, v in final.items() if k not in ("time_s", "clock")},
-        "wan_bytes": wan_bytes,
-        "lan_bytes": lan_bytes,
-        "raw_wan_frames": raw_wan_frames,
-        "link_bytes": link_bytes,
-        "wan_links": wan_links,
-        **cost_usd(topo, plan.machines_per_region(), elapsed, wan_link_bytes),
         "worker_times_s": {w.ep.address: w.times for w in workers},
         "shard_counters": {s.ep.address: dict(s.counters) for s in shards},
-    }
+    })
     filters = [s.filter for s in shards if isinstance(s, GaiaShard)]
     if filters:
         updated = sum(f.counters.updated for f in filters)
@@ -423,12 +361,104 @@ async def run_ps(cfg: RunConfig) -> RunResult:
                 "own": {k.split(":own_", 1)[1]: v for k, v in final.items()
                         if k.startswith(f"{r}:own_")}}
             for r in plan.data_regions}
-    if cfg.out is not None:
-        write_results(cfg.out, summary, curve, f"{cfg.system} on {topo.name}")
     if cfg.faults:
         summary["faults"] = [{"link": f.name, "down_at_s": f.start_s,
                               "up_at_s": f.start_s + f.duration_s} for f in cfg.faults]
+    if cfg.out is not None:
+        write_results(cfg.out, summary, curve, f"{cfg.system} on {topo.name}")
     return RunResult(summary, curve, params, shards, workers, monitor.t0)
+
+
+async def drive(cfg: RunConfig, net: Network, tap: TapSubscriber | None, monitor: _Monitor,
+                t_start: float, stop: asyncio.Event,
+                phases: list[list[Callable[[], Coroutine[Any, Any, Any]]]]
+                ) -> tuple[LiveView | None, float]:
+    """Score the starting model, then start every role's `run` and wait for each phase's
+    roles in turn, under the run's time limit, link faults, evaluation and live view.
+
+    Returns the live view (if any) and the seconds from `t_start` to the end of the work.
+    """
+    loop = asyncio.get_running_loop()
+    await monitor.evaluate_now(0)
+    view = view_task = None
+    if cfg.inspect and tap is not None and tap.stats is not None:
+        view = LiveView(tap.stats, capacities(net.topology), tap.reach,
+                        status=lambda: monitor.status, out=sys.stderr)
+        view_task = asyncio.ensure_future(view.run())
+    timer = (loop.call_later(max(0.0, cfg.seconds - (loop.time() - t_start)), stop.set)
+             if cfg.seconds is not None else None)
+    fault_timers = _schedule_faults(net, cfg.faults)
+    monitor_task = asyncio.ensure_future(monitor.loop())
+    tasks = [[asyncio.ensure_future(run()) for run in phase] for phase in phases]
+    try:
+        for phase in tasks:
+            await asyncio.gather(*phase)
+    except BaseException:
+        monitor_task.cancel()
+        if tap is not None and tap.recorder is not None:
+            tap.recorder.close({"aborted": True})  # keeps what was recorded
+        raise
+    finally:
+        for t in itertools.chain.from_iterable(tasks):
+            t.cancel()
+        if timer is not None:
+            timer.cancel()
+        for handle in fault_timers:
+            handle.cancel()
+        if view_task is not None:
+            view_task.cancel()
+    elapsed = loop.time() - t_start
+    monitor.new_clock.set()
+    await monitor_task
+    return view, elapsed
+
+
+def traffic_figures(net: Network) -> dict[str, Any]:
+    """Bytes per link, the WAN links' counters, WAN and LAN totals, raw frames on the WAN."""
+    link_bytes = net.link_bytes()
+    wan_links = {name: link for r in net.stats().values()
+                 for name, link in r["links"].items() if link["kind"] == "wan"}
+    wan_bytes = sum(link["bytes"] for link in wan_links.values())
+    return {"wan_bytes": wan_bytes, "lan_bytes": sum(link_bytes.values()) - wan_bytes,
+            "raw_wan_frames": sum(link["raw_frames"] for link in wan_links.values()),
+            "link_bytes": link_bytes, "wan_links": wan_links}
+
+
+def summary_head(cfg: RunConfig, topo: Topology, workload: Workload, monitor: _Monitor,
+                 clock: int, elapsed: float, machines: dict[str, int],
+                 traffic: dict[str, Any]) -> dict[str, Any]:
+    """The summary fields every system reports (each adds its own after these)."""
+    curve = monitor.curve
+    final = curve[-1]
+    wan_link_bytes = {name: link["bytes"] for name, link in traffic["wan_links"].items()}
+    return {
+        "system": cfg.system,
+        "topology": topo.name,
+        "workload": workload.describe(),
+        "objective_name": workload.objective_name,
+        "iterations": clock,
+        "elapsed_s": elapsed,
+        "target": cfg.target,
+        "time_to_target_s": time_to_target(curve, cfg.target),
+        "final_objective": final["objective"],
+        "diverged": monitor.diverged,
+        "final_metrics": {k: v for k, v in final.items() if k not in ("time_s", "clock")},
+        **traffic,
+        **cost_usd(topo, machines, elapsed, wan_link_bytes),
+    }
+
+
+async def _close_tap(tap: TapSubscriber, net: Network, view: LiveView | None,
+                     link_bytes: dict[str, int]) -> None:
+    """Read the taps to the end, draw the view a last time, close the recording."""
+    for router in net.routers.values():
+        router.flush_tap()
+    await tap.aclose()
+    if view is not None:
+        view.draw()
+    if tap.recorder is not None:
+        tap.recorder.close({"tap_dropped": {r: rt.tap_dropped for r, rt in net.routers.items()},
+                            "link_bytes": link_bytes})
 
 
 async def _ship_raw_data(net: Network, workload: Workload, plan: PSPlan, quiet: bool

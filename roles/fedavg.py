@@ -1,0 +1,278 @@
+"""Federated averaging (McMahan et al.): an aggregator and its clients.
+
+Frames (docs/PROTOCOL.md, "Federated averaging"):
+  fed.model   aggregator -> client  meta {round, tables}; one array per table (the model).
+  fed.update  client -> aggregator  meta {round, samples, tables, sparse}; per table
+                                    [rows,] delta (new - received), like ps.push.
+  fed.done    aggregator -> client  no more rounds.
+Raw data never moves: a client trains on its own partition only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import math
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import numpy as np
+
+from geoml.bus import Endpoint, GeomlError, Message
+from geoml.workloads import Params, Partition, Workload, take_rows
+
+log = logging.getLogger("geoml.roles.fedavg")
+
+MODEL, UPDATE, DONE = "fed.model", "fed.update", "fed.done"
+
+
+@dataclass(frozen=True)
+class FedAvgConfig:
+    """C, E and the round deadline (B is the workload's `batch` option)."""
+
+    fraction: float = 1.0  # C: share of the clients asked each round (at least one)
+    epochs: int = 1  # E: local epochs per round
+    deadline_s: float = 60.0  # a client not answering within this is left out of the round
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.fraction <= 1:
+            raise ValueError(f"--fed-fraction must be in (0, 1], got {self.fraction}")
+        if self.epochs < 1:
+            raise ValueError(f"--fed-epochs must be >= 1, got {self.epochs}")
+        if self.deadline_s <= 0:
+            raise ValueError(f"--fed-deadline must be > 0 seconds, got {self.deadline_s}")
+
+
+def select_clients(clients: Sequence[str], fraction: float, round_: int, seed: int
+                   ) -> list[str]:
+    """The max(1, round(C * K)) clients asked in round `round_` (seeded, in client order)."""
+    k = max(1, round(fraction * len(clients)))
+    chosen = np.random.default_rng([seed, round_]).choice(len(clients), k, replace=False)
+    return [clients[i] for i in sorted(chosen)]
+
+
+class WeightedMean:
+    """Sum of sample-weighted deltas of one round (sparse rows allowed), then the mean."""
+
+    def __init__(self, shapes: dict[str, tuple[int, int]]) -> None:
+        self.sums = {t: np.zeros(shape, np.float64) for t, shape in shapes.items()}
+        self.samples = 0
+        self.clients = 0
+
+    def add(self, delta: dict[str, tuple[np.ndarray | None, np.ndarray]], samples: int) -> None:
+        """Add one client's delta ({table: (rows or None, values)}) weighted by `samples`."""
+        for table, (rows, values) in delta.items():
+            if rows is None:
+                self.sums[table] += samples * values
+            else:
+                self.sums[table][rows] += samples * values
+        self.samples += samples
+        self.clients += 1
+
+    def mean(self) -> dict[str, np.ndarray]:
+        """The weighted mean delta (zeros when nobody answered)."""
+        if not self.samples:
+            return {t: np.zeros_like(s, np.float32) for t, s in self.sums.items()}
+        return {t: (s / self.samples).astype(np.float32) for t, s in self.sums.items()}
+
+
+class FedAggregator:
+    """Runs rounds: send the model to C of the clients, average what comes back in time."""
+
+    def __init__(self, endpoint: Endpoint, workload: Workload, clients: Sequence[str],
+                 init: Params, config: FedAvgConfig, *, rounds: int | None = None,
+                 stop: asyncio.Event | None = None,
+                 on_round: Callable[[int], None] | None = None) -> None:
+        if not clients:
+            raise ValueError("fedavg needs at least one client")
+        self.ep = endpoint
+        self.shapes = workload.table_shapes()
+        self.clients = list(clients)
+        self.params = {t: v.copy() for t, v in init.items()}
+        self.config = config
+        self.rounds = rounds
+        self.stop = stop or asyncio.Event()
+        self.on_round = on_round
+        self.round = 0
+        self.counters: Counter[str] = Counter()
+        #: Per round: (clients asked, clients averaged).
+        self.history: list[tuple[int, int]] = []
+
+    async def run(self) -> int:
+        """Run until `rounds` rounds are done or `stop` is set; returns rounds done."""
+        try:
+            while (self.rounds is None or self.round < self.rounds) and not self.stop.is_set():
+                await self._one_round()
+        finally:
+            if not self.ep.closed:
+                for client in self.clients:
+                    await self.ep.send(client, DONE)
+        return self.round
+
+    async def _one_round(self) -> None:
+        chosen = select_clients(self.clients, self.config.fraction, self.round,
+                                self.config.seed)
+        tables = list(self.shapes)
+        for client in chosen:
+            await self.ep.send(client, MODEL, arrays=[self.params[t] for t in tables],
+                               meta={"round": self.round, "tables": tables})
+        acc = WeightedMean(self.shapes)
+        waiting = set(chosen)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.deadline_s
+        while waiting:
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            try:
+                msg = await self.ep.recv(timeout=left)
+            except TimeoutError:
+                break
+            self._take(msg, waiting, acc)
+        self.counters["asked"] += len(chosen)
+        self.counters["averaged"] += acc.clients
+        self.counters["missed_deadline"] += len(waiting)
+        if waiting:
+            log.warning("%s: round %d closed at its %.1fs deadline without %s",
+                        self.ep.address, self.round, self.config.deadline_s,
+                        ", ".join(sorted(waiting)))
+        if not acc.clients:
+            self.counters["empty_rounds"] += 1
+        for table, d in acc.mean().items():
+            self.params[table] += d
+        self.history.append((len(chosen), acc.clients))
+        self.round += 1
+        if self.on_round is not None:
+            self.on_round(self.round)
+
+    def _take(self, msg: Message, waiting: set[str], acc: WeightedMean) -> None:
+        if msg.type != UPDATE:
+            self._refuse(msg, f"unexpected frame type {msg.type!r}")
+            return
+        round_ = msg.meta.get("round")
+        if round_ != self.round or msg.src not in waiting:
+            if isinstance(round_, int) and round_ < self.round and msg.src in self.clients:
+                self.counters["late_updates"] += 1  # its round already closed
+                log.info("%s: dropped %s's update for closed round %d", self.ep.address,
+                         msg.src, round_)
+            else:
+                self._refuse(msg, f"update for round {round_!r} from a client not asked")
+            return
+        try:
+            delta, samples = self._parse(msg)
+        except (ValueError, KeyError, TypeError) as exc:
+            self._refuse(msg, str(exc))
+            return
+        acc.add(delta, samples)
+        waiting.discard(msg.src)
+
+    def _parse(self, msg: Message) -> tuple[dict[str, tuple[np.ndarray | None, np.ndarray]],
+                                            int]:
+        tables, sparse = msg.meta["tables"], msg.meta["sparse"]
+        samples = msg.meta["samples"]
+        if type(samples) is not int or samples < 0:
+            raise ValueError(f"samples must be a count, got {samples!r}")
+        if not isinstance(tables, list) or not isinstance(sparse, list) \
+                or len(tables) != len(sparse) \
+                or len(msg.arrays) != len(tables) + sum(map(bool, sparse)):
+            raise ValueError("tables, sparse flags and arrays do not match")
+        arrays = iter(msg.arrays)
+        out: dict[str, tuple[np.ndarray | None, np.ndarray]] = {}
+        for table, is_sparse in zip(tables, sparse, strict=True):
+            rows_n, cols = self.shapes[table]
+            rows = next(arrays) if is_sparse else None
+            values = next(arrays)
+            if rows is not None and (rows.ndim != 1 or rows.dtype.kind not in "iu" or (
+                    len(rows) and (rows.min() < 0 or rows.max() >= rows_n))):
+                raise ValueError(f"rows of {table} are not indices below {rows_n}")
+            expected = (rows_n if rows is None else len(rows), cols)
+            if values.shape != expected or not np.isfinite(values).all():
+                raise ValueError(f"delta of {table} has shape {values.shape} (expected "
+                                 f"{expected}) or is not finite")
+            out[table] = (rows, values)
+        return out, samples
+
+    def _refuse(self, msg: Message, why: str) -> None:
+        self.counters["refused"] += 1
+        log.warning("%s refused %s from %s: %s", self.ep.address, msg.type, msg.src, why)
+
+
+class ClientFailed(GeomlError):
+    """A federated client cannot go on."""
+
+
+class FedClient:
+    """Waits for the model, trains E local epochs on its own data, returns the delta."""
+
+    def __init__(self, endpoint: Endpoint, workload: Workload, part: Partition,
+                 aggregator: str, epochs: int, *, executor: Executor | None = None,
+                 idle_timeout_s: float = 3600.0) -> None:
+        self.ep = endpoint
+        self.workload = workload
+        self.part = part
+        self.aggregator = aggregator
+        self.epochs = epochs
+        self.executor = executor
+        self.idle_timeout_s = idle_timeout_s
+        self.counters: Counter[str] = Counter()
+        self.times = {"compute_s": 0.0}
+        fraction = getattr(workload, "schedule", None)
+        share = fraction.clock_fraction if fraction is not None else 1.0
+        #: local_pass calls per epoch (a pass may cover a fraction of the partition).
+        self.passes_per_epoch = max(1, math.ceil(1 / share - 1e-9))
+        self._passes = itertools.count()
+
+    async def run(self) -> int:
+        """Serve rounds until fed.done; returns the rounds this client trained."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                msg = await self.ep.recv(timeout=self.idle_timeout_s)
+            except TimeoutError:
+                raise ClientFailed(f"{self.ep.address}: no word from {self.aggregator} for "
+                                   f"{self.idle_timeout_s:.0f}s") from None
+            if msg.src != self.aggregator:
+                self.counters["refused"] += 1
+                log.warning("%s ignored %s from %s (not the aggregator)", self.ep.address,
+                            msg.type, msg.src)
+                continue
+            if msg.type == DONE:
+                return self.counters["rounds"]
+            if msg.type != MODEL:
+                self.counters["refused"] += 1
+                log.warning("%s ignored an unexpected %s", self.ep.address, msg.type)
+                continue
+            model = dict(zip(msg.meta.get("tables", ()), msg.arrays, strict=False))
+            if set(model) != set(self.part.rows) or not isinstance(msg.meta.get("round"), int):
+                self.counters["refused"] += 1
+                log.warning("%s ignored a fed.model without round or with tables %s",
+                            self.ep.address, sorted(model))
+                continue
+            start = loop.time()
+            new, old = await loop.run_in_executor(self.executor, self._train, model)
+            self.times["compute_s"] += loop.time() - start
+            await self._reply(int(msg.meta["round"]), old, new)
+            self.counters["rounds"] += 1
+
+    def _train(self, model: Params) -> tuple[Params, Params]:
+        old = take_rows(model, self.part.rows)
+        params = old
+        for _ in range(self.epochs * self.passes_per_epoch):
+            params = self.workload.local_pass(params, self.part, next(self._passes))
+        return params, old
+
+    async def _reply(self, round_: int, old: Params, new: Params) -> None:
+        tables, sparse, arrays = [], [], []
+        for table, rows in self.part.rows.items():
+            tables.append(table)
+            sparse.append(rows is not None)
+            if rows is not None:
+                arrays.append(rows)
+            arrays.append(new[table] - old[table])
+        await self.ep.send(self.aggregator, UPDATE, arrays=arrays,
+                           meta={"round": round_, "samples": self.part.size, "tables": tables,
+                                 "sparse": sparse})
