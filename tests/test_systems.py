@@ -10,7 +10,7 @@ import pytest
 
 from geoml.bus import Topology, parse_topology
 from geoml.cli import main
-from geoml.run import RunConfig, assemble, run_ps
+from geoml.run import RunConfig, assemble, run_ps, run_system
 from geoml.workloads import make_workload, take_rows
 
 
@@ -86,9 +86,10 @@ def test_centralized_out_of_a_sovereign_region_fails_fast(
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("system", ["lan", "baseline", "gaia", "isolated", "centralized"])
+@pytest.mark.parametrize("system", ["lan", "baseline", "gaia", "isolated", "fedavg",
+                                    "centralized"])
 async def test_only_centralized_carries_raw_data_across_a_border(system: str) -> None:
-    result = await asyncio.wait_for(run_ps(RunConfig(
+    result = await asyncio.wait_for(run_system(RunConfig(
         two_regions(), system, "softmax-digits", iterations=2, quiet=True)), 60)
     raw = [link["raw_frames"] for link in result.summary["wan_links"].values()]
     if system == "centralized":

@@ -120,6 +120,7 @@ def _options(pairs: list[str]) -> dict[str, str]:
 
 def _run_config(args: argparse.Namespace, check: bool = True,
                 topo: Topology | None = None) -> Any:
+    from geoml.roles.fedavg import FedAvgConfig
     from geoml.run import RunConfig, parse_fault, parse_sync, parse_until
     from geoml.workloads import make_workload
 
@@ -140,7 +141,10 @@ def _run_config(args: argparse.Namespace, check: bool = True,
             gaia_v=getattr(args, "gaia_v", 0.01), gaia_ds=getattr(args, "gaia_ds", 2),
             gaia_hubs=getattr(args, "gaia_hubs", False),
             gaia_barrier=getattr(args, "gaia_barrier", "auto"),
-            faults=tuple(parse_fault(f) for f in getattr(args, "link_down", [])))
+            faults=tuple(parse_fault(f) for f in getattr(args, "link_down", [])),
+            fed=FedAvgConfig(getattr(args, "fed_fraction", 1.0),
+                             getattr(args, "fed_epochs", 1),
+                             getattr(args, "fed_deadline", 60.0)))
         if check:
             cfg.check()
     except ValueError as exc:
@@ -255,9 +259,6 @@ def build_parser() -> argparse.ArgumentParser:
                          "curve.csv, curve.png")
     run.add_argument("--topology", required=True)
     _ps_args(run, role=False)
-    run.add_argument("--home", "--lan-region", dest="home",
-                     help="lan and centralized: the region that trains; fedavg: the "
-                     "aggregator's region (default: the topology's first)")
     _training_args(run)
     run.add_argument("--inspect", action="store_true",
                      help="show the live traffic view instead of progress lines")
@@ -285,6 +286,17 @@ def _training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ps-shards", type=int, metavar="N",
                    help="PS shards per region (overrides the topology file)")
     p.add_argument("--eval-every", type=int, default=1, help="evaluate every N clocks")
+    p.add_argument("--home", "--lan-region", dest="home", metavar="REGION",
+                   help="lan and centralized: the region that trains; fedavg: the "
+                   "aggregator's region (default: the topology's first)")
+    p.add_argument("--fed-fraction", type=float, default=1.0, metavar="C",
+                   help="fedavg: share of the clients asked each round")
+    p.add_argument("--fed-epochs", type=int, default=1, metavar="E",
+                   help="fedavg: local epochs per round (the batch B is the workload's "
+                   "batch option: --opt batch=B)")
+    p.add_argument("--fed-deadline", type=float, default=60.0, metavar="SECONDS",
+                   help="fedavg: a client that has not answered by then is left out of the "
+                   "round (counted)")
     p.add_argument("--gaia-v", type=float, default=0.01,
                    help="gaia: initial significance threshold (decays as v/sqrt(t))")
     p.add_argument("--gaia-ds", type=int, default=2,
@@ -310,7 +322,9 @@ def _ps_args(p: argparse.ArgumentParser, role: bool) -> None:
 
     p.add_argument("--system", required=not role, choices=SYSTEMS,
                    help="lan: everything in one region; baseline: one global model sharded "
-                   "over every region")
+                   "over every region; gaia: a replica per region, significant updates "
+                   "between; fedavg: federated averaging; centralized: ship the raw data "
+                   "home, then train there; isolated: every region on its own")
     p.add_argument("--workload", required=not role, choices=_workload_names())
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="workload option, e.g. rank=50 (repeatable)")
@@ -343,13 +357,13 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "compare":
             _compare_main(args)
         elif args.command == "run":
-            from geoml.run import run_ps
+            from geoml.run import run_system
 
             cfg = _run_config(args)
             if cfg.out is None:
                 cfg.out = Path("runs") / f"{args.system}-{cfg.topology.name}-{args.workload}"
             try:
-                result = _run(run_ps(cfg))
+                result = _run(run_system(cfg))
             except ValueError as exc:  # a plan the topology cannot hold
                 raise GeomlError(str(exc)) from None
             s = result.summary

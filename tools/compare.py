@@ -13,7 +13,7 @@ from typing import Any
 from geoml.roles.ps_plan import SYSTEMS
 
 from .results import plot_curves, time_to_target, write_results
-from .run import RunConfig, run_ps
+from .run import RunConfig, run_system
 
 #: Share of LAN's improvement (initial -> final objective) that defines the default target.
 DEFAULT_TARGET_SHARE = 0.98
@@ -113,7 +113,7 @@ async def compare(base: RunConfig, systems: Sequence[str], out: Path) -> dict[st
         cfg.check()
         if not cfg.quiet:
             print(f"== {system} ==", file=sys.stderr, flush=True)
-        result = await run_ps(cfg)
+        result = await run_system(cfg)
         if setting_target:
             target = default_target(result.curve)
             result.summary["target"] = target

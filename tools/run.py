@@ -15,6 +15,7 @@ import numpy as np
 import zmq
 
 from geoml.bus import Endpoint, GeomlError, Network, Topology, load_topology, region_of
+from geoml.roles.fedavg import FedAvgConfig
 from geoml.roles.gaia import BARRIER_MODES, GaiaHub, GaiaMirror, GaiaShard
 from geoml.roles.ps import PSShard, PSWorker
 from geoml.roles.ps_plan import KeyRanges, PSPlan, plan_ps
@@ -106,6 +107,7 @@ class RunConfig:
     gaia_hubs: bool = False  # exchange updates through the overlay groups' hubs
     gaia_barrier: str = "auto"  # selective barrier: auto (WAN backlogged), always or off
     faults: tuple[LinkFault, ...] = ()  # WAN links taken down for a while (fault injection)
+    fed: FedAvgConfig = field(default_factory=FedAvgConfig)  # fedavg's C, E, round deadline
     inspect: bool = False  # live traffic view instead of progress lines
     record: Path | None = None  # tap recording of the whole run
 
@@ -136,6 +138,7 @@ class RunResult:
     shards: list[PSShard]
     workers: list[PSWorker]
     t0: float = 0.0  # loop time at which training started (times in `curve` count from it)
+    roles: dict[str, Any] = field(default_factory=dict)  # other roles by address (fedavg)
 
 
 def assemble(shards: list[PSShard], ranges: KeyRanges) -> Params:
@@ -220,6 +223,15 @@ class _Monitor:
                 return  # every worker finished; the runner does the final evaluation
             if clock > self.evaluated and clock % self.cfg.eval_every == 0:
                 await self.evaluate_now(clock)
+
+
+async def run_system(cfg: RunConfig) -> RunResult:
+    """Run any system all-in-one (fedavg, or one built from parameter-server roles)."""
+    if cfg.system == "fedavg":
+        from .run_fed import run_fedavg
+
+        return await run_fedavg(cfg)
+    return await run_ps(cfg)
 
 
 async def run_ps(cfg: RunConfig) -> RunResult:

@@ -1,0 +1,148 @@
+"""Federated averaging through the real bus: exact averaging, deadlines, bad updates."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+
+import numpy as np
+import pytest
+
+from geoml.bus import Network, parse_topology
+from geoml.roles.fedavg import (
+    MODEL,
+    UPDATE,
+    FedAggregator,
+    FedAvgConfig,
+    FedClient,
+    select_clients,
+)
+from geoml.run import RunConfig, run_system
+from geoml.workloads import Params, Partition, Workload, make_workload
+
+
+def two_regions(workers: int = 1) -> object:
+    return parse_topology({
+        "name": "two", "defaults": {"workers": workers, "ps_shards": 1},
+        "regions": [{"name": "east"}, {"name": "west", "lon": 10.0}],
+        "links": [{"between": ["east", "west"], "rate_mbps": 20.0, "latency_ms": 10.0}]})
+
+
+@pytest.mark.asyncio
+async def test_each_round_is_the_sample_weighted_mean_of_the_clients_models() -> None:
+    wl = make_workload("softmax-digits")
+    result = await asyncio.wait_for(run_system(RunConfig(
+        two_regions(workers=2), "fedavg", wl, iterations=2, quiet=True,
+        fed=FedAvgConfig(epochs=2))), 60)
+    parts = wl.partition({"east": 2, "west": 2})
+    params = wl.init_params()
+    for round_ in range(2):
+        total = sum(p.size for p in parts.values())
+        mean = {t: np.zeros_like(v, np.float64) for t, v in params.items()}
+        for part in parts.values():
+            local = params
+            for epoch in range(2):  # E = 2: passes 2r and 2r+1 of this client
+                local = wl.local_pass(local, part, 2 * round_ + epoch)
+            for t in mean:
+                mean[t] += part.size * (local[t] - params[t])
+        params = {t: params[t] + (mean[t] / total).astype(np.float32) for t in params}
+    for t in params:
+        np.testing.assert_allclose(result.params[t], params[t], atol=1e-5)
+    s = result.summary
+    assert s["iterations"] == 2 and s["fedavg"]["averaged"] == 8
+    assert s["raw_wan_frames"] == 0 and s["wan_bytes"] > 0
+    assert [row["clock"] for row in result.curve][-1] == 2
+
+
+def test_a_fraction_of_the_clients_is_asked_each_round_and_the_draw_is_seeded() -> None:
+    clients = [f"r/worker/{i}" for i in range(10)]
+    rounds = [select_clients(clients, 0.3, r, seed=1) for r in range(20)]
+    assert all(len(c) == 3 and len(set(c)) == 3 for c in rounds)
+    assert len({tuple(c) for c in rounds}) > 1  # a different draw from round to round
+    assert rounds == [select_clients(clients, 0.3, r, seed=1) for r in range(20)]
+    assert select_clients(clients, 0.01, 0, seed=1) != []  # at least one client
+
+
+class SlowFirstPass(Workload):
+    """Wraps a workload; worker 1 of every region needs `delay` seconds for its first pass."""
+
+    def __init__(self, inner: Workload, delay: float) -> None:
+        self.inner, self.delay = inner, delay
+        self.name, self.objective_name = inner.name, inner.objective_name
+
+    def table_shapes(self) -> dict[str, tuple[int, int]]:
+        return self.inner.table_shapes()
+
+    def init_params(self) -> Params:
+        return self.inner.init_params()
+
+    def partition(self, workers: Mapping[str, int]) -> dict[tuple[str, int], Partition]:
+        return self.inner.partition(workers)
+
+    def local_pass(self, params: Params, part: Partition, clock: int) -> Params:
+        if part.worker == 1 and clock == 0:
+            time.sleep(self.delay)  # in the executor: a straggler
+        return self.inner.local_pass(params, part, clock)
+
+    def evaluate(self, params: Params, subset: np.ndarray | None = None) -> dict[str, float]:
+        return self.inner.evaluate(params, subset)
+
+
+@pytest.mark.asyncio
+async def test_a_straggler_is_left_out_of_its_round_and_its_late_update_is_counted() -> None:
+    wl = SlowFirstPass(make_workload("softmax-digits"), delay=0.9)
+    topo = parse_topology({"name": "one", "defaults": {"workers": 2, "ps_shards": 1},
+                           "regions": [{"name": "home"}]})
+    result = await asyncio.wait_for(run_system(RunConfig(
+        topo, "fedavg", wl, iterations=3, quiet=True,
+        fed=FedAvgConfig(deadline_s=0.6))), 60)
+    fed = result.summary["fedavg"]
+    assert fed["rounds"] == 3 and fed["asked"] == 6
+    assert fed["missed_deadline"] == 1 and fed["late_updates"] == 1
+    assert fed["averaged"] == 5
+    assert result.roles["home/aggregator/0"].history[0] == (2, 1)
+
+
+@pytest.mark.asyncio
+async def test_a_client_that_never_connects_does_not_stall_the_rounds() -> None:
+    topo = parse_topology({"name": "one", "regions": [{"name": "home"}]})
+    wl = make_workload("softmax-digits")
+    async with Network(topo, unreachable_timeout_s=0.5) as net:
+        agg = FedAggregator(await net.connect("home/aggregator/0"), wl,
+                            ["home/worker/0", "home/worker/1"], wl.init_params(),
+                            FedAvgConfig(deadline_s=0.3), rounds=3)
+        client = FedClient(await net.connect("home/worker/0"), wl,
+                           wl.partition({"home": 1})[("home", 0)], "home/aggregator/0", 1)
+        client_task = asyncio.ensure_future(client.run())
+        assert await asyncio.wait_for(agg.run(), 10) == 3
+        assert await asyncio.wait_for(client_task, 5) == 3
+    assert agg.counters["missed_deadline"] == 3 and agg.counters["averaged"] == 3
+    assert agg.history == [(2, 1)] * 3
+
+
+@pytest.mark.asyncio
+async def test_malformed_and_stranger_updates_are_refused_and_the_round_goes_on() -> None:
+    topo = parse_topology({"name": "one", "regions": [{"name": "home"}]})
+    wl = make_workload("softmax-digits")
+    shapes = wl.table_shapes()
+    async with Network(topo) as net:
+        agg = FedAggregator(await net.connect("home/aggregator/0"), wl, ["home/worker/0"],
+                            wl.init_params(), FedAvgConfig(deadline_s=10), rounds=1)
+        client = await net.connect("home/worker/0")
+        stranger = await net.connect("home/worker/5")
+        run = asyncio.ensure_future(agg.run())
+        model = await client.recv(timeout=5)
+        assert model.type == MODEL and model.meta["round"] == 0
+        good = [np.ones(shapes[t], np.float32) for t in model.meta["tables"]]
+        meta = {"round": 0, "samples": 10, "tables": model.meta["tables"],
+                "sparse": [False] * len(good)}
+        await stranger.send("home/aggregator/0", UPDATE, arrays=good, meta=meta)
+        await client.send("home/aggregator/0", UPDATE, arrays=[g[:1] for g in good], meta=meta)
+        await client.send("home/aggregator/0", UPDATE, arrays=good,
+                          meta={**meta, "samples": -1})
+        await client.send("home/aggregator/0", UPDATE, arrays=good, meta=meta)
+        assert await asyncio.wait_for(run, 10) == 1
+    assert agg.counters["refused"] == 3 and agg.counters["averaged"] == 1
+    for t, g in zip(model.meta["tables"], good, strict=True):
+        np.testing.assert_allclose(agg.params[t], wl.init_params()[t] + g)

@@ -1,0 +1,107 @@
+"""`geoml run --system fedavg`: federated averaging all-in-one."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+from geoml.bus import Network, Topology, load_topology
+from geoml.roles.fedavg import FedAggregator, FedClient
+from geoml.workloads import Workload, make_workload
+
+from .results import write_results
+from .run import (
+    RunConfig,
+    RunResult,
+    _close_tap,
+    _Monitor,
+    _start_tap,
+    drive,
+    summary_head,
+    traffic_figures,
+)
+
+#: The monitor's "every worker finished" clock (as the PS gate reports it).
+_FINISHED = 1 << 40
+
+
+async def run_fedavg(cfg: RunConfig) -> RunResult:
+    """Federated averaging: an aggregator in the home region (`cfg.home`, default the
+    topology's first region) and one client per worker of every region, each on its own
+    region's data. `cfg.iterations` counts rounds."""
+    cfg.check()
+    topo = cfg.topology if isinstance(cfg.topology, Topology) else load_topology(cfg.topology)
+    workload = (cfg.workload if isinstance(cfg.workload, Workload)
+                else make_workload(cfg.workload, cfg.workload_options))
+    home = cfg.home or topo.regions[0].name
+    if home not in topo.region_names:
+        raise ValueError(f"region {home!r} is not in topology {topo.name!r}")
+    data_regions = {r.name: r.workers for r in topo.regions if r.workers}
+    addresses = {f"{r}/worker/{i}": (r, i) for r, n in data_regions.items() for i in range(n)}
+    if not addresses:
+        raise ValueError(f"topology {topo.name!r} has no workers to be fedavg clients")
+    parts = workload.partition(data_regions)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    executor = ThreadPoolExecutor(max_workers=len(addresses) + 1,
+                                  thread_name_prefix="geoml-compute")
+    try:
+        async with Network(topo) as net:
+            tap = await _start_tap(net, topo, cfg)
+            t_start = loop.time()
+            holder: list[FedAggregator] = []
+            monitor = _Monitor(workload, lambda: {home: {t: v.copy() for t, v in
+                                                         holder[0].params.items()}},
+                               net, executor, cfg, stop, n_clocks=1)
+            aggregator = FedAggregator(
+                await net.connect(f"{home}/aggregator/0"), workload, list(addresses),
+                workload.init_params(), cfg.fed, rounds=cfg.iterations, stop=stop,
+                on_round=lambda r: monitor.on_min_clock(0, r))
+            holder.append(aggregator)
+            clients = [FedClient(await net.connect(addr), workload, parts[key],
+                                 aggregator.ep.address, cfg.fed.epochs, executor=executor)
+                       for addr, key in addresses.items()]
+            monitor.t0 = t_start
+
+            async def aggregate() -> int:
+                try:
+                    return await aggregator.run()
+                finally:
+                    monitor.on_min_clock(0, _FINISHED)
+
+            view, elapsed = await drive(cfg, net, tap, monitor, t_start, stop,
+                                        [[aggregate], [c.run for c in clients]])
+            rounds = aggregator.round
+            if monitor.evaluated != rounds or not monitor.curve:
+                await monitor.evaluate_now(rounds)
+            traffic = traffic_figures(net)
+            if tap is not None:
+                await _close_tap(tap, net, view, traffic["link_bytes"])
+    finally:
+        executor.shutdown(wait=True)
+    machines = {r: n for r, n in data_regions.items()}
+    machines[home] = machines.get(home, 0) + 1
+    summary = summary_head(cfg, topo, workload, monitor, rounds, elapsed, machines, traffic)
+    summary.update({
+        "sync": "fedavg",
+        "workers": len(clients),
+        "ps_shards": 0,
+        "worker_times_s": {c.ep.address: c.times for c in clients},
+        "fedavg": {"aggregator": aggregator.ep.address, "fraction": cfg.fed.fraction,
+                   "epochs": cfg.fed.epochs, "batch": getattr(workload, "batch", None),
+                   "deadline_s": cfg.fed.deadline_s, "rounds": rounds,
+                   **{k: aggregator.counters[k] for k in (
+                       "asked", "averaged", "missed_deadline", "late_updates",
+                       "empty_rounds", "refused")},
+                   "client_rounds": {c.ep.address: c.counters["rounds"] for c in clients}},
+    })
+    if cfg.out is not None:
+        write_results(cfg.out, summary, monitor.curve, f"fedavg on {topo.name}")
+    if not cfg.quiet and aggregator.counters["missed_deadline"]:
+        print(f"[fedavg] {aggregator.counters['missed_deadline']} client answers missed "
+              f"their round's {cfg.fed.deadline_s:.0f}s deadline", file=sys.stderr)
+    params = {t: v.copy() for t, v in aggregator.params.items()}
+    return RunResult(summary, monitor.curve, params, [], [], monitor.t0,
+                     roles={aggregator.ep.address: aggregator,
+                            **{c.ep.address: c for c in clients}})
