@@ -21,7 +21,7 @@ DEFAULT_TARGET_SHARE = 0.98
 CLOCK_SLACK = 2
 
 COLUMNS = ("time_to_target_s", "speedup_vs_baseline", "ratio_vs_lan", "wan_bytes",
-           "filtered_fraction", "cost_usd", "final_objective")
+           "filtered_fraction", "cost_usd", "final_objective", "final_accuracy")
 
 
 def default_target(lan_curve: Sequence[Mapping[str, Any]]) -> float:
@@ -51,6 +51,7 @@ def compare_rows(summaries: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[s
             "filtered_fraction": s.get("filtered_fraction"),
             "cost_usd": s["cost_usd"],
             "final_objective": s["final_objective"],
+            "final_accuracy": s.get("final_metrics", {}).get("accuracy"),
             "iterations": s["iterations"],
             "elapsed_s": s["elapsed_s"],
         }
@@ -63,18 +64,21 @@ def format_table(rows: Mapping[str, Mapping[str, Any]], objective: str) -> str:
         return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) \
             else format(v, fmt)
 
-    head = (f"{'system':<10} {'time to target':>14} {'vs baseline':>11} {'x LAN':>6} "
-            f"{'WAN GB':>8} {'filtered':>8} {'cost $':>8} {'final ' + objective:>18}")
+    accuracy = any(r.get("final_accuracy") is not None for r in rows.values())
+    head = (f"{'system':<11} {'time to target':>14} {'vs baseline':>11} {'x LAN':>6} "
+            f"{'WAN GB':>8} {'filtered':>8} {'cost $':>8} {'final ' + objective:>18}"
+            + (f" {'accuracy':>8}" if accuracy else ""))
     lines = [head, "-" * len(head)]
     for system, r in rows.items():
         t = r["time_to_target_s"]
         speedup = r["speedup_vs_baseline"]
         lines.append(
-            f"{system:<10} {num(t, '.2f') + ' s' if t is not None else 'not reached':>14} "
+            f"{system:<11} {num(t, '.2f') + ' s' if t is not None else 'not reached':>14} "
             f"{num(speedup, '.2f') + 'x' if speedup is not None else '-':>11} "
             f"{num(r['ratio_vs_lan'], '.2f'):>6} {r['wan_bytes'] / 1e9:>8.4f} "
             f"{num(r['filtered_fraction'], '.3f'):>8} {r['cost_usd']:>8.4f} "
-            f"{r['final_objective']:>18.4f}")
+            f"{r['final_objective']:>18.4f}"
+            + (f" {num(r.get('final_accuracy'), '.4f'):>8}" if accuracy else ""))
     return "\n".join(lines)
 
 
