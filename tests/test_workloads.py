@@ -189,3 +189,18 @@ def test_held_out_set_splits_by_region_and_evaluates_per_region(name: str) -> No
                       for (r, _), p in wl.partition({"east": 1, "west": 1}).items()}
         assert not users["east"] & part_users["west"]
         assert not users["west"] & part_users["east"]
+
+
+def test_label_skew_gives_regions_different_class_mixes_in_train_and_test() -> None:
+    iid = make_workload("softmax-digits")
+    skewed = make_workload("softmax-digits", {"label_skew": "0.8"})
+    for wl, low, high in ((iid, 0.4, 0.6), (skewed, 0.85, 1.0)):
+        parts = wl.partition({"east": 1, "west": 1})
+        even = [float((p.data["y"] % 2 == 0).mean()) for p in parts.values()]
+        # east holds the even labels' share by skew (0.8 + 0.2 / 2 = 0.9), west the odd
+        assert low <= even[0] <= high and low <= 1 - even[1] <= high, even
+        tests = wl.test_regions(["east", "west"])
+        y = wl.data.y[wl.test[tests["east"]]]  # type: ignore[attr-defined]
+        assert low - 0.05 <= float((y % 2 == 0).mean()) <= high
+    with pytest.raises(ValueError, match="label_skew"):
+        make_workload("softmax-digits", {"label_skew": "1.5"})

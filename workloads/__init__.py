@@ -36,7 +36,9 @@ _SCHEDULE = {"clock_fraction": 1.0, "lr_decay": 0.0}
 _MF = {"rank": 20, "lr": 0.015, "l2": 0.1, "batch": 256, "seed": 0, **_SCHEDULE}
 # Summed deltas of N parallel workers act like an N-times larger step: lr 0.1 diverged with
 # 22 workers (ec2_all), 0.02 stays stable.
-_CLS = {"lr": 0.02, "batch": 32, "l2": 1e-4, "seed": 0, **_SCHEDULE}
+# label_skew: 0 spreads examples over regions at random (IID); s > 0 sends an example to
+# region (label mod regions) with probability s (regions see different class mixes).
+_CLS = {"lr": 0.02, "batch": 32, "l2": 1e-4, "seed": 0, "label_skew": 0.0, **_SCHEDULE}
 
 #: name -> (defaults, builder). Every option a builder takes is listed with its default.
 WORKLOADS: dict[str, tuple[dict[str, Any], Callable[..., Workload]]] = {

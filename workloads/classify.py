@@ -33,7 +33,10 @@ class Classifier(Workload):
 
     Tables: W1 (d x h), b1 (1 x h), W2 (h x c), b2 (1 x c) for the MLP; W (d x c),
     b (1 x c) for softmax. Objective: held-out cross-entropy; accuracy is reported too.
-    Examples are spread over regions at random (seeded), so partitions are IID.
+    Examples are spread over regions at random (seeded), so partitions are IID, unless
+    `label_skew` s > 0: then an example goes to region (label mod regions) with
+    probability s, else to a random region, so regions see different class mixes (the
+    held-out set is split the same way, see `test_regions`).
     """
 
     objective_name = "cross_entropy"
@@ -41,10 +44,12 @@ class Classifier(Workload):
     def __init__(self, data: Labelled, *, hidden: int = 0, lr: float = 0.1,
                  batch: int = 32, l2: float = 1e-4, test_fraction: float = 0.2,
                  seed: int = 0, clock_fraction: float = 1.0, lr_decay: float = 0.0,
-                 name: str = "classifier") -> None:
-        if hidden < 0 or lr <= 0 or batch < 1 or l2 < 0 or not 0 < test_fraction < 1:
+                 label_skew: float = 0.0, name: str = "classifier") -> None:
+        if hidden < 0 or lr <= 0 or batch < 1 or l2 < 0 or not 0 < test_fraction < 1 \
+                or not 0 <= label_skew <= 1:
             raise ValueError("classifier: need hidden >= 0, lr > 0, batch >= 1, l2 >= 0, "
-                             "0 < test_fraction < 1")
+                             "0 < test_fraction < 1, 0 <= label_skew <= 1")
+        self.label_skew = label_skew
         self.name = name
         self.schedule = Schedule(clock_fraction, lr_decay)
         self.data = data
@@ -75,7 +80,7 @@ class Classifier(Workload):
     def partition(self, workers: Mapping[str, int]) -> dict[tuple[str, int], Partition]:
         regions = list(workers)
         rng = np.random.default_rng(self.seed + 2)
-        example_region = rng.integers(0, len(regions), len(self.train))
+        example_region = self._regions_of(self.train, len(regions), rng)
         split = split_region_first(example_region, regions, workers, rng)
         rows = dict.fromkeys(self.table_shapes())
         return {key: Partition(key[0], key[1], dict(rows),
@@ -110,9 +115,18 @@ class Classifier(Workload):
                 p[name] -= lr * g
         return p
 
+    def _regions_of(self, examples: np.ndarray, n_regions: int, rng: np.random.Generator
+                    ) -> np.ndarray:
+        """Region index of each example: random, or by label with probability label_skew."""
+        region = rng.integers(0, n_regions, len(examples))
+        if self.label_skew > 0:
+            by_label = rng.random(len(examples)) < self.label_skew
+            region[by_label] = self.data.y[examples[by_label]] % n_regions
+        return region
+
     def test_regions(self, regions: Sequence[str]) -> dict[str, np.ndarray]:
-        rng = np.random.default_rng(self.seed + 3)
-        example_region = rng.integers(0, len(regions), len(self.test))
+        example_region = self._regions_of(self.test, len(regions),
+                                          np.random.default_rng(self.seed + 3))
         return {r: np.flatnonzero(example_region == k) for k, r in enumerate(regions)}
 
     def raw_records(self, part: Partition) -> dict[str, np.ndarray]:
