@@ -221,7 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--topology", required=True)
     c.add_argument("--workload", required=True, choices=_workload_names())
     c.add_argument("--systems", default="lan,baseline,gaia",
-                   help="comma-separated (default lan,baseline,gaia)")
+                   help="comma-separated, from lan, baseline, gaia, fedavg, centralized, "
+                   "isolated (default lan,baseline,gaia)")
     c.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="workload option, e.g. rank=50 (repeatable)")
     c.add_argument("--sync", default="bsp", help="bsp or ssp:S (staleness S)")
