@@ -220,8 +220,8 @@ class FedClient:
         self.idle_timeout_s = idle_timeout_s
         self.counters: Counter[str] = Counter()
         self.times = {"compute_s": 0.0}
-        fraction = getattr(workload, "schedule", None)
-        share = fraction.clock_fraction if fraction is not None else 1.0
+        schedule = getattr(workload, "schedule", None)
+        share = schedule.clock_fraction if schedule is not None else 1.0
         #: local_pass calls per epoch (a pass may cover a fraction of the partition).
         self.passes_per_epoch = max(1, math.ceil(1 / share - 1e-9))
         self._passes = itertools.count()

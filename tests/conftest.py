@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
 
+import numpy as np
 import pytest
 import pytest_asyncio
 
 from geoml.bus import Network, Topology, load_topology, parse_topology
+from geoml.workloads import Params, Partition, Workload
 
 
 @pytest.fixture
@@ -35,3 +39,38 @@ async def net(tiny: Topology) -> AsyncIterator[Network]:
         yield network
     finally:
         await network.aclose()
+
+
+async def wait_until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait for a condition the event loop brings about (bounded by `timeout`)."""
+
+    async def poll() -> None:
+        while not cond():
+            await asyncio.sleep(0.005)
+
+    await asyncio.wait_for(poll(), timeout)
+
+
+class SlowPasses(Workload):
+    """Wraps a workload; a pass first sleeps `delay(part, clock)` seconds (it runs in the
+    executor, so this is a slow machine, not a blocked loop)."""
+
+    def __init__(self, inner: Workload, delay: Callable[[Partition, int], float]) -> None:
+        self.inner, self.delay = inner, delay
+        self.name, self.objective_name = inner.name, inner.objective_name
+
+    def table_shapes(self) -> dict[str, tuple[int, int]]:
+        return self.inner.table_shapes()
+
+    def init_params(self) -> Params:
+        return self.inner.init_params()
+
+    def partition(self, workers: Mapping[str, int]) -> dict[tuple[str, int], Partition]:
+        return self.inner.partition(workers)
+
+    def local_pass(self, params: Params, part: Partition, clock: int) -> Params:
+        time.sleep(self.delay(part, clock))
+        return self.inner.local_pass(params, part, clock)
+
+    def evaluate(self, params: Params, subset: np.ndarray | None = None) -> dict[str, float]:
+        return self.inner.evaluate(params, subset)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Mapping
 
 import numpy as np
 import pytest
@@ -19,7 +17,9 @@ from geoml.roles.fedavg import (
     select_clients,
 )
 from geoml.run import RunConfig, run_system
-from geoml.workloads import Params, Partition, Workload, make_workload
+from geoml.workloads import make_workload
+
+from .conftest import SlowPasses
 
 
 def two_regions(workers: int = 1) -> object:
@@ -64,34 +64,11 @@ def test_a_fraction_of_the_clients_is_asked_each_round_and_the_draw_is_seeded() 
     assert select_clients(clients, 0.01, 0, seed=1) != []  # at least one client
 
 
-class SlowFirstPass(Workload):
-    """Wraps a workload; worker 1 of every region needs `delay` seconds for its first pass."""
-
-    def __init__(self, inner: Workload, delay: float) -> None:
-        self.inner, self.delay = inner, delay
-        self.name, self.objective_name = inner.name, inner.objective_name
-
-    def table_shapes(self) -> dict[str, tuple[int, int]]:
-        return self.inner.table_shapes()
-
-    def init_params(self) -> Params:
-        return self.inner.init_params()
-
-    def partition(self, workers: Mapping[str, int]) -> dict[tuple[str, int], Partition]:
-        return self.inner.partition(workers)
-
-    def local_pass(self, params: Params, part: Partition, clock: int) -> Params:
-        if part.worker == 1 and clock == 0:
-            time.sleep(self.delay)  # in the executor: a straggler
-        return self.inner.local_pass(params, part, clock)
-
-    def evaluate(self, params: Params, subset: np.ndarray | None = None) -> dict[str, float]:
-        return self.inner.evaluate(params, subset)
-
-
 @pytest.mark.asyncio
 async def test_a_straggler_is_left_out_of_its_round_and_its_late_update_is_counted() -> None:
-    wl = SlowFirstPass(make_workload("softmax-digits"), delay=0.9)
+    # Worker 1 needs 0.9 s for its first pass: it misses round 0's 0.6 s deadline.
+    wl = SlowPasses(make_workload("softmax-digits"),
+                    lambda part, clock: 0.9 if part.worker == 1 and clock == 0 else 0.0)
     topo = parse_topology({"name": "one", "defaults": {"workers": 2, "ps_shards": 1},
                            "regions": [{"name": "home"}]})
     result = await asyncio.wait_for(run_system(RunConfig(

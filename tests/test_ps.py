@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Mapping
 
 import numpy as np
 import pytest
@@ -12,7 +10,9 @@ import pytest
 from geoml.bus import load_topology, parse_topology
 from geoml.roles.ps_plan import KeyRanges, plan_ps
 from geoml.run import RunConfig, run_ps
-from geoml.workloads import Params, Partition, Workload, make_workload, take_rows
+from geoml.workloads import make_workload, take_rows
+
+from .conftest import SlowPasses
 
 
 def one_region(workers: int, shards: int) -> object:
@@ -38,34 +38,11 @@ async def test_one_worker_under_bsp_follows_sequential_sgd_exactly() -> None:
     assert result.summary["lan_bytes"] > 0 and result.summary["wan_bytes"] == 0
 
 
-class UnevenSpeeds(Workload):
-    """Wraps a workload; worker w's passes take an extra w * delay seconds."""
-
-    def __init__(self, inner: Workload, delay: float) -> None:
-        self.inner, self.delay = inner, delay
-        self.name, self.objective_name = inner.name, inner.objective_name
-
-    def table_shapes(self) -> dict[str, tuple[int, int]]:
-        return self.inner.table_shapes()
-
-    def init_params(self) -> Params:
-        return self.inner.init_params()
-
-    def partition(self, workers: Mapping[str, int]) -> dict[tuple[str, int], Partition]:
-        return self.inner.partition(workers)
-
-    def local_pass(self, params: Params, part: Partition, clock: int) -> Params:
-        time.sleep(self.delay * part.worker)  # in the executor: a slow machine
-        return self.inner.local_pass(params, part, clock)
-
-    def evaluate(self, params: Params, subset: np.ndarray | None = None) -> dict[str, float]:
-        return self.inner.evaluate(params, subset)
-
-
 @pytest.mark.asyncio
 @pytest.mark.parametrize("staleness", [0, 2])
 async def test_ssp_bound_holds_on_every_read_with_uneven_workers(staleness: int) -> None:
-    workload = UnevenSpeeds(make_workload("softmax-digits"), delay=0.01)
+    workload = SlowPasses(make_workload("softmax-digits"),
+                          lambda part, _clock: 0.01 * part.worker)  # uneven machines
     result = await asyncio.wait_for(run_ps(RunConfig(
         one_region(4, 2), "lan", workload, staleness=staleness, iterations=8,
         quiet=True, record_reads=True)), 60)

@@ -15,7 +15,7 @@ from geoml.bus.errors import FrameError, HandshakeRefused
 from geoml.bus.router import TAP_TOPIC
 from geoml.bus.zio import ZIO
 
-from .conftest import make_topology
+from .conftest import make_topology, wait_until
 
 pytestmark = pytest.mark.asyncio
 
@@ -53,7 +53,7 @@ async def test_spoofed_source_is_refused_with_an_error_back(net: Network) -> Non
     assert a._io is not None
     h = fr.make_header("t.x", "east/worker/1", "east/worker/1", 99)
     await a._io.send([fr.encode_header(h)])
-    await _wait_for(lambda: a.counters["errors"] == 1)
+    await wait_until(lambda: a.counters["errors"] == 1)
     assert a.errors[-1]["reason"] == "spoofed_source"
     assert net.routers["east"].dropped["spoofed_source"] == 1
     assert b.pending == 0
@@ -62,7 +62,7 @@ async def test_spoofed_source_is_refused_with_an_error_back(net: Network) -> Non
 async def test_unknown_destination_region_gets_a_clear_error(net: Network) -> None:
     a = await net.connect("east/worker/0")
     await a.send("mars/worker/0", "t.x")
-    await _wait_for(lambda: a.counters["errors"] == 1)
+    await wait_until(lambda: a.counters["errors"] == 1)
     err = a.errors[-1]
     assert err["reason"] == "unknown_destination" and "mars/worker/0" in err["detail"]
     assert err["seq"] >= 1 and err["type"] == "t.x"
@@ -71,7 +71,7 @@ async def test_unknown_destination_region_gets_a_clear_error(net: Network) -> No
 async def test_local_destination_that_never_connects_is_reported(net: Network) -> None:
     a = await net.connect("east/worker/0")
     await a.send("east/ghost/0", "t.x")
-    await _wait_for(lambda: a.counters["errors"] == 1, timeout=5)
+    await wait_until(lambda: a.counters["errors"] == 1, timeout=5)
     assert a.errors[-1]["reason"] == "unreachable"
     assert net.routers["east"].dropped["unreachable"] == 1
 
@@ -165,16 +165,6 @@ async def test_tap_costs_nothing_without_subscriber(net: Network) -> None:
     await a.send("west/worker/0", "t.x")
     await b.recv(timeout=5)
     assert net.routers["east"].tap_events == 0
-
-
-async def _wait_for(cond, timeout: float = 2.0) -> None:
-    """Wait for a condition driven by the event loop (bounded)."""
-
-    async def poll() -> None:
-        while not cond():
-            await asyncio.sleep(0.005)
-
-    await asyncio.wait_for(poll(), timeout)
 
 
 async def test_closing_a_network_does_not_hang_on_a_socket_left_open() -> None:

@@ -11,6 +11,8 @@ import pytest
 from geoml.bus import Network, Topology, parse_topology
 from geoml.roles.shipping import DataCollector, DataShipper, ShippingFailed
 
+from .conftest import wait_until
+
 pytestmark = pytest.mark.asyncio
 
 
@@ -26,14 +28,6 @@ def sovereign_topology(*sovereign: str) -> Topology:
     })
 
 
-async def _until(cond, timeout: float = 5.0) -> None:
-    async def poll() -> None:
-        while not cond():
-            await asyncio.sleep(0.005)
-
-    await asyncio.wait_for(poll(), timeout)
-
-
 async def test_router_refuses_raw_data_leaving_a_sovereign_region() -> None:
     async with Network(sovereign_topology("a")) as net:
         src = await net.connect("a/worker/0")
@@ -41,7 +35,7 @@ async def test_router_refuses_raw_data_leaving_a_sovereign_region() -> None:
         far = await net.connect("c/worker/0")
         data = np.arange(100, dtype=np.float32)
         await src.send("c/worker/0", "data.chunk", arrays=[data], raw=True)
-        await _until(lambda: src.counters["errors"] == 1)
+        await wait_until(lambda: src.counters["errors"] == 1)
         error = src.errors[-1]
         assert error["reason"] == "sovereignty"
         assert "region a is sovereign" in error["detail"] and "c/worker/0" in error["detail"]

@@ -235,7 +235,8 @@ async def run_system(cfg: RunConfig) -> RunResult:
 
 
 async def run_ps(cfg: RunConfig) -> RunResult:
-    """Run the LAN or baseline parameter server all-in-one; returns the results."""
+    """Run a system built from parameter-server roles (lan, baseline, gaia, isolated,
+    centralized) all-in-one; returns the results."""
     cfg.check()
     topo = cfg.topology if isinstance(cfg.topology, Topology) else load_topology(cfg.topology)
     workload = (cfg.workload if isinstance(cfg.workload, Workload)
