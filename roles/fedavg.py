@@ -24,6 +24,8 @@ import numpy as np
 from geoml.bus import Endpoint, GeomlError, Message
 from geoml.workloads import Params, Partition, Workload, take_rows
 
+from .ps import unpack_deltas
+
 log = logging.getLogger("geoml.roles.fedavg")
 
 MODEL, UPDATE, DONE = "fed.model", "fed.update", "fed.done"
@@ -172,20 +174,12 @@ class FedAggregator:
 
     def _parse(self, msg: Message) -> tuple[dict[str, tuple[np.ndarray | None, np.ndarray]],
                                             int]:
-        tables, sparse = msg.meta["tables"], msg.meta["sparse"]
         samples = msg.meta["samples"]
         if type(samples) is not int or samples < 0:
             raise ValueError(f"samples must be a count, got {samples!r}")
-        if not isinstance(tables, list) or not isinstance(sparse, list) \
-                or len(tables) != len(sparse) \
-                or len(msg.arrays) != len(tables) + sum(map(bool, sparse)):
-            raise ValueError("tables, sparse flags and arrays do not match")
-        arrays = iter(msg.arrays)
         out: dict[str, tuple[np.ndarray | None, np.ndarray]] = {}
-        for table, is_sparse in zip(tables, sparse, strict=True):
+        for table, rows, values in unpack_deltas(msg):
             rows_n, cols = self.shapes[table]
-            rows = next(arrays) if is_sparse else None
-            values = next(arrays)
             if rows is not None and (rows.ndim != 1 or rows.dtype.kind not in "iu" or (
                     len(rows) and (rows.min() < 0 or rows.max() >= rows_n))):
                 raise ValueError(f"rows of {table} are not indices below {rows_n}")

@@ -140,28 +140,37 @@ class PSShard:
 
     def _apply(self, msg: Message) -> None:
         """Check every delta of the push, then add them all (never half a push)."""
-        tables, sparse = msg.meta["tables"], msg.meta["sparse"]
-        if len(tables) != len(sparse) or len(msg.arrays) != len(tables) + sum(map(bool, sparse)):
-            raise ValueError("ps.push: tables, sparse flags and arrays do not match")
-        arrays = iter(msg.arrays)
-        updates: list[tuple[np.ndarray, np.ndarray | None, np.ndarray]] = []
-        for table, is_sparse in zip(tables, sparse, strict=True):
+        updates: list[tuple[str, np.ndarray, np.ndarray | None, np.ndarray]] = []
+        for table, global_rows, delta in unpack_deltas(msg):
             if table not in self.tables:
                 raise KeyError(f"unknown table {table!r}")
             target = self.tables[table]
-            rows = self._local_rows(table, next(arrays)) if is_sparse else None
-            delta = next(arrays)
+            rows = None if global_rows is None else self._local_rows(table, global_rows)
             expected = target.shape if rows is None else (len(rows), target.shape[1])
             if delta.shape != expected:
                 raise ValueError(f"ps.push: delta of {table} has shape {delta.shape}, "
                                  f"expected {expected}")
-            updates.append((target, rows, delta))
-        for (target, rows, delta), table in zip(updates, tables, strict=True):
+            updates.append((table, target, rows, delta))
+        for table, target, rows, delta in updates:
             if rows is None:
                 target += delta
             else:
                 target[rows] += delta
             self._applied(table, rows, delta)
+
+
+def unpack_deltas(msg: Message) -> list[tuple[str, np.ndarray | None, np.ndarray]]:
+    """(table, rows or None, delta) per table of a frame laid out as ps.push (also
+    fed.update): per table, its row array if its `sparse` flag is set, then its delta.
+    ValueError when the tables, the sparse flags and the arrays do not match."""
+    tables, sparse = msg.meta["tables"], msg.meta["sparse"]
+    if not isinstance(tables, list) or not isinstance(sparse, list) \
+            or len(tables) != len(sparse) \
+            or len(msg.arrays) != len(tables) + sum(map(bool, sparse)):
+        raise ValueError(f"{msg.type}: tables, sparse flags and arrays do not match")
+    arrays = iter(msg.arrays)
+    return [(table, next(arrays) if is_sparse else None, next(arrays))
+            for table, is_sparse in zip(tables, sparse, strict=True)]
 
 
 class WorkerFailed(GeomlError):

@@ -324,9 +324,9 @@ async def run_ps(cfg: RunConfig) -> RunResult:
             # the one reported for gaia; isolated reports every one).
             replicas = {region: ([s for s in shards if s.ep.address in addrs], group_ranges)
                         for region, addrs, group_ranges in groups}
-            eval_shards, eval_ranges = replicas[groups[0][0]]
-            scored = replicas if region_tests is not None else {groups[0][0]: replicas[
-                groups[0][0]]}
+            first = groups[0][0]
+            eval_shards, eval_ranges = replicas[first]
+            scored = replicas if region_tests is not None else {first: replicas[first]}
             monitor = _Monitor(workload, lambda: {r: assemble(sh, rg) for r, (sh, rg)
                                                   in scored.items()},
                                net, executor, cfg, stop, n_clocks=len(shards),
@@ -487,7 +487,7 @@ async def _ship_raw_data(net: Network, workload: Workload, plan: PSPlan, quiet: 
                for r in plan.sources}
     shippers = plan.shippers()
     home = plan.home
-    columns = sorted(records[home][0] if home in records else next(iter(records.values()))[0])
+    columns = sorted(next(iter(records.values()))[0])  # every record set has the same ones
     collector = DataCollector(await net.connect(f"{home}/collector/0"), list(shippers.values()),
                               columns)
     ships = [DataShipper(await net.connect(addr), records[r], collector.ep.address)

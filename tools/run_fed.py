@@ -50,15 +50,14 @@ async def run_fedavg(cfg: RunConfig) -> RunResult:
         async with Network(topo) as net:
             tap = await _start_tap(net, topo, cfg)
             t_start = loop.time()
-            holder: list[FedAggregator] = []
+            # The monitor scores the aggregator's model (bound below, read at each round).
             monitor = _Monitor(workload, lambda: {home: {t: v.copy() for t, v in
-                                                         holder[0].params.items()}},
+                                                         aggregator.params.items()}},
                                net, executor, cfg, stop, n_clocks=1)
             aggregator = FedAggregator(
                 await net.connect(f"{home}/aggregator/0"), workload, list(addresses),
                 workload.init_params(), cfg.fed, rounds=cfg.iterations, stop=stop,
                 on_round=lambda r: monitor.on_min_clock(0, r))
-            holder.append(aggregator)
             clients = [FedClient(await net.connect(addr), workload, parts[key],
                                  aggregator.ep.address, cfg.fed.epochs, executor=executor)
                        for addr, key in addresses.items()]
@@ -80,7 +79,7 @@ async def run_fedavg(cfg: RunConfig) -> RunResult:
                 await _close_tap(tap, net, view, traffic["link_bytes"])
     finally:
         executor.shutdown(wait=True)
-    machines = {r: n for r, n in data_regions.items()}
+    machines = dict(data_regions)
     machines[home] = machines.get(home, 0) + 1
     summary = summary_head(cfg, topo, workload, monitor, rounds, elapsed, machines, traffic)
     summary.update({
