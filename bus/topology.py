@@ -25,7 +25,7 @@ KM_PER_MS = 100.0
 #: Slack the token bucket keeps by default so that late timer wake-ups cost no rate.
 DEFAULT_BURST_S = 0.005
 
-_TOP_KEYS = {"name", "description", "routing", "defaults", "regions", "links", "overlay"}
+_TOP_KEYS = {"name", "description", "routing", "hub", "defaults", "regions", "links", "overlay"}
 _DEFAULT_KEYS = {
     "lan_rate_mbps", "lan_latency_ms", "wan_rate_mbps", "burst_bytes", "queue_limit_bytes",
     "chunk_bytes", "machine_usd_per_hour", "egress_usd_per_gb", "workers", "ps_shards",
@@ -81,13 +81,15 @@ class Topology:
     name: str
     description: str
     source: str
-    routing: str  # "direct" or "overlay"
+    routing: str  # "direct", "overlay" or "star"
     regions: tuple[Region, ...]
     wan: dict[tuple[str, str], LinkSpec]
     overlay: tuple[OverlayGroup, ...]
     burst_s: float
     queue_limit_bytes: int
     chunk_bytes: int
+    #: routing = "star": the region every other pair of regions goes through.
+    hub: str | None = None
 
     # -- lookups --------------------------------------------------------------------
 
@@ -115,6 +117,8 @@ class Topology:
         """Regions a frame visits from `src` to `dst`, both included."""
         if src == dst:
             return [src]
+        if self.routing == "star":
+            return [src, dst] if self.hub in (src, dst) else [src, self.hub, dst]
         if self.routing != "overlay":
             return [src, dst]
         gs, gd = self.group_of(src), self.group_of(dst)
@@ -228,8 +232,9 @@ def parse_topology(data: dict[str, Any], source: str = "<topology>") -> Topology
     name = v.string(data, "name", "top level", default=Path(source).stem)
     description = v.string(data, "description", "top level", default="")
     routing = v.string(data, "routing", "top level", default="direct")
-    if routing not in ("direct", "overlay"):
-        v.err(f"routing = {routing!r}: must be 'direct' or 'overlay'")
+    if routing not in ("direct", "overlay", "star"):
+        v.err(f"routing = {routing!r}: must be 'direct', 'overlay' or 'star'")
+    star_hub = v.string(data, "hub", "top level", default="") or None
 
     defaults = data.get("defaults", {})
     if not isinstance(defaults, dict):
@@ -408,6 +413,12 @@ def parse_topology(data: dict[str, Any], source: str = "<topology>") -> Topology
         groups.append(OverlayGroup(gname, hub, tuple(members)))
     if routing == "overlay" and not groups:
         v.err("routing = 'overlay' needs at least one [[overlay]] group")
+    if routing == "star" and star_hub is None:
+        v.err("routing = 'star' needs hub = \"REGION\" (the region all traffic goes through)")
+    elif star_hub is not None and routing != "star":
+        v.err(f"hub = {star_hub!r} is only meaningful with routing = 'star'")
+    elif star_hub is not None and star_hub not in by_name:
+        v.err(f"hub = {star_hub!r}: unknown region")
 
     v.raise_if_any(source)
     return Topology(
@@ -421,6 +432,7 @@ def parse_topology(data: dict[str, Any], source: str = "<topology>") -> Topology
         burst_s=DEFAULT_BURST_S,
         queue_limit_bytes=queue_limit,
         chunk_bytes=chunk,
+        hub=star_hub,
     )
 
 

@@ -28,7 +28,8 @@ ROLE_KINDS = ("source", "sink", "ps_shard", "worker")
 
 def _topo_show(topo: Topology) -> str:
     lines = [f"topology {topo.name!r} ({topo.source})", f"  {topo.description}".rstrip(),
-             f"  routing: {topo.routing}", "", "regions:"]
+             f"  routing: {topo.routing}"
+             + (f" (every other pair through {topo.hub})" if topo.hub else ""), "", "regions:"]
     lines.append(f"  {'name':<12} {'lat':>7} {'lon':>8} {'workers':>7} {'shards':>6} "
                  f"{'$/h':>5} {'$/GB':>5} {'LAN Mb/s':>9} {'sovereign':>9}  endpoint")
     for r in topo.regions:
@@ -41,6 +42,9 @@ def _topo_show(topo: Topology) -> str:
                   f"  {'link':<26} {'Mb/s':>8} {'latency ms':>10} {'burst B':>9} "
                   f"{'queue B':>10}"]
         for spec in topo.iter_links():
+            src, dst = spec.name.split("->")
+            if dst not in topo.neighbours(src):
+                continue  # never used: routing sends this pair through other regions
             lines.append(f"  {spec.name:<26} {spec.rate_bps / 1e6:>8.1f} "
                          f"{spec.latency_s * 1e3:>10.1f} {spec.burst_bytes:>9} "
                          f"{spec.queue_limit_bytes:>10}")

@@ -1,0 +1,279 @@
+"""Cartel peer (Daga et al., SoCC'19): a small local model, drift detection, partial transfer.
+
+Each peer learns online from its own stream with a model that holds only the classes it has
+seen. It reports metadata to the metadata service. When its drift detector fires on the
+error stream, or a label its model has never seen arrives, it works out which classes it
+lacks or now gets wrong, asks the service for logical neighbours that know them, pulls only
+those classes' rows from the best `fanout` neighbours and merges them (missing classes
+inserted, shared ones averaged by sample count), then keeps learning locally.
+With `collaborate=False` the same peer is the isolated baseline.
+
+Frames (docs/PROTOCOL.md, "Cartel"), besides the metadata service's:
+  cartel.pull  peer -> peer  meta {id, classes}
+  cartel.rows  peer -> peer  meta {id, classes}; arrays [weights k x d (float32),
+                             biases k (float32), sample counts k (int64)]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from geoml.bus import BusClosed, Endpoint, Message
+from geoml.workloads.streams import Encoder, SiteStream
+
+from .drift import DETECTORS, DriftState, make_detector
+from .metadata import LOOKUP, NEIGHBOURS, REPORT, js_divergence
+from .stream_site import StreamConfig, StreamSite
+
+log = logging.getLogger("geoml.roles.cartel")
+
+PULL, ROWS = "cartel.pull", "cartel.rows"
+
+
+@dataclass(frozen=True)
+class CartelConfig:
+    """When a peer asks for help, whom, and how often it reports."""
+
+    detector: str = "ddm"
+    window: int = 200  # recent records kept for priors and per-class recall
+    degraded_recall: float = 0.8  # a known class below this recall (recent window) is asked for
+    min_class_samples: int = 5  # recent samples of a class before its recall counts
+    fanout: int = 2  # neighbours pulled from per transfer
+    report_every_s: float = 10.0  # heartbeat report
+    report_change_js: float = 0.05  # report early when recent priors moved this much
+    pull_timeout_s: float = 5.0
+    collaborate: bool = True  # False: the isolated baseline
+
+    def __post_init__(self) -> None:
+        if self.detector not in DETECTORS:
+            raise ValueError(f"unknown drift detector {self.detector!r} "
+                             f"(choose from {', '.join(DETECTORS)})")
+        if self.window < 1 or self.fanout < 1 or self.pull_timeout_s <= 0:
+            raise ValueError("cartel needs window >= 1, fanout >= 1, pull_timeout_s > 0")
+
+
+@dataclass
+class Transfer:
+    """One knowledge transfer, for the run's record."""
+
+    trigger: str  # "drift" or "novel"
+    at_record: int
+    need: list[int]
+    neighbours: list[str] = field(default_factory=list)
+    merged: dict[str, list[int]] = field(default_factory=dict)
+    bytes_in: int = 0
+    done_at_record: int | None = None
+    outcome: str = "pending"
+
+
+class CartelPeer(StreamSite):
+    """An edge site running Cartel (or, with collaborate=False, isolated learning)."""
+
+    def __init__(self, endpoint: Endpoint, stream: SiteStream, encoder: Encoder,
+                 n_classes: int, dim: int, config: StreamConfig, cartel: CartelConfig,
+                 metadata: str) -> None:
+        super().__init__(endpoint, stream, encoder, n_classes, dim, config)
+        self.cartel = cartel
+        self.metadata = metadata
+        self.model = self.new_model()
+        self.detector = make_detector(cartel.detector)
+        self.counts = np.zeros(n_classes, np.int64)
+        self.recent_labels: deque[int] = deque(maxlen=cartel.window)
+        self.recent_hits: deque[bool] = deque(maxlen=cartel.window)
+        self.feature_sum = np.zeros(dim, np.float64)
+        self.transfers: list[Transfer] = []
+        self._transfer_task: asyncio.Task[None] | None = None
+        self._ids = itertools.count()
+        self._waiting: dict[tuple[str, int, str], asyncio.Future[Message]] = {}
+        self._last_report: tuple[float, np.ndarray, frozenset[int]] | None = None
+
+    # -- the stream ---------------------------------------------------------------------
+
+    async def step(self, index: int, raw: np.ndarray, label: np.ndarray) -> None:
+        """Predict, score, feed the detector, learn; maybe report or ask for help."""
+        x = self.encoder(raw)
+        hits = self.score(index, self.model.predict(x))
+        drift = False
+        for hit in hits:
+            if self.detector.update(0.0 if hit else 1.0) is DriftState.DRIFT:
+                drift = True
+        novel = [int(c) for c in np.unique(label) if not self.model.knows(int(c))]
+        self.train(self.model, x, label)
+        np.add.at(self.counts, label, 1)
+        self.recent_labels.extend(int(c) for c in label)
+        self.recent_hits.extend(bool(h) for h in hits)
+        self.feature_sum += x.sum(axis=0)
+        if drift:
+            self.counters["drift_alarms"] += 1
+        if novel and index > 0:
+            self.counters["novel_classes"] += len(novel)
+        if not self.cartel.collaborate:
+            return
+        if drift or (novel and index > 0):
+            self._ask_for_help("drift" if drift else "novel", index + len(label))
+        await self._maybe_report()
+
+    def recent_priors(self) -> np.ndarray:
+        """Class counts over the recent window."""
+        return np.bincount(np.fromiter(self.recent_labels, np.int64, len(self.recent_labels)),
+                           minlength=self.n_classes)
+
+    def needed_classes(self) -> list[int]:
+        """Classes of the recent window the model lacks, or gets wrong too often."""
+        labels = np.fromiter(self.recent_labels, np.int64, len(self.recent_labels))
+        hits = np.fromiter(self.recent_hits, bool, len(self.recent_hits))
+        need = []
+        for c in np.unique(labels).tolist():
+            mask = labels == c
+            learned = self.model.class_samples(c)
+            recall_low = (mask.sum() >= self.cartel.min_class_samples
+                          and hits[mask].mean() < self.cartel.degraded_recall)
+            if learned < self.cartel.min_class_samples or recall_low:
+                need.append(c)
+        return need
+
+    # -- metadata -----------------------------------------------------------------------
+
+    async def _maybe_report(self) -> None:
+        now = asyncio.get_running_loop().time()
+        recent = self.recent_priors()
+        classes = frozenset(self.model.classes)
+        last = self._last_report
+        if last is not None and now - last[0] < self.cartel.report_every_s and \
+                classes == last[2] and js_divergence(recent, last[1]) < \
+                self.cartel.report_change_js:
+            return
+        self._last_report = (now, recent, classes)
+        seen = max(1, int(self.counts.sum()))
+        await self.ep.send(self.metadata, REPORT, arrays=[
+            (self.feature_sum / seen).astype(np.float16)], meta={
+            "classes": sorted(classes), "counts": self.counts.tolist(),
+            "recent": recent.tolist(), "samples": int(self.counts.sum()),
+            "version": self.model.version, "model_bytes": self.model.nbytes()})
+        self.counters["reports"] += 1
+
+    # -- asking for help ----------------------------------------------------------------
+
+    def _ask_for_help(self, trigger: str, at_record: int) -> None:
+        if self._transfer_task is not None and not self._transfer_task.done():
+            self.counters["alarms_during_transfer"] += 1
+            return
+        need = self.needed_classes()
+        if not need:
+            self.counters["alarms_without_need"] += 1
+            return
+        transfer = Transfer(trigger, at_record, need)
+        self.transfers.append(transfer)
+        self._transfer_task = asyncio.get_running_loop().create_task(
+            self._transfer(transfer), name=f"{self.ep.address} transfer")
+
+    async def _transfer(self, t: Transfer) -> None:
+        rid = next(self._ids)
+        try:
+            await self.ep.send(self.metadata, LOOKUP, meta={
+                "id": rid, "need": t.need, "priors": self.recent_priors().tolist(),
+                "k": self.cartel.fanout})
+            answer = await self._expect(NEIGHBOURS, rid, self.metadata)
+            found = [(str(a), [int(c) for c in knows])
+                     for a, _js, knows in answer.meta["neighbours"]]
+            if not found:
+                t.outcome = "no_neighbour"
+                self.counters["transfers_without_neighbour"] += 1
+                return
+            t.neighbours = [a for a, _ in found]
+            for address, knows in found:
+                await self.ep.send(address, PULL, meta={"id": rid, "classes": knows})
+            replies = await asyncio.gather(
+                *(self._expect(ROWS, rid, a) for a, _ in found), return_exceptions=True)
+            for reply in replies:
+                if isinstance(reply, BaseException):
+                    self.counters["pull_timeouts"] += 1
+                    continue
+                self._merge(t, reply)
+            t.outcome = "merged" if t.merged else "nothing_merged"
+            self.counters["transfers"] += 1
+        except TimeoutError:
+            t.outcome = "metadata_timeout"
+            self.counters["lookup_timeouts"] += 1
+        except BusClosed:
+            t.outcome = "closed"
+        finally:
+            t.done_at_record = self.position
+
+    def _merge(self, t: Transfer, msg: Message) -> None:
+        try:
+            classes = [int(c) for c in msg.meta["classes"]]
+            weights, bias, counts = msg.arrays
+            start = time.thread_time()
+            merged = self.model.merge(classes, weights, bias, counts.astype(np.int64))
+            self.compute_s += time.thread_time() - start
+        except (KeyError, ValueError, TypeError) as exc:
+            self.counters["refused"] += 1
+            log.warning("%s refused rows from %s: %s", self.ep.address, msg.src, exc)
+            return
+        for kind, cls in merged.items():
+            t.merged.setdefault(kind, []).extend(cls)
+        t.bytes_in += msg.nbytes
+        self.counters["rows_received"] += len(classes)
+
+    async def _expect(self, ftype: str, rid: int, src: str) -> Message:
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._waiting[(ftype, rid, src)] = future
+        try:
+            return await asyncio.wait_for(future, self.cartel.pull_timeout_s)
+        finally:
+            self._waiting.pop((ftype, rid, src), None)
+
+    # -- serving ------------------------------------------------------------------------
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Answer pulls and route replies until `stop` is set."""
+        while not stop.is_set():
+            try:
+                msg = await self.ep.recv(timeout=0.5)
+            except TimeoutError:
+                continue
+            except BusClosed:
+                return
+            try:
+                await self._dispatch(msg)
+            except (KeyError, ValueError, TypeError) as exc:
+                self.counters["refused"] += 1
+                log.warning("%s refused %s from %s: %s", self.ep.address, msg.type, msg.src,
+                            exc)
+
+    async def _dispatch(self, msg: Message) -> None:
+        if msg.type == PULL:
+            classes = [int(c) for c in msg.meta["classes"]]
+            held, weights, bias, counts = self.model.export(classes)
+            await self.ep.send(msg.src, ROWS, arrays=[weights, bias, counts],
+                               meta={"id": msg.meta["id"], "classes": held})
+            self.counters["pulls_served"] += 1
+            return
+        if msg.type in (NEIGHBOURS, ROWS):
+            future = self._waiting.get((msg.type, msg.meta.get("id"), msg.src))
+            if future is None or future.done():
+                self.counters["late_replies"] += 1
+                return
+            future.set_result(msg)
+            return
+        raise ValueError(f"unexpected frame type {msg.type!r}")
+
+    async def wait_transfers(self, timeout: float) -> None:
+        """Let an in-flight transfer finish (bounded)."""
+        if self._transfer_task is not None and not self._transfer_task.done():
+            await asyncio.wait({self._transfer_task}, timeout=timeout)
+
+    def summary(self) -> dict[str, Any]:
+        """Counters, model size and transfers, for cartel.json."""
+        return {"classes": list(self.model.classes), "model_bytes": self.model.nbytes(),
+                "compute_s": self.compute_s, "counters": dict(self.counters),
+                "transfers": [vars(t) for t in self.transfers]}
