@@ -2,8 +2,9 @@
 
 - DDM (Gama, Medas, Castillo, Rodrigues, SBIA 2004): p_i is the error rate after i samples
   and s_i = sqrt(p_i (1 - p_i) / i). Once i >= min_samples, keep the (p_min, s_min) at which
-  p + s was lowest; WARNING when p_i + s_i >= p_min + 2 s_min, DRIFT when
-  p_i + s_i >= p_min + 3 s_min, and then start over.
+  p + s was lowest; WARNING when p_i + s_i > p_min + 2 s_min, DRIFT when
+  p_i + s_i > p_min + 3 s_min, and then start over. (Strict ">" as in MOA and river: with
+  ">=" a run of correct predictions, p_min = s_min = 0, would be a drift at every sample.)
 - Page-Hinkley (Page, Biometrika 1954; as in Gama et al., "A survey on concept drift
   adaptation", 2014): m_T = sum_t (x_t - mean_T - delta), M_T = min_t m_t; DRIFT when
   m_T - M_T > threshold (after min_samples), and then start over.
@@ -69,10 +70,10 @@ class DDM:
         if self.p + self.s <= self.p_min + self.s_min:
             self.p_min, self.s_min = self.p, self.s
         level = self.p + self.s
-        if level >= self.p_min + self.drift_level * self.s_min:
+        if level > self.p_min + self.drift_level * self.s_min:
             self.reset()
             return DriftState.DRIFT
-        if level >= self.p_min + self.warning_level * self.s_min:
+        if level > self.p_min + self.warning_level * self.s_min:
             return DriftState.WARNING
         return DriftState.STABLE
 
@@ -82,6 +83,9 @@ class PageHinkley:
 
     def __init__(self, delta: float = 0.005, threshold: float = 10.0,
                  min_samples: int = 30) -> None:
+        # delta and min_samples are MOA's defaults; its threshold (50) is meant for
+        # real-valued signals, on 0/1 error bits it takes ~200 records to see a 25-point rise
+        # (the 10 here: ~45).
         if delta < 0 or threshold <= 0 or min_samples < 1:
             raise ValueError("Page-Hinkley needs delta >= 0, threshold > 0, min_samples >= 1")
         self.delta = delta
@@ -112,7 +116,7 @@ DETECTORS = ("ddm", "page-hinkley")
 
 
 def make_detector(name: str) -> DriftDetector:
-    """A detector with its published default settings ('ddm' or 'page-hinkley')."""
+    """A detector with its default settings ('ddm' or 'page-hinkley')."""
     if name == "ddm":
         return DDM()
     if name == "page-hinkley":

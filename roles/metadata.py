@@ -10,7 +10,8 @@ Frames (docs/PROTOCOL.md, "Cartel"):
   cartel.report      peer -> service  meta {classes, counts, recent, samples, version,
                                       model_bytes}; arrays [feature mean (float16)]
   cartel.lookup      peer -> service  meta {id, need, priors, k}
-  cartel.neighbours  service -> peer  meta {id, need, neighbours: [[address, js, knows], ...]}
+  cartel.neighbours  service -> peer  meta {id, need, neighbours: [[address, js, knows,
+                                      classes], ...]} (knows: of need; classes: all it holds)
 """
 
 from __future__ import annotations
@@ -83,8 +84,9 @@ class MetadataTable:
         return cls in record.classes and record.counts[cls] >= self.min_class_samples
 
     def neighbours(self, asker: str, need: Sequence[int], priors: np.ndarray, k: int,
-                   now: float) -> list[tuple[str, float, list[int]]]:
-        """Up to `k` (address, JS divergence, classes of `need` it knows), best first."""
+                   now: float) -> list[tuple[str, float, list[int], list[int]]]:
+        """Up to `k` (address, JS divergence, classes of `need` it knows, classes it
+        holds), best first."""
         ranked = []
         for rec in self.peers.values():
             if rec.address == asker or now - rec.reported_at > self.stale_after_s:
@@ -93,9 +95,10 @@ class MetadataTable:
             if not knows:
                 continue
             basis = rec.recent if rec.recent.sum() > 0 else rec.counts
-            ranked.append((-len(knows), js_divergence(priors, basis), rec.address, knows))
+            ranked.append((-len(knows), js_divergence(priors, basis), rec.address, knows,
+                           sorted(rec.classes)))
         ranked.sort()
-        return [(addr, js, knows) for _, js, addr, knows in ranked[:k]]
+        return [(addr, js, knows, held) for _, js, addr, knows, held in ranked[:k]]
 
 
 class MetadataService:
@@ -150,4 +153,4 @@ class MetadataService:
             self.counters["lookups_unanswered"] += 1
         await self.ep.send(msg.src, NEIGHBOURS, meta={
             "id": msg.meta.get("id"), "need": need,
-            "neighbours": [[a, round(js, 6), knows] for a, js, knows in found]})
+            "neighbours": [[a, round(js, 6), knows, held] for a, js, knows, held in found]})

@@ -113,7 +113,8 @@ async def run_system(system: str, cfg: CartelRunConfig, topo: Topology, pools: C
         details: dict[str, Any] = {}
         if system in ("cartel", "isolated"):
             service = MetadataService(await net.connect(f"{cloud}/metadata/0"),
-                                      MetadataTable(pools.n_classes))
+                                      MetadataTable(pools.n_classes,
+                                                    min_class_samples=cfg.cartel.teach_min_samples))
             collaborate = system == "cartel"
             ccfg = CartelConfig(**{**asdict(cfg.cartel), "collaborate": collaborate})
             peers = [CartelPeer(await net.connect(f"{r}/peer/0"), s, *args, ccfg,

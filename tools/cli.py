@@ -20,6 +20,9 @@ from geoml import __version__
 from geoml.bus import GeomlError, Router, Topology, load_topology, region_of
 from geoml.bus.address import is_valid_address
 from geoml.bus.endpoint import Endpoint
+from geoml.roles.drift import DETECTORS
+
+CARTEL_SYSTEMS = ("cartel", "isolated", "centralized", "fedavg")
 
 log = logging.getLogger("geoml")
 
@@ -203,6 +206,32 @@ def _compare_main(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}/compare.json, compare.png and one directory per system")
 
 
+def _cartel_main(args: argparse.Namespace) -> None:
+    from geoml.cartel import CartelRunConfig, compare_async
+    from geoml.roles.cartel import CartelConfig
+    from geoml.roles.stream_site import StreamConfig
+    from geoml.workloads.streams import ScenarioConfig
+
+    try:
+        cfg = CartelRunConfig(
+            topology=load_topology(args.topology), data=args.data,
+            scenario=ScenarioConfig(pre_drift=args.pre_drift, post_drift=args.post_drift,
+                                    drifted_share=args.drifted_share, seed=args.seed),
+            stream=StreamConfig(rate=args.rate, batch=args.batch, lr=args.lr),
+            cartel=CartelConfig(detector=args.detector, fanout=args.fanout),
+            systems=[s.strip() for s in args.systems.split(",") if s.strip()],
+            fed_round_batches=args.fed_round_batches, cloud=args.cloud, peers=args.peers,
+            out=args.out)
+        cfg.check()
+        result = _run(compare_async(cfg))
+    except ValueError as exc:
+        raise GeomlError(str(exc)) from None
+    print(json.dumps({k: result[k] for k in (
+        "sites", "bytes_vs_centralized", "adapt_speedup_vs_isolated", "model_size_vs_global",
+        "train_time_vs_centralized", "accuracy_after_drift", "total_wall_s")}, indent=2))
+    print(f"wrote {args.out}/cartel.json, accuracy.png, bytes.png")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `geoml` command."""
     p = argparse.ArgumentParser(prog="geoml", description="Geo-distributed ML over an "
@@ -236,6 +265,33 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seconds", type=float, help="seconds per run (at most)")
     c.add_argument("--out", type=Path, default=Path("runs/compare"))
     _training_args(c)
+
+    ca = sub.add_parser("cartel", help="Cartel against isolated, centralized and fedavg on "
+                        "the same edge streams; writes cartel.json, accuracy.png, bytes.png")
+    ca.add_argument("--topology", default="edge", help="edge sites around a cloud region "
+                    "(default: the shipped edge.toml, 20 sites)")
+    ca.add_argument("--out", type=Path, default=Path("runs/cartel"))
+    ca.add_argument("--data", default="nslkdd", choices=("nslkdd", "synthetic"))
+    ca.add_argument("--systems", default=",".join(CARTEL_SYSTEMS),
+                    help=f"comma-separated, from {', '.join(CARTEL_SYSTEMS)}")
+    ca.add_argument("--peers", type=int, help="use the first N edge regions (default: all)")
+    ca.add_argument("--cloud", help="region of the metadata service, trainer and aggregator "
+                    "(default: the topology's hub)")
+    ca.add_argument("--pre-drift", type=int, default=1500, help="records per site before "
+                    "the drift point (default 1500)")
+    ca.add_argument("--post-drift", type=int, default=1500, help="and after it (default 1500)")
+    ca.add_argument("--rate", type=float, default=200.0, help="records per second per site "
+                    "(default 200)")
+    ca.add_argument("--batch", type=int, default=10)
+    ca.add_argument("--lr", type=float, default=0.1)
+    ca.add_argument("--detector", default="ddm", choices=DETECTORS)
+    ca.add_argument("--fanout", type=int, default=1, help="neighbours pulled from per "
+                    "transfer (default 1)")
+    ca.add_argument("--drifted-share", type=float, default=0.5,
+                    help="share of the sites that see a new class at the drift point")
+    ca.add_argument("--fed-round-batches", type=int, default=40,
+                    help="fedavg: local batches per round (default 40)")
+    ca.add_argument("--seed", type=int, default=0)
 
     t = sub.add_parser("topo", help="topology files")
     tsub = t.add_subparsers(dest="topo_command", required=True, metavar="ACTION")
@@ -361,6 +417,8 @@ def main(argv: list[str] | None = None) -> int:
                 _run(gaia_demo(args.topology, args.out))
         elif args.command == "compare":
             _compare_main(args)
+        elif args.command == "cartel":
+            _cartel_main(args)
         elif args.command == "run":
             from geoml.run import run_system
 

@@ -67,7 +67,7 @@ class _Identity:
 
 
 def synthetic_pools(n_classes: int = 8, dim: int = 16, per_class: int = 1000,
-                    separation: float = 2.5, seed: int = 0) -> ClassPools:
+                    separation: float = 0.6, seed: int = 0) -> ClassPools:
     """Gaussian classes (unit covariance, means ~ N(0, separation^2)); raw = features."""
     rng = np.random.default_rng([seed, 23])
     means = rng.normal(0.0, separation, (n_classes, dim))

@@ -1,0 +1,221 @@
+"""Cartel through the real bus: metadata service, peers, transfers, the baselines, the CLI."""
+
+import asyncio
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from geoml.bus import Network, parse_topology
+from geoml.cartel import CartelRunConfig, compare_async, place, run_system
+from geoml.roles.cartel import PULL, ROWS, CartelConfig, CartelPeer
+from geoml.roles.metadata import LOOKUP, NEIGHBOURS, REPORT, MetadataService, MetadataTable
+from geoml.roles.stream_site import StreamConfig
+from geoml.workloads.streams import ScenarioConfig, make_streams, synthetic_pools
+
+
+def star(sites: int = 4):
+    return parse_topology({
+        "name": "star", "routing": "star", "hub": "cloud",
+        "defaults": {"wan_rate_mbps": 50.0, "workers": 0, "ps_shards": 0},
+        "regions": [{"name": "cloud", "lat": 38.9, "lon": -77.5}]
+        + [{"name": f"e{i}", "lat": 39.0 + i, "lon": -80.0} for i in range(sites)],
+    })
+
+
+FAST = StreamConfig(rate=4000.0, batch=10, lr=0.1)
+
+
+def scenario(sites: int = 4) -> ScenarioConfig:
+    return ScenarioConfig(sites=sites, pre_drift=400, post_drift=400, seed=1)
+
+
+def test_star_routing_sends_site_to_site_traffic_through_the_hub():
+    topo = star(3)
+    assert topo.route("e0", "e1") == ["e0", "cloud", "e1"]
+    assert topo.route("e0", "cloud") == ["e0", "cloud"]
+    assert topo.neighbours("e2") == ["cloud"]
+    with pytest.raises(Exception, match="routing = 'star' needs hub"):
+        parse_topology({"routing": "star", "regions": [{"name": "a"}, {"name": "b"}]})
+    with pytest.raises(Exception, match="hub = 'x': unknown region"):
+        parse_topology({"routing": "star", "hub": "x", "regions": [{"name": "a"}]})
+
+
+@pytest.mark.asyncio
+async def test_a_drifted_peer_pulls_its_new_class_from_a_neighbour_that_knows_it():
+    pools = synthetic_pools()
+    topo = star(4)
+    streams = make_streams(pools, scenario())
+    cfg = CartelRunConfig(topology=topo, data="synthetic", stream=FAST, quiet=True)
+    cloud, edges = place(topo, None, None)
+    run = await asyncio.wait_for(run_system("cartel", cfg, topo, pools, streams, cloud, edges),
+                                 60)
+    sites = run.details["sites"]
+    for s in streams:
+        if s.new_class is None:
+            continue
+        address = f"{edges[s.site]}/peer/0"
+        drift_transfers = [t for t in sites[address]["transfers"]
+                           if t["at_record"] > s.drift_at]
+        assert drift_transfers, address
+        t = drift_transfers[0]
+        assert t["outcome"] == "merged" and s.new_class in t["need"]
+        teacher = edges.index(t["neighbours"][0].split("/")[0])
+        assert s.new_class in streams[teacher].classes_before
+        assert s.new_class in sites[address]["classes"] and t["bytes_in"] > 0
+    assert run.wan_bytes > 0 and run.raw_wan_frames == 0
+    assert run.details["metadata"]["reports"] >= len(streams)
+    global_bytes = pools.n_classes * (pools.feature_dim + 1) * 4
+    assert all(b < global_bytes for b in run.model_bytes.values())  # small local models
+
+
+@pytest.mark.asyncio
+async def test_the_baselines_run_on_the_same_streams():
+    pools = synthetic_pools()
+    topo = star(3)
+    streams = make_streams(pools, scenario(3))
+    cfg = CartelRunConfig(topology=topo, data="synthetic", stream=FAST, quiet=True,
+                          fed_round_batches=10)
+    cloud, edges = place(topo, None, None)
+    runs = {}
+    for system in ("isolated", "centralized", "fedavg"):
+        runs[system] = await asyncio.wait_for(
+            run_system(system, cfg, topo, pools, streams, cloud, edges), 60)
+    assert runs["isolated"].wan_bytes == 0
+    central = runs["centralized"]
+    batches = sum(-(-len(s) // FAST.batch) for s in streams)
+    assert central.raw_wan_frames == batches and central.details["records_scored"] == sum(
+        len(s) for s in streams)
+    assert central.details["refused"] == 0
+    fed = runs["fedavg"]
+    assert fed.details["rounds"] >= 2 and fed.details["aggregator"].get("refused", 0) == 0
+    assert fed.raw_wan_frames == 0 and fed.wan_bytes > 0
+    for run in runs.values():
+        assert np.mean(list(run.held_out_accuracy.values())) > 0.5
+
+
+@pytest.mark.asyncio
+async def test_a_peer_serves_exactly_its_rows_and_refuses_bad_frames():
+    pools = synthetic_pools()
+    stream = make_streams(pools, scenario(2))[0]
+    async with Network(star(2)) as net:
+        peer = CartelPeer(await net.connect("e0/peer/0"), stream, pools.encoder,
+                          pools.n_classes, pools.feature_dim, FAST, CartelConfig(),
+                          "cloud/metadata/0")
+        x = pools.encoder(stream.raw[:200])
+        for i in range(0, 200, 10):
+            peer.model.learn(x[i:i + 10], stream.label[i:i + 10])
+        stop = asyncio.Event()
+        serving = asyncio.ensure_future(peer.serve(stop))
+        asker = await net.connect("e1/peer/0")
+        wanted = [peer.model.classes[0], 99]
+        await asker.send("e0/peer/0", PULL, meta={"id": 7, "classes": wanted})
+        reply = await asker.recv(timeout=5)
+        held, w, b, n = peer.model.export(wanted)
+        assert reply.type == ROWS and reply.meta == {"id": 7, "classes": held}
+        np.testing.assert_array_equal(reply.arrays[0], w)
+        np.testing.assert_array_equal(reply.arrays[1], b)
+        np.testing.assert_array_equal(reply.arrays[2], n)
+        await asker.send("e0/peer/0", PULL, meta={"classes": [1]})  # no id
+        await asker.send("e0/peer/0", "cartel.bogus", meta={})
+        await asker.send("e0/peer/0", ROWS, meta={"id": 123, "classes": []})  # unasked
+        await asker.send("e0/peer/0", PULL, meta={"id": 8, "classes": [held[0]]})
+        assert (await asker.recv(timeout=5)).meta["id"] == 8  # still serving
+        assert peer.counters["refused"] == 2 and peer.counters["late_replies"] == 1
+        stop.set()
+        await asyncio.wait_for(serving, 5)
+
+
+@pytest.mark.asyncio
+async def test_metadata_service_answers_lookups_and_counts_bad_frames():
+    async with Network(star(2)) as net:
+        service = MetadataService(await net.connect("cloud/metadata/0"), MetadataTable(3))
+        stop = asyncio.Event()
+        task = asyncio.ensure_future(service.run(stop))
+        a = await net.connect("e0/peer/0")
+        b = await net.connect("e1/peer/0")
+        await a.send("cloud/metadata/0", REPORT, arrays=[np.zeros(2, np.float16)], meta={
+            "classes": [0, 2], "counts": [50, 0, 40], "recent": [10, 0, 10], "samples": 90,
+            "version": 3, "model_bytes": 24})
+        await b.send("cloud/metadata/0", REPORT, meta={"classes": [7], "counts": [1, 2, 3],
+                                                       "recent": [1, 2, 3], "samples": 6,
+                                                       "version": 1, "model_bytes": 1})
+        await b.send("cloud/metadata/0", LOOKUP, meta={"id": 1, "need": [2],
+                                                       "priors": [1, 0]})  # wrong length
+        await b.send("cloud/metadata/0", LOOKUP, meta={"id": 2, "need": [2],
+                                                       "priors": [5, 0, 5], "k": 3})
+        answer = await b.recv(timeout=5)
+        assert answer.type == NEIGHBOURS and answer.meta["id"] == 2
+        assert answer.meta["neighbours"] == [["e0/peer/0", 0.0, [2], [0, 2]]]
+        assert service.counters["refused"] == 2 and service.counters["reports"] == 1
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+
+@pytest.mark.asyncio
+async def test_a_dead_neighbour_costs_a_timeout_not_the_stream():
+    pools = synthetic_pools()
+    streams = make_streams(pools, scenario(2))
+    drifted = next(s for s in streams if s.new_class is not None)
+    async with Network(star(2), unreachable_timeout_s=0.5) as net:
+        table = MetadataTable(pools.n_classes, min_class_samples=1)
+        service = MetadataService(await net.connect("cloud/metadata/0"), table)
+        counts = np.full(pools.n_classes, 100)
+        from geoml.roles.metadata import PeerRecord
+
+        table.report(PeerRecord("e1/peer/0", counts, counts, 1000, 1, 1,
+                                frozenset(range(pools.n_classes)), np.zeros(1), 1e12))
+        peer = CartelPeer(await net.connect("e0/peer/0"), drifted, pools.encoder,
+                          pools.n_classes, pools.feature_dim, FAST,
+                          CartelConfig(pull_timeout_s=0.5), "cloud/metadata/0")
+        stop = asyncio.Event()
+        tasks = [asyncio.ensure_future(service.run(stop)), asyncio.ensure_future(peer.serve(stop))]
+        loop = asyncio.get_running_loop()
+        table.peers["e1/peer/0"].reported_at = loop.time() + 1e6  # never stale
+        await asyncio.wait_for(peer.run_stream(loop.time()), 30)
+        await peer.wait_transfers(5)
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)
+    assert peer.position == len(drifted)
+    assert peer.counters["pull_timeouts"] >= 1
+    assert any(t["outcome"] == "nothing_merged" for t in peer.summary()["transfers"])
+
+
+def test_cli_writes_cartel_json_and_plots(tmp_path):
+    out = tmp_path / "c"
+    proc = subprocess.run(
+        [sys.executable, "-m", "geoml.cli", "cartel", "--data", "synthetic", "--peers", "4",
+         "--pre-drift", "200", "--post-drift", "200", "--rate", "4000", "--out", str(out)],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((out / "cartel.json").read_text())
+    for key in ("bytes_vs_centralized", "adapt_speedup_vs_isolated", "model_size_vs_global",
+                "train_time_vs_centralized", "accuracy_after_drift"):
+        assert key in result
+    assert set(result["systems"]) == {"cartel", "isolated", "centralized", "fedavg"}
+    assert result["bytes_vs_centralized"] > 1 and result["model_size_vs_global"] > 1
+    assert (out / "accuracy.png").stat().st_size > 0 and (out / "bytes.png").exists()
+    assert "[cartel] fedavg" in proc.stderr  # progress lines
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--peers", "1"], "--peers 1: topology 'edge' has 20 edge regions"),
+    (["--systems", "cartel,gaia"], "unknown or no systems ['gaia']"),
+    (["--topology", "nope.toml"], "nope.toml"),
+    (["--cloud", "mars"], "cloud region 'mars' is not in topology 'edge'"),
+])
+def test_cli_refuses_bad_settings_with_one_line(tmp_path, args, message):
+    proc = subprocess.run([sys.executable, "-m", "geoml.cli", "cartel", "--out",
+                           str(tmp_path), *args], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and message in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_compare_async_without_the_out_dir_returns_the_figures():
+    cfg = CartelRunConfig(topology=star(3), data="synthetic", stream=FAST, quiet=True,
+                          systems=["cartel", "isolated"], scenario=scenario())
+    result = asyncio.run(asyncio.wait_for(compare_async(cfg), 60))
+    assert result["sites"] == 3 and result["bytes_vs_centralized"] is None
+    assert result["systems"]["isolated"]["wan_bytes"] == 0
