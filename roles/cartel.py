@@ -34,6 +34,7 @@ from geoml.bus import BusClosed, Endpoint, Message
 from geoml.workloads.streams import Encoder, SiteStream
 
 from .drift import DETECTORS, DriftState, make_detector
+from .inbox import messages
 from .metadata import LOOKUP, NEIGHBOURS, REPORT, js_divergence
 from .stream_site import StreamConfig, StreamSite
 
@@ -246,13 +247,7 @@ class CartelPeer(StreamSite):
 
     async def serve(self, stop: asyncio.Event) -> None:
         """Answer pulls and route replies until `stop` is set."""
-        while not stop.is_set():
-            try:
-                msg = await self.ep.recv(timeout=0.5)
-            except TimeoutError:
-                continue
-            except BusClosed:
-                return
+        async for msg in messages(self.ep, stop):
             try:
                 await self._dispatch(msg)
             except (KeyError, ValueError, TypeError) as exc:

@@ -21,11 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from geoml.bus import BusClosed, Endpoint, Message
+from geoml.bus import Endpoint, Message
 from geoml.workloads.online import OnlineSoftmax
 from geoml.workloads.streams import Encoder, SiteStream
 
 from .fedavg import DONE, MODEL, UPDATE
+from .inbox import messages
 from .stream_site import StreamConfig, StreamSite
 
 log = logging.getLogger("geoml.roles.edge_baselines")
@@ -66,13 +67,7 @@ class CentralTrainer:
     async def run(self, stop: asyncio.Event) -> None:
         """Take batches until `stop` is set."""
         loop = asyncio.get_running_loop()
-        while not stop.is_set():
-            try:
-                msg = await self.ep.recv(timeout=0.5)
-            except TimeoutError:
-                continue
-            except BusClosed:
-                return
+        async for msg in messages(self.ep, stop):
             try:
                 self._take(msg)
             except (KeyError, ValueError, TypeError, IndexError) as exc:
@@ -169,13 +164,7 @@ class FedStreamSite(StreamSite):
 
     async def serve(self, stop: asyncio.Event) -> None:
         """Adopt each global model until fed.done or `stop`."""
-        while not stop.is_set():
-            try:
-                msg = await self.ep.recv(timeout=0.5)
-            except TimeoutError:
-                continue
-            except BusClosed:
-                return
+        async for msg in messages(self.ep, stop):
             if msg.src != self.aggregator or msg.type not in (MODEL, DONE):
                 self.counters["refused"] += 1
                 log.warning("%s ignored %s from %s", self.ep.address, msg.type, msg.src)

@@ -24,7 +24,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from geoml.bus import BusClosed, Endpoint, Message
+from geoml.bus import Endpoint, Message
+
+from .inbox import messages
 
 log = logging.getLogger("geoml.roles.metadata")
 
@@ -112,13 +114,7 @@ class MetadataService:
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until `stop` is set (or the endpoint closes)."""
         loop = asyncio.get_running_loop()
-        while not stop.is_set():
-            try:
-                msg = await self.ep.recv(timeout=0.5)
-            except TimeoutError:
-                continue
-            except BusClosed:
-                return
+        async for msg in messages(self.ep, stop):
             try:
                 if msg.type == REPORT:
                     self.table.report(self._record(msg, loop.time()))
