@@ -59,6 +59,8 @@ class CentralTrainer:
         self.model = OnlineSoftmax(dim, config.lr, config.l2)
         self.correct = {s.site: np.zeros(len(s), bool) for s in streams}
         self.scored = {s.site: np.zeros(len(s), bool) for s in streams}
+        self.missing = sum(len(s) for s in streams)  # records not scored yet
+        self.complete = asyncio.Event()  # set once every record of every stream is scored
         self.compute_s = 0.0
         self.delay_s: list[float] = []  # send -> arrival of each batch
         self.counters: Counter[str] = Counter()
@@ -89,7 +91,11 @@ class CentralTrainer:
             raise ValueError(f"batch for site {site} at {index} does not fit its stream")
         x = self.encoder(raw)
         self.correct[site][index:index + len(label)] = self.model.predict(x) == label
+        fresh = int((~self.scored[site][index:index + len(label)]).sum())
         self.scored[site][index:index + len(label)] = True
+        self.missing -= fresh
+        if self.missing == 0:
+            self.complete.set()
         start = time.thread_time()
         self.model.learn(x, label)
         self.compute_s += time.thread_time() - start

@@ -46,7 +46,6 @@ class StreamSite:
         self.dim = dim
         self.config = config
         self.correct = np.zeros(len(stream), bool)
-        self.scored = np.zeros(len(stream), bool)
         self.position = 0  # records processed so far
         self.compute_s = 0.0  # thread CPU time spent training (not predicting)
         self.counters: Counter[str] = Counter()
@@ -67,7 +66,6 @@ class StreamSite:
         """Record predictions for records [index, index + len); returns the hit mask."""
         hits = predicted == self.stream.label[index:index + len(predicted)]
         self.correct[index:index + len(hits)] = hits
-        self.scored[index:index + len(hits)] = True
         return hits
 
     async def run_stream(self, t0: float) -> None:

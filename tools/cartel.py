@@ -29,6 +29,8 @@ from geoml.workloads.online import OnlineSoftmax
 from geoml.workloads.streams import ClassPools, ScenarioConfig, SiteStream, load_pools, make_streams
 
 from .cartel_metrics import adaptation_records, mean_curve, mean_or_none, ratio
+from .results import json_default
+from .run import traffic_figures
 
 SYSTEMS = ("cartel", "isolated", "centralized", "fedavg")
 
@@ -110,7 +112,6 @@ async def run_system(system: str, cfg: CartelRunConfig, topo: Topology, pools: C
     async with Network(topo) as net:
         background: list[asyncio.Task[Any]] = []
         sites: list[StreamSite]
-        details: dict[str, Any] = {}
         if system in ("cartel", "isolated"):
             service = MetadataService(await net.connect(f"{cloud}/metadata/0"),
                                       MetadataTable(pools.n_classes,
@@ -158,9 +159,7 @@ async def run_system(system: str, cfg: CartelRunConfig, topo: Topology, pools: C
             progress.cancel()
             stop.set()
             await asyncio.wait(background, timeout=30.0)
-        wan_bytes = net.wan_bytes()
-        raw_frames = sum(link["raw_frames"] for r in net.stats().values()
-                         for link in r["links"].values() if link["kind"] == "wan")
+        traffic = traffic_figures(net)
     wall_s = time.perf_counter() - wall
     for task in background:
         if task.done() and not task.cancelled() and task.exception() is not None:
@@ -186,19 +185,16 @@ async def run_system(system: str, cfg: CartelRunConfig, topo: Topology, pools: C
         if system == "fedavg":
             details["rounds"] = aggregator.round
             details["aggregator"] = dict(aggregator.counters)
-    return SystemRun(system, hits, held, compute, model_bytes, wan_bytes, raw_frames, wall_s,
-                     details)
+    return SystemRun(system, hits, held, compute, model_bytes, traffic["wan_bytes"],
+                     traffic["raw_wan_frames"], wall_s, details)
 
 
 async def _wait_scored(trainer: CentralTrainer, timeout: float) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not all(s.all() for s in trainer.scored.values()):
-        if loop.time() > end:
-            missing = sum(int((~s).sum()) for s in trainer.scored.values())
-            raise TimeoutError(f"the cloud trainer is still missing {missing} shipped records "
-                               f"{timeout:.0f}s after the streams ended")
-        await asyncio.sleep(0.05)
+    try:
+        await asyncio.wait_for(trainer.complete.wait(), timeout)
+    except TimeoutError:
+        raise TimeoutError(f"the cloud trainer is still missing {trainer.missing} shipped "
+                           f"records {timeout:.0f}s after the streams ended") from None
 
 
 async def _progress(system: str, sites: list[StreamSite], quiet: bool) -> None:
@@ -314,7 +310,7 @@ def write_cartel_results(out: Path, result: dict[str, Any], runs: dict[str, Syst
                          streams: list[SiteStream], cfg: CartelRunConfig) -> None:
     """cartel.json, accuracy.png (around the drift point) and bytes.png."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "cartel.json").write_text(json.dumps(result, indent=2, default=_json) + "\n")
+    (out / "cartel.json").write_text(json.dumps(result, indent=2, default=json_default) + "\n")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -346,12 +342,3 @@ def write_cartel_results(out: Path, result: dict[str, Any], runs: dict[str, Syst
     fig.savefig(out / "bytes.png", dpi=110)
     plt.close(fig)
 
-
-def _json(value: Any) -> Any:
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.floating):
-        return float(value)
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"cannot write {type(value).__name__} to JSON")

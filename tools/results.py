@@ -40,7 +40,7 @@ def write_results(out: Path, summary: Mapping[str, Any], curve: Sequence[Mapping
                   title: str) -> None:
     """summary.json, curve.csv and curve.png in `out`."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=json_default)
                                       + "\n")
     fields = ["time_s", "clock", "objective"]
     extra = sorted({k for row in curve for k in row} - set(fields))
@@ -76,7 +76,10 @@ def plot_curves(curves: Mapping[str, Sequence[Mapping[str, Any]]], path: Path,
     plt.close(fig)
 
 
-def _json_default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
+    """json.dumps' `default` for numpy values: arrays as lists, scalars as Python numbers."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
     if hasattr(value, "item"):
         return value.item()
     raise TypeError(f"cannot serialise {type(value).__name__}")
