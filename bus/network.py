@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import resource
 from typing import Any
 
 import zmq
 
 from .address import region_of
 from .endpoint import Endpoint
+from .errors import GeomlError
 from .router import Router
 from .topology import Topology
 
@@ -35,7 +37,11 @@ class Network:
         self.topology = topology
         self.transport = transport
         self._own_ctx = ctx is None
+        sockets = sockets_needed(topology)
+        ensure_file_limit(sockets)
         self.ctx: zmq.Context[Any] = ctx or zmq.Context()
+        if self._own_ctx and self.ctx.get(zmq.MAX_SOCKETS) < 2 * sockets:
+            self.ctx.set(zmq.MAX_SOCKETS, 2 * sockets)
         self.run_id = run_id or f"{topology.name}-{os.getpid()}-{next(_run_ids)}"
         self.routers: dict[str, Router] = {
             r: Router(topology, r, ctx=self.ctx, transport=transport, run_id=self.run_id,
@@ -45,7 +51,11 @@ class Network:
         self._endpoints: list[Endpoint] = []
 
     async def __aenter__(self) -> Network:
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            await self.aclose()  # the routers that did start stop their tasks
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -110,3 +120,30 @@ class Network:
             # destroy, not term: a socket someone left open on our context (say, a tap
             # subscriber abandoned by an exception) must not make closing hang forever.
             self.ctx.destroy(linger=0)
+
+
+#: Role endpoints counted per region when sizing a network's sockets (more still work while
+#: the headroom `ensure_file_limit` leaves lasts).
+ENDPOINTS_PER_REGION = 4
+
+
+def sockets_needed(topology: Topology) -> int:
+    """ZeroMQ sockets an all-in-one network of `topology` opens: per region a router
+    socket, a tap and one socket per neighbouring router, plus its roles' endpoints."""
+    return sum(2 + len(topology.neighbours(r)) + ENDPOINTS_PER_REGION
+               for r in topology.region_names) + 64
+
+
+def ensure_file_limit(sockets: int) -> None:
+    """Raise the soft open-files limit for `sockets` ZeroMQ sockets (each holds a file
+    descriptor), with as much headroom as the hard limit allows; a clear error if even
+    the hard limit is too low."""
+    need, want = sockets + 256, 2 * sockets + 256
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return
+    if hard != resource.RLIM_INFINITY and hard < need:
+        raise GeomlError(f"this topology needs about {need} open files (ZeroMQ sockets), but "
+                         f"the hard limit is {hard}; raise it (ulimit -Hn) or use fewer regions")
+    resource.setrlimit(resource.RLIMIT_NOFILE,
+                       (want if hard == resource.RLIM_INFINITY else min(want, hard), hard))

@@ -7,6 +7,7 @@ the file, so a user fixes a file in one pass. See topologies/tiny.toml for the s
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import tomllib
 from collections.abc import Iterator
@@ -93,15 +94,19 @@ class Topology:
 
     # -- lookups --------------------------------------------------------------------
 
+    @functools.cached_property
+    def _by_name(self) -> dict[str, Region]:
+        return {r.name: r for r in self.regions}
+
     def region(self, name: str) -> Region:
         """The region called `name` (KeyError with the known names otherwise)."""
-        for r in self.regions:
-            if r.name == name:
-                return r
+        r = self._by_name.get(name)
+        if r is not None:
+            return r
         raise KeyError(f"no region {name!r} in topology {self.name!r}; "
                        f"regions: {', '.join(self.region_names)}")
 
-    @property
+    @functools.cached_property
     def region_names(self) -> tuple[str, ...]:
         """Names of all regions, in file order."""
         return tuple(r.name for r in self.regions)
@@ -133,9 +138,12 @@ class Topology:
         return path[1] if len(path) > 1 else src
 
     def neighbours(self, region: str) -> list[str]:
-        """Regions this region sends to directly."""
-        return sorted({self.next_hop(region, r) for r in self.region_names if r != region},
-                      key=self.region_names.index)
+        """Regions this region sends to directly (in file order)."""
+        if self.routing == "star":
+            return ([r for r in self.region_names if r != region] if region == self.hub
+                    else [self.hub] if self.hub is not None else [])
+        hops = {self.next_hop(region, r) for r in self.region_names if r != region}
+        return [r for r in self.region_names if r in hops]
 
     def lan_spec(self, region: str, dst: str) -> LinkSpec:
         """The LAN link into local role `dst` (each machine's downlink from the switch)."""
@@ -177,8 +185,8 @@ class Topology:
 
     def iter_links(self) -> Iterator[LinkSpec]:
         """Every WAN link spec, in a stable order."""
-        for key in sorted(self.wan, key=lambda k: (self.region_names.index(k[0]),
-                                                   self.region_names.index(k[1]))):
+        order = {name: i for i, name in enumerate(self.region_names)}
+        for key in sorted(self.wan, key=lambda k: (order[k[0]], order[k[1]])):
             yield self.wan[key]
 
 
@@ -362,6 +370,9 @@ def parse_topology(data: dict[str, Any], source: str = "<topology>") -> Topology
         for b in regions:
             if a.name == b.name:
                 continue
+            if routing == "star" and star_hub not in (a.name, b.name) \
+                    and (a.name, b.name) not in overrides:
+                continue  # never used: star routing sends this pair through the hub
             o = overrides.get((a.name, b.name), {})
             rate = o.get("rate_mbps", d_wan) * 1e6
             latency_ms = o.get("latency_ms")

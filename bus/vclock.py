@@ -14,7 +14,12 @@ import selectors
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+import uvloop
+
 T = TypeVar("T")
+
+#: The clocks a run can use: "real" (uvloop, wall-clock time) or "virtual".
+CLOCKS = ("real", "virtual")
 
 
 class _VirtualSelector(selectors.DefaultSelector):
@@ -62,3 +67,18 @@ def run_virtual(main: Coroutine[Any, Any, T]) -> T:
             loop.run_until_complete(loop.shutdown_asyncgens())
         finally:
             loop.close()
+
+
+def is_virtual(loop: asyncio.AbstractEventLoop | None = None) -> bool:
+    """Whether `loop` (default: the running loop) keeps virtual time."""
+    return isinstance(loop or asyncio.get_running_loop(), VirtualTimeLoop)
+
+
+def run_with_clock(main: Coroutine[Any, Any, T], clock: str = "real") -> T:
+    """Run a coroutine to completion on a fresh loop: uvloop (real) or virtual time."""
+    if clock == "virtual":
+        return run_virtual(main)
+    if clock != "real":
+        main.close()
+        raise ValueError(f"--clock must be one of {', '.join(CLOCKS)}, got {clock!r}")
+    return uvloop.run(main)

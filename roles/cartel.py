@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,8 +84,8 @@ class CartelPeer(StreamSite):
 
     def __init__(self, endpoint: Endpoint, stream: SiteStream, encoder: Encoder,
                  n_classes: int, dim: int, config: StreamConfig, cartel: CartelConfig,
-                 metadata: str) -> None:
-        super().__init__(endpoint, stream, encoder, n_classes, dim, config)
+                 metadata: str, *, speed: float = 1.0) -> None:
+        super().__init__(endpoint, stream, encoder, n_classes, dim, config, speed=speed)
         self.cartel = cartel
         self.metadata = metadata
         self.model = self.new_model()
@@ -112,7 +111,7 @@ class CartelPeer(StreamSite):
             if self.detector.update(0.0 if hit else 1.0) is DriftState.DRIFT:
                 drift = True
         novel = [int(c) for c in np.unique(label) if not self.model.knows(int(c))]
-        self.train(self.model, x, label)
+        await self.train(self.model, x, label)
         np.add.at(self.counts, label, 1)
         self.recent_labels.extend(int(c) for c in label)
         self.recent_hits.extend(bool(h) for h in hits)
@@ -208,7 +207,7 @@ class CartelPeer(StreamSite):
                 if isinstance(reply, BaseException):
                     self.counters["pull_timeouts"] += 1
                     continue
-                self._merge(t, reply)
+                await self._merge(t, reply)
             t.outcome = "merged" if t.merged else "nothing_merged"
             self.counters["transfers"] += 1
         except TimeoutError:
@@ -219,13 +218,12 @@ class CartelPeer(StreamSite):
         finally:
             t.done_at_record = self.position
 
-    def _merge(self, t: Transfer, msg: Message) -> None:
+    async def _merge(self, t: Transfer, msg: Message) -> None:
         try:
             classes = [int(c) for c in msg.meta["classes"]]
             weights, bias, counts = msg.arrays
-            start = time.thread_time()
-            merged = self.model.merge(classes, weights, bias, counts.astype(np.int64))
-            self.compute_s += time.thread_time() - start
+            merged = await self.compute.run(self.model.merge, classes, weights, bias,
+                                            counts.astype(np.int64), examples=len(classes))
         except (KeyError, ValueError, TypeError) as exc:
             self.counters["refused"] += 1
             log.warning("%s refused rows from %s: %s", self.ep.address, msg.src, exc)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import Counter
 from typing import Any
 
@@ -25,6 +24,7 @@ from geoml.bus import Endpoint, Message
 from geoml.workloads.online import OnlineSoftmax
 from geoml.workloads.streams import Encoder, SiteStream
 
+from .compute import Compute
 from .fedavg import DONE, MODEL, UPDATE
 from .inbox import messages
 from .stream_site import StreamConfig, StreamSite
@@ -38,8 +38,9 @@ class CentralizedSite(StreamSite):
     """Ships every batch of raw records to the cloud trainer; learns nothing itself."""
 
     def __init__(self, endpoint: Endpoint, stream: SiteStream, encoder: Encoder,
-                 n_classes: int, dim: int, config: StreamConfig, trainer: str) -> None:
-        super().__init__(endpoint, stream, encoder, n_classes, dim, config)
+                 n_classes: int, dim: int, config: StreamConfig, trainer: str, *,
+                 speed: float = 1.0) -> None:
+        super().__init__(endpoint, stream, encoder, n_classes, dim, config, speed=speed)
         self.trainer = trainer
 
     async def step(self, index: int, raw: np.ndarray, label: np.ndarray) -> None:
@@ -53,7 +54,7 @@ class CentralTrainer:
     """One global model in the cloud, trained on every site's shipped records."""
 
     def __init__(self, endpoint: Endpoint, streams: list[SiteStream], encoder: Encoder,
-                 n_classes: int, dim: int, config: StreamConfig) -> None:
+                 n_classes: int, dim: int, config: StreamConfig, *, speed: float = 1.0) -> None:
         self.ep = endpoint
         self.encoder = encoder
         self.model = OnlineSoftmax(dim, config.lr, config.l2)
@@ -61,7 +62,7 @@ class CentralTrainer:
         self.scored = {s.site: np.zeros(len(s), bool) for s in streams}
         self.missing = sum(len(s) for s in streams)  # records not scored yet
         self.complete = asyncio.Event()  # set once every record of every stream is scored
-        self.compute_s = 0.0
+        self.compute = Compute(inline=True, speed=speed, cost=config.compute)
         self.delay_s: list[float] = []  # send -> arrival of each batch
         self.counters: Counter[str] = Counter()
         self.n_classes = n_classes
@@ -71,7 +72,7 @@ class CentralTrainer:
         loop = asyncio.get_running_loop()
         async for msg in messages(self.ep, stop):
             try:
-                self._take(msg)
+                x, label = self._take(msg)
             except (KeyError, ValueError, TypeError, IndexError) as exc:
                 self.counters["refused"] += 1
                 log.warning("%s refused %s from %s: %s", self.ep.address, msg.type, msg.src,
@@ -79,8 +80,16 @@ class CentralTrainer:
                 continue
             if msg.sent_at is not None:
                 self.delay_s.append(loop.time() - msg.sent_at)
+            await self.compute.run(self.model.learn, x, label, examples=len(label))
+            self.counters["records"] += len(label)
 
-    def _take(self, msg: Message) -> None:
+    @property
+    def compute_s(self) -> float:
+        """Thread CPU seconds spent training."""
+        return self.compute.cpu_s
+
+    def _take(self, msg: Message) -> tuple[np.ndarray, np.ndarray]:
+        """Score a shipped batch; returns it (encoded) for learning."""
         if msg.type != RAW:
             raise ValueError(f"unexpected frame type {msg.type!r}")
         site, index = int(msg.meta["site"]), int(msg.meta["index"])
@@ -96,10 +105,7 @@ class CentralTrainer:
         self.missing -= fresh
         if self.missing == 0:
             self.complete.set()
-        start = time.thread_time()
-        self.model.learn(x, label)
-        self.compute_s += time.thread_time() - start
-        self.counters["records"] += len(label)
+        return x, label
 
 
 class FedShapes:
@@ -122,8 +128,8 @@ class FedStreamSite(StreamSite):
 
     def __init__(self, endpoint: Endpoint, stream: SiteStream, encoder: Encoder,
                  n_classes: int, dim: int, config: StreamConfig, aggregator: str,
-                 round_batches: int) -> None:
-        super().__init__(endpoint, stream, encoder, n_classes, dim, config)
+                 round_batches: int, *, speed: float = 1.0) -> None:
+        super().__init__(endpoint, stream, encoder, n_classes, dim, config, speed=speed)
         self.aggregator = aggregator
         self.round_batches = round_batches
         self.model = self.new_model(tuple(range(n_classes)))
@@ -144,7 +150,7 @@ class FedStreamSite(StreamSite):
         """Predict, score, learn; send the round's update after `round_batches` batches."""
         x = self.encoder(raw)
         self.score(index, self.model.predict(x))
-        self.train(self.model, x, label)
+        await self.train(self.model, x, label)
         self._batches += 1
         self._samples += len(label)
         if self._round is not None and self._snapshot is None and \

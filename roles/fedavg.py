@@ -11,12 +11,10 @@ Raw data never moves: a client trains on its own partition only.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import math
 from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +22,7 @@ import numpy as np
 from geoml.bus import Endpoint, GeomlError, Message
 from geoml.workloads import Params, Partition, Workload, take_rows
 
+from .compute import Compute
 from .ps import unpack_deltas
 
 log = logging.getLogger("geoml.roles.fedavg")
@@ -203,14 +202,14 @@ class FedClient:
     """Waits for the model, trains E local epochs on its own data, returns the delta."""
 
     def __init__(self, endpoint: Endpoint, workload: Workload, part: Partition,
-                 aggregator: str, epochs: int, *, executor: Executor | None = None,
+                 aggregator: str, epochs: int, *, compute: Compute | None = None,
                  idle_timeout_s: float = 3600.0) -> None:
         self.ep = endpoint
         self.workload = workload
         self.part = part
         self.aggregator = aggregator
         self.epochs = epochs
-        self.executor = executor
+        self.compute = compute or Compute()
         self.idle_timeout_s = idle_timeout_s
         self.counters: Counter[str] = Counter()
         self.times = {"compute_s": 0.0}
@@ -218,7 +217,7 @@ class FedClient:
         share = schedule.clock_fraction if schedule is not None else 1.0
         #: local_pass calls per epoch (a pass may cover a fraction of the partition).
         self.passes_per_epoch = max(1, math.ceil(1 / share - 1e-9))
-        self._passes = itertools.count()
+        self._next_pass = 0  # local_pass calls so far (the clock of the next one)
 
     async def run(self) -> int:
         """Serve rounds until fed.done; returns the rounds this client trained."""
@@ -247,16 +246,24 @@ class FedClient:
                             self.ep.address, sorted(model))
                 continue
             start = loop.time()
-            new, old = await loop.run_in_executor(self.executor, self._train, model)
+            new, old = await self.compute.run(self._train, model,
+                                              examples=self._round_examples())
             self.times["compute_s"] += loop.time() - start
             await self._reply(int(msg.meta["round"]), old, new)
             self.counters["rounds"] += 1
+
+    def _round_examples(self) -> int:
+        """Examples the next round's local passes visit."""
+        first = self._next_pass
+        return sum(self.workload.pass_examples(self.part, first + k)
+                   for k in range(self.epochs * self.passes_per_epoch))
 
     def _train(self, model: Params) -> tuple[Params, Params]:
         old = take_rows(model, self.part.rows)
         params = old
         for _ in range(self.epochs * self.passes_per_epoch):
-            params = self.workload.local_pass(params, self.part, next(self._passes))
+            params = self.workload.local_pass(params, self.part, self._next_pass)
+            self._next_pass += 1
         return params, old
 
     async def _reply(self, round_: int, old: Params, new: Params) -> None:

@@ -18,7 +18,6 @@ import itertools
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor
 
 import numpy as np
 
@@ -26,6 +25,7 @@ from geoml.bus import Endpoint, FrameError, GeomlError, Message
 from geoml.bus.frame import CONTROL_MAX_BYTES
 from geoml.workloads import Params, Partition, Workload
 
+from .compute import Compute
 from .ps_plan import KeyRanges
 from .ssp import ClockError, SSPGate
 
@@ -178,11 +178,12 @@ class WorkerFailed(GeomlError):
 
 
 class PSWorker:
-    """read -> local pass (in an executor) -> push, once per clock."""
+    """read -> local pass (see `Compute`: a thread, or charged in virtual time) -> push,
+    once per clock."""
 
     def __init__(self, endpoint: Endpoint, workload: Workload, part: Partition,
                  shards: Sequence[str], ranges: KeyRanges, *, iterations: int | None = None,
-                 stop: asyncio.Event | None = None, executor: Executor | None = None,
+                 stop: asyncio.Event | None = None, compute: Compute | None = None,
                  on_clock: Callable[[str, int], None] | None = None,
                  read_timeout_s: float = 600.0) -> None:
         self.ep = endpoint
@@ -192,7 +193,7 @@ class PSWorker:
         self.ranges = ranges
         self.iterations = iterations
         self.stop = stop or asyncio.Event()
-        self.executor = executor
+        self.compute = compute or Compute()
         self.on_clock = on_clock
         self.read_timeout_s = read_timeout_s
         self.clock = 0
@@ -221,8 +222,9 @@ class PSWorker:
                 t0 = loop.time()
                 params = await self._read()
                 t1 = loop.time()
-                new = await loop.run_in_executor(self.executor, self.workload.local_pass,
-                                                 params, self.part, self.clock)
+                new = await self.compute.run(
+                    self.workload.local_pass, params, self.part, self.clock,
+                    examples=self.workload.pass_examples(self.part, self.clock))
                 t2 = loop.time()
                 await self._push(params, new)
                 t3 = loop.time()

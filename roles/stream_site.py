@@ -9,15 +9,16 @@ raw records to the cloud (centralized, scored there).
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from geoml.bus import Endpoint
 from geoml.workloads.online import OnlineSoftmax
 from geoml.workloads.streams import Encoder, SiteStream
+
+from .compute import Compute, ComputeCost
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class StreamConfig:
     batch: int = 10  # records predicted, then learned, together
     lr: float = 0.1  # SGD step of the online models
     l2: float = 1e-4
+    compute: ComputeCost = field(default_factory=ComputeCost)  # charge under virtual time
 
     def __post_init__(self) -> None:
         if self.rate <= 0 or self.batch < 1 or self.lr <= 0 or self.l2 < 0:
@@ -38,7 +40,7 @@ class StreamSite:
     """Paces a SiteStream and records which predictions were right."""
 
     def __init__(self, endpoint: Endpoint, stream: SiteStream, encoder: Encoder,
-                 n_classes: int, dim: int, config: StreamConfig) -> None:
+                 n_classes: int, dim: int, config: StreamConfig, *, speed: float = 1.0) -> None:
         self.ep = endpoint
         self.stream = stream
         self.encoder = encoder
@@ -47,7 +49,8 @@ class StreamSite:
         self.config = config
         self.correct = np.zeros(len(stream), bool)
         self.position = 0  # records processed so far
-        self.compute_s = 0.0  # thread CPU time spent training (not predicting)
+        # training and merging: inline (one core per site), charged under virtual time
+        self.compute = Compute(inline=True, speed=speed, cost=config.compute)
         self.counters: Counter[str] = Counter()
         self.finished = asyncio.Event()
 
@@ -55,12 +58,14 @@ class StreamSite:
         """An empty online model with this run's settings."""
         return OnlineSoftmax(self.dim, self.config.lr, self.config.l2, classes)
 
-    def train(self, model: OnlineSoftmax, x: np.ndarray, y: np.ndarray) -> list[int]:
-        """model.learn, with its thread CPU time charged to this site."""
-        start = time.thread_time()
-        inserted = model.learn(x, y)
-        self.compute_s += time.thread_time() - start
-        return inserted
+    @property
+    def compute_s(self) -> float:
+        """Thread CPU seconds spent training and merging (not predicting)."""
+        return self.compute.cpu_s
+
+    async def train(self, model: OnlineSoftmax, x: np.ndarray, y: np.ndarray) -> list[int]:
+        """model.learn, its time charged to this site."""
+        return await self.compute.run(model.learn, x, y, examples=len(y))
 
     def score(self, index: int, predicted: np.ndarray) -> np.ndarray:
         """Record predictions for records [index, index + len); returns the hit mask."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import sys
+import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -15,6 +16,8 @@ import numpy as np
 import zmq
 
 from geoml.bus import Endpoint, GeomlError, Network, Topology, load_topology, region_of
+from geoml.bus.vclock import is_virtual
+from geoml.roles.compute import Compute, ComputeCost
 from geoml.roles.fedavg import FedAvgConfig
 from geoml.roles.gaia import BARRIER_MODES, GaiaHub, GaiaMirror, GaiaShard
 from geoml.roles.ps import PSShard, PSWorker
@@ -108,7 +111,8 @@ class RunConfig:
     gaia_barrier: str = "auto"  # selective barrier: auto (WAN backlogged), always or off
     faults: tuple[LinkFault, ...] = ()  # WAN links taken down for a while (fault injection)
     fed: FedAvgConfig = field(default_factory=FedAvgConfig)  # fedavg's C, E, round deadline
-    inspect: bool = False  # live traffic view instead of progress lines
+    inspect: bool = False  # live traffic view instead of progress lines (real time only)
+    compute: ComputeCost = field(default_factory=ComputeCost)  # charge under virtual time
     record: Path | None = None  # tap recording of the whole run
 
     def check(self) -> None:
@@ -169,6 +173,8 @@ class _Monitor:
         self.t0 = 0.0
         self.diverged = False
         self.status = ""
+        self.wall0 = time.perf_counter()
+        self.virtual = is_virtual()
 
     def _score(self, models: dict[str, Params]) -> dict[str, float]:
         if self.region_tests is None:
@@ -195,13 +201,18 @@ class _Monitor:
     async def evaluate_now(self, clock: int) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
         t = loop.time() - self.t0
-        metrics = await loop.run_in_executor(self.executor, self._score, self.snapshot())
+        if self.virtual:  # scoring is measurement, not part of the system: it costs no time
+            metrics = self._score(self.snapshot())
+        else:
+            metrics = await loop.run_in_executor(self.executor, self._score, self.snapshot())
         row = {"time_s": t, "clock": clock, **metrics, "wan_bytes": self.net.wan_bytes()}
         self.curve.append(row)
         self.evaluated = clock
         self.status = (f"[{self.cfg.system}] clock {clock:4d}  {self.workload.objective_name} "
                        f"{metrics['objective']:.4f}  t={t:8.2f}s  WAN "
-                       f"{self.net.wan_bytes() / 1e6:9.2f} MB")
+                       f"{self.net.wan_bytes() / 1e6:9.2f} MB"
+                       + (f"  (virtual; wall {time.perf_counter() - self.wall0:.1f}s)"
+                          if self.virtual else ""))
         if not self.cfg.quiet and not self.cfg.inspect:
             print(self.status, file=sys.stderr, flush=True)
         if self.cfg.target is not None and metrics["objective"] <= self.cfg.target:
@@ -238,6 +249,7 @@ async def run_ps(cfg: RunConfig) -> RunResult:
     """Run a system built from parameter-server roles (lan, baseline, gaia, isolated,
     centralized) all-in-one; returns the results."""
     cfg.check()
+    check_clock(cfg)
     topo = cfg.topology if isinstance(cfg.topology, Topology) else load_topology(cfg.topology)
     workload = (cfg.workload if isinstance(cfg.workload, Workload)
                 else make_workload(cfg.workload, cfg.workload_options))
@@ -312,7 +324,8 @@ async def run_ps(cfg: RunConfig) -> RunResult:
                     ep = await net.connect(addr)
                     workers.append(PSWorker(ep, workload, parts[(region, index)], shard_addrs,
                                             group_ranges, iterations=cfg.iterations,
-                                            stop=stop, executor=executor))
+                                            stop=stop, compute=region_compute(
+                                                cfg, topo, region, executor)))
             for hub, members in (plan.hubs or {}).values():
                 mirrors.append(GaiaHub(
                     await net.connect(hub), {r: plan.mirrors[r] for r in members},
@@ -382,6 +395,20 @@ async def run_ps(cfg: RunConfig) -> RunResult:
     return RunResult(summary, curve, params, shards, workers, monitor.t0)
 
 
+def check_clock(cfg: RunConfig) -> None:
+    """Refuse what the running loop's clock cannot do."""
+    if cfg.inspect and is_virtual():
+        raise ValueError("--inspect draws the traffic as it happens, and under --clock "
+                         "virtual it happens faster than a screen can show; use --record FILE "
+                         "and `geoml inspect report FILE` instead, or --clock real")
+
+
+def region_compute(cfg: RunConfig, topo: Topology, region: str,
+                   executor: ThreadPoolExecutor) -> Compute:
+    """How a role of `region` computes: in `executor`, or charged at the region's speed."""
+    return Compute(executor, speed=topo.region(region).speed, cost=cfg.compute)
+
+
 async def drive(cfg: RunConfig, net: Network, tap: TapSubscriber | None, monitor: _Monitor,
                 t_start: float, stop: asyncio.Event,
                 phases: list[list[Callable[[], Coroutine[Any, Any, Any]]]]
@@ -447,6 +474,9 @@ def summary_head(cfg: RunConfig, topo: Topology, workload: Workload, monitor: _M
     return {
         "system": cfg.system,
         "topology": topo.name,
+        "clock": "virtual" if monitor.virtual else "real",
+        "compute": cfg.compute.describe() if monitor.virtual else "measured",
+        "wall_s": time.perf_counter() - monitor.wall0,
         "workload": workload.describe(),
         "objective_name": workload.objective_name,
         "iterations": clock,

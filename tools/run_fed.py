@@ -17,7 +17,9 @@ from .run import (
     _close_tap,
     _Monitor,
     _start_tap,
+    check_clock,
     drive,
+    region_compute,
     summary_head,
     traffic_figures,
 )
@@ -31,6 +33,7 @@ async def run_fedavg(cfg: RunConfig) -> RunResult:
     topology's first region) and one client per worker of every region, each on its own
     region's data. `cfg.iterations` counts rounds."""
     cfg.check()
+    check_clock(cfg)
     topo = cfg.topology if isinstance(cfg.topology, Topology) else load_topology(cfg.topology)
     workload = (cfg.workload if isinstance(cfg.workload, Workload)
                 else make_workload(cfg.workload, cfg.workload_options))
@@ -59,7 +62,8 @@ async def run_fedavg(cfg: RunConfig) -> RunResult:
                 workload.init_params(), cfg.fed, rounds=cfg.iterations, stop=stop,
                 on_round=lambda r: monitor.on_min_clock(0, r))
             clients = [FedClient(await net.connect(addr), workload, parts[key],
-                                 aggregator.ep.address, cfg.fed.epochs, executor=executor)
+                                 aggregator.ep.address, cfg.fed.epochs,
+                                 compute=region_compute(cfg, topo, key[0], executor))
                        for addr, key in addresses.items()]
             monitor.t0 = t_start
 

@@ -1,7 +1,9 @@
-"""Regenerate the Cartel edge topologies: edge.toml (20 sites) and edge100.toml (100).
+"""Regenerate the Cartel edge topologies: edge.toml (20 sites), edge100.toml (100) and
+edge1000.toml (1000).
 
 Run: python -m geoml.topologies.make_edge 20 > topologies/edge.toml
      python -m geoml.topologies.make_edge 100 > topologies/edge100.toml
+     python -m geoml.topologies.make_edge 1000 > topologies/edge1000.toml
 """
 
 from __future__ import annotations

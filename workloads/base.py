@@ -92,6 +92,13 @@ class Workload(ABC):
         output of `raw_records`, possibly from many regions)."""
         raise NotImplementedError(f"workload {self.name} cannot import raw records")
 
+    def pass_examples(self, part: Partition, clock: int) -> int:
+        """How many examples `local_pass(params, part, clock)` visits (what a per-example
+        compute cost charges)."""
+        schedule = getattr(self, "schedule", None)
+        fraction = schedule.clock_fraction if isinstance(schedule, Schedule) else 1.0
+        return clock_example_count(part.size, clock, fraction)
+
     def model_bytes(self) -> int:
         """Bytes of the serialized parameters."""
         return sum(r * c * np.dtype(DTYPE).itemsize for r, c in self.table_shapes().values())
@@ -129,11 +136,22 @@ def clock_examples(n: int, clock: int, fraction: float, seed: Sequence[int]) -> 
     """The examples a worker visits in clock `clock` (0-based) when a clock is `fraction`
     of a pass over its n examples: a seeded permutation per pass, cut into
     ceil(1/fraction) consecutive slices, one per clock."""
+    epoch, lo, hi = _clock_slice(n, clock, fraction)
+    order = np.random.default_rng([*seed, epoch]).permutation(n)
+    return order[lo:hi]
+
+
+def clock_example_count(n: int, clock: int, fraction: float) -> int:
+    """len(clock_examples(n, clock, fraction, seed)), without drawing the permutation."""
+    _, lo, hi = _clock_slice(n, clock, fraction)
+    return hi - lo
+
+
+def _clock_slice(n: int, clock: int, fraction: float) -> tuple[int, int, int]:
     slices = max(1, math.ceil(1 / fraction - 1e-9))
     epoch, piece = divmod(clock, slices)
-    order = np.random.default_rng([*seed, epoch]).permutation(n)
     bounds = np.linspace(0, n, slices + 1).round().astype(np.int64)
-    return order[bounds[piece]:bounds[piece + 1]]
+    return epoch, int(bounds[piece]), int(bounds[piece + 1])
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,155 @@
+"""Virtual time: computation charged, not waited; deterministic runs; agreement with real time."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from geoml.bus import GeomlError, load_topology
+from geoml.bus.network import ensure_file_limit, sockets_needed
+from geoml.bus.vclock import is_virtual, run_virtual, run_with_clock
+from geoml.cli import main
+from geoml.results import time_to_target
+from geoml.roles.compute import Compute, ComputeCost
+from geoml.run import RunConfig, run_system
+from geoml.workloads import make_workload
+
+
+def _busy(n: int) -> int:
+    """CPU work in the calling thread (pure Python, so it holds the GIL)."""
+    return sum(i * i for i in range(n))
+
+
+def test_compute_cost_parses_cpu_or_a_price_per_example() -> None:
+    assert ComputeCost.parse("cpu").per_example_s is None
+    assert ComputeCost.parse("example:2e-6").per_example_s == 2e-6
+    assert ComputeCost.parse("example:2e-6").describe() == "example:2e-06"
+    for bad in ("gpu", "example:", "example:0", "example:-1", "example:x", "cpu:1"):
+        with pytest.raises(ValueError, match="--compute must be 'cpu' or 'example:SECONDS'"):
+            ComputeCost.parse(bad)
+
+
+def test_run_with_clock_refuses_an_unknown_clock() -> None:
+    with pytest.raises(ValueError, match="--clock must be one of real, virtual"):
+        run_with_clock(asyncio.sleep(0), "wall")
+
+
+def test_roles_computing_at_once_are_machines_in_parallel() -> None:
+    """Two roles each charged 1 s of work (the second on a machine twice as fast) take 1 s
+    of virtual time together, not 1.5 s: each is its own machine."""
+    async def main_() -> tuple[float, Compute, Compute, list[str]]:
+        loop = asyncio.get_running_loop()
+        threads: list[str] = []
+
+        def work() -> None:
+            threads.append(threading.current_thread().name)
+
+        a = Compute(cost=ComputeCost(0.01))
+        b = Compute(cost=ComputeCost(0.01), speed=2.0)
+        t0 = loop.time()
+        await asyncio.gather(a.run(work, examples=100), b.run(work, examples=100))
+        return loop.time() - t0, a, b, threads
+
+    elapsed, a, b, threads = run_virtual(main_())
+    assert a.charged_s == pytest.approx(1.0) and b.charged_s == pytest.approx(0.5)
+    assert elapsed == pytest.approx(1.0)
+    # inline, never in a thread: the clock must not jump while a thread computes
+    assert threads == [threading.current_thread().name] * 2
+
+
+def test_virtual_cpu_charge_is_the_measured_thread_cpu_time() -> None:
+    async def main_() -> tuple[float, Compute]:
+        loop = asyncio.get_running_loop()
+        compute = Compute(ThreadPoolExecutor(1))  # ignored under virtual time
+        t0 = loop.time()
+        assert await compute.run(_busy, 200_000) == _busy(200_000)
+        return loop.time() - t0, compute
+
+    elapsed, compute = run_virtual(main_())
+    assert compute.cpu_s > 0 and compute.calls == 1
+    assert elapsed == pytest.approx(compute.cpu_s) == pytest.approx(compute.charged_s)
+
+
+@pytest.mark.asyncio
+async def test_real_time_computes_in_the_executor_and_a_slow_region_waits_longer() -> None:
+    assert not is_virtual()
+    with ThreadPoolExecutor(1, thread_name_prefix="geoml-test") as pool:
+        fast = Compute(pool)
+        name = await asyncio.wait_for(fast.run(lambda: threading.current_thread().name), 10)
+        assert name.startswith("geoml-test") and fast.charged_s == 0
+        slow = Compute(pool, speed=0.5)  # half this machine's speed: the work again as a wait
+        await asyncio.wait_for(slow.run(_busy, 100_000), 10)
+        assert slow.charged_s == pytest.approx(slow.cpu_s) and slow.cpu_s > 0
+
+
+def _summary_without_wall_time(out: Path) -> dict[str, Any]:
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary.pop("clock") == "virtual" and summary.pop("wall_s") > 0
+    return summary
+
+
+def test_two_virtual_runs_with_a_seed_write_identical_results(tmp_path: Path) -> None:
+    args = ["run", "--topology", "tiny", "--system", "gaia", "--workload", "softmax-digits",
+            "--opt", "seed=3", "--iterations", "6", "--clock", "virtual",
+            "--compute", "example:2e-5"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert main([*args, "--out", str(tmp_path / "b")]) == 0
+    a, b = _summary_without_wall_time(tmp_path / "a"), _summary_without_wall_time(tmp_path / "b")
+    assert a == b
+    assert (tmp_path / "a" / "curve.csv").read_text() == (tmp_path / "b" / "curve.csv").read_text()
+    # each worker was charged 20 us for every example of its passes, and nothing else
+    assert a["compute"] == "example:2e-05"
+    workload = make_workload("softmax-digits", {"seed": 3})
+    part = workload.partition({"east": 2, "west": 2})[("east", 0)]
+    charged = sum(workload.pass_examples(part, clock) for clock in range(6)) * 2e-5
+    assert a["worker_times_s"]["east/worker/0"]["compute_s"] == pytest.approx(charged)
+
+
+def test_the_live_view_and_bad_compute_prices_are_refused_in_one_line(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["run", "--topology", "tiny", "--system", "lan", "--workload", "softmax-digits",
+            "--iterations", "1"]
+    assert main([*base, "--clock", "virtual", "--inspect"]) == 2
+    assert "use --record FILE" in capsys.readouterr().err
+    assert main([*base, "--compute", "example:fast"]) == 2
+    assert "--compute must be" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("system", "iterations", "ds"), [("baseline", 8, 2), ("gaia", 12, 0)])
+def test_real_and_virtual_time_agree_on_a_wan_bound_run(system: str, iterations: int,
+                                                        ds: int) -> None:
+    """One worker per region (so real time is not short of cores), on the Singapore-Sao Paulo
+    WAN: time to the same target within 10%, WAN bytes within 1%. gaia runs with a mirror
+    clock of 0 here (every clock waits for the WAN), the regime where real time is itself
+    trustworthy; bench_vtime.py cross-checks the default too."""
+    workload = make_workload("softmax-digits")
+    topo = load_topology("ss_wan").with_roles(1, None)
+    runs = {clock: run_with_clock(run_system(RunConfig(
+        topology=topo, system=system, workload=workload, iterations=iterations, quiet=True,
+        gaia_ds=ds)), clock) for clock in ("real", "virtual")}
+    real, virtual = runs["real"], runs["virtual"]
+    target = real.curve[len(real.curve) * 3 // 4]["objective"]
+    t_real, t_virtual = time_to_target(real.curve, target), time_to_target(virtual.curve, target)
+    assert t_real is not None and t_virtual is not None
+    assert abs(t_virtual - t_real) <= 0.10 * t_real, (t_real, t_virtual)
+    b_real, b_virtual = real.summary["wan_bytes"], virtual.summary["wan_bytes"]
+    assert abs(b_virtual - b_real) <= 0.01 * b_real, (b_real, b_virtual)
+    assert virtual.summary["wall_s"] < real.summary["wall_s"]
+
+
+def test_a_thousand_sites_get_their_sockets_or_a_clear_error(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    topo = load_topology("edge1000")
+    needed = sockets_needed(topo)
+    assert 1001 * 6 + 1000 < needed < 10_000  # router, tap, links and endpoints per region
+    import resource
+
+    monkeypatch.setattr(resource, "getrlimit", lambda _kind: (1024, 2048))
+    with pytest.raises(GeomlError, match=r"needs about \d+ open files .* hard limit is 2048"):
+        ensure_file_limit(needed)
