@@ -7,7 +7,9 @@ Prints one JSON object: the issue's ratios (bytes_vs_centralized, adapt_speedup_
 model_size_vs_global, train_time_vs_centralized), accuracy after the drift per system, the
 per-system figures behind them, the wall time of the comparison, and the 100-site run.
 
-Run: python benchmarks/bench_cartel.py [--quick] [--out DIR]
+Both run under --clock (default virtual, as `geoml cartel`: one core per site).
+
+Run: python benchmarks/bench_cartel.py [--quick] [--out DIR] [--clock real|virtual]
 """
 
 from __future__ import annotations
@@ -19,9 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import uvloop
-
 from geoml.bus import load_topology
+from geoml.bus.vclock import CLOCKS, run_with_clock
 from geoml.cartel import CartelRunConfig, compare_async
 from geoml.workloads.streams import ScenarioConfig
 
@@ -35,22 +36,24 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="shorter streams (smoke run)")
     ap.add_argument("--out", type=Path, default=Path("runs/bench_cartel"))
+    ap.add_argument("--clock", default="virtual", choices=CLOCKS)
     args = ap.parse_args()
     records = 300 if args.quick else 1500
     cfg = CartelRunConfig(topology=load_topology("edge"),
                           scenario=ScenarioConfig(pre_drift=records, post_drift=records),
                           out=args.out / "edge20")
-    result = uvloop.run(compare_async(cfg))
+    result = run_with_clock(compare_async(cfg), args.clock)
     big_records = 200 if args.quick else 500
-    big = uvloop.run(compare_async(CartelRunConfig(
+    big = run_with_clock(compare_async(CartelRunConfig(
         topology=load_topology("edge100"), systems=["cartel"],
         scenario=ScenarioConfig(pre_drift=big_records, post_drift=big_records),
-        out=args.out / "edge100")))
+        out=args.out / "edge100")), args.clock)
     transfers = [t for s in big["systems"]["cartel"]["details"]["sites"].values()
                  for t in s["transfers"]]
     out: dict[str, Any] = {
         "benchmark": "cartel",
         "quick": args.quick,
+        "clock": args.clock,
         "topology": result["topology"],
         "sites": result["sites"],
         "records_per_site": records * 2,

@@ -7,7 +7,10 @@ clocks and BASELINE_CAP_S seconds). Fields per case: gaia_vs_lan, gaia_speedup_v
 (or a lower bound when the baseline hit its time cap), filtered_fraction,
 wan_bytes_baseline_over_gaia, gaia_reached_target; top level: the worst case of each.
 
+Every run uses --clock (default virtual, as `geoml compare`: each role its own machine).
+
 Run: python benchmarks/bench_gaia.py [--quick] [--only mf|cls] [--topologies a,b]
+     [--clock real|virtual]
 """
 
 from __future__ import annotations
@@ -19,9 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import uvloop
-
 from geoml.bus import load_topology
+from geoml.bus.vclock import CLOCKS, run_with_clock
 from geoml.compare import CLOCK_SLACK, compare
 from geoml.run import RunConfig
 
@@ -113,7 +115,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "wan_bytes_baseline_over_gaia_min": _worst(cases, "wan_bytes_baseline_over_gaia",
                                                    low=True),
         "clock_slack": CLOCK_SLACK, "baseline_cap_s": BASELINE_CAP_S,
-        "quick": args.quick, "total_wall_s": time.perf_counter() - t0,
+        "quick": args.quick, "clock": args.clock, "total_wall_s": time.perf_counter() - t0,
     }
 
 
@@ -123,4 +125,6 @@ if __name__ == "__main__":
     parser.add_argument("--only", choices=list(WORKLOADS))
     parser.add_argument("--topologies", help=f"comma-separated, from {','.join(TOPOLOGIES)}")
     parser.add_argument("--out", default="runs/bench_gaia")
-    print(json.dumps(uvloop.run(main(parser.parse_args())), indent=2))
+    parser.add_argument("--clock", default="virtual", choices=CLOCKS)
+    args = parser.parse_args()
+    print(json.dumps(run_with_clock(main(args), args.clock), indent=2))

@@ -80,7 +80,8 @@ class Compute:
         self.speed = speed
         self.cost = cost or ComputeCost()
         self.cpu_s = 0.0  # thread CPU seconds measured
-        self.charged_s = 0.0  # seconds added to the clock on top of the computation itself
+        self.charged_s = 0.0  # seconds slept on the clock after computations
+        self.busy_s = 0.0  # seconds the role's machine spent computing, on the role's clock
         self.calls = 0
 
     async def run(self, fn: Callable[..., T], *args: Any, examples: int = 0) -> T:
@@ -96,8 +97,10 @@ class Compute:
         if virtual:
             base = cpu if self.cost.per_example_s is None else examples * self.cost.per_example_s
             charge = base / self.speed
+            self.busy_s += charge
         else:
             charge = cpu * (1 / self.speed - 1) if self.speed < 1 else 0.0
+            self.busy_s += cpu + charge
         if charge > 0:
             self.charged_s += charge
             await asyncio.sleep(charge)
@@ -105,4 +108,5 @@ class Compute:
 
     def report(self) -> dict[str, float]:
         """Counters for run summaries."""
-        return {"cpu_s": self.cpu_s, "charged_s": self.charged_s, "calls": self.calls}
+        return {"cpu_s": self.cpu_s, "charged_s": self.charged_s, "busy_s": self.busy_s,
+                "calls": self.calls}

@@ -85,8 +85,8 @@ class CentralTrainer:
 
     @property
     def compute_s(self) -> float:
-        """Thread CPU seconds spent training."""
-        return self.compute.cpu_s
+        """Seconds spent training (as StreamSite.compute_s)."""
+        return self.compute.busy_s
 
     def _take(self, msg: Message) -> tuple[np.ndarray, np.ndarray]:
         """Score a shipped batch; returns it (encoded) for learning."""

@@ -60,8 +60,9 @@ class StreamSite:
 
     @property
     def compute_s(self) -> float:
-        """Thread CPU seconds spent training and merging (not predicting)."""
-        return self.compute.cpu_s
+        """Seconds spent training and merging (not predicting): thread CPU time, or what
+        virtual time charged for it."""
+        return self.compute.busy_s
 
     async def train(self, model: OnlineSoftmax, x: np.ndarray, y: np.ndarray) -> list[int]:
         """model.learn, its time charged to this site."""

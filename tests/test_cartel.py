@@ -219,3 +219,25 @@ def test_compare_async_without_the_out_dir_returns_the_figures():
     result = asyncio.run(asyncio.wait_for(compare_async(cfg), 60))
     assert result["sites"] == 3 and result["bytes_vs_centralized"] is None
     assert result["systems"]["isolated"]["wan_bytes"] == 0
+
+
+def _without_wall_time(result: dict) -> dict:
+    assert result.pop("clock") == "virtual" and result.pop("total_wall_s") > 0
+    for figures in result["systems"].values():
+        assert figures.pop("wall_s") > 0
+    return result
+
+
+def test_virtual_cartel_runs_with_a_price_per_example_are_identical(tmp_path):
+    from geoml.cli import main
+
+    args = ["cartel", "--data", "synthetic", "--peers", "4", "--pre-drift", "300",
+            "--post-drift", "300", "--clock", "virtual", "--compute", "example:1e-4"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert main([*args, "--out", str(tmp_path / "b")]) == 0
+    a, b = (_without_wall_time(json.loads((tmp_path / d / "cartel.json").read_text()))
+            for d in "ab")
+    assert a == b
+    # an isolated site learns its 600 records and nothing else, at 0.1 ms each
+    assert a["systems"]["isolated"]["train_compute_s"] == pytest.approx(600 * 1e-4)
+    assert a["stream"]["compute"] == {"per_example_s": 1e-4}

@@ -419,7 +419,12 @@ async def drive(cfg: RunConfig, net: Network, tap: TapSubscriber | None, monitor
     Returns the live view (if any) and the seconds from `t_start` to the end of the work.
     """
     loop = asyncio.get_running_loop()
+    before = loop.time()
     await monitor.evaluate_now(0)
+    # Scoring the starting model is measurement, not training: the run's time starts after.
+    scoring = loop.time() - before
+    monitor.t0 += scoring
+    t_start += scoring
     view = view_task = None
     if cfg.inspect and tap is not None and tap.stats is not None:
         view = LiveView(tap.stats, capacities(net.topology), tap.reach,
