@@ -11,7 +11,6 @@ thread CPU time it measured, or a fixed price per example, divided by the region
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -21,8 +20,6 @@ from typing import Any, TypeVar
 from geoml.bus.vclock import is_virtual
 
 T = TypeVar("T")
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -105,8 +102,3 @@ class Compute:
             self.charged_s += charge
             await asyncio.sleep(charge)
         return result
-
-    def report(self) -> dict[str, float]:
-        """Counters for run summaries."""
-        return {"cpu_s": self.cpu_s, "charged_s": self.charged_s, "busy_s": self.busy_s,
-                "calls": self.calls}

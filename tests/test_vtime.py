@@ -117,8 +117,11 @@ def test_the_live_view_and_bad_compute_prices_are_refused_in_one_line(
             "--iterations", "1"]
     assert main([*base, "--clock", "virtual", "--inspect"]) == 2
     assert "use --record FILE" in capsys.readouterr().err
-    assert main([*base, "--compute", "example:fast"]) == 2
+    assert main([*base, "--clock", "virtual", "--compute", "example:fast"]) == 2
     assert "--compute must be" in capsys.readouterr().err
+    assert main([*base, "--compute", "example:1e-5"]) == 2  # run's default clock is real
+    assert "under --clock real a computation takes as long as it takes" in \
+        capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("system", "iterations", "ds"), [("baseline", 8, 2), ("gaia", 12, 0)])

@@ -1,9 +1,9 @@
 """`geoml cartel`: Cartel against isolated, centralized and fedavg on the same edge streams.
 
 Every system runs on its own fresh all-in-one network over the same topology (one site per
-edge region, the cloud roles in the hub region) and the same seeded streams, paced in
-real time. The comparison writes cartel.json and two plots (accuracy around the drift
-point, WAN bytes per system).
+edge region, the cloud roles in the hub region) and the same seeded streams, paced on the
+loop's clock (real or virtual time, whichever runs the comparison). The comparison writes
+cartel.json and two plots (accuracy around the drift point, WAN bytes per system).
 """
 
 from __future__ import annotations

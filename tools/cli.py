@@ -195,6 +195,7 @@ async def _role_main(topo: Topology, address: str, kind: str, args: argparse.Nam
 def _compare_main(args: argparse.Namespace) -> None:
     from geoml.compare import compare
 
+    _check_clock_args(args)
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     args.system = systems[0] if systems else "lan"
     cfg = _run_config(args, check=False)
@@ -216,6 +217,7 @@ def _cartel_main(args: argparse.Namespace) -> None:
     from geoml.roles.stream_site import StreamConfig
     from geoml.workloads.streams import ScenarioConfig
 
+    _check_clock_args(args)
     try:
         cfg = CartelRunConfig(
             topology=load_topology(args.topology), data=args.data,
@@ -352,6 +354,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_clock_args(args: argparse.Namespace) -> None:
+    if args.clock == "real" and args.compute != "cpu":
+        raise GeomlError(f"--compute {args.compute} prices computation in virtual time; under "
+                         "--clock real a computation takes as long as it takes")
+
+
 def _clock_args(p: argparse.ArgumentParser, default: str, why: str) -> None:
     p.add_argument("--clock", default=default, choices=CLOCKS,
                    help=f"real: wait out every emulated WAN second; virtual: jump to the "
@@ -445,6 +453,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "run":
             from geoml.run import run_system
 
+            _check_clock_args(args)
             cfg = _run_config(args)
             if cfg.out is None:
                 cfg.out = Path("runs") / f"{args.system}-{cfg.topology.name}-{args.workload}"
