@@ -110,9 +110,6 @@ async def run_system(system: str, cfg: CartelRunConfig, topo: Topology, pools: C
     rounds_task: asyncio.Task[int] | None = None
     wall = time.perf_counter()
     args = (pools.encoder, pools.n_classes, pools.feature_dim, cfg.stream)
-
-    def speed(region: str) -> dict[str, float]:
-        return {"speed": topo.region(region).speed}
     async with Network(topo) as net:
         background: list[asyncio.Task[Any]] = []
         sites: list[StreamSite]
@@ -123,22 +120,23 @@ async def run_system(system: str, cfg: CartelRunConfig, topo: Topology, pools: C
             collaborate = system == "cartel"
             ccfg = CartelConfig(**{**asdict(cfg.cartel), "collaborate": collaborate})
             peers = [CartelPeer(await net.connect(f"{r}/peer/0"), s, *args, ccfg,
-                                service.ep.address, **speed(r))
+                                service.ep.address, speed=topo.region(r).speed)
                      for r, s in zip(edges, streams, strict=True)]
             sites = list(peers)
             background = [loop.create_task(service.run(stop))]
             background += [loop.create_task(p.serve(stop)) for p in peers]
         elif system == "centralized":
             trainer = CentralTrainer(await net.connect(f"{cloud}/trainer/0"), streams, *args,
-                                     **speed(cloud))
+                                     speed=topo.region(cloud).speed)
             sites = [CentralizedSite(await net.connect(f"{r}/site/0"), s, *args,
-                                     trainer.ep.address, **speed(r))
+                                     trainer.ep.address, speed=topo.region(r).speed)
                      for r, s in zip(edges, streams, strict=True)]
             background = [loop.create_task(trainer.run(stop))]
         else:
             agg_ep = await net.connect(f"{cloud}/aggregator/0")
             fed_sites = [FedStreamSite(await net.connect(f"{r}/site/0"), s, *args,
-                                       agg_ep.address, cfg.fed_round_batches, **speed(r))
+                                       agg_ep.address, cfg.fed_round_batches,
+                                       speed=topo.region(r).speed)
                          for r, s in zip(edges, streams, strict=True)]
             sites = list(fed_sites)
             shapes = FedShapes(pools.n_classes, pools.feature_dim)

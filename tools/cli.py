@@ -67,10 +67,6 @@ def _topo_show(topo: Topology) -> str:
     return "\n".join(lines)
 
 
-def _run(main: Coroutine[Any, Any, Any], clock: str = "real") -> Any:
-    return run_with_clock(main, clock)
-
-
 async def _until_signal(work: Callable[[asyncio.Event], Coroutine[Any, Any, Any]]) -> Any:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -203,7 +199,7 @@ def _compare_main(args: argparse.Namespace) -> None:
         raise GeomlError("give --iterations N and/or --seconds T: every run needs a bound, "
                          "even with a target (a system may never reach it)")
     try:
-        report = _run(compare(cfg, systems, args.out), args.clock)
+        report = run_with_clock(compare(cfg, systems, args.out), args.clock)
     except ValueError as exc:
         raise GeomlError(str(exc)) from None
     print(report["table"])
@@ -230,7 +226,7 @@ def _cartel_main(args: argparse.Namespace) -> None:
             fed_round_batches=args.fed_round_batches, cloud=args.cloud, peers=args.peers,
             out=args.out)
         cfg.check()
-        result = _run(compare_async(cfg), args.clock)
+        result = run_with_clock(compare_async(cfg), args.clock)
     except ValueError as exc:
         raise GeomlError(str(exc)) from None
     print(json.dumps({k: result[k] for k in (
@@ -441,11 +437,11 @@ def main(argv: list[str] | None = None) -> int:
             if args.bus:
                 from geoml.demo import bus_demo
 
-                _run(bus_demo(args.topology, args.seconds, args.frame_bytes, args.out))
+                run_with_clock(bus_demo(args.topology, args.seconds, args.frame_bytes, args.out))
             else:
                 from geoml.demo import gaia_demo
 
-                _run(gaia_demo(args.topology, args.out))
+                run_with_clock(gaia_demo(args.topology, args.out))
         elif args.command == "compare":
             _compare_main(args)
         elif args.command == "cartel":
@@ -458,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
             if cfg.out is None:
                 cfg.out = Path("runs") / f"{args.system}-{cfg.topology.name}-{args.workload}"
             try:
-                result = _run(run_system(cfg), args.clock)
+                result = run_with_clock(run_system(cfg), args.clock)
             except ValueError as exc:  # a plan the topology cannot hold
                 raise GeomlError(str(exc)) from None
             s = result.summary
@@ -475,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "router":
             topo = load_topology(args.topology)
             topo.region(args.region)
-            print(json.dumps(_run(_router_main(topo, args.region, args.status_every))),
+            print(json.dumps(run_with_clock(_router_main(topo, args.region, args.status_every))),
                   flush=True)
         elif args.command == "role":
             if args.kind not in ROLE_KINDS:
@@ -491,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise GeomlError("a source needs --count N or --seconds S")
             topo = load_topology(args.topology)
             topo.region(region_of(args.address))
-            print(json.dumps(_run(_role_main(topo, args.address, args.kind, args))),
+            print(json.dumps(run_with_clock(_role_main(topo, args.address, args.kind, args))),
                   flush=True)
     except (GeomlError, KeyError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) else str(exc)

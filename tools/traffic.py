@@ -65,11 +65,6 @@ class TapEvent:
             raise BadTapEvent("tap event: time, bytes, queue delay or queued has a bad type")
         return cls(float(t), link, kind, src, dst, ftype, nbytes, float(qdelay), queued)
 
-    def as_list(self) -> list[Any]:
-        """The wire/recording form."""
-        return [self.time, self.link, self.kind, self.src, self.dst, self.ftype, self.nbytes,
-                self.queue_delay, self.queued]
-
 
 def split_tap_message(parts: Sequence[bytes]) -> tuple[int, bytes]:
     """(count, packed events) of a tap message `[topic, count, events]` (PROTOCOL.md §7)."""
