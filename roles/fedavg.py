@@ -198,6 +198,17 @@ class ClientFailed(GeomlError):
     """A federated client cannot go on."""
 
 
+def local_epochs(workload: Workload, part: Partition, model: Params, first_pass: int,
+                 passes: int) -> tuple[Params, Params]:
+    """A client's round: `passes` local passes from the model's rows it uses; returns the
+    trained rows and the rows it started from."""
+    old = take_rows(model, part.rows)
+    params = old
+    for k in range(passes):
+        params = workload.local_pass(params, part, first_pass + k)
+    return params, old
+
+
 class FedClient:
     """Waits for the model, trains E local epochs on its own data, returns the delta."""
 
@@ -246,8 +257,11 @@ class FedClient:
                             self.ep.address, sorted(model))
                 continue
             start = loop.time()
-            new, old = await self.compute.run(self._train, model,
+            passes = self.epochs * self.passes_per_epoch
+            new, old = await self.compute.run(local_epochs, self.workload, self.part, model,
+                                              self._next_pass, passes,
                                               examples=self._round_examples())
+            self._next_pass += passes
             self.times["compute_s"] += loop.time() - start
             await self._reply(int(msg.meta["round"]), old, new)
             self.counters["rounds"] += 1
@@ -257,14 +271,6 @@ class FedClient:
         first = self._next_pass
         return sum(self.workload.pass_examples(self.part, first + k)
                    for k in range(self.epochs * self.passes_per_epoch))
-
-    def _train(self, model: Params) -> tuple[Params, Params]:
-        old = take_rows(model, self.part.rows)
-        params = old
-        for _ in range(self.epochs * self.passes_per_epoch):
-            params = self.workload.local_pass(params, self.part, self._next_pass)
-            self._next_pass += 1
-        return params, old
 
     async def _reply(self, round_: int, old: Params, new: Params) -> None:
         tables, sparse, arrays = [], [], []

@@ -122,6 +122,11 @@ def test_the_live_view_and_bad_compute_prices_are_refused_in_one_line(
     assert main([*base, "--compute", "example:1e-5"]) == 2  # run's default clock is real
     assert "under --clock real a computation takes as long as it takes" in \
         capsys.readouterr().err
+    assert main([*base, "--clock", "virtual", "--compute-in", "processes"]) == 2
+    assert "--compute-in processes is for --clock real" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--compute-in processes is for real time"):
+        run_virtual(run_system(RunConfig(topology="tiny", system="lan", workload="softmax-digits",
+                                         iterations=1, quiet=True, compute_in="processes")))
 
 
 @pytest.mark.parametrize(("system", "iterations", "ds"), [("baseline", 8, 2), ("gaia", 12, 0)])
@@ -133,9 +138,11 @@ def test_real_and_virtual_time_agree_on_a_wan_bound_run(system: str, iterations:
     trustworthy; bench_vtime.py cross-checks the default too."""
     workload = make_workload("softmax-digits")
     topo = load_topology("ss_wan").with_roles(1, None)
+    # real-time workers compute in a process each: in threads they would take turns
     runs = {clock: run_with_clock(run_system(RunConfig(
         topology=topo, system=system, workload=workload, iterations=iterations, quiet=True,
-        gaia_ds=ds)), clock) for clock in ("real", "virtual")}
+        gaia_ds=ds, compute_in="processes" if clock == "real" else "threads")), clock)
+        for clock in ("real", "virtual")}
     real, virtual = runs["real"], runs["virtual"]
     target = real.curve[len(real.curve) * 3 // 4]["objective"]
     t_real, t_virtual = time_to_target(real.curve, target), time_to_target(virtual.curve, target)
@@ -144,6 +151,7 @@ def test_real_and_virtual_time_agree_on_a_wan_bound_run(system: str, iterations:
     b_real, b_virtual = real.summary["wan_bytes"], virtual.summary["wan_bytes"]
     assert abs(b_virtual - b_real) <= 0.01 * b_real, (b_real, b_virtual)
     assert virtual.summary["wall_s"] < real.summary["wall_s"]
+    assert all(w.compute.process is not None and w.compute.cpu_s > 0 for w in real.workers)
 
 
 def test_a_thousand_sites_get_their_sockets_or_a_clear_error(

@@ -148,6 +148,7 @@ def _run_config(args: argparse.Namespace, check: bool = True,
             gaia_barrier=getattr(args, "gaia_barrier", "auto"),
             faults=tuple(parse_fault(f) for f in getattr(args, "link_down", [])),
             compute=ComputeCost.parse(getattr(args, "compute", "cpu")),
+            compute_in=getattr(args, "compute_in", "threads"),
             fed=FedAvgConfig(getattr(args, "fed_fraction", 1.0),
                              getattr(args, "fed_epochs", 1),
                              getattr(args, "fed_deadline", 60.0)))
@@ -299,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="fedavg: local batches per round (default 40)")
     ca.add_argument("--seed", type=int, default=0)
     _clock_args(ca, default="virtual", why="one core per site, as on real edge devices, "
-                "and a stream of minutes in seconds")
+                "and a stream of minutes in seconds", workers=False)
 
     t = sub.add_parser("topo", help="topology files")
     tsub = t.add_subparsers(dest="topo_command", required=True, metavar="ACTION")
@@ -354,9 +355,13 @@ def _check_clock_args(args: argparse.Namespace) -> None:
     if args.clock == "real" and args.compute != "cpu":
         raise GeomlError(f"--compute {args.compute} prices computation in virtual time; under "
                          "--clock real a computation takes as long as it takes")
+    if args.clock == "virtual" and getattr(args, "compute_in", "threads") != "threads":
+        raise GeomlError(f"--compute-in {args.compute_in} is for --clock real; under virtual "
+                         "time every computation runs inline and is charged its CPU time")
 
 
-def _clock_args(p: argparse.ArgumentParser, default: str, why: str) -> None:
+def _clock_args(p: argparse.ArgumentParser, default: str, why: str,
+                workers: bool = True) -> None:
     p.add_argument("--clock", default=default, choices=CLOCKS,
                    help=f"real: wait out every emulated WAN second; virtual: jump to the "
                    f"next event whenever nothing is ready, charging each computation its CPU "
@@ -365,6 +370,11 @@ def _clock_args(p: argparse.ArgumentParser, default: str, why: str) -> None:
                    help="virtual time: charge a computation its measured thread CPU time "
                    "(cpu, default) or SECONDS per example processed (deterministic: the "
                    "same seed gives the same summary)")
+    if workers:
+        p.add_argument("--compute-in", default="threads", choices=("threads", "processes"),
+                       help="real time: workers compute in threads of this process (light; "
+                       "they take turns at the GIL) or in a process each (they compute in "
+                       "parallel, as machines do, if there are cores for them)")
 
 
 def _training_args(p: argparse.ArgumentParser) -> None:

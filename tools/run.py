@@ -6,7 +6,7 @@ import asyncio
 import itertools
 import sys
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +17,7 @@ import zmq
 
 from geoml.bus import Endpoint, GeomlError, Network, Topology, load_topology, region_of
 from geoml.bus.vclock import is_virtual
-from geoml.roles.compute import Compute, ComputeCost
+from geoml.roles.compute import Compute, ComputeCost, ComputeProcess
 from geoml.roles.fedavg import FedAvgConfig
 from geoml.roles.gaia import BARRIER_MODES, GaiaHub, GaiaMirror, GaiaShard
 from geoml.roles.ps import PSShard, PSWorker
@@ -88,6 +88,11 @@ def parse_fault(text: str) -> LinkFault:
     return fault
 
 
+#: Where workers compute under real time: threads of the run's process (they take turns
+#: at the GIL) or a process each (they compute in parallel, as machines do).
+COMPUTE_IN = ("threads", "processes")
+
+
 @dataclass
 class RunConfig:
     """What to run; at least one of iterations, seconds, target must bound the run."""
@@ -113,6 +118,7 @@ class RunConfig:
     fed: FedAvgConfig = field(default_factory=FedAvgConfig)  # fedavg's C, E, round deadline
     inspect: bool = False  # live traffic view instead of progress lines (real time only)
     compute: ComputeCost = field(default_factory=ComputeCost)  # charge under virtual time
+    compute_in: str = "threads"  # real time: workers compute in threads or processes
     record: Path | None = None  # tap recording of the whole run
 
     def check(self) -> None:
@@ -127,6 +133,9 @@ class RunConfig:
             raise ValueError("eval_every must be >= 1")
         if self.gaia_v <= 0 or self.gaia_ds < 0:
             raise ValueError("--gaia-v must be > 0 and --gaia-ds >= 0")
+        if self.compute_in not in COMPUTE_IN:
+            raise ValueError(f"--compute-in must be one of {', '.join(COMPUTE_IN)}, "
+                             f"got {self.compute_in!r}")
         if self.gaia_barrier not in BARRIER_MODES:
             raise ValueError(f"--gaia-barrier must be one of {', '.join(BARRIER_MODES)}, "
                              f"got {self.gaia_barrier!r}")
@@ -266,6 +275,7 @@ async def run_ps(cfg: RunConfig) -> RunResult:
     stop = asyncio.Event()
     executor = ThreadPoolExecutor(max_workers=len(plan.workers) + 1,
                                   thread_name_prefix="geoml-compute")
+    workers: list[PSWorker] = []
     try:
         async with Network(topo) as net:
             tap = await _start_tap(net, topo, cfg)
@@ -281,7 +291,6 @@ async def run_ps(cfg: RunConfig) -> RunResult:
                 return lambda _s, c: monitor_holder[0].on_min_clock(global_index, c)
 
             shards: list[PSShard] = []
-            workers: list[PSWorker] = []
             mirrors: list[GaiaMirror | GaiaHub] = []
             # Per region: the shards a region's workers use, and their key ranges.
             groups: list[tuple[str, list[str], KeyRanges]] = []
@@ -325,7 +334,8 @@ async def run_ps(cfg: RunConfig) -> RunResult:
                     workers.append(PSWorker(ep, workload, parts[(region, index)], shard_addrs,
                                             group_ranges, iterations=cfg.iterations,
                                             stop=stop, compute=region_compute(
-                                                cfg, topo, region, executor)))
+                                                cfg, topo, region, executor,
+                                                (workload, parts[(region, index)]), addr)))
             for hub, members in (plan.hubs or {}).values():
                 mirrors.append(GaiaHub(
                     await net.connect(hub), {r: plan.mirrors[r] for r in members},
@@ -348,7 +358,8 @@ async def run_ps(cfg: RunConfig) -> RunResult:
             monitor.t0 = t_start  # centralized: the clock started before the data moved
             view, elapsed = await drive(cfg, net, tap, monitor, t_start, stop, [
                 [w.run for w in workers], [*(sh.run for sh in shards),
-                                           *(m.run for m in mirrors)]])
+                                           *(m.run for m in mirrors)]],
+                [w.compute for w in workers])
             clock = min(w.clock for w in workers)
             if monitor.evaluated != clock or not monitor.curve:
                 await monitor.evaluate_now(clock)
@@ -358,6 +369,8 @@ async def run_ps(cfg: RunConfig) -> RunResult:
                 await _close_tap(tap, net, view, traffic["link_bytes"])
     finally:
         executor.shutdown(wait=True)
+        for worker in workers:
+            worker.compute.close()
     curve = monitor.curve
     final = curve[-1]
     summary = summary_head(cfg, topo, workload, monitor, clock, elapsed,
@@ -397,31 +410,41 @@ async def run_ps(cfg: RunConfig) -> RunResult:
 
 def check_clock(cfg: RunConfig) -> None:
     """Refuse what the running loop's clock cannot do."""
+    if cfg.compute_in != "threads" and is_virtual():
+        raise ValueError(f"--compute-in {cfg.compute_in} is for real time; under --clock "
+                         "virtual every computation runs inline and is charged its CPU time")
     if cfg.inspect and is_virtual():
         raise ValueError("--inspect draws the traffic as it happens, and under --clock "
                          "virtual it happens faster than a screen can show; use --record FILE "
                          "and `geoml inspect report FILE` instead, or --clock real")
 
 
-def region_compute(cfg: RunConfig, topo: Topology, region: str,
-                   executor: ThreadPoolExecutor) -> Compute:
-    """How a role of `region` computes: in `executor`, or charged at the region's speed."""
-    return Compute(executor, speed=topo.region(region).speed, cost=cfg.compute)
+def region_compute(cfg: RunConfig, topo: Topology, region: str, executor: ThreadPoolExecutor,
+                   resident: tuple[Any, ...], name: str) -> Compute:
+    """How role `name` of `region` computes: in `executor` or a process of its own that
+    holds `resident` (its workload and data), or charged at the region's speed."""
+    process = (ComputeProcess(resident, name)
+               if cfg.compute_in == "processes" and not is_virtual() else None)
+    return Compute(executor, speed=topo.region(region).speed, cost=cfg.compute,
+                   process=process)
 
 
 async def drive(cfg: RunConfig, net: Network, tap: TapSubscriber | None, monitor: _Monitor,
                 t_start: float, stop: asyncio.Event,
-                phases: list[list[Callable[[], Coroutine[Any, Any, Any]]]]
-                ) -> tuple[LiveView | None, float]:
-    """Score the starting model, then start every role's `run` and wait for each phase's
-    roles in turn, under the run's time limit, link faults, evaluation and live view.
+                phases: list[list[Callable[[], Coroutine[Any, Any, Any]]]],
+                computes: Sequence[Compute] = ()) -> tuple[LiveView | None, float]:
+    """Start the compute processes and score the starting model, then start every role's
+    `run` and wait for each phase's roles in turn, under the run's time limit, link faults,
+    evaluation and live view.
 
     Returns the live view (if any) and the seconds from `t_start` to the end of the work.
     """
     loop = asyncio.get_running_loop()
     before = loop.time()
+    await asyncio.gather(*(c.start() for c in computes))
     await monitor.evaluate_now(0)
-    # Scoring the starting model is measurement, not training: the run's time starts after.
+    # Loading the machines and scoring the starting model are set-up and measurement, not
+    # training: the run's time starts after them.
     scoring = loop.time() - before
     monitor.t0 += scoring
     t_start += scoring

@@ -49,6 +49,7 @@ async def run_fedavg(cfg: RunConfig) -> RunResult:
     stop = asyncio.Event()
     executor = ThreadPoolExecutor(max_workers=len(addresses) + 1,
                                   thread_name_prefix="geoml-compute")
+    clients: list[FedClient] = []
     try:
         async with Network(topo) as net:
             tap = await _start_tap(net, topo, cfg)
@@ -61,9 +62,10 @@ async def run_fedavg(cfg: RunConfig) -> RunResult:
                 await net.connect(f"{home}/aggregator/0"), workload, list(addresses),
                 workload.init_params(), cfg.fed, rounds=cfg.iterations, stop=stop,
                 on_round=lambda r: monitor.on_min_clock(0, r))
-            clients = [FedClient(await net.connect(addr), workload, parts[key],
+            clients += [FedClient(await net.connect(addr), workload, parts[key],
                                  aggregator.ep.address, cfg.fed.epochs,
-                                 compute=region_compute(cfg, topo, key[0], executor))
+                                 compute=region_compute(cfg, topo, key[0], executor,
+                                                        (workload, parts[key]), addr))
                        for addr, key in addresses.items()]
             monitor.t0 = t_start
 
@@ -74,7 +76,8 @@ async def run_fedavg(cfg: RunConfig) -> RunResult:
                     monitor.on_min_clock(0, _FINISHED)
 
             view, elapsed = await drive(cfg, net, tap, monitor, t_start, stop,
-                                        [[aggregate], [c.run for c in clients]])
+                                        [[aggregate], [c.run for c in clients]],
+                                        [c.compute for c in clients])
             rounds = aggregator.round
             if monitor.evaluated != rounds or not monitor.curve:
                 await monitor.evaluate_now(rounds)
@@ -83,6 +86,8 @@ async def run_fedavg(cfg: RunConfig) -> RunResult:
                 await _close_tap(tap, net, view, traffic["link_bytes"])
     finally:
         executor.shutdown(wait=True)
+        for client in clients:
+            client.compute.close()
     machines = dict(data_regions)
     machines[home] = machines.get(home, 0) + 1
     summary = summary_head(cfg, topo, workload, monitor, rounds, elapsed, machines, traffic)
