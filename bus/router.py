@@ -93,6 +93,13 @@ class _PeerDeliverer:
         return True
 
 
+def _any_port(endpoint: str) -> str:
+    """tcp://HOST:PORT -> tcp://HOST:* (the OS picks a free port at bind time)."""
+    if not endpoint.startswith("tcp://"):
+        raise ValueError(f"only a tcp endpoint can take any port, not {endpoint!r}")
+    return endpoint.rsplit(":", 1)[0] + ":*"
+
+
 class Router:
     """Router of one region (same class in-process over inproc and per-process over tcp)."""
 
@@ -151,6 +158,12 @@ class Router:
 
     async def start(self) -> None:
         """Bind, connect to neighbouring routers and start forwarding."""
+        self.bind()
+        await self.connect_peers()
+
+    def bind(self, any_port: bool = False) -> None:
+        """Bind the router and tap sockets (tcp with `any_port`: on ports the OS picks,
+        then readable in `endpoint` and `tap_endpoint` — no race for a free port)."""
         loop = asyncio.get_running_loop()
         sock = self._ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
@@ -160,13 +173,22 @@ class Router:
         sock.setsockopt(zmq.RCVHWM, self._hwm)
         if self._transport == "tcp":
             sock.setsockopt(zmq.MAXMSGSIZE, self.max_frame_bytes)
-        sock.bind(self.endpoint)
+        sock.bind(_any_port(self.endpoint) if any_port else self.endpoint)
+        self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.io = ZIO(sock, loop)
         tap = self._ctx.socket(zmq.XPUB)
         tap.setsockopt(zmq.LINGER, 0)
         tap.setsockopt(zmq.SNDHWM, 100_000)
-        tap.bind(self.tap_endpoint)
+        tap.bind(_any_port(self.tap_endpoint) if any_port else self.tap_endpoint)
+        self.tap_endpoint = tap.getsockopt_string(zmq.LAST_ENDPOINT)
         self._tap_io = ZIO(tap, loop)
+
+    async def connect_peers(self, topology: Topology | None = None) -> None:
+        """Connect to the neighbouring routers (at their endpoints in `topology`, default
+        the router's own) and start forwarding."""
+        if topology is not None:
+            self.topology = topology
+        loop = asyncio.get_running_loop()
         for peer in self.topology.neighbours(self.region):
             peer_sock = self._ctx.socket(zmq.DEALER)
             peer_sock.setsockopt(zmq.LINGER, 0)

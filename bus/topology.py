@@ -10,7 +10,7 @@ import dataclasses
 import functools
 import math
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -181,6 +181,27 @@ class Topology:
         regions = tuple(dataclasses.replace(
             r, workers=r.workers if workers is None else workers,
             ps_shards=r.ps_shards if ps_shards is None else ps_shards) for r in self.regions)
+        return dataclasses.replace(self, regions=regions)
+
+    def with_endpoints(self, endpoints: Mapping[str, Mapping[str, Any]]) -> Topology:
+        """A copy whose listed regions' routers listen elsewhere: {region: {"host": H,
+        "port": P, "tap_port": T}} (what `geoml launch` learns from routers it started on
+        ports the OS picked). Raises TopologyError naming every bad entry."""
+        problems = []
+        for name, where in endpoints.items():
+            if name not in self._by_name:
+                problems.append(f"endpoints: unknown region {name!r}")
+            elif not (isinstance(where, Mapping) and isinstance(where.get("host"), str)
+                      and all(isinstance(where.get(k), int) and 0 < where[k] < 65536
+                              for k in ("port", "tap_port"))):
+                problems.append(f"endpoints: {name!r} needs host (text), port and tap_port "
+                                f"(1..65535), got {where!r}")
+        if problems:
+            raise TopologyError(self.name, problems)
+        regions = tuple(dataclasses.replace(r, host=endpoints[r.name]["host"],
+                                            port=endpoints[r.name]["port"],
+                                            tap_port=endpoints[r.name]["tap_port"])
+                        if r.name in endpoints else r for r in self.regions)
         return dataclasses.replace(self, regions=regions)
 
     def iter_links(self) -> Iterator[LinkSpec]:

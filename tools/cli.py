@@ -75,15 +75,32 @@ async def _until_signal(work: Callable[[asyncio.Event], Coroutine[Any, Any, Any]
     return await work(stop)
 
 
-async def _router_main(topo: Topology, region: str, status_every: float) -> dict[str, Any]:
+async def _router_main(topo: Topology, region: str, status_every: float,
+                       any_port: bool = False) -> dict[str, Any]:
     ctx: zmq.Context[Any] = zmq.Context()
     router = Router(topo, region, ctx=ctx, transport="tcp")
     try:
-        await router.start()
+        router.bind(any_port=any_port)
+        if any_port:
+            # the launcher reads these, gathers every router's, and answers with the file
+            # of all regions' endpoints (one line on stdin)
+            print(f"router {region} bound {router.endpoint} tap {router.tap_endpoint}",
+                  flush=True)
+            line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+            if not line.strip():
+                raise GeomlError(f"router {region}: stdin closed before the endpoints file "
+                                 "came (--any-port is for `geoml launch`)")
+            topo = topo.with_endpoints(_read_endpoints(Path(line.strip())))
+        await router.connect_peers(topo)
     except zmq.ZMQError as exc:
+        await router.aclose()
         ctx.destroy(linger=0)
         raise GeomlError(f"router {region}: cannot bind {router.endpoint} or "
                          f"{router.tap_endpoint}: {exc.strerror}") from None
+    except BaseException:
+        await router.aclose()
+        ctx.destroy(linger=0)
+        raise
 
     async def work(stop: asyncio.Event) -> dict[str, Any]:
         print(f"router {region} listening on {router.endpoint}, tap on {router.tap_endpoint}",
@@ -110,6 +127,25 @@ async def _router_main(topo: Topology, region: str, status_every: float) -> dict
     finally:
         await router.aclose()
         ctx.destroy(linger=0)
+
+
+def _read_endpoints(path: Path) -> dict[str, Any]:
+    """The routers' endpoints file `geoml launch` writes: {region: {host, port, tap_port}}."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise GeomlError(f"cannot read endpoints file {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise GeomlError(f"endpoints file {path}: want an object of regions")
+    return data
+
+
+def _load_topology(args: argparse.Namespace) -> Topology:
+    """--topology, with --endpoints applied if given."""
+    topo = load_topology(args.topology)
+    if getattr(args, "endpoints", None) is not None:
+        topo = topo.with_endpoints(_read_endpoints(args.endpoints))
+    return topo
 
 
 def _options(pairs: list[str]) -> dict[str, str]:
@@ -187,6 +223,29 @@ async def _role_main(topo: Topology, address: str, kind: str, args: argparse.Nam
     finally:
         await ep.aclose()
         ctx.destroy(linger=0)
+
+
+def _launch_main(args: argparse.Namespace) -> int:
+    from geoml.launch import LaunchConfig, LaunchInterrupted, launch
+
+    topo = load_topology(args.topology)
+    _options(args.opt)
+    if args.iterations < 1:
+        raise GeomlError("--iterations must be >= 1")
+    out = args.out or Path("runs") / f"launch-{args.system}-{topo.name}-{args.workload}"
+    cfg = LaunchConfig(str(args.topology), args.system, args.workload, args.iterations, out,
+                       args.opt, args.sync, args.status_every, args.start_timeout)
+    try:
+        summary = run_with_clock(_until_signal(lambda stop: launch(cfg, topo, stop)))
+    except LaunchInterrupted as exc:
+        print(f"geoml: {exc}", file=sys.stderr)
+        return 130
+    print(json.dumps({k: summary[k] for k in (
+        "system", "topology", "mode", "iterations", "elapsed_s", "final_objective",
+        "wan_bytes", "cost_usd")}, indent=2))
+    print(f"wrote {out}/summary.json, curve.csv, curve.png; each process's output in "
+          f"{out}/logs/")
+    return 0
 
 
 def _compare_main(args: argparse.Namespace) -> None:
@@ -311,6 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--topology", required=True)
     r.add_argument("--region", required=True)
     r.add_argument("--status-every", type=float, default=5.0, help="seconds between lines")
+    r.add_argument("--any-port", action="store_true",
+                   help="bind on ports the OS picks, print them, then read the path of the "
+                   "file of every router's endpoints from stdin (what `geoml launch` does)")
 
     ro = sub.add_parser("role", help="run one role (tcp, one process)")
     ro.add_argument("--topology", required=True)
@@ -323,7 +385,25 @@ def build_parser() -> argparse.ArgumentParser:
     ro.add_argument("--sources", type=int, default=1, help="sink: sources to wait for")
     ro.add_argument("--idle-timeout", type=float, default=30.0)
     ro.add_argument("--connect-timeout", type=float, default=30.0)
+    ro.add_argument("--endpoints", type=Path, help="JSON file of the routers' endpoints, "
+                    "overriding the topology's ports (written by `geoml launch`)")
     _ps_args(ro, role=True)
+
+    la = sub.add_parser("launch", help="run every router and role as its own process on this "
+                        "machine (tcp on 127.0.0.1); writes summary.json like `run`")
+    la.add_argument("--topology", required=True)
+    la.add_argument("--system", required=True, help="lan or baseline (gaia and the others: "
+                    "`geoml run` for now)")
+    la.add_argument("--workload", required=True, choices=_workload_names())
+    la.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
+                    help="workload option, e.g. rank=50 (repeatable)")
+    la.add_argument("--sync", default="bsp", help="bsp or ssp:S (staleness S)")
+    la.add_argument("--iterations", type=int, required=True, help="clocks every worker runs")
+    la.add_argument("--out", type=Path, help="results directory (default runs/launch-...)")
+    la.add_argument("--status-every", type=float, default=5.0,
+                    help="seconds between status lines")
+    la.add_argument("--start-timeout", type=float, default=60.0,
+                    help="seconds a process may take to be ready")
 
     run = sub.add_parser("run", help="train with one system, all-in-one; writes summary.json, "
                          "curve.csv, curve.png")
@@ -472,6 +552,8 @@ def main(argv: list[str] | None = None) -> int:
                 "system", "topology", "sync", "iterations", "elapsed_s", "time_to_target_s",
                 "final_objective", "wan_bytes", "cost_usd")}, indent=2))
             print(f"wrote {cfg.out}/summary.json, curve.csv, curve.png")
+        elif args.command == "launch":
+            return _launch_main(args)
         elif args.command == "inspect":
             from geoml.inspect_cli import inspect_main
 
@@ -481,8 +563,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "router":
             topo = load_topology(args.topology)
             topo.region(args.region)
-            print(json.dumps(run_with_clock(_router_main(topo, args.region, args.status_every))),
-                  flush=True)
+            print(json.dumps(run_with_clock(_router_main(topo, args.region, args.status_every,
+                                                         args.any_port))), flush=True)
         elif args.command == "role":
             if args.kind not in ROLE_KINDS:
                 raise GeomlError(f"unknown role kind {args.kind!r}; known kinds: "
@@ -495,7 +577,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise GeomlError("a worker needs --iterations N")
             if args.kind == "source" and args.count is None and args.seconds is None:
                 raise GeomlError("a source needs --count N or --seconds S")
-            topo = load_topology(args.topology)
+            topo = _load_topology(args)
             topo.region(region_of(args.address))
             print(json.dumps(run_with_clock(_role_main(topo, args.address, args.kind, args))),
                   flush=True)

@@ -483,8 +483,15 @@ async def drive(cfg: RunConfig, net: Network, tap: TapSubscriber | None, monitor
 
 def traffic_figures(net: Network) -> dict[str, Any]:
     """Bytes per link, the WAN links' counters, WAN and LAN totals, raw frames on the WAN."""
-    link_bytes = net.link_bytes()
-    wan_links = {name: link for r in net.stats().values()
+    return traffic_from_stats(net.stats())
+
+
+def traffic_from_stats(stats: dict[str, Any]) -> dict[str, Any]:
+    """`traffic_figures` from routers' `stats()` by region (in this process, or the last
+    report of router processes)."""
+    link_bytes = {name: link["bytes"] for r in stats.values()
+                  for name, link in r["links"].items()}
+    wan_links = {name: link for r in stats.values()
                  for name, link in r["links"].items() if link["kind"] == "wan"}
     wan_bytes = sum(link["bytes"] for link in wan_links.values())
     return {"wan_bytes": wan_bytes, "lan_bytes": sum(link_bytes.values()) - wan_bytes,
@@ -657,7 +664,8 @@ async def ps_role_main(cfg: RunConfig, address: str, kind: str,
         region = region_of(address)
         index = plan.in_region(plan.workers, region).index(address)
         part = workload.partition(plan.data_regions)[(region, index)]
-        worker = PSWorker(ep, workload, part, plan.shards, ranges, iterations=cfg.iterations)
+        worker = PSWorker(ep, workload, part, plan.shards, ranges, iterations=cfg.iterations,
+                          on_clock=lambda a, c: print(f"{a} clock {c}", flush=True))
         clock = await worker.run()
         return {"role": address, "kind": kind, "clock": clock, **worker.times}
     finally:

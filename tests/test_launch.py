@@ -1,0 +1,124 @@
+"""`geoml launch`: every router and role its own process; results as all-in-one; nothing left
+behind after success, a failure or Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from geoml.bus import load_topology
+from geoml.bus.vclock import run_with_clock
+from geoml.run import RunConfig, run_system
+
+pytestmark = pytest.mark.multiprocess
+
+
+def _launch(out: Path, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "geoml.cli", "launch", "--topology", "tiny", "--system",
+         "baseline", "--workload", "softmax-digits", "--out", str(out), "--status-every", "1",
+         *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is dead, only not yet reaped by its parent
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _children(out: Path) -> dict[str, int]:
+    return {name: p["pid"] for name, p in
+            json.loads((out / "processes.json").read_text()).items()}
+
+
+def _wait_for_log(path: Path, needle: str, timeout: float) -> None:
+    """Poll a process's log until it shows `needle` (bounded)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and needle in path.read_text():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{path.name} did not show {needle!r} within {timeout}s")
+
+
+def test_launch_runs_every_role_as_a_process_with_the_all_in_one_results(
+        tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = _launch(out, "--iterations", "5")
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    summary = json.loads((out / "summary.json").read_text())
+    children = _children(out)
+    # 2 routers, 2 PS shards, 4 workers: 8 processes, all exited cleanly, none left
+    assert sorted(p["kind"] for p in summary["processes"].values()) == \
+        ["ps_shard"] * 2 + ["router"] * 2 + ["worker"] * 4
+    assert all(p["exit"] == 0 for p in summary["processes"].values())
+    assert not [n for n, pid in children.items() if _alive(pid)]
+    assert len(set(children.values())) == 8 and os.getpid() not in children.values()
+    # routers bound ports the OS picked, and told each other
+    endpoints = json.loads((out / "endpoints.json").read_text())
+    assert set(endpoints) == {"east", "west"} and all(e["port"] > 0 for e in endpoints.values())
+    assert "clock 5/5" in stderr and "worker 4 done" in stderr
+    assert '"mode": "processes"' in stdout
+    # the same run all-in-one moves the same bytes and trains to the same model (up to
+    # the order in which a shard adds its workers' updates)
+    aio = run_with_clock(run_system(RunConfig(
+        topology=load_topology("tiny"), system="baseline", workload="softmax-digits",
+        iterations=5, quiet=True)))
+    assert summary["iterations"] == 5
+    assert summary["wan_bytes"] == aio.summary["wan_bytes"]
+    assert summary["final_objective"] == pytest.approx(aio.summary["final_objective"], rel=1e-3)
+    assert summary["final_objective"] < 0.8 * json.loads(
+        (out / "curve.csv").read_text().splitlines()[1].split(",")[2])
+    assert (out / "logs" / "east_worker_0.log").read_text().count("east/worker/0 clock") == 5
+
+
+def test_a_killed_worker_stops_the_whole_run_with_its_name(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = _launch(out, "--iterations", "5000")
+    try:
+        _wait_for_log(out / "logs" / "east_worker_0.log", "east/worker/0 clock 2", 90)
+        os.kill(_children(out)["east/worker/0"], signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 2
+    assert "east/worker/0" in stderr and "failed (killed by SIGKILL)" in stderr
+    assert "Traceback" not in stderr
+    assert not [n for n, pid in _children(out).items() if _alive(pid)]
+
+
+def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = _launch(out, "--iterations", "5000")
+    try:
+        _wait_for_log(out / "logs" / "west_worker_1.log", "west/worker/1 clock 1", 90)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, stderr
+    assert "interrupted: stopped every process of the run" in stderr
+    assert not [n for n, pid in _children(out).items() if _alive(pid)]
+
+
+def test_launch_refuses_what_it_cannot_run_in_one_line(tmp_path: Path) -> None:
+    proc = _launch(tmp_path / "x", "--iterations", "1", "--system", "gaia")
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert "gaia does not run one process per role yet" in stderr and "Traceback" not in stderr

@@ -1,0 +1,358 @@
+"""`geoml launch`: every router and role of a run as its own OS process on this machine.
+
+Routers start first, on tcp ports the OS picks (no race for a free port); the launcher
+gathers their endpoints into `endpoints.json` and hands that file to every router (so they
+can reach each other) and every role. Then PS shards, then workers. While they run it
+prints one status line per interval; when the workers are done it stops the routers,
+gathers every process's report into the same summary.json as the all-in-one run, and
+keeps each process's output in `logs/`. On Ctrl-C, or when any process fails, it stops
+every process it started; children also die with the launcher (Linux parent-death signal)
+even if it is killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from geoml.bus import GeomlError, Topology, region_of
+from geoml.roles.ps_plan import PSPlan, plan_ps
+from geoml.workloads import make_workload
+
+from .results import cost_usd, write_results
+from .run import load_shard_outputs, traffic_from_stats
+
+#: Systems whose roles run one per process today.
+LAUNCHABLE = ("lan", "baseline")
+_STOP_GRACE_S = 5.0
+_STDERR_TAIL = 40
+
+
+@dataclass
+class LaunchConfig:
+    """What `geoml launch` runs (a subset of RunConfig: what the role processes take)."""
+
+    topology: str  # a file or a shipped name, as the role processes read it
+    system: str
+    workload: str
+    iterations: int
+    out: Path
+    options: list[str] = field(default_factory=list)  # --opt KEY=VALUE
+    sync: str = "bsp"
+    status_every: float = 5.0
+    start_timeout: float = 60.0
+
+
+class LaunchFailed(GeomlError):
+    """A process of the run failed or did not start; every process has been stopped."""
+
+
+class LaunchInterrupted(GeomlError):
+    """Ctrl-C (or SIGTERM) stopped the run; every process has been stopped."""
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the launcher dies (Linux prctl)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class Child:
+    """One process of the run: its command, output so far, and state."""
+
+    name: str  # "router east" or a role address
+    kind: str  # router, ps_shard or worker
+    proc: asyncio.subprocess.Process
+    log: Any  # the open log file
+    lines: list[str] = field(default_factory=list)
+    stderr: list[str] = field(default_factory=list)
+    clock: int = 0
+    readers: list[asyncio.Task[None]] = field(default_factory=list)
+    seen: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def state(self) -> str:
+        code = self.proc.returncode
+        if code is None:
+            return "running"
+        if code < 0:
+            return f"killed by {signal.Signals(-code).name}"
+        return "done" if code == 0 else f"exit {code}"
+
+    def report(self) -> dict[str, Any]:
+        """The JSON object the process printed last."""
+        for line in reversed(self.lines):
+            if line.startswith("{"):
+                return dict(json.loads(line))
+        raise LaunchFailed(f"{self.name} printed no report; its errors:\n{self.tail()}")
+
+    def tail(self) -> str:
+        return "".join(self.stderr[-_STDERR_TAIL:]) or "(nothing on stderr)"
+
+
+class Launcher:
+    """Starts, watches and stops the processes of one run."""
+
+    def __init__(self, cfg: LaunchConfig, topo: Topology, plan: PSPlan) -> None:
+        self.cfg = cfg
+        self.topo = topo
+        self.plan = plan
+        self.children: list[Child] = []
+        self.failed = asyncio.Event()
+        self.logs = cfg.out / "logs"
+
+    async def spawn(self, name: str, kind: str, args: list[str], stdin: bool = False
+                    ) -> Child:
+        """Start `geoml ARGS` as a child process."""
+        self.logs.mkdir(parents=True, exist_ok=True)
+        log = open(self.logs / f"{name.replace('/', '_').replace(' ', '_')}.log", "w")  # noqa: SIM115
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "geoml.cli", *args,
+            stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            start_new_session=True, preexec_fn=_die_with_parent,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        child = Child(name, kind, proc, log)
+        (self.cfg.out / "processes.json").write_text(json.dumps(
+            {c.name: {"kind": c.kind, "pid": c.pid} for c in [*self.children, child]},
+            indent=2) + "\n")
+        child.readers = [asyncio.ensure_future(self._read(child, proc.stdout, child.lines)),
+                         asyncio.ensure_future(self._read(child, proc.stderr, child.stderr))]
+        self.children.append(child)
+        return child
+
+    async def _read(self, child: Child, stream: asyncio.StreamReader | None,
+                    into: list[str]) -> None:
+        assert stream is not None
+        while line := (await stream.readline()).decode(errors="replace"):
+            into.append(line)
+            child.log.write(line)
+            child.log.flush()
+            child.seen.set()
+            if line.startswith(f"{child.name} clock "):
+                child.clock = int(line.split()[-1])
+
+    async def wait_line(self, child: Child, needle: str) -> str:
+        """The first line of `child`'s stdout containing `needle` (bounded)."""
+        deadline = time.monotonic() + self.cfg.start_timeout
+        while True:
+            for line in child.lines:
+                if needle in line:
+                    return line
+            if child.proc.returncode is not None and all(r.done() for r in child.readers):
+                raise LaunchFailed(f"{child.name} exited ({child.state}) before it was ready; "
+                                   f"its errors:\n{child.tail()}")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise LaunchFailed(f"{child.name} was not ready within "
+                                   f"{self.cfg.start_timeout:.0f}s; its errors:\n{child.tail()}")
+            child.seen.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(child.seen.wait(), min(left, 0.5))
+
+    async def start_routers(self) -> Path:
+        """Every region's router on OS-picked ports; returns the endpoints file."""
+        routers = [await self.spawn(f"router {r}", "router",
+                                    ["router", "--topology", self.cfg.topology, "--region", r,
+                                     "--any-port", "--status-every", "3600"], stdin=True)
+                   for r in self.topo.region_names]
+        endpoints: dict[str, dict[str, Any]] = {}
+        for region, child in zip(self.topo.region_names, routers, strict=True):
+            words = (await self.wait_line(child, f"router {region} bound ")).split()
+            host, port = words[3].removeprefix("tcp://").rsplit(":", 1)
+            endpoints[region] = {"host": host, "port": int(port),
+                                 "tap_port": int(words[5].rsplit(":", 1)[1])}
+        path = self.cfg.out / "endpoints.json"
+        path.write_text(json.dumps(endpoints, indent=2) + "\n")
+        for child in routers:
+            assert child.proc.stdin is not None
+            child.proc.stdin.write(f"{path.resolve()}\n".encode())
+            await child.proc.stdin.drain()
+        for region, child in zip(self.topo.region_names, routers, strict=True):
+            await self.wait_line(child, f"router {region} listening on ")
+        return path
+
+    def role_args(self, address: str, kind: str, endpoints: Path) -> list[str]:
+        args = ["role", "--topology", self.cfg.topology, "--endpoints", str(endpoints),
+                "--address", address, "--kind", kind, "--system", self.cfg.system,
+                "--workload", self.cfg.workload, "--sync", self.cfg.sync,
+                "--connect-timeout", str(self.cfg.start_timeout)]
+        for opt in self.cfg.options:
+            args += ["--opt", opt]
+        if kind == "worker":
+            args += ["--iterations", str(self.cfg.iterations)]
+        else:
+            args += ["--out", str(self.cfg.out / "shards")]
+        return args
+
+    def status(self, t0: float) -> str:
+        """One line: every kind's processes by state, and the workers' slowest clock."""
+        by_kind: dict[str, dict[str, int]] = {}
+        for c in self.children:
+            states = by_kind.setdefault(c.kind, {})
+            states[c.state] = states.get(c.state, 0) + 1
+        kinds = "; ".join(f"{k} " + ", ".join(f"{n} {s}" for s, n in states.items())
+                          for k, states in by_kind.items())
+        workers = [c for c in self.children if c.kind == "worker"]
+        clock = min((c.clock for c in workers), default=0)
+        return (f"[launch] t={time.monotonic() - t0:.0f}s {kinds}; clock "
+                f"{clock}/{self.cfg.iterations}")
+
+    async def watch(self, done: Callable[[], bool], t0: float) -> None:
+        """Status lines until `done()`; LaunchFailed as soon as a process fails."""
+        next_status = time.monotonic() + self.cfg.status_every
+        while not done():
+            for c in self.children:
+                code = c.proc.returncode
+                if code is not None and code != 0:
+                    raise LaunchFailed(f"{c.name} (pid {c.pid}) failed ({c.state}); its "
+                                       f"errors:\n{c.tail()}")
+            if time.monotonic() >= next_status:
+                print(self.status(t0), file=sys.stderr, flush=True)
+                next_status += self.cfg.status_every
+            await asyncio.sleep(0.1)
+
+    async def stop_all(self) -> None:
+        """SIGTERM every process still running, SIGKILL what is left after a grace."""
+        for c in self.children:
+            if c.proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    c.proc.send_signal(signal.SIGTERM)
+        waits = [asyncio.ensure_future(c.proc.wait()) for c in self.children]
+        _, pending = await asyncio.wait(waits, timeout=_STOP_GRACE_S) if waits else ((), ())
+        for c in self.children:
+            if c.proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    c.proc.kill()
+        for c in self.children:
+            await c.proc.wait()
+            for reader in c.readers:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await asyncio.wait_for(reader, 5)
+            c.log.close()
+        del pending
+
+
+async def launch(cfg: LaunchConfig, topo: Topology, stop: asyncio.Event) -> dict[str, Any]:
+    """Run `cfg` as processes; returns the summary (also written to cfg.out)."""
+    if cfg.system not in LAUNCHABLE:
+        raise GeomlError(f"{cfg.system} does not run one process per role yet (only "
+                         f"{', '.join(LAUNCHABLE)} do); use `geoml run --system {cfg.system}`")
+    try:
+        plan = plan_ps(topo, cfg.system)
+        workload = make_workload(cfg.workload, dict(o.split("=", 1) for o in cfg.options))
+    except ValueError as exc:
+        raise GeomlError(str(exc)) from None
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    launcher = Launcher(cfg, topo, plan)
+    t_wall = time.perf_counter()
+    try:
+        work = asyncio.ensure_future(_run(launcher, plan))
+        stopper = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([work, stopper], return_when=asyncio.FIRST_COMPLETED)
+        if not work.done():
+            work.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await work
+            raise LaunchInterrupted("interrupted: stopped every process of the run")
+        stopper.cancel()
+        elapsed, reports = work.result()
+    finally:
+        await launcher.stop_all()
+    routers = {c.name.split()[1]: c.report() for c in launcher.children if c.kind == "router"}
+    return _summary(cfg, topo, plan, workload, launcher, elapsed, reports, routers,
+                    time.perf_counter() - t_wall)
+
+
+async def _run(launcher: Launcher, plan: PSPlan) -> tuple[float, dict[str, dict[str, Any]]]:
+    """Routers, then shards, then workers; returns the training time and the roles'
+    reports."""
+    t0 = time.monotonic()
+    endpoints = await launcher.start_routers()
+    shards = [await launcher.spawn(a, "ps_shard", launcher.role_args(a, "ps_shard", endpoints))
+              for a in plan.shards]
+    for child in shards:
+        await launcher.wait_line(child, "connected to")
+    workers = [await launcher.spawn(a, "worker", launcher.role_args(a, "worker", endpoints))
+               for a in plan.workers]
+    roles = [*workers, *shards]
+    await launcher.watch(lambda: all(c.proc.returncode == 0 for c in roles), t0)
+    for child in roles:  # their reports are complete once their output is
+        for reader in child.readers:
+            await asyncio.wait_for(reader, 10)
+    routers = [c for c in launcher.children if c.kind == "router"]
+    for child in routers:
+        child.proc.send_signal(signal.SIGTERM)
+    await asyncio.wait_for(asyncio.gather(*(c.proc.wait() for c in routers)), 30)
+    for child in routers:
+        for reader in child.readers:
+            await asyncio.wait_for(reader, 10)
+        if child.proc.returncode != 0:
+            raise LaunchFailed(f"{child.name} stopped with {child.state}; its errors:\n"
+                               f"{child.tail()}")
+    print(launcher.status(t0), file=sys.stderr, flush=True)
+    reports = {c.name: c.report() for c in roles}
+    # Training time as the all-in-one run counts it: from the first read to the last push
+    # (the slowest worker's), without the processes' start-up.
+    elapsed = max(sum(reports[w][k] for k in ("read_s", "compute_s", "push_s"))
+                  for w in plan.workers)
+    return elapsed, reports
+
+
+def _summary(cfg: LaunchConfig, topo: Topology, plan: PSPlan, workload: Any,
+             launcher: Launcher, elapsed: float, reports: dict[str, dict[str, Any]],
+             routers: dict[str, dict[str, Any]], wall: float) -> dict[str, Any]:
+    start = workload.evaluate(workload.init_params())
+    final = workload.evaluate(load_shard_outputs(cfg.out / "shards", plan.shards))
+    traffic = traffic_from_stats(routers)
+    machines: dict[str, int] = {}
+    for address in (*plan.shards, *plan.workers):
+        machines[region_of(address)] = machines.get(region_of(address), 0) + 1
+    wan_link_bytes = {name: link["bytes"] for name, link in traffic["wan_links"].items()}
+    clock = min(r["clock"] for a, r in reports.items() if a in plan.workers)
+    # One process per role has no monitor scoring the model as it trains: the curve is the
+    # starting model and the final one.
+    curve = [{"time_s": 0.0, "clock": 0, **start},
+             {"time_s": elapsed, "clock": clock, **final}]
+    summary = {
+        "system": cfg.system,
+        "topology": topo.name,
+        "mode": "processes",
+        "clock": "real",
+        "wall_s": wall,
+        "workload": workload.describe(),
+        "objective_name": workload.objective_name,
+        "iterations": clock,
+        "elapsed_s": elapsed,
+        "final_objective": final["objective"],
+        "final_metrics": final,
+        **traffic,
+        **cost_usd(topo, machines, elapsed, wan_link_bytes),
+        "sync": cfg.sync,
+        "workers": len(plan.workers),
+        "ps_shards": len(plan.shards),
+        "worker_times_s": {a: {k: reports[a][k] for k in ("compute_s", "read_s", "push_s")}
+                           for a in plan.workers},
+        "shard_counters": {a: {k: v for k, v in reports[a].items()
+                               if k not in ("role", "kind", "wrote")} for a in plan.shards},
+        "processes": {c.name: {"kind": c.kind, "pid": c.pid, "exit": c.proc.returncode}
+                      for c in launcher.children},
+    }
+    write_results(cfg.out, summary, curve, f"{cfg.system} on {topo.name} (processes)")
+    return summary
