@@ -13,8 +13,10 @@ import numpy as np
 import zmq
 
 from . import frame as fr
+from . import security
 from .address import is_valid_address, region_of, router_address
 from .errors import BusClosed, FrameError, HandshakeRefused, HandshakeTimeout
+from .security import CurveKeys
 from .zio import ZIO
 
 log = logging.getLogger("geoml.bus.endpoint")
@@ -53,6 +55,7 @@ class Endpoint:
         hwm: int = 1000,
         inbox_limit_bytes: int = INBOX_LIMIT_BYTES,
         on_error: Callable[[dict[str, Any]], None] | None = None,
+        keys: CurveKeys | None = None,
     ) -> None:
         if not is_valid_address(address):
             raise FrameError("bad_address", f"not a valid address: {address!r}")
@@ -61,6 +64,7 @@ class Endpoint:
         self.router = router_address(self.region)
         self._router_endpoint = router_endpoint
         self._ctx = ctx
+        self._keys = keys
         self.max_frame_bytes = max_frame_bytes
         self._hwm = hwm
         self._inbox_limit = inbox_limit_bytes
@@ -99,6 +103,9 @@ class Endpoint:
         sock.setsockopt(zmq.RCVHWM, self._hwm)
         if self._router_endpoint.startswith("tcp://"):
             sock.setsockopt(zmq.MAXMSGSIZE, self.max_frame_bytes)
+        if self._keys is not None:
+            security.client(sock, self._keys.for_address(self.address),
+                            self._keys.public(f"{self.region}.router"))
         sock.connect(self._router_endpoint)
         loop = asyncio.get_running_loop()
         self._io = ZIO(sock, loop)

@@ -22,9 +22,11 @@ import msgpack
 import zmq
 
 from . import frame as fr
+from . import security
 from .address import is_valid_address, region_of, role_of, router_address
 from .errors import FrameError
 from .link import Link, Pending
+from .security import CurveKeys
 from .tasks import cancel_and_wait
 from .topology import Topology
 from .zio import ZIO
@@ -32,6 +34,8 @@ from .zio import ZIO
 log = logging.getLogger("geoml.bus.router")
 
 TAP_TOPIC = b"geoml.tap.1"
+_REFUSED_EVENTS = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                   | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 _BATCH = 512
 _LOG_FIRST = 5
 _LOG_EVERY = 1000
@@ -114,8 +118,10 @@ class Router:
         max_frame_bytes: int = fr.DEFAULT_MAX_FRAME_BYTES,
         unreachable_timeout_s: float = 10.0,
         hwm: int = 1000,
+        keys: CurveKeys | None = None,
     ) -> None:
         self.topology = topology
+        self._keys = keys
         self.region = region
         self.address = router_address(region)
         self._ctx = ctx
@@ -150,6 +156,8 @@ class Router:
         self.bus_frames = 0  # ...or bus frames (hello, bye) handled by the router itself
         self.tap_events = 0
         self.tap_dropped = 0
+        #: CURVE handshakes refused (unknown key, or a client without CURVE).
+        self.auth_refused = 0
         self.io: ZIO
         self._tap_io: ZIO | None = None
         self._closed = False
@@ -173,12 +181,19 @@ class Router:
         sock.setsockopt(zmq.RCVHWM, self._hwm)
         if self._transport == "tcp":
             sock.setsockopt(zmq.MAXMSGSIZE, self.max_frame_bytes)
+        if self._keys is not None:
+            own = self._keys.pair(f"{self.region}.router")
+            security.server(sock, own, self._keys)
+            self._tasks.append(loop.create_task(self._count_refusals(sock),
+                                                name=f"auth monitor {self.region}"))
         sock.bind(_any_port(self.endpoint) if any_port else self.endpoint)
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.io = ZIO(sock, loop)
         tap = self._ctx.socket(zmq.XPUB)
         tap.setsockopt(zmq.LINGER, 0)
         tap.setsockopt(zmq.SNDHWM, 100_000)
+        if self._keys is not None:
+            security.server(tap, own, self._keys)
         tap.bind(_any_port(self.tap_endpoint) if any_port else self.tap_endpoint)
         self.tap_endpoint = tap.getsockopt_string(zmq.LAST_ENDPOINT)
         self._tap_io = ZIO(tap, loop)
@@ -197,6 +212,9 @@ class Router:
             peer_sock.setsockopt(zmq.RCVHWM, self._hwm)
             if self._transport == "tcp":
                 peer_sock.setsockopt(zmq.MAXMSGSIZE, fr.CONTROL_MAX_BYTES)
+            if self._keys is not None:
+                security.client(peer_sock, self._keys.pair(f"{self.region}.router"),
+                                self._keys.public(f"{peer}.router"))
             peer_sock.connect(self.topology.endpoints(peer, self._transport, self._run_id)[0])
             peer_io = ZIO(peer_sock, loop)
             self._peer_io[peer] = peer_io
@@ -218,6 +236,23 @@ class Router:
             await peer_io.send([fr.encode_header(hello)])
         self._tasks.append(loop.create_task(self._ingress_loop(), name=f"router {self.region}"))
         self._tasks.append(loop.create_task(self._tap_loop(), name=f"tap {self.region}"))
+
+    async def _count_refusals(self, sock: zmq.Socket[Any]) -> None:
+        """Count the CURVE handshakes the router socket refused (its monitor's events)."""
+        monitor = sock.get_monitor_socket(_REFUSED_EVENTS)
+        monitor.setsockopt(zmq.LINGER, 0)
+        io = ZIO(monitor, asyncio.get_running_loop())
+        try:
+            while True:
+                parts = await io.recv()
+                event = int.from_bytes(parts[0].bytes[:2], "little")
+                if event & _REFUSED_EVENTS:
+                    self.auth_refused += 1
+                    if self.auth_refused <= _LOG_FIRST:
+                        log.warning("router %s refused a connection: CURVE handshake failed "
+                                    "(event %d)", self.region, event)
+        finally:
+            io.close()
 
     async def wait_ready(self, timeout: float = 10.0) -> None:
         """Wait until every neighbouring router has answered our hello."""
@@ -246,6 +281,8 @@ class Router:
         for io in [self.io, self._tap_io, *self._peer_io.values()]:
             if io is not None:
                 io.close()
+        if self._keys is not None:
+            security.stop_authenticator(self._ctx)
 
     # -- inspection ------------------------------------------------------------------
 
@@ -273,6 +310,7 @@ class Router:
             "dropped": dict(self.dropped),
             "tap_events": self.tap_events,
             "tap_dropped": self.tap_dropped,
+            "auth_refused": self.auth_refused,
             "links": {name: {"kind": link.spec.kind, **link.stats.as_dict()}
                       for name, link in self._links.items()},
         }

@@ -76,9 +76,9 @@ async def _until_signal(work: Callable[[asyncio.Event], Coroutine[Any, Any, Any]
 
 
 async def _router_main(topo: Topology, region: str, status_every: float,
-                       any_port: bool = False) -> dict[str, Any]:
+                       any_port: bool = False, keys: Any = None) -> dict[str, Any]:
     ctx: zmq.Context[Any] = zmq.Context()
-    router = Router(topo, region, ctx=ctx, transport="tcp")
+    router = Router(topo, region, ctx=ctx, transport="tcp", keys=keys)
     try:
         router.bind(any_port=any_port)
         if any_port:
@@ -127,6 +127,20 @@ async def _router_main(topo: Topology, region: str, status_every: float,
     finally:
         await router.aclose()
         ctx.destroy(linger=0)
+
+
+def _keys(args: argparse.Namespace) -> Any:
+    """CurveKeys from --keys, or None (plain tcp, said on stderr)."""
+    from geoml.bus.security import CurveKeys
+
+    if getattr(args, "keys", None) is None:
+        print("geoml: warning: no --keys: tcp in plain text, and any client is let in",
+              file=sys.stderr)
+        return None
+    if not (args.keys / "public").is_dir():
+        raise GeomlError(f"--keys {args.keys}: no public/ directory there; make keys with "
+                         "`geoml keys`")
+    return CurveKeys(args.keys)
 
 
 def _read_endpoints(path: Path) -> dict[str, Any]:
@@ -203,13 +217,13 @@ async def _role_main(topo: Topology, address: str, kind: str, args: argparse.Nam
         from geoml.run import ps_role_main
 
         return await ps_role_main(_run_config(args, check=kind == "worker", topo=topo),
-                                  address, kind,
-                                  connect_timeout=args.connect_timeout)
+                                  address, kind, connect_timeout=args.connect_timeout,
+                                  keys=_keys(args))
 
     region = region_of(address)
     endpoint = topo.endpoints(region, "tcp")[0]
     ctx: zmq.Context[Any] = zmq.Context()
-    ep = Endpoint(address, endpoint, ctx=ctx)
+    ep = Endpoint(address, endpoint, ctx=ctx, keys=_keys(args))
     try:
         await ep.start(timeout=args.connect_timeout)
         if kind == "source":
@@ -234,7 +248,7 @@ def _launch_main(args: argparse.Namespace) -> int:
         raise GeomlError("--iterations must be >= 1")
     out = args.out or Path("runs") / f"launch-{args.system}-{topo.name}-{args.workload}"
     cfg = LaunchConfig(str(args.topology), args.system, args.workload, args.iterations, out,
-                       args.opt, args.sync, args.status_every, args.start_timeout)
+                       args.opt, args.sync, args.status_every, args.start_timeout, args.keys)
     try:
         summary = run_with_clock(_until_signal(lambda stop: launch(cfg, topo, stop)))
     except LaunchInterrupted as exc:
@@ -366,10 +380,17 @@ def build_parser() -> argparse.ArgumentParser:
     show = tsub.add_parser("show", help="print regions, links and routes")
     show.add_argument("topology", help="a file, or a shipped name (ss_wan, ec2_all, ...)")
 
+    k = sub.add_parser("keys", help="CurveZMQ key pairs for the per-process mode: one per "
+                       "region and role kind")
+    k.add_argument("--topology", required=True)
+    k.add_argument("--out", type=Path, required=True, help="directory (secret/ and public/)")
+
     r = sub.add_parser("router", help="run one region's router (tcp, one process)")
     r.add_argument("--topology", required=True)
     r.add_argument("--region", required=True)
     r.add_argument("--status-every", type=float, default=5.0, help="seconds between lines")
+    r.add_argument("--keys", type=Path, help="CurveZMQ: directory from `geoml keys`; the "
+                   "router then lets in only the public keys in its public/")
     r.add_argument("--any-port", action="store_true",
                    help="bind on ports the OS picks, print them, then read the path of the "
                    "file of every router's endpoints from stdin (what `geoml launch` does)")
@@ -385,6 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     ro.add_argument("--sources", type=int, default=1, help="sink: sources to wait for")
     ro.add_argument("--idle-timeout", type=float, default=30.0)
     ro.add_argument("--connect-timeout", type=float, default=30.0)
+    ro.add_argument("--keys", type=Path, help="CurveZMQ: directory from `geoml keys` (the "
+                    "role's secret key and its router's public key)")
     ro.add_argument("--endpoints", type=Path, help="JSON file of the routers' endpoints, "
                     "overriding the topology's ports (written by `geoml launch`)")
     _ps_args(ro, role=True)
@@ -404,6 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seconds between status lines")
     la.add_argument("--start-timeout", type=float, default=60.0,
                     help="seconds a process may take to be ready")
+    la.add_argument("--keys", type=Path, help="CurveZMQ keys from `geoml keys` (default: "
+                    "made for the run in OUT/keys)")
 
     run = sub.add_parser("run", help="train with one system, all-in-one; writes summary.json, "
                          "curve.csv, curve.png")
@@ -560,11 +585,18 @@ def main(argv: list[str] | None = None) -> int:
             return inspect_main(args)
         elif args.command == "topo":
             print(_topo_show(load_topology(args.topology)))
+        elif args.command == "keys":
+            from geoml.bus.security import make_keys
+
+            names = make_keys(load_topology(args.topology), args.out)
+            print(f"wrote {len(names)} key pairs to {args.out}: secret/ (keep each host's "
+                  f"own) and public/ (copy to every host)")
         elif args.command == "router":
             topo = load_topology(args.topology)
             topo.region(args.region)
             print(json.dumps(run_with_clock(_router_main(topo, args.region, args.status_every,
-                                                         args.any_port))), flush=True)
+                                                         args.any_port, _keys(args)))),
+                  flush=True)
         elif args.command == "role":
             if args.kind not in ROLE_KINDS:
                 raise GeomlError(f"unknown role kind {args.kind!r}; known kinds: "

@@ -2,7 +2,8 @@
 
 Routers start first, on tcp ports the OS picks (no race for a free port); the launcher
 gathers their endpoints into `endpoints.json` and hands that file to every router (so they
-can reach each other) and every role. Then PS shards, then workers. While they run it
+can reach each other) and every role. Every tcp socket uses CurveZMQ (keys made for the
+run in `keys/`, or `--keys DIR`). Then PS shards, then workers. While they run it
 prints one status line per interval; when the workers are done it stops the routers,
 gathers every process's report into the same summary.json as the all-in-one run, and
 keeps each process's output in `logs/`. On Ctrl-C, or when any process fails, it stops
@@ -17,6 +18,7 @@ import contextlib
 import ctypes
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from geoml.bus import GeomlError, Topology, region_of
+from geoml.bus.security import make_keys
 from geoml.roles.ps_plan import PSPlan, plan_ps
 from geoml.workloads import make_workload
 
@@ -51,6 +54,7 @@ class LaunchConfig:
     sync: str = "bsp"
     status_every: float = 5.0
     start_timeout: float = 60.0
+    keys: Path | None = None  # CurveZMQ keys (None: made for this run in out/keys)
 
 
 class LaunchFailed(GeomlError):
@@ -114,8 +118,8 @@ class Launcher:
         self.topo = topo
         self.plan = plan
         self.children: list[Child] = []
-        self.failed = asyncio.Event()
         self.logs = cfg.out / "logs"
+        self.keys = cfg.keys or cfg.out / "keys"
 
     async def spawn(self, name: str, kind: str, args: list[str], stdin: bool = False
                     ) -> Child:
@@ -170,7 +174,8 @@ class Launcher:
         """Every region's router on OS-picked ports; returns the endpoints file."""
         routers = [await self.spawn(f"router {r}", "router",
                                     ["router", "--topology", self.cfg.topology, "--region", r,
-                                     "--any-port", "--status-every", "3600"], stdin=True)
+                                     "--any-port", "--status-every", "3600",
+                                     "--keys", str(self.keys)], stdin=True)
                    for r in self.topo.region_names]
         endpoints: dict[str, dict[str, Any]] = {}
         for region, child in zip(self.topo.region_names, routers, strict=True):
@@ -190,6 +195,7 @@ class Launcher:
 
     def role_args(self, address: str, kind: str, endpoints: Path) -> list[str]:
         args = ["role", "--topology", self.cfg.topology, "--endpoints", str(endpoints),
+                "--keys", str(self.keys),
                 "--address", address, "--kind", kind, "--system", self.cfg.system,
                 "--workload", self.cfg.workload, "--sync", self.cfg.sync,
                 "--connect-timeout", str(self.cfg.start_timeout)]
@@ -260,6 +266,9 @@ async def launch(cfg: LaunchConfig, topo: Topology, stop: asyncio.Event) -> dict
     except ValueError as exc:
         raise GeomlError(str(exc)) from None
     cfg.out.mkdir(parents=True, exist_ok=True)
+    if cfg.keys is None:  # every tcp socket of the run uses CurveZMQ, with keys of its own
+        shutil.rmtree(cfg.out / "keys", ignore_errors=True)
+        make_keys(topo, cfg.out / "keys")
     launcher = Launcher(cfg, topo, plan)
     t_wall = time.perf_counter()
     try:

@@ -16,6 +16,7 @@ import numpy as np
 import zmq
 
 from geoml.bus import Endpoint, GeomlError, Network, Topology, load_topology, region_of
+from geoml.bus.security import CurveKeys
 from geoml.bus.vclock import is_virtual
 from geoml.roles.compute import Compute, ComputeCost, ComputeProcess
 from geoml.roles.fedavg import FedAvgConfig
@@ -629,7 +630,8 @@ def _shard_file(out: Path, address: str) -> Path:
 
 
 async def ps_role_main(cfg: RunConfig, address: str, kind: str,
-                       connect_timeout: float = 30.0) -> dict[str, Any]:
+                       connect_timeout: float = 30.0, keys: CurveKeys | None = None
+                       ) -> dict[str, Any]:
     """One PS shard or worker as its own process (tcp); returns its report."""
     topo = cfg.topology if isinstance(cfg.topology, Topology) else load_topology(cfg.topology)
     try:
@@ -647,7 +649,7 @@ async def ps_role_main(cfg: RunConfig, address: str, kind: str,
                          f"are: {', '.join(members)}")
     ranges = KeyRanges(workload.table_shapes(), len(plan.shards))
     ctx: zmq.Context[Any] = zmq.Context()
-    ep = Endpoint(address, topo.endpoints(region_of(address), "tcp")[0], ctx=ctx)
+    ep = Endpoint(address, topo.endpoints(region_of(address), "tcp")[0], ctx=ctx, keys=keys)
     try:
         await ep.start(timeout=connect_timeout)
         print(f"{address} connected to {ep.router}", flush=True)
