@@ -278,7 +278,8 @@ class Router:
         await cancel_and_wait(self._tasks)
         for link in self._links.values():
             await link.aclose()
-        for io in [self.io, self._tap_io, *self._peer_io.values()]:
+        # a router whose bind failed has no `io` yet
+        for io in [getattr(self, "io", None), self._tap_io, *self._peer_io.values()]:
             if io is not None:
                 io.close()
         if self._keys is not None:

@@ -179,3 +179,17 @@ def test_baseline_parameter_server_as_processes_converges(topology_file: Path,
             if proc.poll() is None:
                 proc.kill()
                 proc.communicate(timeout=10)
+
+
+def test_a_router_whose_port_is_taken_stops_with_one_line(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        path = tmp_path / "busy.toml"
+        path.write_text(TOPOLOGY.format(port=held.getsockname()[1]))
+        proc = _geoml("router", "--topology", str(path), "--region", "east")
+        _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, err
+    assert "router east: cannot bind tcp://127.0.0.1:" in err and "Traceback" not in err

@@ -92,14 +92,12 @@ async def _router_main(topo: Topology, region: str, status_every: float,
                                  "came (--any-port is for `geoml launch`)")
             topo = topo.with_endpoints(_read_endpoints(Path(line.strip())))
         await router.connect_peers(topo)
-    except zmq.ZMQError as exc:
+    except BaseException as exc:
         await router.aclose()
         ctx.destroy(linger=0)
-        raise GeomlError(f"router {region}: cannot bind {router.endpoint} or "
-                         f"{router.tap_endpoint}: {exc.strerror}") from None
-    except BaseException:
-        await router.aclose()
-        ctx.destroy(linger=0)
+        if isinstance(exc, zmq.ZMQError):
+            raise GeomlError(f"router {region}: cannot bind {router.endpoint} or "
+                             f"{router.tap_endpoint}: {exc.strerror}") from None
         raise
 
     async def work(stop: asyncio.Event) -> dict[str, Any]:
