@@ -109,6 +109,11 @@ class Child:
     def tail(self) -> str:
         return "".join(self.stderr[-_STDERR_TAIL:]) or "(nothing on stderr)"
 
+    async def drained(self, timeout: float = 10.0) -> None:
+        """Wait until all the exited process's output is read."""
+        for reader in self.readers:
+            await asyncio.wait_for(reader, timeout)
+
 
 class Launcher:
     """Starts, watches and stops the processes of one run."""
@@ -240,19 +245,18 @@ class Launcher:
             if c.proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     c.proc.send_signal(signal.SIGTERM)
-        waits = [asyncio.ensure_future(c.proc.wait()) for c in self.children]
-        _, pending = await asyncio.wait(waits, timeout=_STOP_GRACE_S) if waits else ((), ())
+        if self.children:
+            await asyncio.wait([asyncio.ensure_future(c.proc.wait()) for c in self.children],
+                               timeout=_STOP_GRACE_S)
         for c in self.children:
             if c.proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     c.proc.kill()
         for c in self.children:
             await c.proc.wait()
-            for reader in c.readers:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await asyncio.wait_for(reader, 5)
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await c.drained(5)
             c.log.close()
-        del pending
 
 
 async def launch(cfg: LaunchConfig, topo: Topology, stop: asyncio.Event) -> dict[str, Any]:
@@ -271,27 +275,28 @@ async def launch(cfg: LaunchConfig, topo: Topology, stop: asyncio.Event) -> dict
         make_keys(topo, cfg.out / "keys")
     launcher = Launcher(cfg, topo, plan)
     t_wall = time.perf_counter()
+    work = asyncio.ensure_future(_run(launcher))
+    stopper = asyncio.ensure_future(stop.wait())
     try:
-        work = asyncio.ensure_future(_run(launcher, plan))
-        stopper = asyncio.ensure_future(stop.wait())
         await asyncio.wait([work, stopper], return_when=asyncio.FIRST_COMPLETED)
         if not work.done():
             work.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await work
             raise LaunchInterrupted("interrupted: stopped every process of the run")
-        stopper.cancel()
         elapsed, reports = work.result()
     finally:
+        stopper.cancel()
         await launcher.stop_all()
     routers = {c.name.split()[1]: c.report() for c in launcher.children if c.kind == "router"}
     return _summary(cfg, topo, plan, workload, launcher, elapsed, reports, routers,
                     time.perf_counter() - t_wall)
 
 
-async def _run(launcher: Launcher, plan: PSPlan) -> tuple[float, dict[str, dict[str, Any]]]:
+async def _run(launcher: Launcher) -> tuple[float, dict[str, dict[str, Any]]]:
     """Routers, then shards, then workers; returns the training time and the roles'
     reports."""
+    plan = launcher.plan
     t0 = time.monotonic()
     endpoints = await launcher.start_routers()
     shards = [await launcher.spawn(a, "ps_shard", launcher.role_args(a, "ps_shard", endpoints))
@@ -303,15 +308,13 @@ async def _run(launcher: Launcher, plan: PSPlan) -> tuple[float, dict[str, dict[
     roles = [*workers, *shards]
     await launcher.watch(lambda: all(c.proc.returncode == 0 for c in roles), t0)
     for child in roles:  # their reports are complete once their output is
-        for reader in child.readers:
-            await asyncio.wait_for(reader, 10)
+        await child.drained()
     routers = [c for c in launcher.children if c.kind == "router"]
     for child in routers:
         child.proc.send_signal(signal.SIGTERM)
     await asyncio.wait_for(asyncio.gather(*(c.proc.wait() for c in routers)), 30)
     for child in routers:
-        for reader in child.readers:
-            await asyncio.wait_for(reader, 10)
+        await child.drained()
         if child.proc.returncode != 0:
             raise LaunchFailed(f"{child.name} stopped with {child.state}; its errors:\n"
                                f"{child.tail()}")
