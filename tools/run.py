@@ -276,7 +276,6 @@ async def run_ps(cfg: RunConfig) -> RunResult:
     stop = asyncio.Event()
     executor = ThreadPoolExecutor(max_workers=len(plan.workers) + 1,
                                   thread_name_prefix="geoml-compute")
-    workers: list[PSWorker] = []
     try:
         async with Network(topo) as net:
             tap = await _start_tap(net, topo, cfg)
@@ -292,6 +291,7 @@ async def run_ps(cfg: RunConfig) -> RunResult:
                 return lambda _s, c: monitor_holder[0].on_min_clock(global_index, c)
 
             shards: list[PSShard] = []
+            workers: list[PSWorker] = []
             mirrors: list[GaiaMirror | GaiaHub] = []
             # Per region: the shards a region's workers use, and their key ranges.
             groups: list[tuple[str, list[str], KeyRanges]] = []
@@ -362,16 +362,10 @@ async def run_ps(cfg: RunConfig) -> RunResult:
                                            *(m.run for m in mirrors)]],
                 [w.compute for w in workers])
             clock = min(w.clock for w in workers)
-            if monitor.evaluated != clock or not monitor.curve:
-                await monitor.evaluate_now(clock)
+            traffic = await finish(monitor, clock, net, tap, view)
             params = assemble(eval_shards, eval_ranges)
-            traffic = traffic_figures(net)
-            if tap is not None:
-                await _close_tap(tap, net, view, traffic["link_bytes"])
     finally:
         executor.shutdown(wait=True)
-        for worker in workers:
-            worker.compute.close()
     curve = monitor.curve
     final = curve[-1]
     summary = summary_head(cfg, topo, workload, monitor, clock, elapsed,
@@ -436,10 +430,22 @@ async def drive(cfg: RunConfig, net: Network, tap: TapSubscriber | None, monitor
                 computes: Sequence[Compute] = ()) -> tuple[LiveView | None, float]:
     """Start the compute processes and score the starting model, then start every role's
     `run` and wait for each phase's roles in turn, under the run's time limit, link faults,
-    evaluation and live view.
+    evaluation and live view; the compute processes are stopped at the end, whatever
+    happened.
 
     Returns the live view (if any) and the seconds from `t_start` to the end of the work.
     """
+    try:
+        return await _drive(cfg, net, tap, monitor, t_start, stop, phases, computes)
+    finally:
+        for compute in computes:
+            compute.close()
+
+
+async def _drive(cfg: RunConfig, net: Network, tap: TapSubscriber | None, monitor: _Monitor,
+                 t_start: float, stop: asyncio.Event,
+                 phases: list[list[Callable[[], Coroutine[Any, Any, Any]]]],
+                 computes: Sequence[Compute]) -> tuple[LiveView | None, float]:
     loop = asyncio.get_running_loop()
     before = loop.time()
     await asyncio.gather(*(c.start() for c in computes))
@@ -480,6 +486,18 @@ async def drive(cfg: RunConfig, net: Network, tap: TapSubscriber | None, monitor
     monitor.new_clock.set()
     await monitor_task
     return view, elapsed
+
+
+async def finish(monitor: _Monitor, clock: int, net: Network, tap: TapSubscriber | None,
+                 view: LiveView | None) -> dict[str, Any]:
+    """After the work: score clock `clock` if the curve lacks it, read the traffic figures
+    and close the tap; returns the traffic figures."""
+    if monitor.evaluated != clock or not monitor.curve:
+        await monitor.evaluate_now(clock)
+    traffic = traffic_figures(net)
+    if tap is not None:
+        await _close_tap(tap, net, view, traffic["link_bytes"])
+    return traffic
 
 
 def traffic_figures(net: Network) -> dict[str, Any]:

@@ -14,14 +14,13 @@ from .results import write_results
 from .run import (
     RunConfig,
     RunResult,
-    _close_tap,
     _Monitor,
     _start_tap,
     check_clock,
     drive,
+    finish,
     region_compute,
     summary_head,
-    traffic_figures,
 )
 
 #: The monitor's "every worker finished" clock (as the PS gate reports it).
@@ -49,7 +48,6 @@ async def run_fedavg(cfg: RunConfig) -> RunResult:
     stop = asyncio.Event()
     executor = ThreadPoolExecutor(max_workers=len(addresses) + 1,
                                   thread_name_prefix="geoml-compute")
-    clients: list[FedClient] = []
     try:
         async with Network(topo) as net:
             tap = await _start_tap(net, topo, cfg)
@@ -62,7 +60,7 @@ async def run_fedavg(cfg: RunConfig) -> RunResult:
                 await net.connect(f"{home}/aggregator/0"), workload, list(addresses),
                 workload.init_params(), cfg.fed, rounds=cfg.iterations, stop=stop,
                 on_round=lambda r: monitor.on_min_clock(0, r))
-            clients += [FedClient(await net.connect(addr), workload, parts[key],
+            clients = [FedClient(await net.connect(addr), workload, parts[key],
                                  aggregator.ep.address, cfg.fed.epochs,
                                  compute=region_compute(cfg, topo, key[0], executor,
                                                         (workload, parts[key]), addr))
@@ -79,15 +77,9 @@ async def run_fedavg(cfg: RunConfig) -> RunResult:
                                         [[aggregate], [c.run for c in clients]],
                                         [c.compute for c in clients])
             rounds = aggregator.round
-            if monitor.evaluated != rounds or not monitor.curve:
-                await monitor.evaluate_now(rounds)
-            traffic = traffic_figures(net)
-            if tap is not None:
-                await _close_tap(tap, net, view, traffic["link_bytes"])
+            traffic = await finish(monitor, rounds, net, tap, view)
     finally:
         executor.shutdown(wait=True)
-        for client in clients:
-            client.compute.close()
     machines = dict(data_regions)
     machines[home] = machines.get(home, 0) + 1
     summary = summary_head(cfg, topo, workload, monitor, rounds, elapsed, machines, traffic)
