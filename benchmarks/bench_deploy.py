@@ -28,11 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import zmq
 
-from geoml.bus import parse_topology
-from geoml.bus.endpoint import Endpoint
-from geoml.bus.router import Router
+from geoml.bus import Network, parse_topology
 from geoml.bus.security import CurveKeys, make_keys
 from geoml.bus.vclock import run_with_clock
 
@@ -81,17 +78,9 @@ async def throughput(keys: CurveKeys | None, total: int, frame: int,
                                       "lan_rate_mbps": lan_mbps},
         "regions": [{"name": "east"}, {"name": "west"}],
         "links": [{"between": ["east", "west"], "rate_mbps": 1e6, "latency_ms": 0}]})
-    ctx: zmq.Context[Any] = zmq.Context()
-    routers = [Router(topo, r, ctx=ctx, transport="tcp", keys=keys) for r in ("east", "west")]
-    src = Endpoint("east/source/0", topo.endpoints("east", "tcp")[0], ctx=ctx, keys=keys)
-    dst = Endpoint("west/sink/0", topo.endpoints("west", "tcp")[0], ctx=ctx, keys=keys)
-    try:
-        for r in routers:
-            await r.start()
-        for r in routers:
-            await r.wait_ready(timeout=10)
-        await src.start()
-        await dst.start()
+    async with Network(topo, transport="tcp", keys=keys) as net:
+        src = await net.connect("east/source/0")
+        dst = await net.connect("west/sink/0")
         payload = np.zeros(frame // 4, np.float32)
         n = total // frame
 
@@ -105,12 +94,6 @@ async def throughput(keys: CurveKeys | None, total: int, frame: int,
             await src.send("west/sink/0", "bench.data", arrays=[payload])
         await reader
         return total / MiB / (time.perf_counter() - start)
-    finally:
-        for ep in (src, dst):
-            await ep.aclose()
-        for r in routers:
-            await r.aclose()
-        ctx.destroy(linger=0)
 
 
 def curve_overhead(out: Path, total: int) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from .address import region_of
 from .endpoint import Endpoint
 from .errors import GeomlError
 from .router import Router
+from .security import CurveKeys
 from .topology import Topology
 
 _run_ids = itertools.count()
@@ -32,10 +33,12 @@ class Network:
         transport: str = "inproc",
         ctx: zmq.Context[Any] | None = None,
         run_id: str | None = None,
+        keys: CurveKeys | None = None,
         **router_options: Any,
     ) -> None:
         self.topology = topology
         self.transport = transport
+        self.keys = keys  # CurveZMQ (tcp): the routers' and, by default, every endpoint's
         self._own_ctx = ctx is None
         sockets = sockets_needed(topology)
         ensure_file_limit(sockets)
@@ -45,7 +48,7 @@ class Network:
         self.run_id = run_id or f"{topology.name}-{os.getpid()}-{next(_run_ids)}"
         self.routers: dict[str, Router] = {
             r: Router(topology, r, ctx=self.ctx, transport=transport, run_id=self.run_id,
-                      **router_options)
+                      keys=keys, **router_options)
             for r in topology.region_names
         }
         self._endpoints: list[Endpoint] = []
@@ -70,7 +73,7 @@ class Network:
     def endpoint(self, address: str, **options: Any) -> Endpoint:
         """An endpoint for `address` attached to its region's router (not yet started)."""
         router = self.routers[region_of(address)]
-        ep = Endpoint(address, router.endpoint, ctx=self.ctx, **options)
+        ep = Endpoint(address, router.endpoint, ctx=self.ctx, **{"keys": self.keys, **options})
         self._endpoints.append(ep)
         return ep
 

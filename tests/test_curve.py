@@ -6,16 +6,13 @@ from __future__ import annotations
 import asyncio
 import random
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
-import zmq
 
-from geoml.bus import GeomlError, Topology, load_topology
+from geoml.bus import GeomlError, Network, Topology, load_topology
 from geoml.bus.endpoint import Endpoint
 from geoml.bus.errors import HandshakeTimeout
-from geoml.bus.router import Router
 from geoml.bus.security import CurveKeys, make_keys
 from geoml.cli import main
 
@@ -49,50 +46,29 @@ def keys(tmp_path: Path, topo: Topology) -> CurveKeys:
     return CurveKeys(tmp_path / "keys")
 
 
-async def _routers(topo: Topology, ctx: zmq.Context[Any], keys: CurveKeys | None
-                   ) -> list[Router]:
-    routers = [Router(topo, r, ctx=ctx, transport="tcp", keys=keys) for r in ("east", "west")]
-    for r in routers:
-        await r.start()
-    for r in routers:
-        await r.wait_ready(timeout=10)
-    return routers
-
-
 @pytest.mark.asyncio
 async def test_listed_keys_talk_across_regions_and_unlisted_ones_deliver_nothing(
         topo: Topology, keys: CurveKeys, tmp_path: Path) -> None:
-    ctx: zmq.Context[Any] = zmq.Context()
-    routers = await _routers(topo, ctx, keys)  # the routers reached each other over CURVE
-    east_ep = topo.endpoints("east", "tcp")[0]
-    a = Endpoint("east/worker/0", east_ep, ctx=ctx, keys=keys)
-    b = Endpoint("west/worker/0", topo.endpoints("west", "tcp")[0], ctx=ctx, keys=keys)
-    strangers = []
-    try:
-        await asyncio.wait_for(a.start(), 10)
-        await asyncio.wait_for(b.start(), 10)
+    make_keys(topo, tmp_path / "other")
+    other = CurveKeys(tmp_path / "other")
+    # the routers reach each other over CURVE; the endpoints use `keys` unless told otherwise
+    async with Network(topo, transport="tcp", keys=keys) as net:
+        a = await net.connect("east/worker/0")
+        b = await net.connect("west/worker/0")
         await a.send("west/worker/0", "t.data", arrays=[np.arange(1000, dtype=np.float32)])
         msg = await asyncio.wait_for(b.recv(), 10)
         assert msg.src == "east/worker/0" and msg.arrays[0][-1] == 999
-        received = routers[0].received
+        east = net.routers["east"]
+        received = east.received
         # no keys at all, and a key pair the topology's key directory does not list
-        make_keys(topo, tmp_path / "other")
-        other = CurveKeys(tmp_path / "other")
         for ep_keys in (None, other):
-            stranger = Endpoint("east/worker/1", east_ep, ctx=ctx, keys=ep_keys)
-            strangers.append(stranger)
+            stranger = net.endpoint("east/worker/1", keys=ep_keys)
             with pytest.raises(HandshakeTimeout):
                 await asyncio.wait_for(stranger.start(timeout=1.5), 10)
-        assert routers[0].received == received  # not a single frame got through
-        assert routers[0].auth_refused >= 2
-        assert routers[0].stats()["auth_refused"] == routers[0].auth_refused
-        assert "east/worker/1" not in routers[0].local_addresses
-    finally:
-        for ep in (a, b, *strangers):
-            await ep.aclose()
-        for r in routers:
-            await r.aclose()
-        ctx.destroy(linger=0)
+        assert east.received == received  # not a single frame got through
+        assert east.auth_refused >= 2
+        assert east.stats()["auth_refused"] == east.auth_refused
+        assert "east/worker/1" not in east.local_addresses
 
 
 async def _captured(topo: Topology, keys: CurveKeys | None) -> bytes:
@@ -117,24 +93,21 @@ async def _captured(topo: Topology, keys: CurveKeys | None) -> bytes:
 
     server = await asyncio.start_server(relay, "127.0.0.1", 0)
     relay_port = server.sockets[0].getsockname()[1]
-    ctx: zmq.Context[Any] = zmq.Context()
-    routers = await _routers(topo, ctx, keys)
-    a = Endpoint("east/worker/0", f"tcp://127.0.0.1:{relay_port}", ctx=ctx, keys=keys)
-    b = Endpoint("west/worker/0", topo.endpoints("west", "tcp")[0], ctx=ctx, keys=keys)
     try:
-        await asyncio.wait_for(a.start(), 10)
-        await asyncio.wait_for(b.start(), 10)
-        await a.send("west/worker/0", "t.secret", meta={"note": MARKER},
-                     arrays=[np.full(100, 7, np.int64)])
-        await b.send("east/worker/0", "t.reply", meta={"note": MARKER})
-        assert (await asyncio.wait_for(a.recv(), 10)).meta["note"] == MARKER
-        assert (await asyncio.wait_for(b.recv(), 10)).meta["note"] == MARKER
+        async with Network(topo, transport="tcp", keys=keys) as net:
+            a = Endpoint("east/worker/0", f"tcp://127.0.0.1:{relay_port}", ctx=net.ctx,
+                         keys=keys)
+            try:
+                await asyncio.wait_for(a.start(), 10)
+                b = await net.connect("west/worker/0")
+                await a.send("west/worker/0", "t.secret", meta={"note": MARKER},
+                             arrays=[np.full(100, 7, np.int64)])
+                await b.send("east/worker/0", "t.reply", meta={"note": MARKER})
+                assert (await asyncio.wait_for(a.recv(), 10)).meta["note"] == MARKER
+                assert (await asyncio.wait_for(b.recv(), 10)).meta["note"] == MARKER
+            finally:
+                await a.aclose()
     finally:
-        for ep in (a, b):
-            await ep.aclose()
-        for r in routers:
-            await r.aclose()
-        ctx.destroy(linger=0)
         server.close()
     return bytes(seen)
 
