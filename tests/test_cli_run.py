@@ -53,13 +53,30 @@ def test_a_role_outside_the_plan_is_refused(capsys: pytest.CaptureFixture[str]) 
     assert "east/worker/0" in err
 
 
-def test_gaia_roles_as_processes_are_refused_not_run_as_baseline(
+def test_isolated_roles_as_processes_are_refused_not_run_as_baseline(
         capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["role", "--topology", "tiny", "--system", "gaia", "--workload",
+    code = main(["role", "--topology", "tiny", "--system", "isolated", "--workload",
                  "softmax-digits", "--address", "east/worker/0", "--kind", "worker",
                  "--iterations", "1", "--connect-timeout", "1"])
     assert code == 2
-    assert "gaia does not run one process per role yet" in capsys.readouterr().err
+    assert "isolated does not run one process per role yet" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("system", "address", "kind", "those"), [
+    ("baseline", "east/mirror/0", "mirror", "none"),
+    ("gaia", "east/mirror/1", "mirror", "east/mirror/0, west/mirror/0"),
+    ("gaia", "east/hub/0", "hub", "none"),
+])
+def test_a_role_the_plan_does_not_have_is_a_one_line_error(
+        system: str, address: str, kind: str, those: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["role", "--topology", "tiny", "--system", system, "--workload",
+                 "softmax-digits", "--address", address, "--kind", kind,
+                 "--connect-timeout", "1"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"{address} is not a {kind} of {system} on tiny; those are: {those}" in err
+    assert "Traceback" not in err
 
 
 def test_hubs_on_a_topology_without_overlay_groups_is_a_one_line_error(

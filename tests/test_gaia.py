@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import zlib
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -17,40 +15,7 @@ from geoml.roles.ps import DONE, READ, VALUE
 from geoml.roles.ps_plan import KeyRanges
 from geoml.roles.sparse_codec import encode, encode_indices
 from geoml.run import LinkFault, RunConfig, RunResult, assemble, run_ps
-from geoml.workloads import Params, Partition, Workload
-
-
-class IntegerUpdates(Workload):
-    """Every clock a worker adds a seeded integer matrix (mostly zeros, some large), so
-    float32 sums are exact and the expected replica is known in closed form."""
-
-    name = "integer-updates"
-    objective_name = "l1"
-
-    def __init__(self, shape: tuple[int, int] = (12, 5)) -> None:
-        self.shape = shape
-
-    def table_shapes(self) -> dict[str, tuple[int, int]]:
-        return {"W": self.shape}
-
-    def init_params(self) -> Params:
-        return {"W": np.arange(np.prod(self.shape), dtype=np.float32).reshape(self.shape)}
-
-    def partition(self, workers: Mapping[str, int]) -> dict[tuple[str, int], Partition]:
-        return {(r, w): Partition(r, w, {"W": None}) for r, n in workers.items()
-                for w in range(n)}
-
-    def delta(self, region: str, worker: int, clock: int) -> np.ndarray:
-        rng = np.random.default_rng([zlib.crc32(region.encode()), worker, clock])
-        d = rng.integers(-3, 4, self.shape) * (rng.random(self.shape) < 0.3)
-        d[rng.random(self.shape) < 0.05] *= 100
-        return d.astype(np.float32)
-
-    def local_pass(self, params: Params, part: Partition, clock: int) -> Params:
-        return {"W": params["W"] + self.delta(part.region, part.worker, clock)}
-
-    def evaluate(self, params: Params, subset: np.ndarray | None = None) -> dict[str, float]:
-        return {"objective": float(np.abs(params["W"]).sum())}
+from geoml.workloads import IntegerUpdates, Params
 
 
 def _replicas(result: RunResult) -> dict[str, Params]:
@@ -61,12 +26,7 @@ def _replicas(result: RunResult) -> dict[str, Params]:
 
 
 def _expected(wl: IntegerUpdates, topo: Topology, clocks: int) -> np.ndarray:
-    total = wl.init_params()["W"].astype(np.float64)
-    for region in topo.regions:
-        for w in range(region.workers):
-            for c in range(clocks):
-                total += wl.delta(region.name, w, c)
-    return total
+    return wl.expected({r.name: r.workers for r in topo.regions}, clocks)
 
 
 def _four_regions(**extra: Any) -> Topology:
@@ -99,7 +59,7 @@ async def test_every_replica_ends_exactly_at_init_plus_all_updates(hubs: bool) -
 @pytest.mark.asyncio
 async def test_hubs_carry_fewer_wan_bytes_than_all_to_all_on_ec2_all() -> None:
     topo = load_topology("ec2_all").with_roles(workers=1)
-    wl = IntegerUpdates((200, 40))
+    wl = IntegerUpdates(200, 40)
     runs = {}
     for hubs in (False, True):
         result = await asyncio.wait_for(run_ps(RunConfig(

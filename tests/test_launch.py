@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from geoml.bus import load_topology
@@ -117,8 +118,68 @@ def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:
     assert not [n for n, pid in _children(out).items() if _alive(pid)]
 
 
+#: Four regions in two overlay groups, one worker and one shard each.
+FOUR_REGIONS = """
+name = "four"
+[defaults]
+workers = 1
+ps_shards = 1
+wan_rate_mbps = 50
+[[regions]]
+name = "a"
+[[regions]]
+name = "b"
+lon = 10.0
+[[regions]]
+name = "c"
+lon = 90.0
+[[regions]]
+name = "d"
+lon = 100.0
+[[overlay]]
+name = "west"
+hub = "a"
+members = ["a", "b"]
+[[overlay]]
+name = "east"
+hub = "d"
+members = ["c", "d"]
+"""
+
+
+def test_gaia_with_hubs_as_processes_ends_with_every_update_in_every_replica(
+        tmp_path: Path) -> None:
+    """Shards, mirrors, hubs and workers each a process: every replica ends exactly at the
+    initial model plus every worker's updates (the integer-updates check workload)."""
+    from geoml.ps_roles import load_shard_outputs
+    from geoml.workloads import IntegerUpdates
+
+    topology = tmp_path / "four.toml"
+    topology.write_text(FOUR_REGIONS)
+    out, clocks = tmp_path / "run", 6
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "geoml.cli", "launch", "--topology", str(topology),
+         "--system", "gaia", "--gaia-hubs", "--gaia-v", "0.5", "--workload", "integer-updates",
+         "--iterations", str(clocks), "--out", str(out), "--status-every", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert sorted(p["kind"] for p in summary["processes"].values()) == \
+        ["hub"] * 2 + ["mirror"] * 4 + ["ps_shard"] * 4 + ["router"] * 4 + ["worker"] * 4
+    expected = IntegerUpdates().expected({r: 1 for r in "abcd"}, clocks)
+    for region in "abcd":
+        replica = load_shard_outputs(out / "shards", [f"{region}/ps/0"])
+        np.testing.assert_array_equal(replica["W"], expected, err_msg=region)
+    assert 0.2 < summary["filtered_fraction"] < 1  # the filter held updates back
+    assert summary["gaia"]["roles"]["a/hub/0"]["combined"] >= clocks
+    assert summary["final_objective"] == float(np.abs(expected).sum())
+    assert not [n for n, pid in _children(out).items() if _alive(pid)]
+
+
 def test_launch_refuses_what_it_cannot_run_in_one_line(tmp_path: Path) -> None:
-    proc = _launch(tmp_path / "x", "--iterations", "1", "--system", "gaia")
+    proc = _launch(tmp_path / "x", "--iterations", "1", "--system", "fedavg")
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 2
-    assert "gaia does not run one process per role yet" in stderr and "Traceback" not in stderr
+    assert "fedavg does not run one process per role yet" in stderr
+    assert "Traceback" not in stderr

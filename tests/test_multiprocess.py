@@ -129,8 +129,8 @@ def test_baseline_parameter_server_as_processes_converges(topology_file: Path,
                                                           tmp_path: Path) -> None:
     """2 routers, 2 PS shards and 2 workers as 6 processes; the model they train improves."""
     from geoml.bus import load_topology
+    from geoml.ps_roles import load_shard_outputs
     from geoml.roles.ps_plan import plan_ps
-    from geoml.run import load_shard_outputs
     from geoml.workloads import make_workload
 
     common = ["--topology", str(topology_file), "--system", "baseline",

@@ -20,13 +20,14 @@ from geoml.bus import GeomlError, Router, Topology, load_topology, region_of
 from geoml.bus.address import is_valid_address
 from geoml.bus.endpoint import Endpoint
 from geoml.bus.vclock import CLOCKS, run_with_clock
+from geoml.ps_roles import PS_KINDS
 from geoml.roles.drift import DETECTORS
 
 CARTEL_SYSTEMS = ("cartel", "isolated", "centralized", "fedavg")
 
 log = logging.getLogger("geoml")
 
-ROLE_KINDS = ("source", "sink", "ps_shard", "worker")
+ROLE_KINDS = ("source", "sink", *PS_KINDS)
 
 
 def _topo_show(topo: Topology) -> str:
@@ -211,8 +212,8 @@ async def _role_main(topo: Topology, address: str, kind: str, args: argparse.Nam
                      ) -> dict[str, Any]:
     from geoml.roles.traffic import run_sink, run_source
 
-    if kind in ("ps_shard", "worker"):
-        from geoml.run import ps_role_main
+    if kind in PS_KINDS:
+        from geoml.ps_roles import ps_role_main
 
         return await ps_role_main(_run_config(args, check=kind == "worker", topo=topo),
                                   address, kind, connect_timeout=args.connect_timeout,
@@ -246,15 +247,16 @@ def _launch_main(args: argparse.Namespace) -> int:
         raise GeomlError("--iterations must be >= 1")
     out = args.out or Path("runs") / f"launch-{args.system}-{topo.name}-{args.workload}"
     cfg = LaunchConfig(str(args.topology), args.system, args.workload, args.iterations, out,
-                       args.opt, args.sync, args.status_every, args.start_timeout, args.keys)
+                       args.opt, args.sync, args.status_every, args.start_timeout, args.keys,
+                       args.gaia_v, args.gaia_ds, args.gaia_hubs, args.gaia_barrier)
     try:
         summary = run_with_clock(_until_signal(lambda stop: launch(cfg, topo, stop)))
     except LaunchInterrupted as exc:
         print(f"geoml: {exc}", file=sys.stderr)
         return 130
-    print(json.dumps({k: summary[k] for k in (
-        "system", "topology", "mode", "iterations", "elapsed_s", "final_objective",
-        "wan_bytes", "cost_usd")}, indent=2))
+    shown = ("system", "topology", "mode", "iterations", "elapsed_s", "final_objective",
+             "wan_bytes", "cost_usd", "filtered_fraction")
+    print(json.dumps({k: summary[k] for k in shown if k in summary}, indent=2))
     print(f"wrote {out}/summary.json, curve.csv, curve.png; each process's output in "
           f"{out}/logs/")
     return 0
@@ -409,11 +411,12 @@ def build_parser() -> argparse.ArgumentParser:
     ro.add_argument("--endpoints", type=Path, help="JSON file of the routers' endpoints, "
                     "overriding the topology's ports (written by `geoml launch`)")
     _ps_args(ro, role=True)
+    _gaia_args(ro)
 
     la = sub.add_parser("launch", help="run every router and role as its own process on this "
                         "machine (tcp on 127.0.0.1); writes summary.json like `run`")
     la.add_argument("--topology", required=True)
-    la.add_argument("--system", required=True, help="lan or baseline (gaia and the others: "
+    la.add_argument("--system", required=True, help="lan, baseline or gaia (the others: "
                     "`geoml run` for now)")
     la.add_argument("--workload", required=True, choices=_workload_names())
     la.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
@@ -427,6 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seconds a process may take to be ready")
     la.add_argument("--keys", type=Path, help="CurveZMQ keys from `geoml keys` (default: "
                     "made for the run in OUT/keys)")
+    _gaia_args(la)
 
     run = sub.add_parser("run", help="train with one system, all-in-one; writes summary.json, "
                          "curve.csv, curve.png")
@@ -498,15 +502,20 @@ def _training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fed-deadline", type=float, default=60.0, metavar="SECONDS",
                    help="fedavg: a client that has not answered by then is left out of the "
                    "round (counted)")
+    _gaia_args(p)
+    p.add_argument("--link-down", action="append", default=[], metavar="A-B@T+S",
+                   help="fault injection: the WAN link between regions A and B (A->B: one "
+                   "direction) has rate 0 from T to T+S seconds into the run (repeatable)")
+
+
+def _gaia_args(p: argparse.ArgumentParser) -> None:
+    """Gaia's options (run, compare, role, launch)."""
     p.add_argument("--gaia-v", type=float, default=0.01,
                    help="gaia: initial significance threshold (decays as v/sqrt(t))")
     p.add_argument("--gaia-ds", type=int, default=2,
                    help="gaia: mirror clock, clocks a region may lead the slowest other")
     p.add_argument("--gaia-hubs", action="store_true",
                    help="gaia: exchange updates through the overlay groups' hubs")
-    p.add_argument("--link-down", action="append", default=[], metavar="A-B@T+S",
-                   help="fault injection: the WAN link between regions A and B (A->B: one "
-                   "direction) has rate 0 from T to T+S seconds into the run (repeatable)")
     p.add_argument("--gaia-barrier", default="auto", choices=("auto", "always", "off"),
                    help="gaia: selective barrier ahead of an update when earlier ones are "
                    "still queued on the WAN (auto), ahead of every update, or never")
@@ -601,7 +610,7 @@ def main(argv: list[str] | None = None) -> int:
                                  f"{', '.join(ROLE_KINDS)}")
             if not is_valid_address(args.address):
                 raise GeomlError(f"--address {args.address!r} is not REGION/ROLE/INDEX")
-            if args.kind in ("ps_shard", "worker") and (not args.system or not args.workload):
+            if args.kind in PS_KINDS and (not args.system or not args.workload):
                 raise GeomlError(f"a {args.kind} needs --system and --workload")
             if args.kind == "worker" and args.iterations is None:
                 raise GeomlError("a worker needs --iterations N")

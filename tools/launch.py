@@ -32,11 +32,10 @@ from geoml.bus.security import make_keys
 from geoml.roles.ps_plan import PSPlan, plan_ps
 from geoml.workloads import make_workload
 
+from .ps_roles import PROCESS_SYSTEMS, load_shard_outputs, role_addresses
 from .results import cost_usd, write_results
-from .run import load_shard_outputs, traffic_from_stats
+from .run import traffic_from_stats
 
-#: Systems whose roles run one per process today.
-LAUNCHABLE = ("lan", "baseline")
 _STOP_GRACE_S = 5.0
 _STDERR_TAIL = 40
 
@@ -55,6 +54,17 @@ class LaunchConfig:
     status_every: float = 5.0
     start_timeout: float = 60.0
     keys: Path | None = None  # CurveZMQ keys (None: made for this run in out/keys)
+    gaia_v: float = 0.01
+    gaia_ds: int = 2
+    gaia_hubs: bool = False
+    gaia_barrier: str = "auto"
+
+    def gaia_args(self) -> list[str]:
+        """The gaia options as role arguments (none for the other systems)."""
+        if self.system != "gaia":
+            return []
+        return ["--gaia-v", str(self.gaia_v), "--gaia-ds", str(self.gaia_ds),
+                "--gaia-barrier", self.gaia_barrier, *(["--gaia-hubs"] * self.gaia_hubs)]
 
 
 class LaunchFailed(GeomlError):
@@ -77,7 +87,7 @@ class Child:
     """One process of the run: its command, output so far, and state."""
 
     name: str  # "router east" or a role address
-    kind: str  # router, ps_shard or worker
+    kind: str  # router, ps_shard, mirror, hub or worker
     proc: asyncio.subprocess.Process
     log: Any  # the open log file
     lines: list[str] = field(default_factory=list)
@@ -206,9 +216,10 @@ class Launcher:
                 "--connect-timeout", str(self.cfg.start_timeout)]
         for opt in self.cfg.options:
             args += ["--opt", opt]
+        args += self.cfg.gaia_args()
         if kind == "worker":
             args += ["--iterations", str(self.cfg.iterations)]
-        else:
+        elif kind == "ps_shard":
             args += ["--out", str(self.cfg.out / "shards")]
         return args
 
@@ -261,11 +272,12 @@ class Launcher:
 
 async def launch(cfg: LaunchConfig, topo: Topology, stop: asyncio.Event) -> dict[str, Any]:
     """Run `cfg` as processes; returns the summary (also written to cfg.out)."""
-    if cfg.system not in LAUNCHABLE:
+    if cfg.system not in PROCESS_SYSTEMS:
         raise GeomlError(f"{cfg.system} does not run one process per role yet (only "
-                         f"{', '.join(LAUNCHABLE)} do); use `geoml run --system {cfg.system}`")
+                         f"{', '.join(PROCESS_SYSTEMS)} do); use `geoml run --system "
+                         f"{cfg.system}`")
     try:
-        plan = plan_ps(topo, cfg.system)
+        plan = plan_ps(topo, cfg.system, hubs=cfg.gaia_hubs and cfg.system == "gaia")
         workload = make_workload(cfg.workload, dict(o.split("=", 1) for o in cfg.options))
     except ValueError as exc:
         raise GeomlError(str(exc)) from None
@@ -294,18 +306,18 @@ async def launch(cfg: LaunchConfig, topo: Topology, stop: asyncio.Event) -> dict
 
 
 async def _run(launcher: Launcher) -> tuple[float, dict[str, dict[str, Any]]]:
-    """Routers, then shards, then workers; returns the training time and the roles'
-    reports."""
+    """Routers, then shards, mirrors and hubs, then workers; returns the training time and
+    the roles' reports."""
     plan = launcher.plan
     t0 = time.monotonic()
     endpoints = await launcher.start_routers()
-    shards = [await launcher.spawn(a, "ps_shard", launcher.role_args(a, "ps_shard", endpoints))
-              for a in plan.shards]
-    for child in shards:
+    servers = [await launcher.spawn(a, kind, launcher.role_args(a, kind, endpoints))
+               for kind in ("ps_shard", "mirror", "hub") for a in role_addresses(plan, kind)]
+    for child in servers:  # ready before any worker can send them a frame
         await launcher.wait_line(child, "connected to")
     workers = [await launcher.spawn(a, "worker", launcher.role_args(a, "worker", endpoints))
                for a in plan.workers]
-    roles = [*workers, *shards]
+    roles = [*workers, *servers]
     await launcher.watch(lambda: all(c.proc.returncode == 0 for c in roles), t0)
     for child in roles:  # their reports are complete once their output is
         await child.drained()
@@ -331,7 +343,12 @@ def _summary(cfg: LaunchConfig, topo: Topology, plan: PSPlan, workload: Any,
              launcher: Launcher, elapsed: float, reports: dict[str, dict[str, Any]],
              routers: dict[str, dict[str, Any]], wall: float) -> dict[str, Any]:
     start = workload.evaluate(workload.init_params())
-    final = workload.evaluate(load_shard_outputs(cfg.out / "shards", plan.shards))
+    # gaia: each region holds a replica; the first data region's is the one reported, as
+    # in the all-in-one run.
+    evaluated = next(iter(plan.data_regions))
+    replica = (plan.in_region(plan.shards, evaluated) if plan.replica_per_region
+               else list(plan.shards))
+    final = workload.evaluate(load_shard_outputs(cfg.out / "shards", replica))
     traffic = traffic_from_stats(routers)
     machines: dict[str, int] = {}
     for address in (*plan.shards, *plan.workers):
@@ -366,5 +383,15 @@ def _summary(cfg: LaunchConfig, topo: Topology, plan: PSPlan, workload: Any,
         "processes": {c.name: {"kind": c.kind, "pid": c.pid, "exit": c.proc.returncode}
                       for c in launcher.children},
     }
+    if plan.mirrors is not None:
+        updated = sum(reports[a]["elements_updated"] for a in plan.shards)
+        sent = sum(reports[a]["elements_sent"] for a in plan.shards)
+        summary["gaia"] = {"v": cfg.gaia_v, "ds": cfg.gaia_ds, "hubs": cfg.gaia_hubs,
+                           "barrier": cfg.gaia_barrier, "elements_updated": updated,
+                           "elements_sent": sent, "evaluated_replica": evaluated,
+                           "roles": {a: {k: v for k, v in r.items() if k not in ("role", "kind")}
+                                     for a, r in reports.items()
+                                     if r["kind"] in ("mirror", "hub")}}
+        summary["filtered_fraction"] = 1 - sent / updated if updated else 0.0
     write_results(cfg.out, summary, curve, f"{cfg.system} on {topo.name} (processes)")
     return summary

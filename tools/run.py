@@ -13,10 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import zmq
 
-from geoml.bus import Endpoint, GeomlError, Network, Topology, load_topology, region_of
-from geoml.bus.security import CurveKeys
+from geoml.bus import Network, Topology, load_topology
 from geoml.bus.vclock import is_virtual
 from geoml.roles.compute import Compute, ComputeCost, ComputeProcess
 from geoml.roles.fedavg import FedAvgConfig
@@ -27,6 +25,7 @@ from geoml.roles.shipping import DataCollector, DataShipper
 from geoml.workloads import Params, Partition, Workload, make_workload
 
 from .inspector import LiveView, TapSubscriber
+from .ps_roles import make_hub, make_mirror, make_shard, replica_groups
 from .recording import Recorder, topology_header
 from .results import cost_usd, time_to_target, write_results
 from .traffic import TrafficStats, capacities
@@ -268,7 +267,6 @@ async def run_ps(cfg: RunConfig) -> RunResult:
     if not plan.workers or not plan.shards:
         raise ValueError(f"topology {topo.name!r} gives {len(plan.workers)} workers and "
                          f"{len(plan.shards)} PS shards; need at least one of each")
-    ranges = KeyRanges(workload.table_shapes(), len(plan.shards))
     init = workload.init_params()
     region_tests = (workload.test_regions(list(plan.data_regions))
                     if plan.system == "isolated" else None)
@@ -293,62 +291,35 @@ async def run_ps(cfg: RunConfig) -> RunResult:
             shards: list[PSShard] = []
             workers: list[PSWorker] = []
             mirrors: list[GaiaMirror | GaiaHub] = []
-            # Per region: the shards a region's workers use, and their key ranges.
-            groups: list[tuple[str, list[str], KeyRanges]] = []
-            if not plan.replica_per_region:
-                groups = [(r, plan.shards, ranges) for r in plan.data_regions]
-            else:
-                for region in plan.data_regions:
-                    mine = plan.in_region(plan.shards, region)
-                    if not mine:
-                        raise ValueError(f"{plan.system}: region {region} has workers but no "
-                                         "PS shard to hold its model")
-                    groups.append((region, mine, KeyRanges(workload.table_shapes(),
-                                                           len(mine))))
+            groups = replica_groups(plan, workload.table_shapes())
             made: set[str] = set()
-            # Every address a mirror or hub may send updates to (for barrier decisions).
-            peers = [*(plan.mirrors or {}).values(), *(h for h, _ in (plan.hubs or {}).values())]
-            for region, shard_addrs, group_ranges in groups:
-                for i, addr in enumerate(shard_addrs):
+            for group in groups:
+                for addr in group.shards:
                     if addr in made:
                         continue
                     made.add(addr)
-                    ep = await net.connect(addr)
-                    common = dict(staleness=cfg.staleness, record=cfg.record_reads,
-                                  on_min_clock=report_clock(len(shards)))
-                    if plan.mirrors is None:
-                        users = (plan.in_region(plan.workers, region)
-                                 if plan.replica_per_region else plan.workers)
-                        shards.append(PSShard(ep, i, group_ranges, init, users, **common))
-                    else:
-                        shards.append(GaiaShard(
-                            ep, i, group_ranges, init, plan.in_region(plan.workers, region),
-                            plan.mirrors[region], v=cfg.gaia_v, ds=cfg.gaia_ds, **common))
+                    shards.append(make_shard(await net.connect(addr), cfg, plan, group, init,
+                                             record=cfg.record_reads,
+                                             on_min_clock=report_clock(len(shards))))
                 if plan.mirrors is not None:
-                    mirrors.append(GaiaMirror(await net.connect(plan.mirrors[region]), region,
-                                              shard_addrs, group_ranges, plan.mirrors,
-                                              ds=cfg.gaia_ds, hub=plan.hub_of(region),
-                                              barrier=cfg.gaia_barrier,
-                                              rates=_path_rates(topo, region, peers)))
-                for index, addr in enumerate(plan.in_region(plan.workers, region)):
+                    mirrors.append(make_mirror(await net.connect(plan.mirrors[group.region]),
+                                               cfg, topo, plan, group))
+                for index, addr in enumerate(plan.in_region(plan.workers, group.region)):
                     ep = await net.connect(addr)
-                    workers.append(PSWorker(ep, workload, parts[(region, index)], shard_addrs,
-                                            group_ranges, iterations=cfg.iterations,
+                    resident = (workload, parts[(group.region, index)])
+                    workers.append(PSWorker(ep, workload, resident[1], group.shards,
+                                            group.ranges, iterations=cfg.iterations,
                                             stop=stop, compute=region_compute(
-                                                cfg, topo, region, executor,
-                                                (workload, parts[(region, index)]), addr)))
-            for hub, members in (plan.hubs or {}).values():
-                mirrors.append(GaiaHub(
-                    await net.connect(hub), {r: plan.mirrors[r] for r in members},
-                    {g: h for g, (h, _) in plan.hubs.items()}, workload.table_shapes(),
-                    [r for r in plan.data_regions if r not in members],
-                    barrier=cfg.gaia_barrier,
-                    rates=_path_rates(topo, region_of(hub), peers)))
+                                                cfg, topo, group.region, executor, resident,
+                                                addr)))
+            for hub, _ in (plan.hubs or {}).values():
+                mirrors.append(make_hub(await net.connect(hub), cfg, topo, plan,
+                                        workload.table_shapes()))
             # The model evaluated: the global one, or each region's replica (the first is
             # the one reported for gaia; isolated reports every one).
-            replicas = {region: ([s for s in shards if s.ep.address in addrs], group_ranges)
-                        for region, addrs, group_ranges in groups}
-            first = groups[0][0]
+            replicas = {g.region: ([s for s in shards if s.ep.address in g.shards], g.ranges)
+                        for g in groups}
+            first = groups[0].region
             eval_shards, eval_ranges = replicas[first]
             scored = replicas if region_tests is not None else {first: replicas[first]}
             monitor = _Monitor(workload, lambda: {r: assemble(sh, rg) for r, (sh, rg)
@@ -383,7 +354,7 @@ async def run_ps(cfg: RunConfig) -> RunResult:
         sent = sum(f.counters.sent for f in filters)
         summary["gaia"] = {"v": cfg.gaia_v, "ds": cfg.gaia_ds, "hubs": cfg.gaia_hubs,
                            "barrier": cfg.gaia_barrier, "elements_updated": updated,
-                           "elements_sent": sent, "evaluated_replica": groups[0][0],
+                           "elements_sent": sent, "evaluated_replica": first,
                            "roles": {m.ep.address: dict(m.counters) for m in mirrors}}
         summary["filtered_fraction"] = 1 - sent / updated if updated else 0.0
     if shipped is not None:
@@ -600,16 +571,6 @@ async def _ship_raw_data(net: Network, workload: Workload, plan: PSPlan, quiet: 
     return parts, info
 
 
-def _path_rates(topo: Topology, region: str, addresses: list[str]) -> dict[str, float]:
-    """Bytes/s of the slowest hop from `region` to each address's region."""
-    rates = {}
-    for address in addresses:
-        path = topo.route(region, region_of(address))
-        hops = [topo.wan_spec(a, b).rate_bytes for a, b in itertools.pairwise(path)]
-        rates[address] = min(hops, default=topo.lan_spec(region, address).rate_bytes)
-    return rates
-
-
 def _schedule_faults(net: Network, faults: tuple[LinkFault, ...]) -> list[asyncio.TimerHandle]:
     """Take each faulty link down at its start and restore its rate after its duration."""
     loop = asyncio.get_running_loop()
@@ -641,59 +602,3 @@ async def _start_tap(net: Network, topo: Topology, cfg: RunConfig) -> TapSubscri
     for router in net.routers.values():
         await router.wait_tap_subscribed()
     return tap
-
-
-def _shard_file(out: Path, address: str) -> Path:
-    return out / f"{address.replace('/', '_')}.npz"
-
-
-async def ps_role_main(cfg: RunConfig, address: str, kind: str,
-                       connect_timeout: float = 30.0, keys: CurveKeys | None = None
-                       ) -> dict[str, Any]:
-    """One PS shard or worker as its own process (tcp); returns its report."""
-    topo = cfg.topology if isinstance(cfg.topology, Topology) else load_topology(cfg.topology)
-    try:
-        workload = (cfg.workload if isinstance(cfg.workload, Workload)
-                    else make_workload(cfg.workload, cfg.workload_options))
-        plan = plan_ps(topo, cfg.system, cfg.home)
-    except ValueError as exc:
-        raise GeomlError(str(exc)) from None
-    if plan.system not in ("lan", "baseline"):
-        raise GeomlError(f"{plan.system} does not run one process per role yet (only lan and "
-                         f"baseline do); use `geoml run --system {plan.system}`")
-    members = plan.shards if kind == "ps_shard" else plan.workers
-    if address not in members:
-        raise GeomlError(f"{address} is not a {kind} of {cfg.system} on {topo.name}; those "
-                         f"are: {', '.join(members)}")
-    ranges = KeyRanges(workload.table_shapes(), len(plan.shards))
-    ctx: zmq.Context[Any] = zmq.Context()
-    ep = Endpoint(address, topo.endpoints(region_of(address), "tcp")[0], ctx=ctx, keys=keys)
-    try:
-        await ep.start(timeout=connect_timeout)
-        print(f"{address} connected to {ep.router}", flush=True)
-        if kind == "ps_shard":
-            shard = PSShard(ep, plan.shards.index(address), ranges, workload.init_params(),
-                            plan.workers, staleness=cfg.staleness)
-            await shard.run()
-            report: dict[str, Any] = {"role": address, "kind": kind, **shard.counters}
-            if cfg.out is not None:
-                cfg.out.mkdir(parents=True, exist_ok=True)
-                np.savez(_shard_file(cfg.out, address), **shard.tables)
-                report["wrote"] = str(_shard_file(cfg.out, address))
-            return report
-        region = region_of(address)
-        index = plan.in_region(plan.workers, region).index(address)
-        part = workload.partition(plan.data_regions)[(region, index)]
-        worker = PSWorker(ep, workload, part, plan.shards, ranges, iterations=cfg.iterations,
-                          on_clock=lambda a, c: print(f"{a} clock {c}", flush=True))
-        clock = await worker.run()
-        return {"role": address, "kind": kind, "clock": clock, **worker.times}
-    finally:
-        await ep.aclose()
-        ctx.destroy(linger=0)
-
-
-def load_shard_outputs(out: Path, shards: tuple[str, ...]) -> Params:
-    """The full model from the files shard processes wrote with --out."""
-    pieces = [dict(np.load(_shard_file(out, a))) for a in shards]
-    return {t: np.concatenate([p[t] for p in pieces]) for t in pieces[0]}

@@ -19,6 +19,7 @@ from .base import (
     decayed_lr,
     take_rows,
 )
+from .check import IntegerUpdates
 from .classify import Classifier
 from .datasets import (
     load_digits,
@@ -65,6 +66,8 @@ WORKLOADS: dict[str, tuple[dict[str, Any], Callable[..., Workload]]] = {
         lambda samples, features, classes, spread, **kw: Classifier(
             synthetic_clusters(samples, features, classes, spread, kw["seed"]),
             name="mlp-synthetic", **kw)),
+    # A check, not a learning problem: its final model is known exactly (see check.py).
+    "integer-updates": ({"rows": 12, "cols": 5}, lambda **kw: IntegerUpdates(**kw)),
 }
 
 
@@ -90,6 +93,7 @@ def make_workload(name: str, options: Mapping[str, Any] | None = None) -> Worklo
 __all__ = [
     "WORKLOADS",
     "Classifier",
+    "IntegerUpdates",
     "MatrixFactorization",
     "Params",
     "Partition",

@@ -1,0 +1,196 @@
+"""Building the roles of a parameter-server system (lan, baseline, gaia, isolated), shared by
+the all-in-one run and one-process-per-role mode, and the entry point of that mode."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import zmq
+
+from geoml.bus import Endpoint, GeomlError, Topology, load_topology, region_of
+from geoml.bus.security import CurveKeys
+from geoml.roles.gaia import GaiaHub, GaiaMirror, GaiaShard
+from geoml.roles.ps import PSShard, PSWorker
+from geoml.roles.ps_plan import KeyRanges, PSPlan, plan_ps
+from geoml.workloads import Params, Workload, make_workload
+
+if TYPE_CHECKING:
+    from .run import RunConfig
+
+#: Systems whose roles run one per process.
+PROCESS_SYSTEMS = ("lan", "baseline", "gaia")
+#: Role kinds of those systems, in the order a launcher starts them.
+PS_KINDS = ("ps_shard", "mirror", "hub", "worker")
+
+
+@dataclass(frozen=True)
+class ReplicaGroup:
+    """The shards one region's workers use, and how keys are split over them."""
+
+    region: str
+    shards: list[str]
+    ranges: KeyRanges
+
+
+def replica_groups(plan: PSPlan, shapes: dict[str, tuple[int, int]]) -> list[ReplicaGroup]:
+    """Per data region: one global model over every shard, or (gaia, isolated) a replica
+    of its own on the region's shards."""
+    if not plan.replica_per_region:
+        ranges = KeyRanges(shapes, len(plan.shards))
+        return [ReplicaGroup(r, list(plan.shards), ranges) for r in plan.data_regions]
+    groups = []
+    for region in plan.data_regions:
+        mine = plan.in_region(plan.shards, region)
+        if not mine:
+            raise ValueError(f"{plan.system}: region {region} has workers but no PS shard "
+                             "to hold its model")
+        groups.append(ReplicaGroup(region, mine, KeyRanges(shapes, len(mine))))
+    return groups
+
+
+def group_of(groups: list[ReplicaGroup], region: str) -> ReplicaGroup:
+    """The replica group of `region`."""
+    for group in groups:
+        if group.region == region:
+            return group
+    raise KeyError(f"region {region!r} has no workers in this plan")
+
+
+def path_rates(topo: Topology, region: str, addresses: list[str]) -> dict[str, float]:
+    """Bytes/s of the slowest hop from `region` to each address's region."""
+    rates = {}
+    for address in addresses:
+        path = topo.route(region, region_of(address))
+        hops = [topo.wan_spec(a, b).rate_bytes for a, b in itertools.pairwise(path)]
+        rates[address] = min(hops, default=topo.lan_spec(region, address).rate_bytes)
+    return rates
+
+
+def _gaia_peers(plan: PSPlan) -> list[str]:
+    """Every address a mirror or hub may send updates to (for barrier decisions)."""
+    return [*(plan.mirrors or {}).values(), *(h for h, _ in (plan.hubs or {}).values())]
+
+
+def make_shard(ep: Endpoint, cfg: RunConfig, plan: PSPlan, group: ReplicaGroup, init: Params,
+               **common: Any) -> PSShard:
+    """The PS shard at `ep.address` (a Gaia shard when the plan has mirrors)."""
+    index = group.shards.index(ep.address)
+    region = region_of(ep.address)
+    if plan.mirrors is None:
+        users = plan.in_region(plan.workers, region) if plan.replica_per_region else plan.workers
+        return PSShard(ep, index, group.ranges, init, users, staleness=cfg.staleness, **common)
+    return GaiaShard(ep, index, group.ranges, init, plan.in_region(plan.workers, region),
+                     plan.mirrors[region], v=cfg.gaia_v, ds=cfg.gaia_ds,
+                     staleness=cfg.staleness, **common)
+
+
+def make_mirror(ep: Endpoint, cfg: RunConfig, topo: Topology, plan: PSPlan,
+                group: ReplicaGroup) -> GaiaMirror:
+    """Gaia's mirror of `group.region`."""
+    assert plan.mirrors is not None
+    return GaiaMirror(ep, group.region, group.shards, group.ranges, plan.mirrors,
+                      ds=cfg.gaia_ds, hub=plan.hub_of(group.region), barrier=cfg.gaia_barrier,
+                      rates=path_rates(topo, group.region, _gaia_peers(plan)))
+
+
+def make_hub(ep: Endpoint, cfg: RunConfig, topo: Topology, plan: PSPlan,
+             shapes: Mapping[str, tuple[int, int]]) -> GaiaHub:
+    """The overlay hub at `ep.address`."""
+    assert plan.hubs is not None and plan.mirrors is not None
+    members = next(m for h, m in plan.hubs.values() if h == ep.address)
+    return GaiaHub(ep, {r: plan.mirrors[r] for r in members},
+                   {g: h for g, (h, _) in plan.hubs.items()}, shapes,
+                   [r for r in plan.data_regions if r not in members],
+                   barrier=cfg.gaia_barrier,
+                   rates=path_rates(topo, region_of(ep.address), _gaia_peers(plan)))
+
+
+def role_addresses(plan: PSPlan, kind: str) -> list[str]:
+    """The addresses of role kind `kind` in `plan`."""
+    if kind == "ps_shard":
+        return list(plan.shards)
+    if kind == "worker":
+        return list(plan.workers)
+    if kind == "mirror":
+        return list((plan.mirrors or {}).values())
+    if kind == "hub":
+        return [h for h, _ in (plan.hubs or {}).values()]
+    raise GeomlError(f"unknown role kind {kind!r} for {plan.system}; known: "
+                     f"{', '.join(PS_KINDS)}")
+
+
+def shard_file(out: Path, address: str) -> Path:
+    """Where a shard process writes its final rows."""
+    return out / f"{address.replace('/', '_')}.npz"
+
+
+def load_shard_outputs(out: Path, shards: tuple[str, ...] | list[str]) -> Params:
+    """The full model (or one region's replica) from the files shard processes wrote."""
+    pieces = [dict(np.load(shard_file(out, a))) for a in shards]
+    return {t: np.concatenate([p[t] for p in pieces]) for t in pieces[0]}
+
+
+async def ps_role_main(cfg: RunConfig, address: str, kind: str,
+                       connect_timeout: float = 30.0, keys: CurveKeys | None = None
+                       ) -> dict[str, Any]:
+    """One PS shard, worker, Gaia mirror or hub as its own process (tcp); returns its
+    report."""
+    topo = cfg.topology if isinstance(cfg.topology, Topology) else load_topology(cfg.topology)
+    try:
+        workload = (cfg.workload if isinstance(cfg.workload, Workload)
+                    else make_workload(cfg.workload, cfg.workload_options))
+        plan = plan_ps(topo, cfg.system, cfg.home, hubs=cfg.gaia_hubs and cfg.system == "gaia")
+        groups = replica_groups(plan, workload.table_shapes())
+    except ValueError as exc:
+        raise GeomlError(str(exc)) from None
+    if plan.system not in PROCESS_SYSTEMS:
+        raise GeomlError(f"{plan.system} does not run one process per role yet (only "
+                         f"{', '.join(PROCESS_SYSTEMS)} do); use `geoml run --system "
+                         f"{plan.system}`")
+    members = role_addresses(plan, kind)
+    if address not in members:
+        raise GeomlError(f"{address} is not a {kind} of {cfg.system} on {topo.name}; those "
+                         f"are: {', '.join(members) or 'none'}")
+    region = region_of(address)
+    ctx: zmq.Context[Any] = zmq.Context()
+    ep = Endpoint(address, topo.endpoints(region, "tcp")[0], ctx=ctx, keys=keys)
+    try:
+        await ep.start(timeout=connect_timeout)
+        print(f"{address} connected to {ep.router}", flush=True)
+        report: dict[str, Any] = {"role": address, "kind": kind}
+        if kind == "hub":
+            hub = make_hub(ep, cfg, topo, plan, workload.table_shapes())
+            await hub.run()
+            return {**report, **hub.counters}
+        group = group_of(groups, region)
+        if kind == "mirror":
+            mirror = make_mirror(ep, cfg, topo, plan, group)
+            await mirror.run()
+            return {**report, **mirror.counters}
+        if kind == "ps_shard":
+            shard = make_shard(ep, cfg, plan, group, workload.init_params())
+            await shard.run()
+            report.update(shard.counters)
+            if isinstance(shard, GaiaShard):
+                report.update(elements_updated=shard.filter.counters.updated,
+                              elements_sent=shard.filter.counters.sent)
+            if cfg.out is not None:
+                cfg.out.mkdir(parents=True, exist_ok=True)
+                np.savez(shard_file(cfg.out, address), **shard.tables)
+                report["wrote"] = str(shard_file(cfg.out, address))
+            return report
+        index = plan.in_region(plan.workers, region).index(address)
+        part = workload.partition(plan.data_regions)[(region, index)]
+        worker = PSWorker(ep, workload, part, group.shards, group.ranges,
+                          iterations=cfg.iterations,
+                          on_clock=lambda a, c: print(f"{a} clock {c}", flush=True))
+        clock = await worker.run()
+        return {**report, "clock": clock, **worker.times}
+    finally:
+        await ep.aclose()
+        ctx.destroy(linger=0)
