@@ -32,6 +32,16 @@ _BATCH = 512
 _QUANTUM_MIN = 1 << 20
 _QUANTUM_STEP = 1 << 20
 _QUANTUM_MAX = 32 << 20
+#: Send window (tcp only): data frames wait while more than this many bytes sent are not yet
+#: acknowledged by the router's bus.credit (it credits what it has read off the
+#: connection). Without it, frames already handed to ZeroMQ (up to its high-water mark of
+#: 1000 frames, whatever their size) reach the router however long it has been pausing the
+#: sender: across processes, three senders of 256 KiB frames grew a router to 800 MB.
+SEND_WINDOW_BYTES = 16 << 20
+#: A send waits at most this long for a credit, then goes on and counts `window_timeouts`
+#: (the credit is a memory bound, not a condition of delivery: a role whose inbox is full
+#: stops reading its socket, credits included, and must not deadlock its own sends).
+CREDIT_WAIT_S = 2.0
 #: Default inbox size (bytes) above which the endpoint stops reading its socket, so that
 #: a role that does not read pushes back on its senders instead of growing without bound.
 INBOX_LIMIT_BYTES = 256 << 20
@@ -82,10 +92,15 @@ class Endpoint:
         self._reader: asyncio.Task[None] | None = None
         self._paused: set[str] = set()
         self._resumed = asyncio.Event()
+        self._windowed = False  # tcp: keep a send window (set at start)
+        self._window_sent = 0  # bytes of frames sent since the welcome
+        self._window_acked = 0  # of those, what the router has credited
+        self._credit = asyncio.Event()
         self._closed = False
         self.errors: deque[dict[str, Any]] = deque(maxlen=100)
         self.counters = {"sent_frames": 0, "sent_bytes": 0, "recv_frames": 0, "recv_bytes": 0,
-                         "bad_frames": 0, "errors": 0, "pauses": 0, "inbox_full": 0}
+                         "bad_frames": 0, "errors": 0, "pauses": 0, "inbox_full": 0,
+                         "window_waits": 0, "window_timeouts": 0}
 
     async def __aenter__(self) -> Endpoint:
         await self.start()
@@ -111,8 +126,14 @@ class Endpoint:
         self._io = ZIO(sock, loop)
         self._welcome = loop.create_future()
         self._reader = loop.create_task(self._read_loop(), name=f"endpoint {self.address}")
+        # Over tcp the router's pause can come late (frames already in ZeroMQ's pipes still
+        # arrive), so the endpoint asks for credits and keeps a send window. In one process
+        # it yields to the router after each quantum instead, which bounds the overshoot
+        # without the credits' cost.
+        self._windowed = self._router_endpoint.startswith("tcp://")
         hello = fr.make_header(fr.HELLO, self.address, self.router, self._next_seq(),
-                               priority=fr.CONTROL, meta={"role": self.address.split("/")[1]})
+                               priority=fr.CONTROL, meta={"role": self.address.split("/")[1],
+                                                          "credit": self._windowed})
         await self._io.send([fr.encode_header(hello)])
         try:
             await asyncio.wait_for(asyncio.shield(self._welcome), timeout)
@@ -149,6 +170,7 @@ class Endpoint:
         if self._io is not None:
             self._io.close()
         self._resumed.set()
+        self._credit.set()
 
     def _next_seq(self) -> int:
         self._seq += 1
@@ -187,6 +209,8 @@ class Endpoint:
                 await self._resumed.wait()
                 if self._closed:
                     raise BusClosed(f"{self.address}: endpoint closed while paused")
+            if self._windowed and self._window_sent - self._window_acked >= SEND_WINDOW_BYTES:
+                await self._wait_for_credit()
         arrays = fr.contiguous(arrays)
         seq = self._next_seq()
         header = fr.make_header(
@@ -202,6 +226,7 @@ class Endpoint:
             raise FrameError("too_large", f"control frame of {size} bytes > "
                              f"{fr.CONTROL_MAX_BYTES}; send it as data")
         await self._io.send([hb, *arrays])
+        self._window_sent += size
         self.counters["sent_frames"] += 1
         self.counters["sent_bytes"] += size
         self._unyielded += size
@@ -210,6 +235,23 @@ class Endpoint:
             self._quantum = min(self._quantum + _QUANTUM_STEP, _QUANTUM_MAX)
             await asyncio.sleep(0)
         return seq
+
+    async def _wait_for_credit(self) -> None:
+        self.counters["window_waits"] += 1
+        deadline = asyncio.get_running_loop().time() + CREDIT_WAIT_S
+        while self._window_sent - self._window_acked >= SEND_WINDOW_BYTES:
+            self._credit.clear()
+            left = deadline - asyncio.get_running_loop().time()
+            try:
+                await asyncio.wait_for(self._credit.wait(), max(left, 0.0))
+            except TimeoutError:
+                self.counters["window_timeouts"] += 1
+                log.warning("%s: no bus.credit from router %s for %ss with %d bytes "
+                            "unacknowledged; sending anyway", self.address, self.region,
+                            CREDIT_WAIT_S, self._window_sent - self._window_acked)
+                return
+            if self._closed:
+                raise BusClosed(f"{self.address}: endpoint closed while waiting for credit")
 
     # -- receiving ---------------------------------------------------------------------------
 
@@ -303,6 +345,11 @@ class Endpoint:
             self._quantum = _QUANTUM_MIN
             self._paused.update(k for k in keys if isinstance(k, str))
             self._resumed.clear()
+        elif ftype == fr.CREDIT:
+            credited = meta.get("bytes")
+            if isinstance(credited, int) and credited > self._window_acked:
+                self._window_acked = credited
+                self._credit.set()
         elif ftype == fr.RESUME:
             self._paused.difference_update(meta.get("keys", []))
             self._resumed.set()

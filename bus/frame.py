@@ -47,7 +47,8 @@ ERROR = "bus.error"
 PAUSE = "bus.pause"
 RESUME = "bus.resume"
 BYE = "bus.bye"
-BUS_TYPES = frozenset([HELLO, WELCOME, ERROR, PAUSE, RESUME, BYE])
+CREDIT = "bus.credit"
+BUS_TYPES = frozenset([HELLO, WELCOME, ERROR, PAUSE, RESUME, BYE, CREDIT])
 
 _REQUIRED: tuple[tuple[str, type | tuple[type, ...]], ...] = (
     ("t", str),

@@ -37,6 +37,11 @@ TAP_TOPIC = b"geoml.tap.1"
 _REFUSED_EVENTS = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 _BATCH = 512
+#: A role's connection gets a bus.credit after every this many bytes the router has read
+#: from it (the endpoint's send window, see Endpoint).
+CREDIT_STEP_BYTES = 2 << 20
+#: Retry delay for a bus.credit that could not be sent (the role's pipe was full).
+_CREDIT_RETRY_S = 0.05
 _LOG_FIRST = 5
 _LOG_EVERY = 1000
 _MAX_LOCAL_DESTINATIONS = 10_000
@@ -141,6 +146,11 @@ class Router:
         self._wan: dict[str, Link] = {}
         self._route_cache: dict[str, Link] = {}
         self._paused: dict[Link, set[bytes]] = {}
+        #: Per registered role connection: bytes read from it since its hello, and the
+        #: count last credited back to it.
+        self._consumed: dict[bytes, int] = {}
+        self._credited: dict[bytes, int] = {}
+        self._credit_retry: set[bytes] = set()
         self._peer_io: dict[str, ZIO] = {}
         self._peer_ready: dict[str, asyncio.Event] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -336,7 +346,10 @@ class Router:
 
     def forget_local(self, address: str) -> None:
         """A local role went away (disconnect detected on send)."""
-        self.local_addresses.pop(address, None)
+        ident = self.local_addresses.pop(address, None)
+        if ident is not None:
+            self._consumed.pop(ident, None)
+            self._credited.pop(ident, None)
         ev = self._registered.get(address)
         if ev is not None:
             ev.clear()
@@ -366,6 +379,11 @@ class Router:
             raise FrameError("bad_envelope", "frame has no header part")
         sizes = [len(p) for p in parts[2:]]
         total = len(parts[1]) + sum(sizes)
+        consumed = self._consumed.get(ident)
+        if consumed is not None:
+            self._consumed[ident] = consumed = consumed + total
+            if consumed - self._credited[ident] >= CREDIT_STEP_BYTES:
+                self._send_credit(ident)
         if total > self.max_frame_bytes:
             raise FrameError("too_large", f"frame of {total} bytes > {self.max_frame_bytes}")
         header = fr.decode_header(parts[1].buffer, sizes)
@@ -450,6 +468,10 @@ class Router:
                 self._peers_in[ident] = peer
             else:
                 self.local_addresses[src] = ident
+                if header["meta"].get("credit") is True:
+                    self._consumed[ident] = self._credited[ident] = 0
+                else:
+                    self._consumed.pop(ident, None)
                 ev = self._registered.setdefault(src, asyncio.Event())
                 ev.set()
             self._send_control(ident, fr.WELCOME, src, {
@@ -478,6 +500,32 @@ class Router:
         if not sent:
             self.dropped["control_undeliverable"] += 1
             log.debug("router %s: could not send %s to %r", self.region, ftype, ident)
+
+    def _send_credit(self, ident: bytes) -> None:
+        """Tell a role how many bytes of its frames this router has read (cumulative, so a
+        late or repeated credit is harmless); retried shortly if its pipe is full."""
+        consumed = self._consumed.get(ident)
+        if consumed is None:
+            return
+        header = fr.make_header(fr.CREDIT, self.address, ident.decode("utf-8", "replace"), 0,
+                                priority=fr.CONTROL, meta={"bytes": consumed})
+        try:
+            sent = self.io.send_nowait([ident, fr.encode_header(header)])
+        except zmq.ZMQError:
+            sent = False
+        if sent:
+            self._credited[ident] = consumed
+            return
+        if not self._credit_retry:
+            asyncio.get_running_loop().call_later(_CREDIT_RETRY_S, self._retry_credits)
+        self._credit_retry.add(ident)
+
+    def _retry_credits(self) -> None:
+        retry, self._credit_retry = self._credit_retry, set()
+        if self._closed:
+            return
+        for ident in retry:
+            self._send_credit(ident)
 
     def _drop(self, ident: bytes, reason: str, detail: str, header: dict[str, Any] | None) -> None:
         self.dropped[reason] += 1

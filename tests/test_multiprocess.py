@@ -193,3 +193,46 @@ def test_a_router_whose_port_is_taken_stops_with_one_line(tmp_path: Path) -> Non
         _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 2, err
     assert "router east: cannot bind tcp://127.0.0.1:" in err and "Traceback" not in err
+
+
+def test_a_sender_faster_than_its_link_is_held_to_its_send_window(tmp_path: Path) -> None:
+    """Across processes a pause arrives late; the credit window bounds what a sender can
+    have in flight, so the router's queue stays near limit + window, and nothing is lost."""
+    from geoml.bus.endpoint import SEND_WINDOW_BYTES
+
+    path = tmp_path / "window.toml"
+    path.write_text(TOPOLOGY.format(port=random.randrange(20000, 60000, 8))
+                    .replace("rate_mbps = 8", "rate_mbps = 80\nqueue_limit_bytes = 1048576"))
+    frame = 256 * 1024
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        for region in ("east", "west"):
+            procs.append(_geoml("router", "--topology", str(path), "--region", region,
+                                "--status-every", "3600"))
+        for proc in procs:
+            _wait_line(proc, "listening on tcp://127.0.0.1:", 30)
+        sink = _geoml("role", "--topology", str(path), "--address", "west/sink/0",
+                      "--kind", "sink", "--idle-timeout", "60")
+        source = _geoml("role", "--topology", str(path), "--address", "east/source/0",
+                        "--kind", "source", "--to", "west/sink/0", "--seconds", "2",
+                        "--frame-bytes", str(frame))
+        procs += [sink, source]
+        src_out, src_err = source.communicate(timeout=120)
+        sink_out, sink_err = sink.communicate(timeout=120)
+        assert source.returncode == 0, src_err
+        assert sink.returncode == 0, sink_err
+        sent = json.loads(src_out.strip().splitlines()[-1])
+        got = json.loads(sink_out.strip().splitlines()[-1])
+        procs[0].send_signal(signal.SIGTERM)
+        out, err = procs[0].communicate(timeout=30)
+        assert procs[0].returncode == 0, err
+        link = json.loads(out.strip().splitlines()[-1])["links"]["east->west"]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate(timeout=10)
+    # 2 s at 10 MB/s is ~80 frames; the source could have pushed hundreds more
+    assert got["frames"] == sent["sent"] and sent["sent"] > 40
+    assert sent["window_waits"] > 0 and sent["window_timeouts"] == 0
+    assert link["max_queued_bytes"] <= (1 << 20) + SEND_WINDOW_BYTES + 2 * frame
