@@ -8,7 +8,13 @@ Frames (docs/PROTOCOL.md, "Parameter server"):
                               Data priority, so it never overtakes the worker's earlier
                               pushes; it also says "iteration `clock` is complete".
   ps.done   worker -> shard   the worker will push no more.
+  ps.where  worker -> shard   control, meta {}: a restarted worker asks where it was.
+  ps.here   shard -> worker   control, meta {clock}: the worker's next clock at this shard.
   ps.error  shard -> sender   meta {reason, detail}: a request the shard refused.
+
+The clock of a push is its sequence number on the (worker, shard) channel: a push of a clock
+the shard already has (from a worker restarted after a crash, which redoes the clock it was
+in) is counted `duplicate_pushes` and not applied again.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 from collections import Counter
 from collections.abc import Callable, Sequence
 
@@ -27,11 +34,13 @@ from geoml.workloads import Params, Partition, Workload
 
 from .compute import Compute
 from .ps_plan import KeyRanges
+from .ssp import DONE as FINISHED
 from .ssp import ClockError, SSPGate
 
 log = logging.getLogger("geoml.roles.ps")
 
 READ, VALUE, PUSH, DONE, ERROR = "ps.read", "ps.value", "ps.push", "ps.done", "ps.error"
+WHERE, HERE = "ps.where", "ps.here"
 
 
 class PSShard:
@@ -81,8 +90,17 @@ class PSShard:
             else:
                 self.counters["reads_waited"] += 1
             return
+        if msg.type == WHERE:
+            self.gate.check_advance(msg.src, self.gate.clocks.get(msg.src, 0))
+            await self.ep.send(msg.src, HERE, control=True,
+                               meta={"clock": self.gate.clocks[msg.src]})
+            return
         if msg.type == PUSH:
             clock = int(msg.meta["clock"])
+            current = self.gate.clocks.get(msg.src, 0)
+            if 0 <= clock < current != FINISHED:
+                self.counters["duplicate_pushes"] += 1  # a restarted worker's redo
+                return
             self.gate.check_advance(msg.src, clock)
             self._apply(msg)
             self.counters["pushes"] += 1
@@ -185,7 +203,7 @@ class PSWorker:
                  shards: Sequence[str], ranges: KeyRanges, *, iterations: int | None = None,
                  stop: asyncio.Event | None = None, compute: Compute | None = None,
                  on_clock: Callable[[str, int], None] | None = None,
-                 read_timeout_s: float = 600.0) -> None:
+                 read_timeout_s: float = 600.0, resume: bool = False) -> None:
         self.ep = endpoint
         self.workload = workload
         self.part = part
@@ -197,7 +215,10 @@ class PSWorker:
         self.on_clock = on_clock
         self.read_timeout_s = read_timeout_s
         self.clock = 0
-        self._req = itertools.count()
+        self.resume = resume
+        # Request ids start at random, so a reply meant for a crashed predecessor with the
+        # same address is never taken for one of ours.
+        self._req = itertools.count(int.from_bytes(os.urandom(6), "little"))
         # Per shard: (table, rows or None) it must read and push, precomputed once.
         self._plan: list[list[tuple[str, np.ndarray | None]]] = [[] for _ in self.shards]
         for table, rows in part.rows.items():
@@ -216,6 +237,8 @@ class PSWorker:
     async def run(self) -> int:
         """Run until `iterations` clocks are done or `stop` is set; returns the clock."""
         loop = asyncio.get_running_loop()
+        if self.resume:
+            self.clock = await self._where()
         try:
             while (self.iterations is None or self.clock < self.iterations) \
                     and not self.stop.is_set():
@@ -240,6 +263,29 @@ class PSWorker:
                 for shard in self.shards:
                     await self.ep.send(shard, DONE)
         return self.clock
+
+    async def _where(self) -> int:
+        """A restarted worker's clock: the lowest its shards have not seen complete (it
+        redoes that clock; shards that have it already ignore the push)."""
+        asked = {s for s, wanted in enumerate(self._plan) if wanted}
+        for s in asked:
+            await self.ep.send(self.shards[s], WHERE, control=True)
+        clocks: dict[str, int] = {}
+        while len(clocks) < len(asked):
+            try:
+                msg = await self.ep.recv(timeout=self.read_timeout_s)
+            except TimeoutError:
+                raise WorkerFailed(f"{self.ep.address}: no answer to ps.where within "
+                                   f"{self.read_timeout_s}s") from None
+            if msg.type == ERROR:
+                raise WorkerFailed(f"{self.ep.address}: {msg.src} refused "
+                                   f"{msg.meta.get('type')}: {msg.meta.get('detail')}")
+            if msg.type != HERE:
+                self.counters["unexpected"] += 1
+                continue
+            clocks[msg.src] = int(msg.meta["clock"])
+        self.counters["resumed_at"] = min(clocks.values())
+        return min(clocks.values())
 
     async def _read(self) -> Params:
         pending: dict[int, int] = {}

@@ -87,7 +87,7 @@ def test_launch_runs_every_role_as_a_process_with_the_all_in_one_results(
 
 def test_a_killed_worker_stops_the_whole_run_with_its_name(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    proc = _launch(out, "--iterations", "5000")
+    proc = _launch(out, "--iterations", "5000", "--restarts", "0")
     try:
         _wait_for_log(out / "logs" / "east_worker_0.log", "east/worker/0 clock 2", 90)
         os.kill(_children(out)["east/worker/0"], signal.SIGKILL)
@@ -98,7 +98,56 @@ def test_a_killed_worker_stops_the_whole_run_with_its_name(tmp_path: Path) -> No
             proc.communicate()
     assert proc.returncode == 2
     assert "east/worker/0" in stderr and "failed (killed by SIGKILL)" in stderr
+    assert "restarted 0 time(s), the limit (--restarts)" in stderr
     assert "Traceback" not in stderr
+    assert not [n for n, pid in _children(out).items() if _alive(pid)]
+
+
+def test_a_killed_worker_is_restarted_and_no_update_is_lost_or_applied_twice(
+        tmp_path: Path) -> None:
+    """kill -9 of a gaia worker mid-run: the launcher restarts it, it redoes the clock it
+    was in, and both replicas end exactly at the initial model plus every update."""
+    from geoml.ps_roles import load_shard_outputs
+    from geoml.workloads import IntegerUpdates
+
+    out, clocks = tmp_path / "run", 60
+    proc = _launch(out, "--iterations", str(clocks), "--system", "gaia", "--workload",
+                   "integer-updates", "--gaia-v", "0.5")
+    try:
+        _wait_for_log(out / "logs" / "west_worker_1.log", "west/worker/1 clock 5", 90)
+        os.kill(_children(out)["west/worker/1"], signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, stderr
+    assert "west/worker/1 failed (killed by SIGKILL); restarting it (1/2)" in stderr
+    summary = json.loads((out / "summary.json").read_text())
+    (restart,) = summary["restarts"]
+    assert restart["role"] == "west/worker/1" and restart["recovery_s"] > 0
+    assert summary["processes"]["west/worker/1"]["exit"] == -signal.SIGKILL
+    assert summary["processes"]["west/worker/1#1"]["exit"] == 0
+    expected = IntegerUpdates().expected({"east": 2, "west": 2}, clocks)
+    for region in ("east", "west"):
+        replica = load_shard_outputs(out / "shards", [f"{region}/ps/0"])
+        np.testing.assert_array_equal(replica["W"], expected, err_msg=region)
+    assert not [n for n, pid in _children(out).items() if _alive(pid)]
+
+
+def test_a_killed_ps_shard_stops_the_run_and_says_why(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = _launch(out, "--iterations", "5000")
+    try:
+        _wait_for_log(out / "logs" / "east_worker_0.log", "east/worker/0 clock 2", 90)
+        os.kill(_children(out)["east/ps/0"], signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 2
+    assert "east/ps/0" in stderr and "a ps_shard is not restarted: only workers are" in stderr
     assert not [n for n, pid in _children(out).items() if _alive(pid)]
 
 

@@ -189,3 +189,42 @@ async def test_gaia_replicas_agree_and_only_filtered_updates_cross_the_wan() -> 
         assert set(frames) == {"gaia.update", "gaia.barrier"}
         assert frames["gaia.update"] - 1 <= frames["gaia.barrier"] <= frames["gaia.update"]
     assert result.curve[-1]["objective"] < 0.8 * result.curve[0]["objective"]
+
+
+@pytest.mark.asyncio
+async def test_a_restarted_worker_resumes_where_it_was_and_nothing_is_applied_twice() -> None:
+    """A worker crashes after pushing its clock to one shard but not the other; its
+    successor (same address) asks the shards where it was, redoes that clock, and the
+    shard that had it counts a duplicate instead of adding it again."""
+    from geoml.bus import Network
+    from geoml.roles.ps import PUSH, PSShard, PSWorker
+    from geoml.workloads import IntegerUpdates
+
+    wl = IntegerUpdates(8, 3)
+    ranges = KeyRanges(wl.table_shapes(), 2)
+    (_, part), = wl.partition({"home": 1}).items()
+    async with Network(one_region(1, 2)) as net:
+        shards = [PSShard(await net.connect(f"home/ps/{i}"), i, ranges, wl.init_params(),
+                          ["home/worker/0"]) for i in range(2)]
+        serving = [asyncio.ensure_future(s.run()) for s in shards]
+        first = await net.connect("home/worker/0")
+        crashing = PSWorker(first, wl, part, [s.ep.address for s in shards], ranges)
+        for clock in range(3):  # three clocks by hand: run() would say ps.done at the end
+            params = await asyncio.wait_for(crashing._read(), 30)
+            await crashing._push(params, wl.local_pass(params, part, clock))
+            crashing.clock += 1
+        # the crash: clock 3 reached shard 0 only, and no ps.done was sent
+        lo, hi = ranges.range_of("W", 0)
+        await first.send("home/ps/0", PUSH, arrays=[wl.delta("home", 0, 3)[lo:hi]],
+                         meta={"clock": 3, "tables": ["W"], "sparse": [False]})
+        await first.aclose()
+        second = await net.connect("home/worker/0")
+        successor = PSWorker(second, wl, part, [s.ep.address for s in shards], ranges,
+                             iterations=6, resume=True)
+        assert await asyncio.wait_for(successor.run(), 30) == 6
+        await asyncio.wait_for(asyncio.gather(*serving), 30)
+    assert successor.counters["resumed_at"] == 3
+    assert shards[0].counters["duplicate_pushes"] == 1
+    assert shards[1].counters["duplicate_pushes"] == 0
+    model = np.concatenate([s.tables["W"] for s in shards])
+    np.testing.assert_array_equal(model, wl.expected({"home": 1}, 6))

@@ -217,7 +217,7 @@ async def _role_main(topo: Topology, address: str, kind: str, args: argparse.Nam
 
         return await ps_role_main(_run_config(args, check=kind == "worker", topo=topo),
                                   address, kind, connect_timeout=args.connect_timeout,
-                                  keys=_keys(args))
+                                  keys=_keys(args), resume=args.resume)
 
     region = region_of(address)
     endpoint = topo.endpoints(region, "tcp")[0]
@@ -245,10 +245,13 @@ def _launch_main(args: argparse.Namespace) -> int:
     _options(args.opt)
     if args.iterations < 1:
         raise GeomlError("--iterations must be >= 1")
+    if args.restarts < 0:
+        raise GeomlError("--restarts must be >= 0")
     out = args.out or Path("runs") / f"launch-{args.system}-{topo.name}-{args.workload}"
     cfg = LaunchConfig(str(args.topology), args.system, args.workload, args.iterations, out,
                        args.opt, args.sync, args.status_every, args.start_timeout, args.keys,
-                       args.gaia_v, args.gaia_ds, args.gaia_hubs, args.gaia_barrier)
+                       args.gaia_v, args.gaia_ds, args.gaia_hubs, args.gaia_barrier,
+                       args.restarts)
     try:
         summary = run_with_clock(_until_signal(lambda stop: launch(cfg, topo, stop)))
     except LaunchInterrupted as exc:
@@ -412,6 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "overriding the topology's ports (written by `geoml launch`)")
     _ps_args(ro, role=True)
     _gaia_args(ro)
+    ro.add_argument("--resume", action="store_true", help="worker: restarted after a crash; "
+                    "asks its shards which clock to redo (what `geoml launch` restarts with)")
 
     la = sub.add_parser("launch", help="run every router and role as its own process on this "
                         "machine (tcp on 127.0.0.1); writes summary.json like `run`")
@@ -431,6 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
     la.add_argument("--keys", type=Path, help="CurveZMQ keys from `geoml keys` (default: "
                     "made for the run in OUT/keys)")
     _gaia_args(la)
+    la.add_argument("--restarts", type=int, default=2, metavar="N",
+                    help="restart a crashed worker up to N times (0: a crash stops the run)")
 
     run = sub.add_parser("run", help="train with one system, all-in-one; writes summary.json, "
                          "curve.csv, curve.png")

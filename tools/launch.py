@@ -38,6 +38,12 @@ from .run import traffic_from_stats
 
 _STOP_GRACE_S = 5.0
 _STDERR_TAIL = 40
+#: Role kinds the launcher restarts after a crash. A worker's state is its clock, which its
+#: shards keep: the new process asks them (ps.where), redoes the clock it was in, and the
+#: shards ignore the pushes they already have. PS shards, mirrors, hubs and routers hold
+#: state that a crash loses (tables, accumulators, frames in flight); restarting them needs
+#: checkpoints and replay, not built yet, so their crash stops the run.
+RESTARTABLE = ("worker",)
 
 
 @dataclass
@@ -58,6 +64,7 @@ class LaunchConfig:
     gaia_ds: int = 2
     gaia_hubs: bool = False
     gaia_barrier: str = "auto"
+    restarts: int = 2  # per process of a restartable kind
 
     def gaia_args(self) -> list[str]:
         """The gaia options as role arguments (none for the other systems)."""
@@ -95,6 +102,14 @@ class Child:
     clock: int = 0
     readers: list[asyncio.Task[None]] = field(default_factory=list)
     seen: asyncio.Event = field(default_factory=asyncio.Event)
+    attempt: int = 0  # 0: the first process of this role; n: its n-th restart
+    replaced: bool = False  # crashed and restarted (a newer Child has its name)
+    first_clock_at: float | None = None  # monotonic time of its first "clock N" line
+
+    @property
+    def key(self) -> str:
+        """Unique among the run's processes (a restart gets #n)."""
+        return self.name if not self.attempt else f"{self.name}#{self.attempt}"
 
     @property
     def pid(self) -> int:
@@ -102,6 +117,11 @@ class Child:
 
     @property
     def state(self) -> str:
+        return "restarted" if self.replaced else self.exit_state
+
+    @property
+    def exit_state(self) -> str:
+        """running, done, exit N or killed by SIGNAL."""
         code = self.proc.returncode
         if code is None:
             return "running"
@@ -135,21 +155,25 @@ class Launcher:
         self.children: list[Child] = []
         self.logs = cfg.out / "logs"
         self.keys = cfg.keys or cfg.out / "keys"
+        self.endpoints: Path | None = None  # written once the routers are up
+        #: One entry per restart: role, kind, failure, detected_at, the new process.
+        self.recoveries: list[dict[str, Any]] = []
 
-    async def spawn(self, name: str, kind: str, args: list[str], stdin: bool = False
-                    ) -> Child:
+    async def spawn(self, name: str, kind: str, args: list[str], stdin: bool = False,
+                    attempt: int = 0) -> Child:
         """Start `geoml ARGS` as a child process."""
         self.logs.mkdir(parents=True, exist_ok=True)
-        log = open(self.logs / f"{name.replace('/', '_').replace(' ', '_')}.log", "w")  # noqa: SIM115
+        stem = name.replace('/', '_').replace(' ', '_') + (f".{attempt}" if attempt else "")
+        log = open(self.logs / f"{stem}.log", "w")  # noqa: SIM115
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "geoml.cli", *args,
             stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             start_new_session=True, preexec_fn=_die_with_parent,
             env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        child = Child(name, kind, proc, log)
+        child = Child(name, kind, proc, log, attempt=attempt)
         (self.cfg.out / "processes.json").write_text(json.dumps(
-            {c.name: {"kind": c.kind, "pid": c.pid} for c in [*self.children, child]},
+            {c.key: {"kind": c.kind, "pid": c.pid} for c in [*self.children, child]},
             indent=2) + "\n")
         child.readers = [asyncio.ensure_future(self._read(child, proc.stdout, child.lines)),
                          asyncio.ensure_future(self._read(child, proc.stderr, child.stderr))]
@@ -166,6 +190,8 @@ class Launcher:
             child.seen.set()
             if line.startswith(f"{child.name} clock "):
                 child.clock = int(line.split()[-1])
+                if child.first_clock_at is None:
+                    child.first_clock_at = time.monotonic()
 
     async def wait_line(self, child: Child, needle: str) -> str:
         """The first line of `child`'s stdout containing `needle` (bounded)."""
@@ -200,6 +226,7 @@ class Launcher:
                                  "tap_port": int(words[5].rsplit(":", 1)[1])}
         path = self.cfg.out / "endpoints.json"
         path.write_text(json.dumps(endpoints, indent=2) + "\n")
+        self.endpoints = path
         for child in routers:
             assert child.proc.stdin is not None
             child.proc.stdin.write(f"{path.resolve()}\n".encode())
@@ -207,6 +234,26 @@ class Launcher:
         for region, child in zip(self.topo.region_names, routers, strict=True):
             await self.wait_line(child, f"router {region} listening on ")
         return path
+
+    def roles(self) -> list[Child]:
+        """The current process of every role (restarted ones replaced)."""
+        return [c for c in self.children if c.kind != "router" and not c.replaced]
+
+    async def restart(self, child: Child, endpoints: Path) -> Child:
+        """Start a new process for a crashed role; its recovery is timed from now."""
+        child.replaced = True
+        with contextlib.suppress(TimeoutError):
+            await child.drained(5)
+        failed = time.monotonic()
+        print(f"[launch] {child.name} failed ({child.exit_state}); restarting it "
+              f"({child.attempt + 1}/{self.cfg.restarts})", file=sys.stderr, flush=True)
+        new = await self.spawn(child.name, child.kind,
+                               [*self.role_args(child.name, child.kind, endpoints), "--resume"],
+                               attempt=child.attempt + 1)
+        self.recoveries.append({"role": child.name, "kind": child.kind,
+                                "failure": child.exit_state, "detected_at": failed,
+                                "process": new})
+        return new
 
     def role_args(self, address: str, kind: str, endpoints: Path) -> list[str]:
         args = ["role", "--topology", self.cfg.topology, "--endpoints", str(endpoints),
@@ -231,20 +278,29 @@ class Launcher:
             states[c.state] = states.get(c.state, 0) + 1
         kinds = "; ".join(f"{k} " + ", ".join(f"{n} {s}" for s, n in states.items())
                           for k, states in by_kind.items())
-        workers = [c for c in self.children if c.kind == "worker"]
+        workers = [c for c in self.roles() if c.kind == "worker"]
         clock = min((c.clock for c in workers), default=0)
         return (f"[launch] t={time.monotonic() - t0:.0f}s {kinds}; clock "
                 f"{clock}/{self.cfg.iterations}")
 
     async def watch(self, done: Callable[[], bool], t0: float) -> None:
-        """Status lines until `done()`; LaunchFailed as soon as a process fails."""
+        """Status lines until `done()`; a crashed worker is restarted (up to
+        `cfg.restarts` times); LaunchFailed as soon as any other process fails."""
         next_status = time.monotonic() + self.cfg.status_every
         while not done():
-            for c in self.children:
+            for c in list(self.children):
                 code = c.proc.returncode
-                if code is not None and code != 0:
-                    raise LaunchFailed(f"{c.name} (pid {c.pid}) failed ({c.state}); its "
-                                       f"errors:\n{c.tail()}")
+                if code is None or code == 0 or c.replaced:
+                    continue
+                if c.kind in RESTARTABLE and c.attempt < self.cfg.restarts \
+                        and self.endpoints is not None:
+                    await self.restart(c, self.endpoints)
+                    continue
+                why = (f"it was restarted {c.attempt} time(s), the limit (--restarts)"
+                       if c.kind in RESTARTABLE else
+                       f"a {c.kind} is not restarted: only workers are (see README)")
+                raise LaunchFailed(f"{c.name} (pid {c.pid}) failed ({c.exit_state}); {why}; "
+                                   f"its errors:\n{c.tail()}")
             if time.monotonic() >= next_status:
                 print(self.status(t0), file=sys.stderr, flush=True)
                 next_status += self.cfg.status_every
@@ -315,10 +371,12 @@ async def _run(launcher: Launcher) -> tuple[float, dict[str, dict[str, Any]]]:
                for kind in ("ps_shard", "mirror", "hub") for a in role_addresses(plan, kind)]
     for child in servers:  # ready before any worker can send them a frame
         await launcher.wait_line(child, "connected to")
-    workers = [await launcher.spawn(a, "worker", launcher.role_args(a, "worker", endpoints))
-               for a in plan.workers]
-    roles = [*workers, *servers]
-    await launcher.watch(lambda: all(c.proc.returncode == 0 for c in roles), t0)
+    t_workers = time.monotonic()
+    for a in plan.workers:
+        await launcher.spawn(a, "worker", launcher.role_args(a, "worker", endpoints))
+    await launcher.watch(lambda: all(c.proc.returncode == 0 for c in launcher.roles()), t0)
+    t_done = time.monotonic()
+    roles = launcher.roles()
     for child in roles:  # their reports are complete once their output is
         await child.drained()
     routers = [c for c in launcher.children if c.kind == "router"]
@@ -332,6 +390,9 @@ async def _run(launcher: Launcher) -> tuple[float, dict[str, dict[str, Any]]]:
                                f"{child.tail()}")
     print(launcher.status(t0), file=sys.stderr, flush=True)
     reports = {c.name: c.report() for c in roles}
+    if launcher.recoveries:
+        # A crashed worker's time died with it: count from the workers' start to the end.
+        return t_done - t_workers, reports
     # Training time as the all-in-one run counts it: from the first read to the last push
     # (the slowest worker's), without the processes' start-up.
     elapsed = max(sum(reports[w][k] for k in ("read_s", "compute_s", "push_s"))
@@ -380,8 +441,12 @@ def _summary(cfg: LaunchConfig, topo: Topology, plan: PSPlan, workload: Any,
                            for a in plan.workers},
         "shard_counters": {a: {k: v for k, v in reports[a].items()
                                if k not in ("role", "kind", "wrote")} for a in plan.shards},
-        "processes": {c.name: {"kind": c.kind, "pid": c.pid, "exit": c.proc.returncode}
+        "processes": {c.key: {"kind": c.kind, "pid": c.pid, "exit": c.proc.returncode}
                       for c in launcher.children},
+        "restarts": [{"role": r["role"], "kind": r["kind"], "failure": r["failure"],
+                      "recovery_s": (r["process"].first_clock_at - r["detected_at"]
+                                     if r["process"].first_clock_at is not None else None)}
+                     for r in launcher.recoveries],
     }
     if plan.mirrors is not None:
         updated = sum(reports[a]["elements_updated"] for a in plan.shards)

@@ -136,10 +136,10 @@ def load_shard_outputs(out: Path, shards: tuple[str, ...] | list[str]) -> Params
 
 
 async def ps_role_main(cfg: RunConfig, address: str, kind: str,
-                       connect_timeout: float = 30.0, keys: CurveKeys | None = None
-                       ) -> dict[str, Any]:
+                       connect_timeout: float = 30.0, keys: CurveKeys | None = None,
+                       resume: bool = False) -> dict[str, Any]:
     """One PS shard, worker, Gaia mirror or hub as its own process (tcp); returns its
-    report."""
+    report. `resume`: a worker restarted after a crash (it asks its shards where it was)."""
     topo = cfg.topology if isinstance(cfg.topology, Topology) else load_topology(cfg.topology)
     try:
         workload = (cfg.workload if isinstance(cfg.workload, Workload)
@@ -187,10 +187,10 @@ async def ps_role_main(cfg: RunConfig, address: str, kind: str,
         index = plan.in_region(plan.workers, region).index(address)
         part = workload.partition(plan.data_regions)[(region, index)]
         worker = PSWorker(ep, workload, part, group.shards, group.ranges,
-                          iterations=cfg.iterations,
+                          iterations=cfg.iterations, resume=resume,
                           on_clock=lambda a, c: print(f"{a} clock {c}", flush=True))
         clock = await worker.run()
-        return {**report, "clock": clock, **worker.times}
+        return {**report, "clock": clock, **worker.times, **worker.counters}
     finally:
         await ep.aclose()
         ctx.destroy(linger=0)
