@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,25 @@ def _wait_for_log(path: Path, needle: str, timeout: float) -> None:
     raise AssertionError(f"{path.name} did not show {needle!r} within {timeout}s")
 
 
+def _disturb(proc: subprocess.Popen[str], out: Path, worker: str, clock: int,
+             act: Callable[[], None], timeout: float = 60) -> str:
+    """Once `worker` has logged `clock`, do `act` (kill a process, Ctrl-C); the launcher's
+    stderr when it has ended (it is killed if it does not end within `timeout`)."""
+    try:
+        _wait_for_log(out / "logs" / f"{worker.replace('/', '_')}.log",
+                      f"{worker} clock {clock}", 90)
+        act()
+        return proc.communicate(timeout=timeout)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def _kill(out: Path, name: str) -> Callable[[], None]:
+    return lambda: os.kill(_children(out)[name], signal.SIGKILL)
+
+
 def test_launch_runs_every_role_as_a_process_with_the_all_in_one_results(
         tmp_path: Path) -> None:
     out = tmp_path / "run"
@@ -88,14 +108,7 @@ def test_launch_runs_every_role_as_a_process_with_the_all_in_one_results(
 def test_a_killed_worker_stops_the_whole_run_with_its_name(tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = _launch(out, "--iterations", "5000", "--restarts", "0")
-    try:
-        _wait_for_log(out / "logs" / "east_worker_0.log", "east/worker/0 clock 2", 90)
-        os.kill(_children(out)["east/worker/0"], signal.SIGKILL)
-        _, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    stderr = _disturb(proc, out, "east/worker/0", 2, _kill(out, "east/worker/0"))
     assert proc.returncode == 2
     assert "east/worker/0" in stderr and "failed (killed by SIGKILL)" in stderr
     assert "restarted 0 time(s), the limit (--restarts)" in stderr
@@ -113,14 +126,7 @@ def test_a_killed_worker_is_restarted_and_no_update_is_lost_or_applied_twice(
     out, clocks = tmp_path / "run", 60
     proc = _launch(out, "--iterations", str(clocks), "--system", "gaia", "--workload",
                    "integer-updates", "--gaia-v", "0.5")
-    try:
-        _wait_for_log(out / "logs" / "west_worker_1.log", "west/worker/1 clock 5", 90)
-        os.kill(_children(out)["west/worker/1"], signal.SIGKILL)
-        _, stderr = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    stderr = _disturb(proc, out, "west/worker/1", 5, _kill(out, "west/worker/1"), timeout=120)
     assert proc.returncode == 0, stderr
     assert "west/worker/1 failed (killed by SIGKILL); restarting it (1/2)" in stderr
     summary = json.loads((out / "summary.json").read_text())
@@ -138,14 +144,7 @@ def test_a_killed_worker_is_restarted_and_no_update_is_lost_or_applied_twice(
 def test_a_killed_ps_shard_stops_the_run_and_says_why(tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = _launch(out, "--iterations", "5000")
-    try:
-        _wait_for_log(out / "logs" / "east_worker_0.log", "east/worker/0 clock 2", 90)
-        os.kill(_children(out)["east/ps/0"], signal.SIGKILL)
-        _, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    stderr = _disturb(proc, out, "east/worker/0", 2, _kill(out, "east/ps/0"))
     assert proc.returncode == 2
     assert "east/ps/0" in stderr and "a ps_shard is not restarted: only workers are" in stderr
     assert not [n for n, pid in _children(out).items() if _alive(pid)]
@@ -154,14 +153,7 @@ def test_a_killed_ps_shard_stops_the_run_and_says_why(tmp_path: Path) -> None:
 def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = _launch(out, "--iterations", "5000")
-    try:
-        _wait_for_log(out / "logs" / "west_worker_1.log", "west/worker/1 clock 1", 90)
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    stderr = _disturb(proc, out, "west/worker/1", 1, lambda: proc.send_signal(signal.SIGINT))
     assert proc.returncode == 130, stderr
     assert "interrupted: stopped every process of the run" in stderr
     assert not [n for n, pid in _children(out).items() if _alive(pid)]
