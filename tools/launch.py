@@ -241,10 +241,10 @@ class Launcher:
 
     async def restart(self, child: Child, endpoints: Path) -> Child:
         """Start a new process for a crashed role; its recovery is timed from now."""
+        failed = time.monotonic()
         child.replaced = True
         with contextlib.suppress(TimeoutError):
             await child.drained(5)
-        failed = time.monotonic()
         print(f"[launch] {child.name} failed ({child.exit_state}); restarting it "
               f"({child.attempt + 1}/{self.cfg.restarts})", file=sys.stderr, flush=True)
         new = await self.spawn(child.name, child.kind,
