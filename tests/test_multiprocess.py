@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -68,48 +69,55 @@ def topology_file(tmp_path: Path) -> Path:
     return path
 
 
-def test_routers_and_roles_as_processes_shape_traffic(topology_file: Path) -> None:
+def _source_to_sink(topology: Path, *source_args: str
+                    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, dict[str, Any]]]:
+    """Routers of east and west, a sink in west and a source in east (with `source_args`),
+    each a process; returns the source's report, the sink's, and each router's stats
+    (after SIGTERM). Every process is gone when it returns."""
     procs: list[subprocess.Popen[str]] = []
     try:
         for region in ("east", "west"):
-            proc = _geoml("router", "--topology", str(topology_file), "--region", region,
-                          "--status-every", "1")
-            procs.append(proc)
+            procs.append(_geoml("router", "--topology", str(topology), "--region", region,
+                                "--status-every", "1"))
         for proc in procs:
             _wait_line(proc, "listening on tcp://127.0.0.1:", 30)
-        sink = _geoml("role", "--topology", str(topology_file), "--address", "west/sink/0",
+        sink = _geoml("role", "--topology", str(topology), "--address", "west/sink/0",
                       "--kind", "sink", "--idle-timeout", "60")
-        source = _geoml("role", "--topology", str(topology_file), "--address",
-                        "east/source/0", "--kind", "source", "--to", "west/sink/0",
-                        "--count", "40", "--frame-bytes", "50000")
+        source = _geoml("role", "--topology", str(topology), "--address", "east/source/0",
+                        "--kind", "source", "--to", "west/sink/0", *source_args)
         procs += [sink, source]
-        src_out, src_err = source.communicate(timeout=120)
-        sink_out, sink_err = sink.communicate(timeout=120)
-        assert source.returncode == 0, src_err
-        assert sink.returncode == 0, sink_err
-        sent = json.loads(src_out.strip().splitlines()[-1])
-        got = json.loads(sink_out.strip().splitlines()[-1])
-        assert sent["sent"] == 40
-        assert got["frames"] == 40 and got["by_source"] == {"east/source/0": 40}
-        # 2 MB over an 8 Mbit/s link: shaped to the configured rate (per process, over tcp)
-        assert got["rate_mbps"] == pytest.approx(8.0, rel=0.05)
+        reports = []
+        for proc in (source, sink):
+            out, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err
+            reports.append(json.loads(out.strip().splitlines()[-1]))
         stats = {}
         for proc, region in zip(procs[:2], ("east", "west"), strict=True):
             proc.send_signal(signal.SIGTERM)
             out, err = proc.communicate(timeout=30)
             assert proc.returncode == 0, err
             stats[region] = json.loads(out.strip().splitlines()[-1])
-        wan = stats["east"]["links"]["east->west"]
-        assert wan["frames_by_type"] == {"traffic.data": 40, "traffic.stop": 1}
-        assert wan["bytes_by_type"]["traffic.data"] == got["bytes"]
-        for s in stats.values():
-            assert s["rejected"] == 0
-            assert s["received"] == s["forwarded"] + s["rejected"] + s["bus_frames"]
+        return reports[0], reports[1], stats
     finally:
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
                 proc.communicate(timeout=10)
+
+
+def test_routers_and_roles_as_processes_shape_traffic(topology_file: Path) -> None:
+    sent, got, stats = _source_to_sink(topology_file, "--count", "40", "--frame-bytes",
+                                       "50000")
+    assert sent["sent"] == 40
+    assert got["frames"] == 40 and got["by_source"] == {"east/source/0": 40}
+    # 2 MB over an 8 Mbit/s link: shaped to the configured rate (per process, over tcp)
+    assert got["rate_mbps"] == pytest.approx(8.0, rel=0.05)
+    wan = stats["east"]["links"]["east->west"]
+    assert wan["frames_by_type"] == {"traffic.data": 40, "traffic.stop": 1}
+    assert wan["bytes_by_type"]["traffic.data"] == got["bytes"]
+    for s in stats.values():
+        assert s["rejected"] == 0
+        assert s["received"] == s["forwarded"] + s["rejected"] + s["bus_frames"]
 
 
 def test_unknown_role_kind_and_bad_topology_are_clear_errors(tmp_path: Path) -> None:
@@ -204,34 +212,8 @@ def test_a_sender_faster_than_its_link_is_held_to_its_send_window(tmp_path: Path
     path.write_text(TOPOLOGY.format(port=random.randrange(20000, 60000, 8))
                     .replace("rate_mbps = 8", "rate_mbps = 80\nqueue_limit_bytes = 1048576"))
     frame = 256 * 1024
-    procs: list[subprocess.Popen[str]] = []
-    try:
-        for region in ("east", "west"):
-            procs.append(_geoml("router", "--topology", str(path), "--region", region,
-                                "--status-every", "3600"))
-        for proc in procs:
-            _wait_line(proc, "listening on tcp://127.0.0.1:", 30)
-        sink = _geoml("role", "--topology", str(path), "--address", "west/sink/0",
-                      "--kind", "sink", "--idle-timeout", "60")
-        source = _geoml("role", "--topology", str(path), "--address", "east/source/0",
-                        "--kind", "source", "--to", "west/sink/0", "--seconds", "2",
-                        "--frame-bytes", str(frame))
-        procs += [sink, source]
-        src_out, src_err = source.communicate(timeout=120)
-        sink_out, sink_err = sink.communicate(timeout=120)
-        assert source.returncode == 0, src_err
-        assert sink.returncode == 0, sink_err
-        sent = json.loads(src_out.strip().splitlines()[-1])
-        got = json.loads(sink_out.strip().splitlines()[-1])
-        procs[0].send_signal(signal.SIGTERM)
-        out, err = procs[0].communicate(timeout=30)
-        assert procs[0].returncode == 0, err
-        link = json.loads(out.strip().splitlines()[-1])["links"]["east->west"]
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate(timeout=10)
+    sent, got, stats = _source_to_sink(path, "--seconds", "2", "--frame-bytes", str(frame))
+    link = stats["east"]["links"]["east->west"]
     # 2 s at 10 MB/s is ~80 frames; the source could have pushed hundreds more
     assert got["frames"] == sent["sent"] and sent["sent"] > 40
     assert sent["window_waits"] > 0 and sent["window_timeouts"] == 0
