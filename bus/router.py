@@ -492,14 +492,17 @@ class Router:
         if not is_valid_address(dst):
             log.error("router %s: not sending %s to invalid address %r", self.region, ftype, dst)
             return
-        header = fr.make_header(ftype, self.address, dst, 0, priority=fr.CONTROL, meta=meta)
-        try:
-            sent = self.io.send_nowait([ident, fr.encode_header(header)])
-        except zmq.ZMQError:  # the connection is gone: nobody left to tell
-            sent = False
-        if not sent:
+        if not self._try_control(ident, ftype, dst, meta):
             self.dropped["control_undeliverable"] += 1
             log.debug("router %s: could not send %s to %r", self.region, ftype, ident)
+
+    def _try_control(self, ident: bytes, ftype: str, dst: str, meta: dict[str, Any]) -> bool:
+        """Send a bus control frame on the ROUTER socket if its pipe takes it now."""
+        header = fr.make_header(ftype, self.address, dst, 0, priority=fr.CONTROL, meta=meta)
+        try:
+            return bool(self.io.send_nowait([ident, fr.encode_header(header)]))
+        except zmq.ZMQError:  # the connection is gone: nobody left to tell
+            return False
 
     def _send_credit(self, ident: bytes) -> None:
         """Tell a role how many bytes of its frames this router has read (cumulative, so a
@@ -507,13 +510,8 @@ class Router:
         consumed = self._consumed.get(ident)
         if consumed is None:
             return
-        header = fr.make_header(fr.CREDIT, self.address, ident.decode("utf-8", "replace"), 0,
-                                priority=fr.CONTROL, meta={"bytes": consumed})
-        try:
-            sent = self.io.send_nowait([ident, fr.encode_header(header)])
-        except zmq.ZMQError:
-            sent = False
-        if sent:
+        if self._try_control(ident, fr.CREDIT, ident.decode("utf-8", "replace"),
+                             {"bytes": consumed}):
             self._credited[ident] = consumed
             return
         if not self._credit_retry:
