@@ -34,7 +34,6 @@ from geoml.workloads import Params, Partition, Workload
 
 from .compute import Compute
 from .ps_plan import KeyRanges
-from .ssp import DONE as FINISHED
 from .ssp import ClockError, SSPGate
 
 log = logging.getLogger("geoml.roles.ps")
@@ -91,15 +90,13 @@ class PSShard:
                 self.counters["reads_waited"] += 1
             return
         if msg.type == WHERE:
-            self.gate.check_advance(msg.src, self.gate.clocks.get(msg.src, 0))
             await self.ep.send(msg.src, HERE, control=True,
-                               meta={"clock": self.gate.clocks[msg.src]})
+                               meta={"clock": self.gate.next_clock(msg.src)})
             return
         if msg.type == PUSH:
             clock = int(msg.meta["clock"])
-            current = self.gate.clocks.get(msg.src, 0)
-            if 0 <= clock < current != FINISHED:
-                self.counters["duplicate_pushes"] += 1  # a restarted worker's redo
+            if self.gate.is_duplicate(msg.src, clock):
+                self.counters["duplicate_pushes"] += 1
                 return
             self.gate.check_advance(msg.src, clock)
             self._apply(msg)

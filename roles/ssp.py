@@ -95,6 +95,20 @@ class SSPGate(Generic[T]):
         self.clocks[worker] = clock + 1
         return self._release()
 
+    def next_clock(self, worker: str) -> int:
+        """The iteration `worker` completes next (where a restarted worker resumes);
+        ClockError if it is unknown or has finished."""
+        self._check_worker(worker)
+        if self.clocks[worker] == DONE:
+            raise ClockError(f"worker {worker} has finished")
+        return self.clocks[worker]
+
+    def is_duplicate(self, worker: str, clock: int) -> bool:
+        """`worker` has completed iteration `clock` already: a push of it is a restarted
+        worker's redo, not to be applied again."""
+        current = self.clocks.get(worker, 0)
+        return 0 <= clock < current != DONE
+
     def finish(self, worker: str) -> list[T]:
         """`worker` will push no more; it stops holding back the others."""
         self._check_worker(worker)
