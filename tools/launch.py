@@ -27,12 +27,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from geoml.bus import GeomlError, Topology, region_of
+from geoml.bus import GeomlError, Topology
 from geoml.bus.security import make_keys
 from geoml.roles.ps_plan import PSPlan, plan_ps
 from geoml.workloads import make_workload
 
-from .ps_roles import PROCESS_SYSTEMS, load_shard_outputs, role_addresses
+from .ps_roles import (
+    PROCESS_SYSTEMS,
+    gaia_summary,
+    load_shard_outputs,
+    replica_groups,
+    role_addresses,
+)
 from .results import cost_usd, write_results
 from .run import traffic_from_stats
 
@@ -239,8 +245,9 @@ class Launcher:
         """The current process of every role (restarted ones replaced)."""
         return [c for c in self.children if c.kind != "router" and not c.replaced]
 
-    async def restart(self, child: Child, endpoints: Path) -> Child:
+    async def restart(self, child: Child) -> Child:
         """Start a new process for a crashed role; its recovery is timed from now."""
+        assert self.endpoints is not None, "roles start after the routers"
         failed = time.monotonic()
         child.replaced = True
         with contextlib.suppress(TimeoutError):
@@ -248,7 +255,8 @@ class Launcher:
         print(f"[launch] {child.name} failed ({child.exit_state}); restarting it "
               f"({child.attempt + 1}/{self.cfg.restarts})", file=sys.stderr, flush=True)
         new = await self.spawn(child.name, child.kind,
-                               [*self.role_args(child.name, child.kind, endpoints), "--resume"],
+                               [*self.role_args(child.name, child.kind, self.endpoints),
+                                "--resume"],
                                attempt=child.attempt + 1)
         self.recoveries.append({"role": child.name, "kind": child.kind,
                                 "failure": child.exit_state, "detected_at": failed,
@@ -292,9 +300,8 @@ class Launcher:
                 code = c.proc.returncode
                 if code is None or code == 0 or c.replaced:
                     continue
-                if c.kind in RESTARTABLE and c.attempt < self.cfg.restarts \
-                        and self.endpoints is not None:
-                    await self.restart(c, self.endpoints)
+                if c.kind in RESTARTABLE and c.attempt < self.cfg.restarts:
+                    await self.restart(c)
                     continue
                 why = (f"it was restarted {c.attempt} time(s), the limit (--restarts)"
                        if c.kind in RESTARTABLE else
@@ -406,14 +413,9 @@ def _summary(cfg: LaunchConfig, topo: Topology, plan: PSPlan, workload: Any,
     start = workload.evaluate(workload.init_params())
     # gaia: each region holds a replica; the first data region's is the one reported, as
     # in the all-in-one run.
-    evaluated = next(iter(plan.data_regions))
-    replica = (plan.in_region(plan.shards, evaluated) if plan.replica_per_region
-               else list(plan.shards))
-    final = workload.evaluate(load_shard_outputs(cfg.out / "shards", replica))
+    evaluated = replica_groups(plan, workload.table_shapes())[0]
+    final = workload.evaluate(load_shard_outputs(cfg.out / "shards", evaluated.shards))
     traffic = traffic_from_stats(routers)
-    machines: dict[str, int] = {}
-    for address in (*plan.shards, *plan.workers):
-        machines[region_of(address)] = machines.get(region_of(address), 0) + 1
     wan_link_bytes = {name: link["bytes"] for name, link in traffic["wan_links"].items()}
     clock = min(r["clock"] for a, r in reports.items() if a in plan.workers)
     # One process per role has no monitor scoring the model as it trains: the curve is the
@@ -433,7 +435,7 @@ def _summary(cfg: LaunchConfig, topo: Topology, plan: PSPlan, workload: Any,
         "final_objective": final["objective"],
         "final_metrics": final,
         **traffic,
-        **cost_usd(topo, machines, elapsed, wan_link_bytes),
+        **cost_usd(topo, plan.machines_per_region(), elapsed, wan_link_bytes),
         "sync": cfg.sync,
         "workers": len(plan.workers),
         "ps_shards": len(plan.shards),
@@ -449,14 +451,10 @@ def _summary(cfg: LaunchConfig, topo: Topology, plan: PSPlan, workload: Any,
                      for r in launcher.recoveries],
     }
     if plan.mirrors is not None:
-        updated = sum(reports[a]["elements_updated"] for a in plan.shards)
-        sent = sum(reports[a]["elements_sent"] for a in plan.shards)
-        summary["gaia"] = {"v": cfg.gaia_v, "ds": cfg.gaia_ds, "hubs": cfg.gaia_hubs,
-                           "barrier": cfg.gaia_barrier, "elements_updated": updated,
-                           "elements_sent": sent, "evaluated_replica": evaluated,
-                           "roles": {a: {k: v for k, v in r.items() if k not in ("role", "kind")}
-                                     for a, r in reports.items()
-                                     if r["kind"] in ("mirror", "hub")}}
-        summary["filtered_fraction"] = 1 - sent / updated if updated else 0.0
+        summary.update(gaia_summary(
+            cfg, evaluated.region, sum(reports[a]["elements_updated"] for a in plan.shards),
+            sum(reports[a]["elements_sent"] for a in plan.shards),
+            {a: {k: v for k, v in r.items() if k not in ("role", "kind")}
+             for a, r in reports.items() if r["kind"] in ("mirror", "hub")}))
     write_results(cfg.out, summary, curve, f"{cfg.system} on {topo.name} (processes)")
     return summary

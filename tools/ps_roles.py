@@ -110,6 +110,17 @@ def make_hub(ep: Endpoint, cfg: RunConfig, topo: Topology, plan: PSPlan,
                    rates=path_rates(topo, region_of(ep.address), _gaia_peers(plan)))
 
 
+def gaia_summary(cfg: Any, evaluated: str, updated: int, sent: int,
+                 roles: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The gaia fields of a run's summary (`cfg`: a RunConfig or LaunchConfig): its
+    options, what the significance filters saw and sent, and the mirrors' and hubs'
+    counters."""
+    return {"gaia": {"v": cfg.gaia_v, "ds": cfg.gaia_ds, "hubs": cfg.gaia_hubs,
+                     "barrier": cfg.gaia_barrier, "elements_updated": updated,
+                     "elements_sent": sent, "evaluated_replica": evaluated, "roles": roles},
+            "filtered_fraction": 1 - sent / updated if updated else 0.0}
+
+
 def role_addresses(plan: PSPlan, kind: str) -> list[str]:
     """The addresses of role kind `kind` in `plan`."""
     if kind == "ps_shard":

@@ -25,7 +25,7 @@ from geoml.roles.shipping import DataCollector, DataShipper
 from geoml.workloads import Params, Partition, Workload, make_workload
 
 from .inspector import LiveView, TapSubscriber
-from .ps_roles import make_hub, make_mirror, make_shard, replica_groups
+from .ps_roles import gaia_summary, make_hub, make_mirror, make_shard, replica_groups
 from .recording import Recorder, topology_header
 from .results import cost_usd, time_to_target, write_results
 from .traffic import TrafficStats, capacities
@@ -350,13 +350,10 @@ async def run_ps(cfg: RunConfig) -> RunResult:
     })
     filters = [s.filter for s in shards if isinstance(s, GaiaShard)]
     if filters:
-        updated = sum(f.counters.updated for f in filters)
-        sent = sum(f.counters.sent for f in filters)
-        summary["gaia"] = {"v": cfg.gaia_v, "ds": cfg.gaia_ds, "hubs": cfg.gaia_hubs,
-                           "barrier": cfg.gaia_barrier, "elements_updated": updated,
-                           "elements_sent": sent, "evaluated_replica": first,
-                           "roles": {m.ep.address: dict(m.counters) for m in mirrors}}
-        summary["filtered_fraction"] = 1 - sent / updated if updated else 0.0
+        summary.update(gaia_summary(
+            cfg, first, sum(f.counters.updated for f in filters),
+            sum(f.counters.sent for f in filters),
+            {m.ep.address: dict(m.counters) for m in mirrors}))
     if shipped is not None:
         summary["centralized"] = shipped
     if region_tests is not None:
