@@ -19,6 +19,20 @@ global array (row * columns + column); updates use the compact form of `sparse_c
   gaia.allow    mirror -> own shard, control: meta {clock}: reads beyond this clock wait
                 (the mirror clock: slowest other region + DS).
   gaia.stop     mirror -> own shard, data (after every apply): every region has finished.
+Recovery of a shard restarted from its checkpoint (roles/ps.py has the worker side):
+  gaia.apply    meta + {n}: numbered 1, 2, ... per shard; the shard ignores an n it has, and
+                the mirror keeps each apply until the shard's checkpoint has it.
+  gaia.update   shard -> mirror: meta + {applied, ack}: `applied` is the last n in the
+                shard's latest checkpoint (the mirror forgets those); with `ack` the
+                shard keeps the update (it is in its checkpoint) until gaia.got.
+  gaia.got      mirror -> shard, control, meta {clock, final}: the mirror has the shard's
+                updates up to `clock` (and its final one); a repeated update is ignored.
+  gaia.resume   shard -> mirror, control, meta {applied}: the shard restarted from a
+                checkpoint with applies up to `applied`: the mirror sends it the later
+                ones, the blocks of barriers whose values have not come, the current
+                gaia.allow and, if sent already, gaia.stop.
+  gaia.stopped  shard -> mirror, control: a checkpointing shard has gaia.stop in its
+                checkpoint; the mirror exits only when each has said so.
 """
 
 from __future__ import annotations
@@ -44,6 +58,7 @@ log = logging.getLogger("geoml.roles.gaia")
 
 UPDATE, BARRIER, BLOCK = "gaia.update", "gaia.barrier", "gaia.block"
 APPLY, ALLOW, STOP = "gaia.apply", "gaia.allow", "gaia.stop"
+GOT, RESUME, STOPPED = "gaia.got", "gaia.resume", "gaia.stopped"
 #: Room left for the header when deciding whether a barrier fits a control frame.
 _HEADER_ROOM = 4096
 _NEVER = 1 << 40
@@ -175,6 +190,13 @@ class GaiaShard(PSShard):
         self._blocks: dict[tuple[str, int], dict[str, np.ndarray]] = {}
         self._applied_seq: dict[str, int] = {}
         self._held: list[tuple[Message, list[np.ndarray | None]]] = []
+        #: Remote applies done (the mirror numbers them), and how many the checkpoint has.
+        self.applied_n = 0
+        self._saved_applied_n = 0
+        #: Updates for the mirror: (clock, final, encoded); `_outbox` (checkpointing only)
+        #: keeps them until gaia.got, `_unsent` until they are sent.
+        self._outbox: list[tuple[int, bool, tuple[dict[str, Any], list[np.ndarray]]]] = []
+        self._unsent: list[tuple[int, bool, tuple[dict[str, Any], list[np.ndarray]]]] = []
 
     def _finished(self) -> bool:
         return self._stopped
@@ -185,20 +207,89 @@ class GaiaShard(PSShard):
     def _to_global(self, table: str, idx: np.ndarray) -> np.ndarray:
         return idx + self.lo[table] * self.cols[table]
 
-    async def _send_update(self, clock: int, update: Update, final: bool) -> None:
-        meta, arrays = encode({t: (self._to_global(t, idx), vals)
-                               for t, (idx, vals) in update.items()})
-        await self.ep.send(self.mirror, UPDATE, arrays=arrays,
-                           meta={"clock": clock, "final": final, **meta})
+    def _queue_update(self, clock: int, update: Update, final: bool) -> None:
+        entry = (clock, final, encode({t: (self._to_global(t, idx), vals)
+                                       for t, (idx, vals) in update.items()}))
+        self._unsent.append(entry)
+        if self.checkpoint is not None:
+            self._outbox.append(entry)
 
-    async def _clock_advanced(self, before: int, after: int) -> None:
+    async def _send_update(self, clock: int, final: bool,
+                           encoded: tuple[dict[str, Any], list[np.ndarray]]) -> None:
+        meta, arrays = encoded
+        durable = self.checkpoint is not None
+        await self.ep.send(self.mirror, UPDATE, arrays=arrays,
+                           meta={"clock": clock, "final": final, **meta, "ack": durable,
+                                 "applied": self._saved_applied_n if durable
+                                 else self.applied_n})
+
+    def _clock_advanced(self, before: int, after: int) -> None:
         if self.gate.all_done:
             if not self._sent_final:
                 self._sent_final = True
-                await self._send_update(before, self.filter.flush(), final=True)
+                self._queue_update(before, self.filter.flush(), final=True)
             return
         for clock in range(before + 1, after + 1):
-            await self._send_update(clock, self.filter.select(self.tables, clock), final=False)
+            self._queue_update(clock, self.filter.select(self.tables, clock), final=False)
+
+    async def _sent_after_checkpoint(self) -> None:
+        unsent, self._unsent = self._unsent, []
+        for clock, final, encoded in unsent:
+            await self._send_update(clock, final, encoded)
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        meta, arrays = super()._state()
+        for t in self.tables:
+            arrays[f"accum/{t}"] = self.filter.accum[t]
+            arrays[f"blocked/{t}"] = self.blocked[t]
+        blocks = []
+        for i, ((origin, seq), rows) in enumerate(self._blocks.items()):
+            blocks.append([origin, seq, list(rows)])
+            arrays.update({f"block/{i}/{t}": r for t, r in rows.items()})
+        outbox = []
+        for i, (clock, final, (enc_meta, enc_arrays)) in enumerate(self._outbox):
+            outbox.append([clock, final, enc_meta, len(enc_arrays)])
+            arrays.update({f"outbox/{i}/{j}": a for j, a in enumerate(enc_arrays)})
+        meta["gaia"] = {"updated": self.filter.counters.updated,
+                        "sent": self.filter.counters.sent, "blocks": blocks,
+                        "applied_seq": self._applied_seq, "applied_n": self.applied_n,
+                        "sent_final": self._sent_final, "stopped": self._stopped,
+                        "outbox": outbox}
+        return meta, arrays
+
+    def _load_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        super()._load_state(meta, arrays)
+        g = meta["gaia"]
+        for t in self.tables:
+            self.filter.accum[t][...] = arrays[f"accum/{t}"]
+            self.blocked[t][...] = arrays[f"blocked/{t}"]
+        self.filter.counters.updated, self.filter.counters.sent = g["updated"], g["sent"]
+        self._blocks = {(origin, int(seq)): {t: arrays[f"block/{i}/{t}"] for t in tables}
+                        for i, (origin, seq, tables) in enumerate(g["blocks"])}
+        self._applied_seq = {o: int(q) for o, q in g["applied_seq"].items()}
+        self.applied_n = self._saved_applied_n = int(g["applied_n"])
+        self._sent_final, self._stopped = bool(g["sent_final"]), bool(g["stopped"])
+        self._outbox = [(int(clock), bool(final),
+                         (enc_meta, [arrays[f"outbox/{i}/{j}"] for j in range(n)]))
+                        for i, (clock, final, enc_meta, n) in enumerate(g["outbox"])]
+
+    def _save(self) -> None:
+        applied_n = self.applied_n
+        super()._save()
+        self._saved_applied_n = applied_n
+
+    async def _announce_resume(self) -> None:
+        await self.ep.send(self.mirror, RESUME, control=True,
+                           meta={"applied": self.applied_n})
+        for clock, final, encoded in self._outbox:  # the mirror ignores what it has
+            await self._send_update(clock, final, encoded)
+        if self._stopped:
+            await self.ep.send(self.mirror, STOPPED, control=True)
+        await super()._announce_resume()
+
+    # -- barriers and remote updates ---------------------------------------------------------
 
     def _is_blocked(self, msg: Message, rows: list[np.ndarray | None]) -> bool:
         for table, r in zip(msg.meta["tables"], rows, strict=True):
@@ -227,6 +318,9 @@ class GaiaShard(PSShard):
         if seq <= self._applied_seq.get(origin, -1):
             self.counters["late_barriers"] += 1  # its values are here already
             return
+        if (origin, seq) in self._blocks:  # resent by the mirror after our restart
+            self.counters["duplicate_blocks"] += 1
+            return
         rows = {t: self._local_rows_of(t, r)
                 for t, r in decode_indices(msg.meta, msg.arrays).items()}
         for t, r in rows.items():
@@ -235,6 +329,17 @@ class GaiaShard(PSShard):
         self.counters["blocks"] += 1
 
     def _apply_remote(self, msg: Message) -> list[Any]:
+        n = msg.meta.get("n")
+        if n is not None:
+            if n <= self.applied_n:
+                self.counters["duplicate_applies"] += 1
+                return []
+            if n != self.applied_n + 1:
+                if not self.resumed:
+                    raise ValueError(f"gaia.apply n={n} after n={self.applied_n}: one lost")
+                # Sent to our predecessor after our checkpoint; the mirror resends it.
+                self.counters["applies_before_replay"] += 1
+                return []
         update = decode(msg.meta, msg.arrays)
         checked = []
         for table, (idx, vals) in update.items():
@@ -248,6 +353,8 @@ class GaiaShard(PSShard):
         for flat, local, vals in checked:
             np.add.at(flat, local, vals)
         self.counters["applies"] += 1
+        if n is not None:
+            self.applied_n = n
         origin, seq = msg.meta.get("origin"), msg.meta.get("seq")
         if origin is None or seq is None:
             return []
@@ -270,8 +377,16 @@ class GaiaShard(PSShard):
             return []
         if msg.type == ALLOW:
             return self.gate.set_limit(int(msg.meta["clock"]))
+        if msg.type == GOT:
+            clock, final = int(msg.meta["clock"]), bool(msg.meta["final"])
+            self._outbox = [e for e in self._outbox
+                            if (not final if e[1] else e[0] > clock)]
+            return []
         if msg.type == STOP:
             self._stopped = True
+            if self.checkpoint is not None:
+                self._save()
+                await self.ep.send(self.mirror, STOPPED, control=True)
             return []
         raise ValueError(f"a Gaia shard does not take {msg.type!r} frames")
 
@@ -304,14 +419,30 @@ class GaiaMirror:
         self._reported: dict[int, set[str]] = {}
         self._final_shards: set[str] = set()
         self._final_regions: set[str] = set()
+        #: Per shard: the last clock of its updates received, the applies sent to it
+        #: (numbered) that its checkpoint may not have yet, and whether it checkpoints.
+        self._got = dict.fromkeys(self.shards, 0)
+        self._apply_n = dict.fromkeys(self.shards, 0)
+        self._unacked: dict[str, deque[tuple[int, dict[str, Any], list[np.ndarray]]]] = {
+            a: deque() for a in self.shards}
+        self._durable_shards: set[str] = set()
+        #: Barriers whose values have not come: (origin, seq) -> shard -> its gaia.block.
+        self._open: dict[tuple[str, int], dict[str, tuple[dict[str, Any],
+                                                          list[np.ndarray]]]] = {}
+        self._values_seq: dict[str, int] = {}  # per peer: the last seq whose values came
+        self._stop_sent = False
+        self._stopped: set[str] = set()
 
     async def run(self) -> None:
-        """Serve until all regions are final."""
+        """Serve until all regions are final (and checkpointing shards have stopped)."""
         await _serve_until(self.ep, self.counters, self._handle, lambda: (
             len(self._final_shards) == len(self.shards)
             and self._final_regions >= set(self.mirrors)))
+        self._stop_sent = True
         for shard in self.shards:
             await self.ep.send(shard, STOP)
+        await _serve_until(self.ep, self.counters, self._handle,
+                           lambda: self._stopped >= self._durable_shards)
 
     def _is_peer(self, src: str) -> bool:
         return src == self.hub if self.hub is not None else src in self.mirrors.values()
@@ -319,6 +450,10 @@ class GaiaMirror:
     async def _handle(self, msg: Message) -> None:
         if msg.type == UPDATE and msg.src in self.shards:
             await self._local(msg)
+        elif msg.type == RESUME and msg.src in self.shards:
+            await self._resume(msg)
+        elif msg.type == STOPPED and msg.src in self.shards:
+            self._stopped.add(msg.src)
         elif msg.type in (UPDATE, BARRIER) and self._is_peer(msg.src):
             if msg.type == UPDATE:
                 await self._remote(msg)
@@ -330,8 +465,50 @@ class GaiaMirror:
             raise ValueError(f"{msg.type} from {msg.src}, which is neither a shard of "
                              f"{self.region} nor a peer of its mirror")
 
+    async def _resume(self, msg: Message) -> None:
+        """A shard restarted from a checkpoint with applies up to meta applied: send it
+        the later ones, the blocks still open, the mirror clock and, if sent, the stop."""
+        shard, applied = msg.src, int(msg.meta["applied"])
+        self.counters["shard_restarts"] += 1
+        self._durable_shards.add(shard)
+        for n, meta, arrays in self._unacked[shard]:
+            if n > applied:
+                await self.ep.send(shard, APPLY, arrays=arrays, meta=meta)
+                self.counters["applies_replayed"] += 1
+        for blocks in self._open.values():
+            if shard in blocks:
+                meta, arrays = blocks[shard]
+                await self.ep.send(shard, BLOCK, arrays=arrays, control=True, meta=meta)
+        await self.ep.send(shard, ALLOW, control=True, meta={"clock": self.allowed})
+        if self._stop_sent:
+            await self.ep.send(shard, STOP)
+
+    def _acked(self, msg: Message, clock: int, final: bool) -> bool:
+        """Bookkeeping of a shard's update: forget the applies its checkpoint has; True
+        when the update is one received already (a restarted shard resends)."""
+        unacked = self._unacked[msg.src]
+        applied = int(msg.meta.get("applied", 0))
+        while unacked and unacked[0][0] <= applied:
+            unacked.popleft()
+        if msg.meta.get("ack"):
+            self._durable_shards.add(msg.src)
+        if final:
+            repeated = msg.src in self._final_shards
+        else:
+            repeated = clock <= self._got[msg.src]
+            self._got[msg.src] = max(self._got[msg.src], clock)
+        if repeated:
+            self.counters["duplicate_updates"] += 1
+        return repeated
+
     async def _local(self, msg: Message) -> None:
         clock, final = int(msg.meta["clock"]), bool(msg.meta["final"])
+        repeated = self._acked(msg, clock, final)
+        if msg.meta.get("ack"):
+            await self.ep.send(msg.src, GOT, control=True, meta={
+                "clock": self._got[msg.src], "final": msg.src in self._final_shards or final})
+        if repeated:
+            return
         update = decode(msg.meta, msg.arrays)
         key = -1 if final else clock
         self._pending.setdefault(key, []).append(update)
@@ -366,22 +543,31 @@ class GaiaMirror:
         rows = decode_indices(msg.meta, msg.arrays)
         seq = int(msg.meta["seq"])
         self.counters["barriers_received"] += 1
+        if seq <= self._values_seq.get(msg.src, -1):
+            blocks: dict[str, tuple[dict[str, Any], list[np.ndarray]]] = {}  # late: not kept
+        else:
+            blocks = self._open.setdefault((msg.src, seq), {})
         for shard, part in zip(self.shards, self._split(rows, scale=False), strict=True):
             if part:
                 meta, arrays = encode_indices({t: rows[t][sl] for t, sl in part.items()})
-                await self.ep.send(shard, BLOCK, arrays=arrays, control=True,
-                                   meta={"origin": msg.src, "seq": seq, **meta})
+                meta = {"origin": msg.src, "seq": seq, **meta}
+                blocks[shard] = (meta, arrays)
+                await self.ep.send(shard, BLOCK, arrays=arrays, control=True, meta=meta)
 
     async def _remote(self, msg: Message) -> None:
         seq, clocks, final = _peer_meta(msg)
         update = decode(msg.meta, msg.arrays)
         elements = {t: idx for t, (idx, _) in update.items()}
+        self._open.pop((msg.src, seq), None)
+        self._values_seq[msg.src] = max(self._values_seq.get(msg.src, -1), seq)
         for shard, part in zip(self.shards, self._split(elements, scale=True), strict=True):
             if part:
                 meta, arrays = encode({t: (update[t][0][sl], update[t][1][sl])
                                        for t, sl in part.items()})
-                await self.ep.send(shard, APPLY, arrays=arrays,
-                                   meta={"origin": msg.src, "seq": seq, **meta})
+                self._apply_n[shard] += 1
+                meta = {"origin": msg.src, "seq": seq, "n": self._apply_n[shard], **meta}
+                self._unacked[shard].append((self._apply_n[shard], meta, arrays))
+                await self.ep.send(shard, APPLY, arrays=arrays, meta=meta)
         for region, clock in clocks.items():
             if region in self.mirrors:
                 self.clock.on_remote_clock(region, clock)

@@ -11,10 +11,18 @@ Frames (docs/PROTOCOL.md, "Parameter server"):
   ps.where  worker -> shard   control, meta {}: a restarted worker asks where it was.
   ps.here   shard -> worker   control, meta {clock}: the worker's next clock at this shard.
   ps.error  shard -> sender   meta {reason, detail}: a request the shard refused.
+A shard that checkpoints (`checkpoint=PATH`) also uses:
+  ps.value  meta + {durable}: the worker's clock in the shard's latest checkpoint; the
+                              worker keeps its pushes from that clock on, to replay them.
+  ps.bye    shard -> worker   control: the worker's ps.done is in a checkpoint; it may exit
+                              (it repeats ps.done until it hears this).
+  ps.resume shard -> worker   control, meta {clock}: the shard restarted from a checkpoint
+                              that has the worker at `clock`: replay the pushes from there
+                              and resend a pending read.
 
 The clock of a push is its sequence number on the (worker, shard) channel: a push of a clock
 the shard already has (from a worker restarted after a crash, which redoes the clock it was
-in) is counted `duplicate_pushes` and not applied again.
+in, or replaying for a restarted shard) is counted `duplicate_pushes` and not applied again.
 """
 
 from __future__ import annotations
@@ -23,8 +31,11 @@ import asyncio
 import itertools
 import logging
 import os
-from collections import Counter
+import time
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -32,25 +43,33 @@ from geoml.bus import Endpoint, FrameError, GeomlError, Message
 from geoml.bus.frame import CONTROL_MAX_BYTES
 from geoml.workloads import Params, Partition, Workload
 
+from .checkpoint import load_checkpoint, save_checkpoint
 from .compute import Compute
 from .ps_plan import KeyRanges
+from .ssp import DONE as FINISHED
 from .ssp import ClockError, SSPGate
 
 log = logging.getLogger("geoml.roles.ps")
 
 READ, VALUE, PUSH, DONE, ERROR = "ps.read", "ps.value", "ps.push", "ps.done", "ps.error"
 WHERE, HERE = "ps.where", "ps.here"
+BYE, RESUME = "ps.bye", "ps.resume"
+#: How often a finished worker repeats ps.done to a checkpointing shard until ps.bye.
+DONE_RETRY_S = 1.0
 
 
 class PSShard:
     """Holds rows [lo, hi) of every table; serves reads under SSP(s); applies pushes.
 
-    `run()` returns once every worker has sent ps.done.
+    `run()` returns once every worker has sent ps.done. With `checkpoint`, the shard
+    writes its state there before serving, whenever the slowest worker's clock advances
+    and when a worker finishes; `restore()` loads it in a process started after a crash.
     """
 
     def __init__(self, endpoint: Endpoint, index: int, ranges: KeyRanges, init: Params,
                  workers: Sequence[str], *, staleness: int = 0, record: bool = False,
-                 on_min_clock: Callable[[int, int], None] | None = None) -> None:
+                 on_min_clock: Callable[[int, int], None] | None = None,
+                 checkpoint: Path | None = None) -> None:
         self.ep = endpoint
         self.index = index
         self.ranges = ranges
@@ -61,12 +80,22 @@ class PSShard:
             workers, staleness, record=record)
         self._on_min_clock = on_min_clock
         self.counters: Counter[str] = Counter()
+        self.checkpoint = checkpoint
+        #: Restored from a checkpoint: pushes ahead of a worker's clock are its replay's.
+        self.resumed = False
+        #: Per worker: its clock in the latest checkpoint.
+        self._durable: dict[str, int] = {}
 
     def _finished(self) -> bool:
         return self.gate.all_done
 
     async def run(self) -> None:
         """Serve until every worker is done."""
+        if self.checkpoint is not None:
+            if self.resumed:
+                await self._announce_resume()
+            else:
+                self._save()
         while not self._finished():
             msg = await self.ep.recv()
             try:
@@ -79,6 +108,67 @@ class PSShard:
                                    meta={"reason": type(exc).__name__,
                                          "detail": str(exc)[:500], "type": msg.type})
 
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """What a checkpoint holds (subclasses add theirs)."""
+        return ({"clocks": self.gate.clocks, "limit": self.gate.limit,
+                 "counters": dict(self.counters)},
+                {f"table/{t}": a for t, a in self.tables.items()})
+
+    def _load_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        if set(meta["clocks"]) != set(self.gate.clocks):
+            raise ValueError(f"checkpoint {self.checkpoint} is of other workers "
+                             f"({sorted(meta['clocks'])})")
+        for t, a in self.tables.items():
+            saved = arrays[f"table/{t}"]
+            if saved.shape != a.shape:
+                raise ValueError(f"checkpoint {self.checkpoint}: table {t} has shape "
+                                 f"{saved.shape}, this shard {a.shape}")
+            a[...] = saved
+        self.gate.clocks.update({w: int(c) for w, c in meta["clocks"].items()})
+        self.gate.limit = meta["limit"]
+        self.counters.update(meta["counters"])
+
+    def restore(self) -> bool:
+        """Load the checkpoint if there is one (a process restarted after a crash); False
+        when there is none yet (the crash came before the first one: start afresh)."""
+        if self.checkpoint is None or not self.checkpoint.exists():
+            return False
+        meta, arrays = load_checkpoint(self.checkpoint)
+        try:
+            self._load_state(meta, arrays)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise GeomlError(f"checkpoint {self.checkpoint} does not fit this shard: "
+                             f"{exc}") from None
+        self._durable = dict(self.gate.clocks)
+        self.resumed = True
+        self.counters["restored"] += 1
+        return True
+
+    def _save(self) -> None:
+        if self.checkpoint is None:
+            return
+        t0 = time.perf_counter()
+        meta, arrays = self._state()
+        self.counters["checkpoint_bytes"] = save_checkpoint(self.checkpoint, meta, arrays)
+        self.counters["checkpoints"] += 1
+        self.counters["checkpoint_ms"] += round((time.perf_counter() - t0) * 1000)
+        self._durable = dict(self.gate.clocks)
+
+    async def _announce_resume(self) -> None:
+        """After a restore: every worker still working replays from its checkpointed clock
+        (finished ones repeat ps.done until they hear ps.bye)."""
+        for worker, clock in self.gate.clocks.items():
+            if clock != FINISHED:
+                await self.ep.send(worker, RESUME, control=True, meta={"clock": clock})
+
+    async def _sent_after_checkpoint(self) -> None:
+        """Frames prepared by `_clock_advanced`, sent once they are in a checkpoint
+        (subclasses)."""
+
+    # -- frames ----------------------------------------------------------------------------------
+
     async def _handle(self, msg: Message) -> None:
         before = self.gate.min_clock
         if msg.type == READ:
@@ -90,13 +180,21 @@ class PSShard:
                 self.counters["reads_waited"] += 1
             return
         if msg.type == WHERE:
-            await self.ep.send(msg.src, HERE, control=True,
-                               meta={"clock": self.gate.next_clock(msg.src)})
+            clock = self.gate.next_clock(msg.src)
+            if self.checkpoint is not None:
+                # From its checkpointed clock, so that the new worker holds every push
+                # a restart of this shard would ask it to replay.
+                clock = min(clock, self._durable.get(msg.src, 0))
+            await self.ep.send(msg.src, HERE, control=True, meta={"clock": clock})
             return
         if msg.type == PUSH:
             clock = int(msg.meta["clock"])
             if self.gate.is_duplicate(msg.src, clock):
                 self.counters["duplicate_pushes"] += 1
+                return
+            if self.resumed and clock > self.gate.clocks.get(msg.src, clock):
+                # Sent to our predecessor after our checkpoint; the worker replays it.
+                self.counters["pushes_before_replay"] += 1
                 return
             self.gate.check_advance(msg.src, clock)
             self._apply(msg)
@@ -109,9 +207,15 @@ class PSShard:
         await self._serve_all(ready)
         after = self.gate.min_clock
         if after != before:
-            await self._clock_advanced(before, after)
+            self._clock_advanced(before, after)
+            self._save()
+            await self._sent_after_checkpoint()
             if self._on_min_clock is not None:
                 self._on_min_clock(self.index, after)
+        if msg.type == DONE and self.checkpoint is not None:
+            if self._durable.get(msg.src) != FINISHED:
+                self._save()
+            await self.ep.send(msg.src, BYE, control=True)
 
     async def _serve_all(self, ready: list[tuple[Message, list[np.ndarray | None]]]) -> None:
         for waiting, rows in ready:
@@ -122,8 +226,9 @@ class PSShard:
         """Frame types beyond the PS protocol (subclasses); returns reads now servable."""
         raise ValueError(f"a PS shard does not take {msg.type!r} frames")
 
-    async def _clock_advanced(self, before: int, after: int) -> None:
-        """The slowest local worker's clock went from `before` to `after` (subclasses)."""
+    def _clock_advanced(self, before: int, after: int) -> None:
+        """The slowest local worker's clock went from `before` to `after` (subclasses;
+        what they send goes out in `_sent_after_checkpoint`)."""
 
     def _applied(self, table: str, rows: np.ndarray | None, delta: np.ndarray) -> None:
         """A worker's delta was added to `table` (rows local to this shard; subclasses)."""
@@ -149,9 +254,10 @@ class PSShard:
     async def _serve(self, msg: Message, rows: list[np.ndarray | None]) -> None:
         values = [self.tables[t].copy() if r is None else self.tables[t][r]
                   for t, r in zip(msg.meta["tables"], rows, strict=True)]
-        await self.ep.send(msg.src, VALUE, arrays=values,
-                           meta={"req": msg.meta["req"], "clock": msg.meta["clock"],
-                                 "tables": msg.meta["tables"]})
+        meta = {"req": msg.meta["req"], "clock": msg.meta["clock"], "tables": msg.meta["tables"]}
+        if self.checkpoint is not None:
+            meta["durable"] = self._durable.get(msg.src, 0)
+        await self.ep.send(msg.src, VALUE, arrays=values, meta=meta)
 
     def _apply(self, msg: Message) -> None:
         """Check every delta of the push, then add them all (never half a push)."""
@@ -226,6 +332,14 @@ class PSWorker:
                         self._plan[s].append((table, None))
                 elif len(r):
                     self._plan[s].append((table, r))
+        #: Per shard: its worker clock in its latest checkpoint (None: it does not
+        #: checkpoint), and the pushes from there on, kept to replay if it restarts.
+        self._durable: list[int | None] = [None] * len(self.shards)
+        self._retained: list[deque[tuple[int, list[np.ndarray], dict[str, Any]]]] = [
+            deque() for _ in self.shards]
+        #: Per shard: the read of this clock not answered yet (arrays, meta, control).
+        self._reads: dict[int, tuple[list[np.ndarray], dict[str, Any], bool]] = {}
+        self._done_sent = False
         self.times = {"compute_s": 0.0, "read_s": 0.0, "push_s": 0.0}
         #: Loop time at which each clock was completed (pushed).
         self.clock_done_at: list[float] = []
@@ -255,11 +369,64 @@ class PSWorker:
                 self.clock_done_at.append(t3)
                 if self.on_clock is not None:
                     self.on_clock(self.ep.address, self.clock)
+            await self._finish()
         finally:
-            if not self.ep.closed:
-                for shard in self.shards:
+            if not self.ep.closed and not self._done_sent:
+                for shard in self.shards:  # stopped early: let the shards go on
                     await self.ep.send(shard, DONE)
         return self.clock
+
+    async def _finish(self) -> None:
+        """ps.done to every shard; a checkpointing shard must answer ps.bye (the done is
+        in its checkpoint) before this worker may exit, so it is repeated until then."""
+        self._done_sent = True
+        for shard in self.shards:
+            await self.ep.send(shard, DONE)
+        waiting = {self.shards[s] for s, d in enumerate(self._durable) if d is not None}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.read_timeout_s
+        while waiting:
+            try:
+                msg = await self.ep.recv(timeout=DONE_RETRY_S)
+            except TimeoutError:
+                if loop.time() >= deadline:
+                    raise WorkerFailed(f"{self.ep.address}: no ps.bye from "
+                                       f"{', '.join(sorted(waiting))} within "
+                                       f"{self.read_timeout_s}s") from None
+                for shard in waiting:
+                    await self.ep.send(shard, DONE)
+                continue
+            if msg.type == BYE:
+                waiting.discard(msg.src)
+            elif msg.type == RESUME:
+                await self._on_resume(msg)
+            else:
+                self.counters["unexpected"] += 1
+
+    async def _on_resume(self, msg: Message) -> None:
+        """A shard restarted from a checkpoint that has us at meta clock: replay our pushes
+        from there, then our pending read (or ps.done) to it."""
+        if msg.src not in self.shards:
+            self.counters["unexpected"] += 1
+            return
+        s = self.shards.index(msg.src)
+        clock = int(msg.meta["clock"])
+        if not self._plan[s]:
+            return
+        replay = [p for p in self._retained[s] if p[0] >= clock]
+        if [c for c, _, _ in replay] != list(range(clock, self.clock)):
+            raise WorkerFailed(f"{self.ep.address}: {msg.src} restarted at clock {clock}, "
+                               f"but this worker kept only clocks "
+                               f"{[c for c, _, _ in self._retained[s]]} (it is at "
+                               f"{self.clock}); cannot replay")
+        for _, arrays, meta in replay:
+            await self.ep.send(msg.src, PUSH, arrays=arrays, meta=meta)
+        self.counters["pushes_replayed"] += len(replay)
+        if s in self._reads:
+            arrays, meta, control = self._reads[s]
+            await self.ep.send(msg.src, READ, arrays=arrays, control=control, meta=meta)
+        if self._done_sent:
+            await self.ep.send(msg.src, DONE)
 
     async def _where(self) -> int:
         """A restarted worker's clock: the lowest its shards have not seen complete (it
@@ -277,6 +444,9 @@ class PSWorker:
             if msg.type == ERROR:
                 raise WorkerFailed(f"{self.ep.address}: {msg.src} refused "
                                    f"{msg.meta.get('type')}: {msg.meta.get('detail')}")
+            if msg.type == RESUME:
+                await self._on_resume(msg)
+                continue
             if msg.type != HERE:
                 self.counters["unexpected"] += 1
                 continue
@@ -292,11 +462,11 @@ class PSWorker:
             req = next(self._req)
             pending[req] = s
             rows = [r for _, r in wanted if r is not None]
-            size = sum(r.nbytes for r in rows)
-            await self.ep.send(
-                self.shards[s], READ, arrays=rows, control=size < CONTROL_MAX_BYTES // 2,
-                meta={"req": req, "clock": self.clock, "tables": [t for t, _ in wanted],
-                      "sparse": [r is not None for _, r in wanted]})
+            control = sum(r.nbytes for r in rows) < CONTROL_MAX_BYTES // 2
+            meta = {"req": req, "clock": self.clock, "tables": [t for t, _ in wanted],
+                    "sparse": [r is not None for _, r in wanted]}
+            self._reads[s] = (rows, meta, control)
+            await self.ep.send(self.shards[s], READ, arrays=rows, control=control, meta=meta)
         replies: dict[int, list[np.ndarray]] = {}
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.read_timeout_s
@@ -315,12 +485,20 @@ class PSWorker:
             if msg.type == ERROR:
                 raise WorkerFailed(f"{self.ep.address}: {msg.src} refused "
                                    f"{msg.meta.get('type')}: {msg.meta.get('detail')}")
-            if msg.type != VALUE or msg.meta.get("req") not in pending:
+            if msg.type == RESUME:
+                await self._on_resume(msg)
+                continue
+            if msg.type != VALUE or msg.meta.get("req") not in pending \
+                    or msg.meta["req"] in replies:
                 self.counters["unexpected"] += 1
                 log.warning("%s: ignored an unexpected %s from %s while reading",
                             self.ep.address, msg.type, msg.src)
                 continue
             replies[msg.meta["req"]] = msg.arrays
+            s = pending[msg.meta["req"]]
+            self._reads.pop(s, None)
+            if "durable" in msg.meta:
+                self._kept_from(s, int(msg.meta["durable"]))
         by_shard = {pending[req]: arrays for req, arrays in replies.items()}
         params: Params = {}
         for table in self.part.rows:
@@ -347,6 +525,15 @@ class PSWorker:
                     start = offsets[table]
                     offsets[table] = start + len(rows)
                     arrays += [rows, delta[table][start:start + len(rows)]]
-            await self.ep.send(shard, PUSH, arrays=arrays,
-                               meta={"clock": self.clock, "tables": tables, "sparse": sparse})
+            meta = {"clock": self.clock, "tables": tables, "sparse": sparse}
+            if self._durable[s] is not None:
+                self._retained[s].append((self.clock, arrays, meta))
+            await self.ep.send(shard, PUSH, arrays=arrays, meta=meta)
+
+    def _kept_from(self, s: int, durable: int) -> None:
+        """Shard `s` has our pushes before clock `durable` in a checkpoint: forget them."""
+        self._durable[s] = durable
+        kept = self._retained[s]
+        while kept and kept[0][0] < durable:
+            kept.popleft()
 

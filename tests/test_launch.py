@@ -76,7 +76,9 @@ def _kill(out: Path, name: str) -> Callable[[], None]:
 def test_launch_runs_every_role_as_a_process_with_the_all_in_one_results(
         tmp_path: Path) -> None:
     out = tmp_path / "run"
-    proc = _launch(out, "--iterations", "5")
+    # --restarts 0: no checkpoints, whose frames (ps.bye, a durable clock in ps.value) add
+    # a few hundred bytes the all-in-one run does not send
+    proc = _launch(out, "--iterations", "5", "--restarts", "0")
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr
     summary = json.loads((out / "summary.json").read_text())
@@ -116,37 +118,48 @@ def test_a_killed_worker_stops_the_whole_run_with_its_name(tmp_path: Path) -> No
     assert not [n for n, pid in _children(out).items() if _alive(pid)]
 
 
-def test_a_killed_worker_is_restarted_and_no_update_is_lost_or_applied_twice(
-        tmp_path: Path) -> None:
-    """kill -9 of a gaia worker mid-run: the launcher restarts it, it redoes the clock it
-    was in, and both replicas end exactly at the initial model plus every update."""
+@pytest.mark.parametrize(("victim", "kind"), [("west/worker/1", "worker"),
+                                            ("east/ps/0", "ps_shard")])
+def test_a_killed_role_is_restarted_and_no_update_is_lost_or_applied_twice(
+        tmp_path: Path, victim: str, kind: str) -> None:
+    """kill -9 of a gaia worker or PS shard mid-run: the launcher restarts it (a worker
+    redoes the clock it was in; a shard loads its checkpoint and its workers and mirror
+    replay what came after), and both replicas end exactly at the initial model plus
+    every update."""
     from geoml.ps_roles import load_shard_outputs
     from geoml.workloads import IntegerUpdates
 
     out, clocks = tmp_path / "run", 60
     proc = _launch(out, "--iterations", str(clocks), "--system", "gaia", "--workload",
                    "integer-updates", "--gaia-v", "0.5")
-    stderr = _disturb(proc, out, "west/worker/1", 5, _kill(out, "west/worker/1"), timeout=120)
+    stderr = _disturb(proc, out, "west/worker/1", 5, _kill(out, victim), timeout=120)
     assert proc.returncode == 0, stderr
-    assert "west/worker/1 failed (killed by SIGKILL); restarting it (1/2)" in stderr
+    assert f"{victim} failed (killed by SIGKILL); restarting it (1/2)" in stderr
     summary = json.loads((out / "summary.json").read_text())
     (restart,) = summary["restarts"]
-    assert restart["role"] == "west/worker/1" and restart["recovery_s"] > 0
-    assert summary["processes"]["west/worker/1"]["exit"] == -signal.SIGKILL
-    assert summary["processes"]["west/worker/1#1"]["exit"] == 0
+    assert restart["role"] == victim and restart["kind"] == kind
+    assert restart["recovery_s"] > 0
+    assert summary["processes"][victim]["exit"] == -signal.SIGKILL
+    assert summary["processes"][f"{victim}#1"]["exit"] == 0
     expected = IntegerUpdates().expected({"east": 2, "west": 2}, clocks)
     for region in ("east", "west"):
         replica = load_shard_outputs(out / "shards", [f"{region}/ps/0"])
         np.testing.assert_array_equal(replica["W"], expected, err_msg=region)
+    if kind == "ps_shard":
+        log = (out / "logs" / "east_ps_0.1.log").read_text()
+        assert "east/ps/0 resumed from its checkpoint at clock" in log
+        assert summary["shard_counters"][victim]["restored"] == 1
+        assert summary["shard_counters"][victim]["pushes"] == 2 * clocks
     assert not [n for n, pid in _children(out).items() if _alive(pid)]
 
 
-def test_a_killed_ps_shard_stops_the_run_and_says_why(tmp_path: Path) -> None:
+def test_a_killed_mirror_stops_the_run_and_says_why(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    proc = _launch(out, "--iterations", "5000")
-    stderr = _disturb(proc, out, "east/worker/0", 2, _kill(out, "east/ps/0"))
+    proc = _launch(out, "--iterations", "5000", "--system", "gaia")
+    stderr = _disturb(proc, out, "east/worker/0", 2, _kill(out, "east/mirror/0"))
     assert proc.returncode == 2
-    assert "east/ps/0" in stderr and "a ps_shard is not restarted: only workers are" in stderr
+    assert "east/mirror/0" in stderr
+    assert "a mirror is not restarted: only workers and PS shards are" in stderr
     assert not [n for n, pid in _children(out).items() if _alive(pid)]
 
 

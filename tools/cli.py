@@ -217,7 +217,8 @@ async def _role_main(topo: Topology, address: str, kind: str, args: argparse.Nam
 
         return await ps_role_main(_run_config(args, check=kind == "worker", topo=topo),
                                   address, kind, connect_timeout=args.connect_timeout,
-                                  keys=_keys(args), resume=args.resume)
+                                  keys=_keys(args), resume=args.resume,
+                                  checkpoints=args.checkpoint)
 
     region = region_of(address)
     endpoint = topo.endpoints(region, "tcp")[0]
@@ -415,8 +416,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "overriding the topology's ports (written by `geoml launch`)")
     _ps_args(ro, role=True)
     _gaia_args(ro)
-    ro.add_argument("--resume", action="store_true", help="worker: restarted after a crash; "
-                    "asks its shards which clock to redo (what `geoml launch` restarts with)")
+    ro.add_argument("--resume", action="store_true", help="restarted after a crash (what "
+                    "`geoml launch` restarts with): a worker asks its shards which clock to "
+                    "redo; a ps_shard loads its checkpoint and has its workers and mirror "
+                    "replay what came after it")
+    ro.add_argument("--checkpoint", type=Path, help="ps_shard: directory for its checkpoint "
+                    "(written before serving, at every clock and when a worker finishes)")
 
     la = sub.add_parser("launch", help="run every router and role as its own process on this "
                         "machine (tcp on 127.0.0.1); writes summary.json like `run`")

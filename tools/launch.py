@@ -46,10 +46,11 @@ _STOP_GRACE_S = 5.0
 _STDERR_TAIL = 40
 #: Role kinds the launcher restarts after a crash. A worker's state is its clock, which its
 #: shards keep: the new process asks them (ps.where), redoes the clock it was in, and the
-#: shards ignore the pushes they already have. PS shards, mirrors, hubs and routers hold
-#: state that a crash loses (tables, accumulators, frames in flight); restarting them needs
-#: checkpoints and replay, not built yet, so their crash stops the run.
-RESTARTABLE = ("worker",)
+#: shards ignore the pushes they already have. A PS shard checkpoints its state at every
+#: clock; the new process loads it, and its workers and mirror replay what they sent after
+#: it (roles/ps.py, roles/gaia.py). Mirrors, hubs and routers hold state that a crash loses
+#: (accumulated merges, frames in flight) and keep no checkpoint: their crash stops the run.
+RESTARTABLE = ("worker", "ps_shard")
 
 
 @dataclass
@@ -276,6 +277,8 @@ class Launcher:
             args += ["--iterations", str(self.cfg.iterations)]
         elif kind == "ps_shard":
             args += ["--out", str(self.cfg.out / "shards")]
+            if self.cfg.restarts:
+                args += ["--checkpoint", str(self.cfg.out / "checkpoints")]
         return args
 
     def status(self, t0: float) -> str:
@@ -305,7 +308,8 @@ class Launcher:
                     continue
                 why = (f"it was restarted {c.attempt} time(s), the limit (--restarts)"
                        if c.kind in RESTARTABLE else
-                       f"a {c.kind} is not restarted: only workers are (see README)")
+                       f"a {c.kind} is not restarted: only workers and PS shards are "
+                       "(see README)")
                 raise LaunchFailed(f"{c.name} (pid {c.pid}) failed ({c.exit_state}); {why}; "
                                    f"its errors:\n{c.tail()}")
             if time.monotonic() >= next_status:
@@ -348,6 +352,7 @@ async def launch(cfg: LaunchConfig, topo: Topology, stop: asyncio.Event) -> dict
     if cfg.keys is None:  # every tcp socket of the run uses CurveZMQ, with keys of its own
         shutil.rmtree(cfg.out / "keys", ignore_errors=True)
         make_keys(topo, cfg.out / "keys")
+    shutil.rmtree(cfg.out / "checkpoints", ignore_errors=True)  # never a past run's
     launcher = Launcher(cfg, topo, plan)
     t_wall = time.perf_counter()
     work = asyncio.ensure_future(_run(launcher))

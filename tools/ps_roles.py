@@ -17,6 +17,7 @@ from geoml.bus.security import CurveKeys
 from geoml.roles.gaia import GaiaHub, GaiaMirror, GaiaShard
 from geoml.roles.ps import PSShard, PSWorker
 from geoml.roles.ps_plan import KeyRanges, PSPlan, plan_ps
+from geoml.roles.ssp import DONE as FINISHED
 from geoml.workloads import Params, Workload, make_workload
 
 if TYPE_CHECKING:
@@ -146,11 +147,20 @@ def load_shard_outputs(out: Path, shards: tuple[str, ...] | list[str]) -> Params
     return {t: np.concatenate([p[t] for p in pieces]) for t in pieces[0]}
 
 
+def checkpoint_file(directory: Path, address: str) -> Path:
+    """Where the shard at `address` keeps its checkpoint."""
+    return directory / f"{address.replace('/', '_')}.ckpt.npz"
+
+
 async def ps_role_main(cfg: RunConfig, address: str, kind: str,
                        connect_timeout: float = 30.0, keys: CurveKeys | None = None,
-                       resume: bool = False) -> dict[str, Any]:
+                       resume: bool = False, checkpoints: Path | None = None
+                       ) -> dict[str, Any]:
     """One PS shard, worker, Gaia mirror or hub as its own process (tcp); returns its
-    report. `resume`: a worker restarted after a crash (it asks its shards where it was)."""
+    report. `resume`: restarted after a crash (a worker asks its shards where it was; a
+    shard loads its checkpoint). `checkpoints`: the directory where shards keep theirs."""
+    if resume and kind in ("mirror", "hub"):
+        raise GeomlError(f"a {kind} cannot resume after a crash: it keeps no checkpoint")
     topo = cfg.topology if isinstance(cfg.topology, Topology) else load_topology(cfg.topology)
     try:
         workload = (cfg.workload if isinstance(cfg.workload, Workload)
@@ -184,7 +194,19 @@ async def ps_role_main(cfg: RunConfig, address: str, kind: str,
             await mirror.run()
             return {**report, **mirror.counters}
         if kind == "ps_shard":
-            shard = make_shard(ep, cfg, plan, group, workload.init_params())
+            def progress(_: int, clock: int) -> None:
+                if clock < FINISHED:
+                    print(f"{address} clock {clock}", flush=True)
+
+            shard = make_shard(ep, cfg, plan, group, workload.init_params(),
+                               on_min_clock=progress,
+                               checkpoint=(None if checkpoints is None
+                                           else checkpoint_file(checkpoints, address)))
+            if resume:
+                found = shard.restore()
+                print(f"{address} resumed from "
+                      + (f"its checkpoint at clock {shard.gate.min_clock}" if found
+                         else "the start (it had no checkpoint yet)"), flush=True)
             await shard.run()
             report.update(shard.counters)
             if isinstance(shard, GaiaShard):
