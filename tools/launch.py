@@ -218,6 +218,23 @@ class Launcher:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(child.seen.wait(), min(left, 0.5))
 
+    def may_restart(self, child: Child) -> bool:
+        """Is `child`'s role restarted after a crash, with restarts left?"""
+        return child.kind in RESTARTABLE and child.attempt < self.cfg.restarts
+
+    async def ready(self, child: Child) -> None:
+        """Wait until `child` is connected; one that crashes before is restarted like any
+        other crash of its kind."""
+        while True:
+            try:
+                await self.wait_line(child, "connected to")
+                return
+            except LaunchFailed:
+                code = child.proc.returncode
+                if code is None or code == 0 or not self.may_restart(child):
+                    raise
+            child = await self.restart(child)
+
     async def start_routers(self) -> Path:
         """Every region's router on OS-picked ports; returns the endpoints file."""
         routers = [await self.spawn(f"router {r}", "router",
@@ -303,7 +320,7 @@ class Launcher:
                 code = c.proc.returncode
                 if code is None or code == 0 or c.replaced:
                     continue
-                if c.kind in RESTARTABLE and c.attempt < self.cfg.restarts:
+                if self.may_restart(c):
                     await self.restart(c)
                     continue
                 why = (f"it was restarted {c.attempt} time(s), the limit (--restarts)"
@@ -382,7 +399,7 @@ async def _run(launcher: Launcher) -> tuple[float, dict[str, dict[str, Any]]]:
     servers = [await launcher.spawn(a, kind, launcher.role_args(a, kind, endpoints))
                for kind in ("ps_shard", "mirror", "hub") for a in role_addresses(plan, kind)]
     for child in servers:  # ready before any worker can send them a frame
-        await launcher.wait_line(child, "connected to")
+        await launcher.ready(child)
     t_workers = time.monotonic()
     for a in plan.workers:
         await launcher.spawn(a, "worker", launcher.role_args(a, "worker", endpoints))
