@@ -9,7 +9,8 @@ Frames (docs/PROTOCOL.md, "Parameter server"):
                               pushes; it also says "iteration `clock` is complete".
   ps.done   worker -> shard   the worker will push no more.
   ps.where  worker -> shard   control, meta {}: a restarted worker asks where it was.
-  ps.here   shard -> worker   control, meta {clock}: the worker's next clock at this shard.
+  ps.here   shard -> worker   control, meta {clock}: the worker's next clock at this shard
+                              (DONE, 2**62, if it had finished there).
   ps.error  shard -> sender   meta {reason, detail}: a request the shard refused.
 A shard that checkpoints (`checkpoint=PATH`) also uses:
   ps.value  meta + {durable}: the worker's clock in the shard's latest checkpoint; the
@@ -157,11 +158,14 @@ class PSShard:
         self._durable = dict(self.gate.clocks)
 
     async def _announce_resume(self) -> None:
-        """After a restore: every worker still working replays from its checkpointed clock
-        (finished ones repeat ps.done until they hear ps.bye)."""
+        """After a restore: every worker still working replays from its checkpointed clock.
+        A finished one may still wait for the ps.bye our predecessor did not get out; it
+        is sent again (if the worker has exited, the router holds it until it gives up)."""
         for worker, clock in self.gate.clocks.items():
             if clock != FINISHED:
                 await self.ep.send(worker, RESUME, control=True, meta={"clock": clock})
+            else:
+                await self.ep.send(worker, BYE, control=True)
 
     async def _sent_after_checkpoint(self) -> None:
         """Frames prepared by `_clock_advanced`, sent once they are in a checkpoint
@@ -340,6 +344,7 @@ class PSWorker:
         #: Per shard: the read of this clock not answered yet (arrays, meta, control).
         self._reads: dict[int, tuple[list[np.ndarray], dict[str, Any], bool]] = {}
         self._done_sent = False
+        self._finished_before = False  # a restarted worker whose predecessor had finished
         self.times = {"compute_s": 0.0, "read_s": 0.0, "push_s": 0.0}
         #: Loop time at which each clock was completed (pushed).
         self.clock_done_at: list[float] = []
@@ -352,7 +357,7 @@ class PSWorker:
             self.clock = await self._where()
         try:
             while (self.iterations is None or self.clock < self.iterations) \
-                    and not self.stop.is_set():
+                    and not self.stop.is_set() and not self._finished_before:
                 t0 = loop.time()
                 params = await self._read()
                 t1 = loop.time()
@@ -435,12 +440,20 @@ class PSWorker:
         for s in asked:
             await self.ep.send(self.shards[s], WHERE, control=True)
         clocks: dict[str, int] = {}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.read_timeout_s
+        errors_before = self.ep.counters["errors"]
         while len(clocks) < len(asked):
             try:
-                msg = await self.ep.recv(timeout=self.read_timeout_s)
+                msg = await self.ep.recv(timeout=min(1.0, max(0.0, deadline - loop.time())))
             except TimeoutError:
-                raise WorkerFailed(f"{self.ep.address}: no answer to ps.where within "
-                                   f"{self.read_timeout_s}s") from None
+                if self.ep.counters["errors"] > errors_before:  # e.g. the shard has exited
+                    raise WorkerFailed(f"{self.ep.address}: the bus refused ps.where: "
+                                       f"{self.ep.errors[-1]}") from None
+                if loop.time() >= deadline:
+                    raise WorkerFailed(f"{self.ep.address}: no answer to ps.where within "
+                                       f"{self.read_timeout_s}s") from None
+                continue
             if msg.type == ERROR:
                 raise WorkerFailed(f"{self.ep.address}: {msg.src} refused "
                                    f"{msg.meta.get('type')}: {msg.meta.get('detail')}")
@@ -451,8 +464,14 @@ class PSWorker:
                 self.counters["unexpected"] += 1
                 continue
             clocks[msg.src] = int(msg.meta["clock"])
-        self.counters["resumed_at"] = min(clocks.values())
-        return min(clocks.values())
+        # A shard where our predecessor had finished says DONE: it has every push, and
+        # takes the redone ones as duplicates. All say so: only ps.done is left to do.
+        clock = min(clocks.values())
+        if clock == FINISHED:
+            clock = self.iterations if self.iterations is not None else self.clock
+            self._finished_before = True
+        self.counters["resumed_at"] = clock
+        return clock
 
     async def _read(self) -> Params:
         pending: dict[int, int] = {}

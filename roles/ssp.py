@@ -96,18 +96,15 @@ class SSPGate(Generic[T]):
         return self._release()
 
     def next_clock(self, worker: str) -> int:
-        """The iteration `worker` completes next (where a restarted worker resumes);
-        ClockError if it is unknown or has finished."""
+        """The iteration `worker` completes next (where a restarted worker resumes; DONE
+        if it has finished); ClockError if it is unknown."""
         self._check_worker(worker)
-        if self.clocks[worker] == DONE:
-            raise ClockError(f"worker {worker} has finished")
         return self.clocks[worker]
 
     def is_duplicate(self, worker: str, clock: int) -> bool:
-        """`worker` has completed iteration `clock` already: a push of it is a restarted
-        worker's redo, not to be applied again."""
-        current = self.clocks.get(worker, 0)
-        return 0 <= clock < current != DONE
+        """`worker` has completed iteration `clock` already (every one, if it finished): a
+        push of it is a restarted worker's redo, not to be applied again."""
+        return 0 <= clock < self.clocks.get(worker, 0)
 
     def finish(self, worker: str) -> list[T]:
         """`worker` will push no more; it stops holding back the others."""

@@ -147,3 +147,51 @@ def test_a_checkpoint_is_replaced_whole_or_not_at_all(tmp_path: Path) -> None:
     np.savez(path, t=np.arange(2))
     with pytest.raises(CheckpointError, match="not a geoml checkpoint"):
         load_checkpoint(path)
+
+
+@pytest.mark.asyncio
+async def test_a_worker_that_dies_after_its_done_and_a_shard_that_dies_after_the_last_one(
+        tmp_path: Path) -> None:
+    """The ends of a run: a worker killed after its ps.done (before ps.bye) is restarted,
+    learns that it had finished (ps.here says DONE) and only says done again; a shard
+    restarted from a checkpoint where every worker had finished says ps.bye again."""
+    from geoml.roles.ps import BYE, DONE
+
+    wl = IntegerUpdates(6, 2)
+    ranges = KeyRanges(wl.table_shapes(), 1)
+    parts = wl.partition({"home": 2})
+    names = ["home/worker/0", "home/worker/1"]
+    topo = parse_topology({"name": "one", "defaults": {"workers": 2, "ps_shards": 1},
+                           "regions": [{"name": "home"}]})
+    path = tmp_path / "ps.npz"
+    async with Network(topo) as net:
+        shard = PSShard(await net.connect("home/ps/0"), 0, ranges, wl.init_params(), names,
+                        staleness=10, checkpoint=path)
+        serving = asyncio.ensure_future(shard.run())
+        first = await net.connect(names[0])
+        dying = PSWorker(first, wl, parts[("home", 0)], ["home/ps/0"], ranges)
+        for clock in range(4):  # SSP(10): it runs ahead alone
+            params = await asyncio.wait_for(dying._read(), 30)
+            await dying._push(params, wl.local_pass(params, parts[("home", 0)], clock))
+            dying.clock += 1
+        await first.send("home/ps/0", DONE)
+        await first.aclose()  # dies before ps.bye
+        successor = PSWorker(await net.connect(names[0]), wl, parts[("home", 0)],
+                             ["home/ps/0"], ranges, iterations=4, resume=True)
+        assert await asyncio.wait_for(successor.run(), 30) == 4
+        assert successor.counters["resumed_at"] == 4
+        other = PSWorker(await net.connect(names[1]), wl, parts[("home", 1)], ["home/ps/0"],
+                         ranges, iterations=4)
+        assert await asyncio.wait_for(other.run(), 30) == 4
+        await asyncio.wait_for(serving, 30)
+        assert shard.counters["pushes"] == 8
+        np.testing.assert_array_equal(shard.tables["W"], wl.expected({"home": 2}, 4))
+        # its last checkpoint has both workers done: a restart says bye to each, and ends
+        await shard.ep.aclose()
+        again = PSShard(await net.connect("home/ps/0"), 0, ranges, wl.init_params(), names,
+                        checkpoint=path)
+        assert again.restore()
+        await asyncio.wait_for(again.run(), 10)
+        np.testing.assert_array_equal(again.tables["W"], shard.tables["W"])
+        for worker in (successor, other):
+            assert (await asyncio.wait_for(worker.ep.recv(), 10)).type == BYE
