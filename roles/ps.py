@@ -34,7 +34,7 @@ import logging
 import os
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -433,26 +433,25 @@ class PSWorker:
         if self._done_sent:
             await self.ep.send(msg.src, DONE)
 
-    async def _where(self) -> int:
-        """A restarted worker's clock: the lowest its shards have not seen complete (it
-        redoes that clock; shards that have it already ignore the push)."""
-        asked = {s for s, wanted in enumerate(self._plan) if wanted}
-        for s in asked:
-            await self.ep.send(self.shards[s], WHERE, control=True)
-        clocks: dict[str, int] = {}
+    async def _replies(self, request: str, unanswered: str,
+                       answered: Callable[[], bool]) -> AsyncIterator[Message]:
+        """The frames that come while waiting for answers to `request`, until `answered()`.
+        ps.error raises WorkerFailed; ps.resume is dealt with here.
+        WorkerFailed too when the bus refused a frame meanwhile (e.g. the shard is gone),
+        or nothing answers `unanswered` within read_timeout_s."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.read_timeout_s
         errors_before = self.ep.counters["errors"]
-        while len(clocks) < len(asked):
+        while not answered():
             try:
                 msg = await self.ep.recv(timeout=min(1.0, max(0.0, deadline - loop.time())))
             except TimeoutError:
-                if self.ep.counters["errors"] > errors_before:  # e.g. the shard has exited
-                    raise WorkerFailed(f"{self.ep.address}: the bus refused ps.where: "
+                if self.ep.counters["errors"] > errors_before:
+                    raise WorkerFailed(f"{self.ep.address}: the bus refused {request}: "
                                        f"{self.ep.errors[-1]}") from None
                 if loop.time() >= deadline:
-                    raise WorkerFailed(f"{self.ep.address}: no answer to ps.where within "
-                                       f"{self.read_timeout_s}s") from None
+                    raise WorkerFailed(f"{self.ep.address}: no answer to {unanswered} "
+                                       f"within {self.read_timeout_s}s") from None
                 continue
             if msg.type == ERROR:
                 raise WorkerFailed(f"{self.ep.address}: {msg.src} refused "
@@ -460,6 +459,17 @@ class PSWorker:
             if msg.type == RESUME:
                 await self._on_resume(msg)
                 continue
+            yield msg
+
+    async def _where(self) -> int:
+        """A restarted worker's clock: the lowest its shards have not seen complete (it
+        redoes that clock; shards that have it already ignore the push)."""
+        asked = {s for s, wanted in enumerate(self._plan) if wanted}
+        for s in asked:
+            await self.ep.send(self.shards[s], WHERE, control=True)
+        clocks: dict[str, int] = {}
+        async for msg in self._replies("ps.where", "ps.where",
+                                       lambda: len(clocks) == len(asked)):
             if msg.type != HERE:
                 self.counters["unexpected"] += 1
                 continue
@@ -487,26 +497,8 @@ class PSWorker:
             self._reads[s] = (rows, meta, control)
             await self.ep.send(self.shards[s], READ, arrays=rows, control=control, meta=meta)
         replies: dict[int, list[np.ndarray]] = {}
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.read_timeout_s
-        errors_before = self.ep.counters["errors"]
-        while len(replies) < len(pending):
-            try:
-                msg = await self.ep.recv(timeout=min(1.0, max(0.0, deadline - loop.time())))
-            except TimeoutError:
-                if self.ep.counters["errors"] > errors_before:
-                    raise WorkerFailed(f"{self.ep.address}: the bus refused a read: "
-                                       f"{self.ep.errors[-1]}") from None
-                if loop.time() >= deadline:
-                    raise WorkerFailed(f"{self.ep.address}: no answer to reads at clock "
-                                       f"{self.clock} within {self.read_timeout_s}s") from None
-                continue
-            if msg.type == ERROR:
-                raise WorkerFailed(f"{self.ep.address}: {msg.src} refused "
-                                   f"{msg.meta.get('type')}: {msg.meta.get('detail')}")
-            if msg.type == RESUME:
-                await self._on_resume(msg)
-                continue
+        async for msg in self._replies("a read", f"reads at clock {self.clock}",
+                                       lambda: len(replies) == len(pending)):
             if msg.type != VALUE or msg.meta.get("req") not in pending \
                     or msg.meta["req"] in replies:
                 self.counters["unexpected"] += 1
