@@ -243,7 +243,6 @@ class GaiaShard(PSShard):
         meta, arrays = super()._state()
         for t in self.tables:
             arrays[f"accum/{t}"] = self.filter.accum[t]
-            arrays[f"blocked/{t}"] = self.blocked[t]
         blocks = []
         for i, ((origin, seq), rows) in enumerate(self._blocks.items()):
             blocks.append([origin, seq, list(rows)])
@@ -264,10 +263,12 @@ class GaiaShard(PSShard):
         g = meta["gaia"]
         for t in self.tables:
             self.filter.accum[t][...] = arrays[f"accum/{t}"]
-            self.blocked[t][...] = arrays[f"blocked/{t}"]
         self.filter.counters.updated, self.filter.counters.sent = g["updated"], g["sent"]
         self._blocks = {(origin, int(seq)): {t: arrays[f"block/{i}/{t}"] for t in tables}
                         for i, (origin, seq, tables) in enumerate(g["blocks"])}
+        for rows in self._blocks.values():  # the counts are the open blocks, summed
+            for t, r in rows.items():
+                self.blocked[t][r] += 1
         self._applied_seq = {o: int(q) for o, q in g["applied_seq"].items()}
         self.applied_n = self._saved_applied_n = int(g["applied_n"])
         self._sent_final, self._stopped = bool(g["sent_final"]), bool(g["stopped"])
