@@ -19,14 +19,16 @@
    does not grow), frames sent against frames received (nothing dropped) and the sink's
    rate against the link's.
 
-4. recovery_s: the run of 1 again, twice: Virginia/worker/0, then Virginia/ps/0 killed
-   (SIGKILL) once the worker has finished clock 4; the launcher restarts it. Per role
-   kind: seconds from the launcher seeing the crash until the new process has made
-   progress: a worker's first clock (start-up, handshake, asking its shards where it was,
-   one clock); a shard's first advance of its slowest worker's clock (start-up, loading
-   the checkpoint, the replay by its workers and mirror, one clock). Mirrors, hubs and
-   routers are not restarted (null): their crash stops the run. The final objective and
-   the shards' checkpoint cost (ms per write, every clock) are reported next to it.
+4. recovery_s: the run of 1 again, three times: Virginia/worker/0, Virginia/ps/0, then
+   Virginia/mirror/0 killed (SIGKILL) once the worker has finished clock 4; the launcher
+   restarts it. Per role kind: seconds from the launcher seeing the crash until the new
+   process has made progress: a worker's first clock (start-up, handshake, asking its
+   shards where it was, one clock); a shard's first advance of its slowest worker's clock
+   (start-up, loading the checkpoint, the replay by its workers and mirror, one clock); a
+   mirror's first clock sent on to the other region (start-up, loading the checkpoint,
+   the replay by its shards and its peer). Hubs and routers are not restarted (null):
+   their crash stops the run. The final objective and the checkpoint costs (ms per write)
+   are reported next to it.
 
 Run: python benchmarks/bench_deploy.py [--quick] [--out DIR]
 """
@@ -290,12 +292,19 @@ def recovery(out: Path, clocks: int, victim: str) -> dict[str, Any]:
     summary = json.loads((run / "summary.json").read_text())
     (restart,) = summary["restarts"]
     shards = summary["shard_counters"]
+    mirrors = {a: c for a, c in summary["gaia"]["roles"].items() if "/mirror/" in a}
+
+    def per_write(counters: dict[str, dict[str, Any]]) -> float:
+        return (sum(c.get("checkpoint_ms", 0) for c in counters.values())
+                / max(1, sum(c.get("checkpoints", 0) for c in counters.values())))
+
     return {"kind": restart["kind"], "recovery_s": restart["recovery_s"], "victim": victim,
             "final_objective": summary["final_objective"], "elapsed_s": summary["elapsed_s"],
-            "shard_counters": shards.get(victim),
-            "checkpoint_ms_per_write": (sum(c.get("checkpoint_ms", 0) for c in shards.values())
-                                        / max(1, sum(c.get("checkpoints", 0)
-                                                     for c in shards.values())))}
+            "counters": shards.get(victim) or mirrors.get(victim),
+            "checkpoint_ms_per_write": {"ps_shard": per_write(shards),
+                                        "mirror": per_write(mirrors)},
+            "mirror_checkpoint_bytes": max(c.get("checkpoint_bytes", 0)
+                                           for c in mirrors.values())}
 
 
 def main() -> None:
@@ -311,7 +320,8 @@ def main() -> None:
     launch = launch_ratio(args.out, 3 if args.quick else 10)
     curve = curve_overhead(args.out, (16 if args.quick else 64) * MiB)
     load = overload(args.out, 10 if args.quick else 60)
-    recs = [recovery(args.out, 10, v) for v in ("Virginia/worker/0", "Virginia/ps/0")]
+    recs = [recovery(args.out, 10, v)
+            for v in ("Virginia/worker/0", "Virginia/ps/0", "Virginia/mirror/0")]
     recovery_s: dict[str, float | None] = dict.fromkeys(
         ("worker", "ps_shard", "mirror", "hub", "router"))
     recovery_s.update({r["kind"]: r["recovery_s"] for r in recs})
@@ -324,7 +334,7 @@ def main() -> None:
         "curve": curve,
         "overload": load,
         "recovery": recs,
-        "not_built": ["restarts of mirrors, hubs and routers (they keep no checkpoint)"],
+        "not_built": ["restarts of hubs and routers (they keep no checkpoint)"],
     }, indent=2))
 
 

@@ -185,3 +185,14 @@ async def test_a_mirror_refuses_bad_frames_counts_them_and_keeps_serving() -> No
     assert mirror.counters["refused"] == 3
     np.testing.assert_array_equal(shard.tables["W"].ravel()[[0, 5]], [1, 2])
     assert shard.counters["applies"] == 1
+
+
+@pytest.mark.asyncio
+async def test_a_role_that_crashes_fails_the_run_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def crash(self: GaiaMirror) -> None:
+        raise RuntimeError(f"{self.region}'s mirror crashed")
+
+    monkeypatch.setattr(GaiaMirror, "run", crash)
+    with pytest.raises(RuntimeError, match="mirror crashed"):
+        await asyncio.wait_for(run_ps(RunConfig(
+            _four_regions(), "gaia", IntegerUpdates(), iterations=5, quiet=True)), 30)

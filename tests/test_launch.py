@@ -119,13 +119,14 @@ def test_a_killed_worker_stops_the_whole_run_with_its_name(tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize(("victim", "kind"), [("west/worker/1", "worker"),
-                                            ("east/ps/0", "ps_shard")])
+                                            ("east/ps/0", "ps_shard"),
+                                            ("east/mirror/0", "mirror")])
 def test_a_killed_role_is_restarted_and_no_update_is_lost_or_applied_twice(
         tmp_path: Path, victim: str, kind: str) -> None:
-    """kill -9 of a gaia worker or PS shard mid-run: the launcher restarts it (a worker
-    redoes the clock it was in; a shard loads its checkpoint and its workers and mirror
-    replay what came after), and both replicas end exactly at the initial model plus
-    every update."""
+    """kill -9 of a gaia worker, PS shard or mirror mid-run: the launcher restarts it (a
+    worker redoes the clock it was in; a shard or mirror loads its checkpoint and the
+    roles it talks to replay what it had not acknowledged), and both replicas end exactly
+    at the initial model plus every update."""
     from geoml.ps_roles import load_shard_outputs
     from geoml.workloads import IntegerUpdates
 
@@ -150,16 +151,11 @@ def test_a_killed_role_is_restarted_and_no_update_is_lost_or_applied_twice(
         assert "east/ps/0 resumed from its checkpoint at clock" in log
         assert summary["shard_counters"][victim]["restored"] == 1
         assert summary["shard_counters"][victim]["pushes"] == 2 * clocks
-    assert not [n for n, pid in _children(out).items() if _alive(pid)]
-
-
-def test_a_killed_mirror_stops_the_run_and_says_why(tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    proc = _launch(out, "--iterations", "5000", "--system", "gaia")
-    stderr = _disturb(proc, out, "east/worker/0", 2, _kill(out, "east/mirror/0"))
-    assert proc.returncode == 2
-    assert "east/mirror/0" in stderr
-    assert "a mirror is not restarted: only workers and PS shards are" in stderr
+    if kind == "mirror":
+        log = (out / "logs" / "east_mirror_0.1.log").read_text()
+        assert "east/mirror/0 resumed from its checkpoint at forwarded clock" in log
+        assert summary["gaia"]["roles"][victim]["restored"] == 1
+        assert summary["gaia"]["roles"]["west/mirror/0"]["peer_restarts"] == 1
     assert not [n for n, pid in _children(out).items() if _alive(pid)]
 
 
@@ -228,6 +224,19 @@ def test_gaia_with_hubs_as_processes_ends_with_every_update_in_every_replica(
     assert 0.2 < summary["filtered_fraction"] < 1  # the filter held updates back
     assert summary["gaia"]["roles"]["a/hub/0"]["combined"] >= clocks
     assert summary["final_objective"] == float(np.abs(expected).sum())
+    assert not [n for n, pid in _children(out).items() if _alive(pid)]
+
+
+def test_a_killed_hub_stops_the_run_and_says_why(tmp_path: Path) -> None:
+    topology = tmp_path / "four.toml"
+    topology.write_text(FOUR_REGIONS)
+    out = tmp_path / "run"
+    proc = _launch(out, "--iterations", "5000", "--system", "gaia", "--gaia-hubs",
+                   "--topology", str(topology))
+    stderr = _disturb(proc, out, "a/worker/0", 2, _kill(out, "a/hub/0"))
+    assert proc.returncode == 2
+    assert "a/hub/0" in stderr
+    assert "a hub is not restarted: only workers, PS shards and mirrors are" in stderr
     assert not [n for n, pid in _children(out).items() if _alive(pid)]
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from geoml.bus import Network, parse_topology
+from geoml.bus import GeomlError, Network, parse_topology
 from geoml.bus.frame import Message
 from geoml.roles.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from geoml.roles.gaia import GaiaMirror, GaiaShard
@@ -98,6 +98,82 @@ async def test_a_gaia_shard_restarted_from_its_checkpoint_loses_and_repeats_noth
     assert mirror_roles[0].counters["shard_restarts"] == 1
     # the filter's books survived too: every element handed out was counted once
     assert restarted.filter.counters.sent <= restarted.filter.counters.updated
+
+
+def _crashing_mirror(after_frames: int, point: str) -> type[GaiaMirror]:
+    """A mirror that dies after handling `after_frames` frames: at "handled", before the
+    checkpoint of what they changed; at "saved", after it but before the sends it holds."""
+
+    class Crashing(GaiaMirror):
+        handled = 0
+
+        async def _handle(self, msg: Message) -> None:
+            await super()._handle(msg)
+            self.handled += 1
+            if point == "handled" and self.handled == after_frames:
+                raise Crash
+
+        def _save(self) -> None:
+            super()._save()
+            if point == "saved" and self.handled >= after_frames:
+                raise Crash
+
+    return Crashing
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("point", "after_frames"), [("handled", 4), ("handled", 31),
+                                                     ("saved", 12), ("saved", 40)])
+async def test_a_mirror_restarted_from_its_checkpoint_loses_and_repeats_nothing(
+        tmp_path: Path, point: str, after_frames: int) -> None:
+    """Three regions, every shard and mirror checkpointing; region a's mirror dies with
+    updates on their way in and out. Its shards, its peers and it replay what was not
+    acknowledged, and every replica ends at the initial model plus every update."""
+    wl = IntegerUpdates(12, 4)
+    ranges = KeyRanges(wl.table_shapes(), 2)
+    regions = ["a", "b", "c"]
+    mirrors = {r: f"{r}/mirror/0" for r in regions}
+    shard_names = {r: [f"{r}/ps/{i}" for i in range(2)] for r in regions}
+    workers = {r: [f"{r}/worker/{i}" for i in range(2)] for r in regions}
+    parts = wl.partition({r: 2 for r in regions})
+
+    def mirror(cls: type[GaiaMirror], ep: Any, r: str) -> GaiaMirror:
+        return cls(ep, r, shard_names[r], ranges, mirrors, ds=2, barrier="always",
+                   checkpoint=tmp_path / f"{r}_mirror.npz")
+
+    topo = parse_topology({"name": "recovery", "defaults": {"workers": 2, "ps_shards": 2},
+                           "regions": [{"name": r, "lon": 10.0 * i}
+                                       for i, r in enumerate(regions)]})
+    async with Network(topo) as net:
+        shards = [GaiaShard(await net.connect(name), i, ranges, wl.init_params(), workers[r],
+                            mirrors[r], v=0.5, ds=2, checkpoint=tmp_path / f"{r}_{i}.npz")
+                  for r in regions for i, name in enumerate(shard_names[r])]
+        serving = [asyncio.ensure_future(s.run()) for s in shards]
+        mirror_roles = {r: mirror(_crashing_mirror(after_frames, point) if r == "a"
+                                  else GaiaMirror, await net.connect(mirrors[r]), r)
+                        for r in regions}
+        mirror_tasks = {r: asyncio.ensure_future(m.run()) for r, m in mirror_roles.items()}
+        working = [asyncio.ensure_future(
+            PSWorker(await net.connect(w), wl, parts[(r, i)], shard_names[r], ranges,
+                     iterations=CLOCKS).run())
+            for r in regions for i, w in enumerate(workers[r])]
+        with pytest.raises(Crash):
+            await asyncio.wait_for(mirror_tasks["a"], 60)
+        await mirror_roles["a"].ep.aclose()
+        successor = mirror(GaiaMirror, await net.connect(mirrors["a"]), "a")
+        assert successor.restore()
+        mirror_tasks["a"] = asyncio.ensure_future(successor.run())
+        assert await asyncio.wait_for(asyncio.gather(*working), 60) == [CLOCKS] * 6
+        await asyncio.wait_for(asyncio.gather(*serving, *mirror_tasks.values()), 60)
+    expected = wl.expected({r: 2 for r in regions}, CLOCKS)
+    for r in regions:
+        replica = np.concatenate([s.tables["W"] for s in shards
+                                  if s.ep.address.startswith(f"{r}/")])
+        np.testing.assert_array_equal(replica, expected, err_msg=r)
+    assert successor.counters["restored"] == 1
+    assert sum(mirror_roles[r].counters["peer_restarts"] for r in "bc") == 2
+    assert not len(successor.sender.outbox)  # every update it sent was acknowledged
+    assert all(s.counters["mirror_restarts"] == 1 for s in shards[:2])
 
 
 @pytest.mark.asyncio
@@ -195,3 +271,26 @@ async def test_a_worker_that_dies_after_its_done_and_a_shard_that_dies_after_the
         np.testing.assert_array_equal(again.tables["W"], shard.tables["W"])
         for worker in (successor, other):
             assert (await asyncio.wait_for(worker.ep.recv(), 10)).type == BYE
+
+
+@pytest.mark.asyncio
+async def test_a_restarted_mirror_whose_shard_left_unheard_stops_with_the_reason(
+        tmp_path: Path) -> None:
+    """The one window left: the mirror got a shard's gaia.stopped, the shard exited, and
+    the mirror died before its next checkpoint. Restarted, it must not wait forever."""
+    ranges = KeyRanges({"W": (4, 2)}, 1)
+    topo = parse_topology({"name": "one", "defaults": {"workers": 1, "ps_shards": 1},
+                           "regions": [{"name": "a"}]})
+    ckpt = tmp_path / "mirror.npz"
+    async with Network(topo, unreachable_timeout_s=0.3) as net:
+        ep = await net.connect("a/mirror/0")
+        before = GaiaMirror(ep, "a", ["a/ps/0"], ranges, {"a": "a/mirror/0"}, checkpoint=ckpt)
+        before._forwarded, before._forwarded_final = 3, True
+        before._durable_shards, before._stop_sent = {"a/ps/0"}, True
+        before._save()
+        await ep.aclose()
+        mirror = GaiaMirror(await net.connect("a/mirror/0"), "a", ["a/ps/0"], ranges,
+                            {"a": "a/mirror/0"}, checkpoint=ckpt)
+        assert mirror.restore()
+        with pytest.raises(GeomlError, match=r"a/ps/0 is gone without saying gaia\.stopped"):
+            await asyncio.wait_for(mirror.run(), 30)

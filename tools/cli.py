@@ -418,10 +418,13 @@ def build_parser() -> argparse.ArgumentParser:
     _gaia_args(ro)
     ro.add_argument("--resume", action="store_true", help="restarted after a crash (what "
                     "`geoml launch` restarts with): a worker asks its shards which clock to "
-                    "redo; a ps_shard loads its checkpoint and has its workers and mirror "
-                    "replay what came after it")
-    ro.add_argument("--checkpoint", type=Path, help="ps_shard: directory for its checkpoint "
-                    "(written before serving, at every clock and when a worker finishes)")
+                    "redo; a ps_shard or mirror loads its checkpoint and has the roles it "
+                    "talks to replay what came after it")
+    ro.add_argument("--checkpoint", type=Path, help="ps_shard, mirror: directory for its "
+                    "checkpoint (a shard writes one before serving, at every clock and when "
+                    "a worker finishes; a mirror before any frame that depends on its state "
+                    "leaves); hub: keep what it relays until acknowledged, for mirrors "
+                    "that checkpoint")
 
     la = sub.add_parser("launch", help="run every router and role as its own process on this "
                         "machine (tcp on 127.0.0.1); writes summary.json like `run`")

@@ -47,10 +47,11 @@ _STDERR_TAIL = 40
 #: Role kinds the launcher restarts after a crash. A worker's state is its clock, which its
 #: shards keep: the new process asks them (ps.where), redoes the clock it was in, and the
 #: shards ignore the pushes they already have. A PS shard checkpoints its state at every
-#: clock; the new process loads it, and its workers and mirror replay what they sent after
-#: it (roles/ps.py, roles/gaia.py). Mirrors, hubs and routers hold state that a crash loses
-#: (accumulated merges, frames in flight) and keep no checkpoint: their crash stops the run.
-RESTARTABLE = ("worker", "ps_shard")
+#: clock, a mirror before anything that depends on its state leaves; the new process loads
+#: the checkpoint, and the roles it talks to replay what they sent after it (roles/ps.py,
+#: roles/gaia.py). Hubs and routers hold state that a crash loses (merges, frames in
+#: flight) and keep no checkpoint: their crash stops the run.
+RESTARTABLE = ("worker", "ps_shard", "mirror")
 
 
 @dataclass
@@ -294,8 +295,8 @@ class Launcher:
             args += ["--iterations", str(self.cfg.iterations)]
         elif kind == "ps_shard":
             args += ["--out", str(self.cfg.out / "shards")]
-            if self.cfg.restarts:
-                args += ["--checkpoint", str(self.cfg.out / "checkpoints")]
+        if kind != "worker" and self.cfg.restarts:
+            args += ["--checkpoint", str(self.cfg.out / "checkpoints")]
         return args
 
     def status(self, t0: float) -> str:
@@ -325,8 +326,8 @@ class Launcher:
                     continue
                 why = (f"it was restarted {c.attempt} time(s), the limit (--restarts)"
                        if c.kind in RESTARTABLE else
-                       f"a {c.kind} is not restarted: only workers and PS shards are "
-                       "(see README)")
+                       f"a {c.kind} is not restarted: only workers, PS shards and mirrors "
+                       "are (see README)")
                 raise LaunchFailed(f"{c.name} (pid {c.pid}) failed ({c.exit_state}); {why}; "
                                    f"its errors:\n{c.tail()}")
             if time.monotonic() >= next_status:

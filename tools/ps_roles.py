@@ -4,7 +4,7 @@ the all-in-one run and one-process-per-role mode, and the entry point of that mo
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -91,23 +91,23 @@ def make_shard(ep: Endpoint, cfg: RunConfig, plan: PSPlan, group: ReplicaGroup, 
 
 
 def make_mirror(ep: Endpoint, cfg: RunConfig, topo: Topology, plan: PSPlan,
-                group: ReplicaGroup) -> GaiaMirror:
+                group: ReplicaGroup, **common: Any) -> GaiaMirror:
     """Gaia's mirror of `group.region`."""
     assert plan.mirrors is not None
     return GaiaMirror(ep, group.region, group.shards, group.ranges, plan.mirrors,
                       ds=cfg.gaia_ds, hub=plan.hub_of(group.region), barrier=cfg.gaia_barrier,
-                      rates=path_rates(topo, group.region, _gaia_peers(plan)))
+                      rates=path_rates(topo, group.region, _gaia_peers(plan)), **common)
 
 
 def make_hub(ep: Endpoint, cfg: RunConfig, topo: Topology, plan: PSPlan,
-             shapes: Mapping[str, tuple[int, int]]) -> GaiaHub:
-    """The overlay hub at `ep.address`."""
+             shapes: Mapping[str, tuple[int, int]], retain: bool = False) -> GaiaHub:
+    """The overlay hub at `ep.address` (`retain`: its mirrors checkpoint and may restart)."""
     assert plan.hubs is not None and plan.mirrors is not None
     members = next(m for h, m in plan.hubs.values() if h == ep.address)
     return GaiaHub(ep, {r: plan.mirrors[r] for r in members},
                    {g: h for g, (h, _) in plan.hubs.items()}, shapes,
                    [r for r in plan.data_regions if r not in members],
-                   barrier=cfg.gaia_barrier,
+                   barrier=cfg.gaia_barrier, retain=retain,
                    rates=path_rates(topo, region_of(ep.address), _gaia_peers(plan)))
 
 
@@ -148,8 +148,14 @@ def load_shard_outputs(out: Path, shards: tuple[str, ...] | list[str]) -> Params
 
 
 def checkpoint_file(directory: Path, address: str) -> Path:
-    """Where the shard at `address` keeps its checkpoint."""
+    """Where the shard or mirror at `address` keeps its checkpoint."""
     return directory / f"{address.replace('/', '_')}.ckpt.npz"
+
+
+def _say_resumed(address: str, found: bool, what: str, clock: Callable[[], int]) -> None:
+    print(f"{address} resumed from "
+          + (f"its checkpoint at {what} {clock()}" if found
+             else "the start (it had no checkpoint yet)"), flush=True)
 
 
 async def ps_role_main(cfg: RunConfig, address: str, kind: str,
@@ -158,9 +164,10 @@ async def ps_role_main(cfg: RunConfig, address: str, kind: str,
                        ) -> dict[str, Any]:
     """One PS shard, worker, Gaia mirror or hub as its own process (tcp); returns its
     report. `resume`: restarted after a crash (a worker asks its shards where it was; a
-    shard loads its checkpoint). `checkpoints`: the directory where shards keep theirs."""
-    if resume and kind in ("mirror", "hub"):
-        raise GeomlError(f"a {kind} cannot resume after a crash: it keeps no checkpoint")
+    shard or mirror loads its checkpoint). `checkpoints`: the directory where shards and
+    mirrors keep theirs (a hub then keeps what it relays until acknowledged)."""
+    if resume and kind == "hub":
+        raise GeomlError("a hub cannot resume after a crash: it keeps no checkpoint")
     topo = cfg.topology if isinstance(cfg.topology, Topology) else load_topology(cfg.topology)
     try:
         workload = (cfg.workload if isinstance(cfg.workload, Workload)
@@ -185,12 +192,20 @@ async def ps_role_main(cfg: RunConfig, address: str, kind: str,
         print(f"{address} connected to {ep.router}", flush=True)
         report: dict[str, Any] = {"role": address, "kind": kind}
         if kind == "hub":
-            hub = make_hub(ep, cfg, topo, plan, workload.table_shapes())
+            hub = make_hub(ep, cfg, topo, plan, workload.table_shapes(),
+                           retain=checkpoints is not None)
             await hub.run()
             return {**report, **hub.counters}
         group = group_of(groups, region)
         if kind == "mirror":
-            mirror = make_mirror(ep, cfg, topo, plan, group)
+            mirror = make_mirror(
+                ep, cfg, topo, plan, group,
+                on_forward=lambda clock: print(f"{address} clock {clock}", flush=True),
+                checkpoint=(None if checkpoints is None
+                            else checkpoint_file(checkpoints, address)))
+            if resume:
+                _say_resumed(address, mirror.restore(), "forwarded clock",
+                             lambda: mirror.forwarded)
             await mirror.run()
             return {**report, **mirror.counters}
         if kind == "ps_shard":
@@ -203,10 +218,7 @@ async def ps_role_main(cfg: RunConfig, address: str, kind: str,
                                checkpoint=(None if checkpoints is None
                                            else checkpoint_file(checkpoints, address)))
             if resume:
-                found = shard.restore()
-                print(f"{address} resumed from "
-                      + (f"its checkpoint at clock {shard.gate.min_clock}" if found
-                         else "the start (it had no checkpoint yet)"), flush=True)
+                _say_resumed(address, shard.restore(), "clock", lambda: shard.gate.min_clock)
             await shard.run()
             report.update(shard.counters)
             if isinstance(shard, GaiaShard):

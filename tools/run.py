@@ -434,8 +434,7 @@ async def _drive(cfg: RunConfig, net: Network, tap: TapSubscriber | None, monito
     monitor_task = asyncio.ensure_future(monitor.loop())
     tasks = [[asyncio.ensure_future(run()) for run in phase] for phase in phases]
     try:
-        for phase in tasks:
-            await asyncio.gather(*phase)
+        await _await_phases(tasks)
     except BaseException:
         monitor_task.cancel()
         if tap is not None and tap.recorder is not None:
@@ -454,6 +453,21 @@ async def _drive(cfg: RunConfig, net: Network, tap: TapSubscriber | None, monito
     monitor.new_clock.set()
     await monitor_task
     return view, elapsed
+
+
+async def _await_phases(tasks: list[list[asyncio.Future[Any]]]) -> None:
+    """Wait for each phase's tasks in turn; a task of any phase that fails fails the run at
+    once (a crashed mirror must not leave the workers it blocks waiting forever)."""
+    everything = list(itertools.chain.from_iterable(tasks))
+    for phase in tasks:
+        while not all(t.done() for t in phase):
+            done, _ = await asyncio.wait([t for t in everything if not t.done()],
+                                         return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                if not t.cancelled() and t.exception() is not None:
+                    raise t.exception()  # type: ignore[misc]
+        for t in phase:
+            t.result()  # a cancelled one raises CancelledError, as gather did
 
 
 async def finish(monitor: _Monitor, clock: int, net: Network, tap: TapSubscriber | None,
