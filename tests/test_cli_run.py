@@ -53,13 +53,13 @@ def test_a_role_outside_the_plan_is_refused(capsys: pytest.CaptureFixture[str]) 
     assert "east/worker/0" in err
 
 
-def test_isolated_roles_as_processes_are_refused_not_run_as_baseline(
+def test_centralized_roles_as_processes_are_refused_not_run_as_lan(
         capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["role", "--topology", "tiny", "--system", "isolated", "--workload",
+    code = main(["role", "--topology", "tiny", "--system", "centralized", "--workload",
                  "softmax-digits", "--address", "east/worker/0", "--kind", "worker",
                  "--iterations", "1", "--connect-timeout", "1"])
     assert code == 2
-    assert "isolated does not run one process per role yet" in capsys.readouterr().err
+    assert "centralized does not run one process per role yet" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("system", "address", "kind", "those"), [

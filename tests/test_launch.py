@@ -246,3 +246,25 @@ def test_launch_refuses_what_it_cannot_run_in_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "fedavg does not run one process per role yet" in stderr
     assert "Traceback" not in stderr
+
+
+def test_isolated_as_processes_scores_every_region_as_all_in_one(tmp_path: Path) -> None:
+    """isolated: each region trains its own model on its own shard(s); nothing crosses the
+    WAN, and every region's model is scored on the global and on its own test set."""
+    out = tmp_path / "run"
+    proc = _launch(out, "--iterations", "4", "--system", "isolated", "--restarts", "0")
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    summary = json.loads((out / "summary.json").read_text())
+    aio = run_with_clock(run_system(RunConfig(
+        topology=load_topology("tiny"), system="isolated", workload="softmax-digits",
+        iterations=4, quiet=True)))
+    assert summary["wan_bytes"] == aio.summary["wan_bytes"] == 0
+    assert set(summary["isolated"]) == set(aio.summary["isolated"]) == {"east", "west"}
+    for region, scores in summary["isolated"].items():
+        for test in ("global", "own"):
+            assert scores[test]["objective"] == pytest.approx(
+                aio.summary["isolated"][region][test]["objective"], rel=1e-3), (region, test)
+    assert summary["final_objective"] == pytest.approx(aio.summary["final_objective"],
+                                                       rel=1e-3)
+    assert not [n for n, pid in _children(out).items() if _alive(pid)]

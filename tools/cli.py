@@ -429,8 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
     la = sub.add_parser("launch", help="run every router and role as its own process on this "
                         "machine (tcp on 127.0.0.1); writes summary.json like `run`")
     la.add_argument("--topology", required=True)
-    la.add_argument("--system", required=True, help="lan, baseline or gaia (the others: "
-                    "`geoml run` for now)")
+    la.add_argument("--system", required=True, help="lan, baseline, gaia or isolated (the "
+                    "others: `geoml run` for now)")
     la.add_argument("--workload", required=True, choices=_workload_names())
     la.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                     help="workload option, e.g. rank=50 (repeatable)")

@@ -40,7 +40,7 @@ from .ps_roles import (
     role_addresses,
 )
 from .results import cost_usd, write_results
-from .run import traffic_from_stats
+from .run import isolated_summary, score_models, traffic_from_stats
 
 _STOP_GRACE_S = 5.0
 _STDERR_TAIL = 40
@@ -433,11 +433,17 @@ async def _run(launcher: Launcher) -> tuple[float, dict[str, dict[str, Any]]]:
 def _summary(cfg: LaunchConfig, topo: Topology, plan: PSPlan, workload: Any,
              launcher: Launcher, elapsed: float, reports: dict[str, dict[str, Any]],
              routers: dict[str, dict[str, Any]], wall: float) -> dict[str, Any]:
-    start = workload.evaluate(workload.init_params())
     # gaia: each region holds a replica; the first data region's is the one reported, as
-    # in the all-in-one run.
-    evaluated = replica_groups(plan, workload.table_shapes())[0]
-    final = workload.evaluate(load_shard_outputs(cfg.out / "shards", evaluated.shards))
+    # in the all-in-one run; isolated: every region's model is scored, as there.
+    groups = replica_groups(plan, workload.table_shapes())
+    evaluated = groups[0]
+    scored = groups if plan.system == "isolated" else groups[:1]
+    tests = (workload.test_regions(list(plan.data_regions)) if plan.system == "isolated"
+             else None)
+    init = workload.init_params()
+    start = score_models(workload, {g.region: init for g in scored}, tests)
+    final = score_models(workload, {g.region: load_shard_outputs(cfg.out / "shards", g.shards)
+                                    for g in scored}, tests)
     traffic = traffic_from_stats(routers)
     wan_link_bytes = {name: link["bytes"] for name, link in traffic["wan_links"].items()}
     clock = min(r["clock"] for a, r in reports.items() if a in plan.workers)
@@ -473,6 +479,8 @@ def _summary(cfg: LaunchConfig, topo: Topology, plan: PSPlan, workload: Any,
                                      if r["process"].first_clock_at is not None else None)}
                      for r in launcher.recoveries],
     }
+    if tests is not None:
+        summary["isolated"] = isolated_summary(final, list(plan.data_regions))
     if plan.mirrors is not None:
         summary.update(gaia_summary(
             cfg, evaluated.region, sum(reports[a]["elements_updated"] for a in plan.shards),

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from .run import RunConfig
 
 #: Systems whose roles run one per process.
-PROCESS_SYSTEMS = ("lan", "baseline", "gaia")
+PROCESS_SYSTEMS = ("lan", "baseline", "gaia", "isolated")
 #: Role kinds of those systems, in the order a launcher starts them.
 PS_KINDS = ("ps_shard", "mirror", "hub", "worker")
 

@@ -159,6 +159,33 @@ def assemble(shards: list[PSShard], ranges: KeyRanges) -> Params:
     return {t: np.concatenate([s.tables[t] for s in shards]) for t in ranges.shapes}
 
 
+def score_models(workload: Workload, models: dict[str, Params],
+                 region_tests: dict[str, np.ndarray] | None = None) -> dict[str, float]:
+    """The metrics of a run's model: the first of `models`; or, with `region_tests`
+    (isolated), the mean over regions of each model's global scores, plus every region's
+    global (`R:key`) and own-test (`R:own_key`) scores."""
+    if region_tests is None:
+        return workload.evaluate(next(iter(models.values())))
+    per_region = {r: (workload.evaluate(p), workload.evaluate(p, region_tests[r]))
+                  for r, p in models.items()}
+    metrics: dict[str, float] = {}
+    for key in next(iter(per_region.values()))[0]:
+        metrics[key] = float(np.mean([g[key] for g, _ in per_region.values()]))
+        for r, (g, own) in per_region.items():
+            metrics[f"{r}:{key}"] = g[key]
+            metrics[f"{r}:own_{key}"] = own[key]
+    return metrics
+
+
+def isolated_summary(final: dict[str, Any], regions: Sequence[str]) -> dict[str, Any]:
+    """Per region of an isolated run: its model's global and own-test scores."""
+    return {r: {"global": {k.split(":", 1)[1]: v for k, v in final.items()
+                           if k.startswith(f"{r}:") and ":own_" not in k},
+                "own": {k.split(":own_", 1)[1]: v for k, v in final.items()
+                        if k.startswith(f"{r}:own_")}}
+            for r in regions}
+
+
 class _Monitor:
     """Evaluates the model(s) whenever every shard (or the aggregator) has seen a new clock.
 
@@ -186,18 +213,7 @@ class _Monitor:
         self.virtual = is_virtual()
 
     def _score(self, models: dict[str, Params]) -> dict[str, float]:
-        if self.region_tests is None:
-            return self.workload.evaluate(next(iter(models.values())))
-        tests = self.region_tests
-        per_region = {r: (self.workload.evaluate(p), self.workload.evaluate(p, tests[r]))
-                      for r, p in models.items()}
-        metrics: dict[str, float] = {}
-        for key in next(iter(per_region.values()))[0]:
-            metrics[key] = float(np.mean([g[key] for g, _ in per_region.values()]))
-            for r, (g, own) in per_region.items():
-                metrics[f"{r}:{key}"] = g[key]
-                metrics[f"{r}:own_{key}"] = own[key]
-        return metrics
+        return score_models(self.workload, models, self.region_tests)
 
     def on_min_clock(self, shard: int, clock: int) -> None:
         self.shard_clock[shard] = clock
@@ -357,12 +373,7 @@ async def run_ps(cfg: RunConfig) -> RunResult:
     if shipped is not None:
         summary["centralized"] = shipped
     if region_tests is not None:
-        summary["isolated"] = {
-            r: {"global": {k.split(":", 1)[1]: v for k, v in final.items()
-                           if k.startswith(f"{r}:") and ":own_" not in k},
-                "own": {k.split(":own_", 1)[1]: v for k, v in final.items()
-                        if k.startswith(f"{r}:own_")}}
-            for r in plan.data_regions}
+        summary["isolated"] = isolated_summary(final, list(plan.data_regions))
     if cfg.faults:
         summary["faults"] = [{"link": f.name, "down_at_s": f.start_s,
                               "up_at_s": f.start_s + f.duration_s} for f in cfg.faults]
