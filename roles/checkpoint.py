@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -52,3 +54,43 @@ def load_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     except ValueError as exc:
         raise CheckpointError(f"checkpoint {path}: damaged meta: {exc}") from None
     return meta, arrays
+
+
+class Checkpointed:
+    """A role whose state (`_state`/`_load_state`) a checkpoint file holds: `restore()` it
+    after a crash, `_write_checkpoint()` it, counting writes, their time and size."""
+
+    checkpoint: Path | None
+    counters: Counter[str]
+    resumed: bool
+    #: What the role is, for errors ("this shard").
+    _what = "role"
+
+    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        raise NotImplementedError
+
+    def _load_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        raise NotImplementedError
+
+    def restore(self) -> bool:
+        """Load the checkpoint if there is one (a process restarted after a crash); False
+        when there is none yet (the crash came before the first one: start afresh)."""
+        if self.checkpoint is None or not self.checkpoint.exists():
+            return False
+        meta, arrays = load_checkpoint(self.checkpoint)
+        try:
+            self._load_state(meta, arrays)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise GeomlError(f"checkpoint {self.checkpoint} does not fit this {self._what}: "
+                             f"{exc}") from None
+        self.resumed = True
+        self.counters["restored"] += 1
+        return True
+
+    def _write_checkpoint(self) -> None:
+        assert self.checkpoint is not None
+        t0 = time.perf_counter()
+        meta, arrays = self._state()
+        self.counters["checkpoint_bytes"] = save_checkpoint(self.checkpoint, meta, arrays)
+        self.counters["checkpoints"] += 1
+        self.counters["checkpoint_ms"] += round((time.perf_counter() - t0) * 1000)

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
@@ -51,7 +50,7 @@ from geoml.bus import Endpoint, GeomlError, Message
 from geoml.bus.frame import CONTROL_MAX_BYTES
 from geoml.workloads import Params
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import Checkpointed
 from .delivery import Encoded, Outbox, Sent, SeqWindow
 from .ps import PSShard
 from .ps_plan import KeyRanges
@@ -475,7 +474,7 @@ class GaiaShard(PSShard):
         raise ValueError(f"a Gaia shard does not take {msg.type!r} frames")
 
 
-class GaiaMirror:
+class GaiaMirror(Checkpointed):
     """A region's mirror: ships significant updates between regions (directly to every
     other mirror, or through its group's hub), forwards selective barriers, and runs the
     mirror clock.
@@ -489,6 +488,8 @@ class GaiaMirror:
     region's shards have been told to stop, and (with `checkpoint`) every update it sent is
     acknowledged and its checkpointing shards have stopped.
     """
+
+    _what = "mirror"
 
     def __init__(self, endpoint: Endpoint, region: str, shards: Sequence[str],
                  ranges: KeyRanges, mirrors: dict[str, str], *, ds: int = 2,
@@ -856,28 +857,8 @@ class GaiaMirror:
         self._stop_sent = bool(meta["stop_sent"])
         self.counters.update(meta["counters"])
 
-    def restore(self) -> bool:
-        """Load the checkpoint if there is one (a process restarted after a crash); False
-        when there is none yet (the crash came before the first one: start afresh)."""
-        if self.checkpoint is None or not self.checkpoint.exists():
-            return False
-        meta, arrays = load_checkpoint(self.checkpoint)
-        try:
-            self._load_state(meta, arrays)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise GeomlError(f"checkpoint {self.checkpoint} does not fit this mirror: "
-                             f"{exc}") from None
-        self.resumed = True
-        self.counters["restored"] += 1
-        return True
-
     def _save(self) -> None:
-        assert self.checkpoint is not None
-        t0 = time.perf_counter()
-        meta, arrays = self._state()
-        self.counters["checkpoint_bytes"] = save_checkpoint(self.checkpoint, meta, arrays)
-        self.counters["checkpoints"] += 1
-        self.counters["checkpoint_ms"] += round((time.perf_counter() - t0) * 1000)
+        self._write_checkpoint()
         self._dirty = False
 
 

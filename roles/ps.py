@@ -32,7 +32,6 @@ import asyncio
 import itertools
 import logging
 import os
-import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -44,7 +43,7 @@ from geoml.bus import Endpoint, FrameError, GeomlError, Message
 from geoml.bus.frame import CONTROL_MAX_BYTES
 from geoml.workloads import Params, Partition, Workload
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import Checkpointed
 from .compute import Compute
 from .ps_plan import KeyRanges
 from .ssp import DONE as FINISHED
@@ -59,13 +58,15 @@ BYE, RESUME = "ps.bye", "ps.resume"
 DONE_RETRY_S = 1.0
 
 
-class PSShard:
+class PSShard(Checkpointed):
     """Holds rows [lo, hi) of every table; serves reads under SSP(s); applies pushes.
 
     `run()` returns once every worker has sent ps.done. With `checkpoint`, the shard
     writes its state there before serving, whenever the slowest worker's clock advances
     and when a worker finishes; `restore()` loads it in a process started after a crash.
     """
+
+    _what = "shard"
 
     def __init__(self, endpoint: Endpoint, index: int, ranges: KeyRanges, init: Params,
                  workers: Sequence[str], *, staleness: int = 0, record: bool = False,
@@ -132,29 +133,15 @@ class PSShard:
         self.counters.update(meta["counters"])
 
     def restore(self) -> bool:
-        """Load the checkpoint if there is one (a process restarted after a crash); False
-        when there is none yet (the crash came before the first one: start afresh)."""
-        if self.checkpoint is None or not self.checkpoint.exists():
-            return False
-        meta, arrays = load_checkpoint(self.checkpoint)
-        try:
-            self._load_state(meta, arrays)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise GeomlError(f"checkpoint {self.checkpoint} does not fit this shard: "
-                             f"{exc}") from None
-        self._durable = dict(self.gate.clocks)
-        self.resumed = True
-        self.counters["restored"] += 1
-        return True
+        found = super().restore()
+        if found:
+            self._durable = dict(self.gate.clocks)
+        return found
 
     def _save(self) -> None:
         if self.checkpoint is None:
             return
-        t0 = time.perf_counter()
-        meta, arrays = self._state()
-        self.counters["checkpoint_bytes"] = save_checkpoint(self.checkpoint, meta, arrays)
-        self.counters["checkpoints"] += 1
-        self.counters["checkpoint_ms"] += round((time.perf_counter() - t0) * 1000)
+        self._write_checkpoint()
         self._durable = dict(self.gate.clocks)
 
     async def _announce_resume(self) -> None:
