@@ -87,6 +87,14 @@ class Checkpointed:
         self.counters["restored"] += 1
         return True
 
+    def restart(self) -> bool:
+        """In a process started after a crash: `restore()`, and in any case have the roles
+        this one talks to resend what they sent (frames that reached the dead process died
+        with it, even before its first checkpoint). True if there was a checkpoint."""
+        found = self.restore()
+        self.resumed = True
+        return found
+
     def _write_checkpoint(self) -> None:
         assert self.checkpoint is not None
         t0 = time.perf_counter()

@@ -33,6 +33,13 @@ Recovery of a shard restarted from its checkpoint (roles/ps.py has the worker si
                 gaia.allow and, if sent already, gaia.stop.
   gaia.stopped  shard -> mirror, control: a checkpointing shard has gaia.stop in its
                 checkpoint; the mirror exits only when each has said so.
+Recovery of a mirror restarted from its checkpoint (docs/PROTOCOL.md §4):
+  gaia.update   mirror/hub -> mirror/hub: meta + {ack}: `seq` counts 1, 2, ... per
+                destination; with `ack` the sender keeps it until gaia.ack.
+  gaia.ack      mirror/hub -> the update's sender, control, meta {seqs}: these are in the
+                receiver's checkpoint (a hub: received).
+  gaia.restarted mirror -> its shards and peers, control: resend what I have not
+                acknowledged (shards: their updates, and gaia.stopped if stopped).
 """
 
 from __future__ import annotations
@@ -91,7 +98,7 @@ class _Sends(Protocol):
 
     address: str
 
-    async def send(self, dst: str, type: str, **kw: Any) -> None: ...
+    async def send(self, dst: str, ftype: str, **kw: Any) -> None: ...
 
 
 class _Sender:
@@ -545,10 +552,9 @@ class GaiaMirror(Checkpointed):
     async def run(self) -> None:
         """Serve until all regions are final (and what needs acknowledging is)."""
         if self.checkpoint is not None:
+            self._save()  # after a restore: the same state again
             if self.resumed:
                 await self._announce_restart()
-            else:
-                self._save()
         await self._serve_until(lambda: (
             len(self._final_shards) == len(self.shards)
             and self._final_regions >= set(self.mirrors)))

@@ -94,10 +94,9 @@ class PSShard(Checkpointed):
     async def run(self) -> None:
         """Serve until every worker is done."""
         if self.checkpoint is not None:
+            self._save()  # after a restore: the same state again
             if self.resumed:
                 await self._announce_resume()
-            else:
-                self._save()
         while not self._finished():
             msg = await self.ep.recv()
             try:

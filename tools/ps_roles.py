@@ -204,7 +204,7 @@ async def ps_role_main(cfg: RunConfig, address: str, kind: str,
                 checkpoint=(None if checkpoints is None
                             else checkpoint_file(checkpoints, address)))
             if resume:
-                _say_resumed(address, mirror.restore(), "forwarded clock",
+                _say_resumed(address, mirror.restart(), "forwarded clock",
                              lambda: mirror.forwarded)
             await mirror.run()
             return {**report, **mirror.counters}
@@ -218,7 +218,7 @@ async def ps_role_main(cfg: RunConfig, address: str, kind: str,
                                checkpoint=(None if checkpoints is None
                                            else checkpoint_file(checkpoints, address)))
             if resume:
-                _say_resumed(address, shard.restore(), "clock", lambda: shard.gate.min_clock)
+                _say_resumed(address, shard.restart(), "clock", lambda: shard.gate.min_clock)
             await shard.run()
             report.update(shard.counters)
             if isinstance(shard, GaiaShard):
