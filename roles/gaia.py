@@ -234,12 +234,18 @@ async def _serve_until(ep: Endpoint, counters: Counter[str],
     """Handle frames until `done()`; a frame that cannot be handled is logged and counted
     as refused, and serving goes on."""
     while not done():
-        msg = await ep.recv()
-        try:
-            await handle(msg)
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
-            counters["refused"] += 1
-            log.warning("%s refused %s from %s: %s", ep.address, msg.type, msg.src, exc)
+        await _handle_or_refuse(ep, counters, handle, await ep.recv())
+
+
+async def _handle_or_refuse(ep: Endpoint, counters: Counter[str],
+                            handle: Callable[[Message], Awaitable[None]],
+                            msg: Message) -> None:
+    """`handle(msg)`; a frame it cannot handle is logged and counted as refused."""
+    try:
+        await handle(msg)
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        counters["refused"] += 1
+        log.warning("%s refused %s from %s: %s", ep.address, msg.type, msg.src, exc)
 
 
 def _peer_meta(msg: Message) -> tuple[int, dict[str, int], list[str]]:
@@ -364,11 +370,16 @@ class GaiaShard(PSShard):
     async def _announce_resume(self) -> None:
         await self.ep.send(self.mirror, RESUME, control=True,
                            meta={"applied": self.applied_n})
-        for clock, final, encoded in self._outbox:  # the mirror ignores what it has
-            await self._send_update(clock, final, encoded)
-        if self._stopped:
-            await self.ep.send(self.mirror, STOPPED, control=True)
+        await self._resend_to_mirror()
         await super()._announce_resume()
+
+    async def _resend_to_mirror(self) -> None:
+        """The updates the mirror has not acknowledged (it ignores those it has), and
+        gaia.stopped if this shard has stopped."""
+        for clock, final, encoded in self._outbox:
+            await self._send_update(clock, final, encoded)
+        if self._stopped and self.checkpoint is not None:
+            await self.ep.send(self.mirror, STOPPED, control=True)
 
     # -- barriers and remote updates ---------------------------------------------------------
 
@@ -465,10 +476,7 @@ class GaiaShard(PSShard):
             return []
         if msg.type == RESTARTED:  # the mirror restarted from its checkpoint
             self.counters["mirror_restarts"] += 1
-            if self._stopped and self.checkpoint is not None:
-                await self.ep.send(self.mirror, STOPPED, control=True)
-            for clock, final, encoded in self._outbox:  # the mirror ignores what it has
-                await self._send_update(clock, final, encoded)
+            await self._resend_to_mirror()
             return []
         if msg.type == STOP:
             if self._stopped:  # repeated by a restarted mirror
@@ -580,12 +588,7 @@ class GaiaMirror(Checkpointed):
                     continue
             else:
                 msg = await self.ep.recv()
-            try:
-                await self._handle(msg)
-            except (ValueError, KeyError, IndexError, TypeError) as exc:
-                self.counters["refused"] += 1
-                log.warning("%s refused %s from %s: %s", self.ep.address, msg.type, msg.src,
-                            exc)
+            await _handle_or_refuse(self.ep, self.counters, self._handle, msg)
             batch += 1
             if batch >= 64 or not self.ep.pending:
                 await self._commit()
@@ -938,7 +941,9 @@ class GaiaHub:
                 await self.sender.send_barrier(dst, out_seq, encoded)
             return
         _, clocks, final = _peer_meta(msg)
-        update = decode(msg.meta, msg.arrays)
+        # A member's update is merged here (decoded, so a bad one is refused before its
+        # seq counts); another hub's is only relayed, and its receivers decode it.
+        update = decode(msg.meta, msg.arrays) if msg.src in self._by_address else None
         self._acks.owe(msg, seq)
         fresh = received.add(seq)
         await self._acks.flush(self.ep)
@@ -953,6 +958,7 @@ class GaiaHub:
         if msg.src in self.hubs:
             self._remote_final.update(final)
             return
+        assert update is not None
         region = self._by_address[msg.src]
         self._queues[region].append((clocks.get(region, 0), region in final, update))
         await self._combine()

@@ -437,9 +437,9 @@ def _summary(cfg: LaunchConfig, topo: Topology, plan: PSPlan, workload: Any,
     # in the all-in-one run; isolated: every region's model is scored, as there.
     groups = replica_groups(plan, workload.table_shapes())
     evaluated = groups[0]
-    scored = groups if plan.system == "isolated" else groups[:1]
-    tests = (workload.test_regions(list(plan.data_regions)) if plan.system == "isolated"
-             else None)
+    isolated = plan.system == "isolated"
+    scored = groups if isolated else groups[:1]
+    tests = workload.test_regions(list(plan.data_regions)) if isolated else None
     init = workload.init_params()
     start = score_models(workload, {g.region: init for g in scored}, tests)
     final = score_models(workload, {g.region: load_shard_outputs(cfg.out / "shards", g.shards)
