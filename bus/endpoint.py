@@ -16,6 +16,7 @@ from . import frame as fr
 from . import security
 from .address import is_valid_address, region_of, router_address
 from .errors import BusClosed, FrameError, HandshakeRefused, HandshakeTimeout
+from .reliable import Kept, ReceiveOrder, SendLog, new_incarnation
 from .security import CurveKeys
 from .zio import ZIO
 
@@ -45,6 +46,10 @@ CREDIT_WAIT_S = 2.0
 #: Default inbox size (bytes) above which the endpoint stops reading its socket, so that
 #: a role that does not read pushes back on its senders instead of growing without bound.
 INBOX_LIMIT_BYTES = 256 << 20
+#: Most numbers one bus.ack carries (it is a control frame: at most 64 KiB).
+_ACKS_PER_FRAME = 4096
+#: Retry delay for acks that could not be sent (the pipe to the router was full).
+_ACK_RETRY_S = 0.05
 
 
 class Endpoint:
@@ -53,6 +58,13 @@ class Endpoint:
     Use as ``async with Endpoint(...) as ep:``. `send` honours the router's flow control
     (it waits while the link towards the destination is full); `recv` returns validated
     application messages. Bus frames (welcome, pause, resume, error) are handled here.
+
+    With `reliable` (tcp, one process per role), frames survive a router restart: each is
+    kept until its destination acknowledges it, the endpoint reconnects when its router
+    goes away (within `reconnect_timeout` seconds, else the endpoint fails with the
+    reason), and what is kept is sent again whenever a router of the run restarted
+    (bus/reliable.py). Frames that arrive numbered are acknowledged and delivered in order,
+    exactly once, whatever this endpoint's own mode.
     """
 
     def __init__(
@@ -66,6 +78,8 @@ class Endpoint:
         inbox_limit_bytes: int = INBOX_LIMIT_BYTES,
         on_error: Callable[[dict[str, Any]], None] | None = None,
         keys: CurveKeys | None = None,
+        reliable: bool = False,
+        reconnect_timeout: float = 30.0,
     ) -> None:
         if not is_valid_address(address):
             raise FrameError("bad_address", f"not a valid address: {address!r}")
@@ -81,10 +95,22 @@ class Endpoint:
         self._inbox_drained = asyncio.Event()
         self._on_error = on_error
         self._io: ZIO | None = None
+        self.incarnation = new_incarnation()
+        self._log = SendLog(self.incarnation) if reliable else None
+        self._order: ReceiveOrder | None = None  # made when the first numbered frame comes
+        self._acks_due: dict[str, dict[int, list[int]]] = {}
+        self._ack_retry_armed = False
+        self._reconnect_timeout = reconnect_timeout
+        self._up = asyncio.Event()  # connected and welcomed (cleared while reconnecting)
+        self._up.set()
+        self._failure: str | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._resend_turn = asyncio.Lock()
+        self._side_tasks: set[asyncio.Task[None]] = set()
         self._seq = 0
         self._unyielded = 0
         self._quantum = _QUANTUM_MIN
-        self._inbox: asyncio.Queue[fr.Message] = asyncio.Queue()
+        self._inbox: asyncio.Queue[fr.Message | None] = asyncio.Queue()
         self._inbox_bytes = 0
         self._welcome: asyncio.Future[dict[str, Any]] | None = None
         self._bye_ack: asyncio.Future[None] | None = None
@@ -100,7 +126,9 @@ class Endpoint:
         self.errors: deque[dict[str, Any]] = deque(maxlen=100)
         self.counters = {"sent_frames": 0, "sent_bytes": 0, "recv_frames": 0, "recv_bytes": 0,
                          "bad_frames": 0, "errors": 0, "pauses": 0, "inbox_full": 0,
-                         "window_waits": 0, "window_timeouts": 0}
+                         "window_waits": 0, "window_timeouts": 0, "reconnects": 0,
+                         "resent_frames": 0, "duplicates": 0, "acks_sent": 0,
+                         "abandoned": 0, "unacked_at_close": 0}
 
     async def __aenter__(self) -> Endpoint:
         await self.start()
@@ -111,6 +139,31 @@ class Endpoint:
 
     async def start(self, timeout: float = 10.0) -> None:
         """Connect and do the hello/welcome handshake with the router."""
+        loop = asyncio.get_running_loop()
+        self._io = self._open()
+        self._reader = loop.create_task(self._read_loop(), name=f"endpoint {self.address}")
+        # Over tcp the router's pause can come late (frames already in ZeroMQ's pipes still
+        # arrive), so the endpoint asks for credits and keeps a send window. In one process
+        # it yields to the router after each quantum instead, which bounds the overshoot
+        # without the credits' cost.
+        self._windowed = self._router_endpoint.startswith("tcp://")
+        try:
+            await self._handshake(timeout)
+        except HandshakeRefused:
+            await self.aclose()
+            raise
+        except TimeoutError:
+            await self.aclose()
+            raise HandshakeTimeout(f"{self.address}: router {self.region} at "
+                                   f"{self._router_endpoint} did not answer within "
+                                   f"{timeout}s") from None
+        self._welcomed = True
+        if self._log is not None:
+            self._watcher = loop.create_task(self._watch_router(),
+                                             name=f"endpoint watch {self.address}")
+
+    def _open(self) -> ZIO:
+        """A new DEALER socket connected to the router."""
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTING_ID, self.address.encode())
@@ -122,37 +175,107 @@ class Endpoint:
             security.client(sock, self._keys.for_address(self.address),
                             self._keys.public(f"{self.region}.router"))
         sock.connect(self._router_endpoint)
-        loop = asyncio.get_running_loop()
-        self._io = ZIO(sock, loop)
-        self._welcome = loop.create_future()
-        self._reader = loop.create_task(self._read_loop(), name=f"endpoint {self.address}")
-        # Over tcp the router's pause can come late (frames already in ZeroMQ's pipes still
-        # arrive), so the endpoint asks for credits and keeps a send window. In one process
-        # it yields to the router after each quantum instead, which bounds the overshoot
-        # without the credits' cost.
-        self._windowed = self._router_endpoint.startswith("tcp://")
+        return ZIO(sock, asyncio.get_running_loop())
+
+    async def _handshake(self, timeout: float) -> None:
+        """Say bus.hello on the current socket and wait for the welcome."""
+        assert self._io is not None
+        self._welcome = asyncio.get_running_loop().create_future()
         hello = fr.make_header(fr.HELLO, self.address, self.router, self._next_seq(),
                                priority=fr.CONTROL, meta={"role": self.address.split("/")[1],
-                                                          "credit": self._windowed})
+                                                          "credit": self._windowed,
+                                                          "inc": self.incarnation})
         await self._io.send([fr.encode_header(hello)])
+        await asyncio.wait_for(asyncio.shield(self._welcome), timeout)
+
+    # -- surviving a router restart (reliable mode) -----------------------------------
+
+    async def _watch_router(self) -> None:
+        """Reconnect whenever the connection to the router drops (its process died)."""
+        while not self._closed and self._failure is None:
+            io = self._io
+            assert io is not None
+            monitor = io.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+            watch = ZIO(monitor, asyncio.get_running_loop())
+            try:
+                await watch.recv()
+            finally:
+                watch.close()
+                with contextlib.suppress(zmq.ZMQError):
+                    io.sock.disable_monitor()
+            if self._closed:
+                return
+            await self._reconnect()
+
+    async def _reconnect(self) -> None:
+        self._up.clear()
+        self.counters["reconnects"] += 1
+        log.warning("%s: lost router %s at %s; reconnecting (up to %ss)", self.address,
+                    self.region, self._router_endpoint, self._reconnect_timeout)
+        old, self._io = self._io, self._open()
+        if old is not None:
+            old.close()  # the reader moves to the new socket
+        # a new router knows nothing of the old one's pauses and credits
+        self._window_sent = self._window_acked = 0
+        self._paused.clear()
+        self._resumed.set()
+        self._credit.set()
         try:
-            await asyncio.wait_for(asyncio.shield(self._welcome), timeout)
-            self._welcomed = True
-        except HandshakeRefused:
-            await self.aclose()
-            raise
-        except TimeoutError:
-            await self.aclose()
-            raise HandshakeTimeout(f"{self.address}: router {self.region} at "
-                                   f"{self._router_endpoint} did not answer within "
-                                   f"{timeout}s") from None
+            await self._handshake(self._reconnect_timeout)
+        except (TimeoutError, HandshakeRefused) as exc:
+            self._fail(f"{self.address}: router {self.region} at {self._router_endpoint} "
+                       f"did not take it back within {self._reconnect_timeout}s"
+                       + (f": {exc}" if str(exc) else ""))
+            return
+        log.warning("%s: reconnected to router %s; sending again the %d frame(s) not yet "
+                    "acknowledged", self.address, self.region,
+                    self._log.kept if self._log else 0)
+        await self._resend_all()
+        self._up.set()
+
+    def _fail(self, reason: str) -> None:
+        """The router did not come back: every send and recv now raises BusClosed."""
+        log.error("%s", reason)
+        self._failure = reason
+        self._up.set()
+        self._resumed.set()
+        self._credit.set()
+        self._inbox.put_nowait(None)  # wakes a recv
+
+    async def _resend_all(self) -> None:
+        """Send again every frame not yet acknowledged (copies are dropped at the other
+        end), each class of each destination in order."""
+        if self._log is None:
+            return
+        async with self._resend_turn:
+            for item in self._log.all_kept():
+                if self._closed or self._failure is not None:
+                    return
+                if not self._log.is_kept(item):
+                    continue
+                if item.cls == fr.DATA:
+                    await self._wait_to_send(item.dst)
+                try:
+                    await self._io_send(item.parts, item.size)
+                except zmq.ZMQError:
+                    return  # the socket was replaced: the next reconnect resends it all
+                self.counters["resent_frames"] += 1
 
     async def aclose(self, timeout: float = 5.0) -> None:
         """Say goodbye, wait until the router has everything we sent, close (linger 0)."""
         if self._closed:
             return
         self._closed = True
-        if self._io is not None and self._welcomed:
+        tasks = [t for t in (self._watcher, *self._side_tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, zmq.ZMQError):
+                await task
+        if self._log is not None:
+            self.counters["unacked_at_close"] = self._log.kept
+            self.counters["abandoned"] = self._log.abandoned
+        if self._io is not None and self._welcomed and self._up.is_set() and not self._failure:
             self._bye_ack = asyncio.get_running_loop().create_future()
             bye = fr.make_header(fr.BYE, self.address, self.router, self._next_seq(),
                                  priority=fr.CONTROL)
@@ -204,13 +327,11 @@ class Endpoint:
             raise FrameError("bad_address", f"destination {dst!r} is not region/role/index")
         if ftype.startswith("bus."):
             raise FrameError("reserved_type", f"frame type {ftype!r} is reserved for the bus")
+        if not self._up.is_set():
+            await self._up.wait()
+        self._raise_if_failed()
         if not control:
-            while self._paused and self._blocked(dst):
-                await self._resumed.wait()
-                if self._closed:
-                    raise BusClosed(f"{self.address}: endpoint closed while paused")
-            if self._windowed and self._window_sent - self._window_acked >= SEND_WINDOW_BYTES:
-                await self._wait_for_credit()
+            await self._wait_to_send(dst)
         arrays = fr.contiguous(arrays)
         seq = self._next_seq()
         header = fr.make_header(
@@ -218,6 +339,10 @@ class Endpoint:
             priority=fr.CONTROL if control else fr.DATA, meta=meta, arrays=arrays,
             sent_at=asyncio.get_running_loop().time() if stamp else None, raw=raw,
         )
+        cls = header["pri"]
+        if self._log is not None:
+            rseq, floor = self._log.number(dst, cls)  # taken only once the frame is kept
+            header["rel"] = [self.incarnation, rseq, floor]
         hb = fr.encode_header(header)
         size = len(hb) + sum(a.nbytes for a in arrays)
         if size > self.max_frame_bytes:
@@ -225,8 +350,16 @@ class Endpoint:
         if control and size > fr.CONTROL_MAX_BYTES:
             raise FrameError("too_large", f"control frame of {size} bytes > "
                              f"{fr.CONTROL_MAX_BYTES}; send it as data")
-        await self._io.send([hb, *arrays])
-        self._window_sent += size
+        parts = [hb, *arrays]
+        if self._log is not None:
+            self._log.keep(seq, Kept(dst, cls, rseq, parts, size))
+        try:
+            await self._io_send(parts, size)
+        except zmq.ZMQError:
+            if self._log is None or self._closed:
+                raise
+            # the router went away under this send: the frame is kept, and goes again
+            # once the endpoint has reconnected
         self.counters["sent_frames"] += 1
         self.counters["sent_bytes"] += size
         self._unyielded += size
@@ -235,6 +368,27 @@ class Endpoint:
             self._quantum = min(self._quantum + _QUANTUM_STEP, _QUANTUM_MAX)
             await asyncio.sleep(0)
         return seq
+
+    def _raise_if_failed(self) -> None:
+        if self._failure is not None:
+            raise BusClosed(self._failure)
+        if self._closed or self._io is None:
+            raise BusClosed(f"{self.address}: endpoint is closed")
+
+    async def _wait_to_send(self, dst: str) -> None:
+        """Wait while the router pauses traffic to `dst`, then for send-window credit."""
+        while self._paused and self._blocked(dst):
+            await self._resumed.wait()
+            if self._closed:
+                raise BusClosed(f"{self.address}: endpoint closed while paused")
+            self._raise_if_failed()
+        if self._windowed and self._window_sent - self._window_acked >= SEND_WINDOW_BYTES:
+            await self._wait_for_credit()
+
+    async def _io_send(self, parts: list[Any], size: int) -> None:
+        assert self._io is not None
+        await self._io.send(parts)
+        self._window_sent += size
 
     async def _wait_for_credit(self) -> None:
         self.counters["window_waits"] += 1
@@ -263,8 +417,7 @@ class Endpoint:
             msg = await self._inbox.get()
         else:
             msg = await asyncio.wait_for(self._inbox.get(), timeout)
-        self._took(msg)
-        return msg
+        return self._took(msg)
 
     def recv_nowait(self) -> fr.Message | None:
         """The next message if one is waiting, else None."""
@@ -272,13 +425,16 @@ class Endpoint:
             msg = self._inbox.get_nowait()
         except asyncio.QueueEmpty:
             return None
-        self._took(msg)
-        return msg
+        return self._took(msg)
 
-    def _took(self, msg: fr.Message) -> None:
+    def _took(self, msg: fr.Message | None) -> fr.Message:
+        if msg is None:  # the endpoint failed (its router did not come back)
+            self._inbox.put_nowait(None)  # for the next recv too
+            raise BusClosed(self._failure or f"{self.address}: endpoint failed")
         self._inbox_bytes -= msg.nbytes
         if self._inbox_bytes <= self._inbox_limit // 2:
             self._inbox_drained.set()
+        return msg
 
     @property
     def closed(self) -> bool:
@@ -291,8 +447,17 @@ class Endpoint:
         return self._inbox.qsize()
 
     async def _read_loop(self) -> None:
-        assert self._io is not None
-        io = self._io
+        while True:
+            io = self._io
+            assert io is not None
+            try:
+                await self._read_from(io)
+            except zmq.ZMQError:
+                if self._closed or self._io is io:
+                    raise
+                # a reconnect replaced the socket: read the new one
+
+    async def _read_from(self, io: ZIO) -> None:
         while True:
             if self._inbox_bytes > self._inbox_limit:
                 self.counters["inbox_full"] += 1
@@ -309,9 +474,11 @@ class Endpoint:
                     break
                 handled += 1
                 if handled >= _BATCH:
+                    self._send_acks()
                     await asyncio.sleep(0)  # let the role read what we queued
                     handled = 0
                 parts = io.recv_nowait()
+            self._send_acks()
 
     def _on_parts(self, parts: list[zmq.Frame]) -> None:
         sizes = [len(p) for p in parts[1:]]
@@ -326,10 +493,101 @@ class Endpoint:
         if ftype in fr.BUS_TYPES:
             self._on_bus(header)
             return
+        if ftype == fr.ACK:
+            self._on_ack(header)
+            return
         self.counters["recv_frames"] += 1
         self.counters["recv_bytes"] += nbytes
-        self._inbox_bytes += nbytes
-        self._inbox.put_nowait(fr.Message.from_wire(header, parts[1:], nbytes))
+        msg = fr.Message.from_wire(header, parts[1:], nbytes)
+        rel = header.get("rel")
+        if rel is None:
+            self._deliver(msg)
+            return
+        incarnation, seq, floor = rel
+        src, cls = header["src"], header["pri"]
+        self._acks_due.setdefault(src, {}).setdefault(cls, []).append(seq)
+        if self._order is None:
+            self._order = ReceiveOrder()
+        ready = self._order.accept(src, cls, incarnation, seq, floor, msg)
+        if ready is None:
+            self.counters["duplicates"] += 1
+            return
+        for m in ready:
+            self._deliver(m)
+
+    def _deliver(self, msg: fr.Message) -> None:
+        self._inbox_bytes += msg.nbytes
+        self._inbox.put_nowait(msg)
+
+    # -- acknowledgements (numbered frames) ---------------------------------------------
+
+    def _send_acks(self) -> None:
+        """Acknowledge the numbered frames read so far, one bus.ack per sender (retried
+        shortly for a sender whose ack the socket would not take now)."""
+        if not self._acks_due or self._io is None:
+            return
+        due, self._acks_due = self._acks_due, {}
+        for src, by_cls in due.items():
+            pairs = [[cls, seqs[i:i + _ACKS_PER_FRAME]] for cls, seqs in by_cls.items()
+                     for i in range(0, len(seqs), _ACKS_PER_FRAME)]
+            # both classes in one frame when they fit
+            frames = [pairs] if sum(len(p[1]) for p in pairs) <= _ACKS_PER_FRAME else [
+                [p] for p in pairs]
+            for i, frame in enumerate(frames):
+                if not self._send_bus_ack(src, {"acks": frame}):
+                    for unsent in frames[i:]:
+                        for cls, seqs in unsent:
+                            self._acks_due.setdefault(src, {}).setdefault(cls, []).extend(
+                                seqs)
+                    break
+        if self._acks_due and not self._ack_retry_armed and not self._closed:
+            self._ack_retry_armed = True
+            asyncio.get_running_loop().call_later(_ACK_RETRY_S, self._retry_acks)
+
+    def _retry_acks(self) -> None:
+        self._ack_retry_armed = False
+        if not self._closed:
+            self._send_acks()
+
+    def _send_bus_ack(self, dst: str, meta: dict[str, Any]) -> bool:
+        """A bus.ack to endpoint `dst` (acks of its frames, or floors of ours) if the socket
+        takes it now."""
+        header = fr.make_header(fr.ACK, self.address, dst, 0, priority=fr.CONTROL,
+                                meta={"inc": self.incarnation, **meta})
+        hb = fr.encode_header(header)
+        assert self._io is not None
+        try:
+            if not self._io.send_nowait([hb]):
+                return False
+        except zmq.ZMQError:
+            return False
+        self._window_sent += len(hb)
+        self.counters["acks_sent"] += 1
+        return True
+
+    def _tell_floor(self, dst: str, cls: int, floor: int) -> None:
+        if not self._send_bus_ack(dst, {"floor": [[cls, floor]]}):
+            # the pipe is full: the floor also rides on our next frame to dst
+            log.debug("%s: floor %d to %s not sent now", self.address, floor, dst)
+
+    def _on_ack(self, header: dict[str, Any]) -> None:
+        meta, src = header["meta"], header["src"]
+        incarnation = meta.get("inc")
+        acks, floors = meta.get("acks", []), meta.get("floor", [])
+        if not (type(incarnation) is int and _pairs(acks, list) and _pairs(floors, int)
+                and all(type(x) is int for _, seqs in acks for x in seqs)):
+            self.counters["bad_frames"] += 1
+            log.warning("%s: dropped a malformed bus.ack from %s", self.address, src)
+            return
+        if acks and self._log is not None:
+            for cls, floor in self._log.acked(src, incarnation, acks):
+                self._tell_floor(src, cls, floor)
+        if floors:
+            if self._order is None:
+                self._order = ReceiveOrder()
+            for cls, floor in floors:
+                for m in self._order.raise_floor(src, cls, incarnation, floor):
+                    self._deliver(m)
 
     def _on_bus(self, header: dict[str, Any]) -> None:
         ftype, meta = header["t"], header["meta"]
@@ -355,6 +613,14 @@ class Endpoint:
             self._resumed.set()
             if self._paused:
                 self._resumed = asyncio.Event()
+        elif ftype == fr.RESEND:
+            if self._log is not None and self._log.kept:
+                log.warning("%s: router %s says the router of %s restarted; sending again "
+                            "the %d frame(s) not yet acknowledged", self.address, self.region,
+                            meta.get("region"), self._log.kept)
+                task = asyncio.get_running_loop().create_task(self._resend_all())
+                self._side_tasks.add(task)
+                task.add_done_callback(self._side_tasks.discard)
         elif ftype == fr.ERROR:
             if self._welcome is not None and not self._welcome.done():
                 self._welcome.set_exception(HandshakeRefused(
@@ -363,7 +629,19 @@ class Endpoint:
                 return
             self.counters["errors"] += 1
             self.errors.append(dict(meta))
+            refused = meta.get("seq")
+            if self._log is not None and type(refused) is int:
+                settled = self._log.refused(refused)
+                if settled is not None:
+                    self._tell_floor(*settled)
             log.warning("%s: router %s refused a frame: %s", self.address, self.region,
                         meta.get("detail", meta))
             if self._on_error is not None:
                 self._on_error(dict(meta))
+
+
+def _pairs(value: Any, second: type) -> bool:
+    """A list of [class, X] pairs, X of type `second`."""
+    return isinstance(value, list) and all(
+        isinstance(p, list) and len(p) == 2 and p[0] in (fr.CONTROL, fr.DATA)
+        and type(p[1]) is second for p in value)

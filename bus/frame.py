@@ -48,7 +48,14 @@ PAUSE = "bus.pause"
 RESUME = "bus.resume"
 BYE = "bus.bye"
 CREDIT = "bus.credit"
-BUS_TYPES = frozenset([HELLO, WELCOME, ERROR, PAUSE, RESUME, BYE, CREDIT])
+#: A router tells its roles to send again what they keep: a router of the run restarted.
+RESEND = "bus.resend"
+#: Routers tell each other (flooded) that a router restarted.
+RESTARTED = "bus.restarted"
+BUS_TYPES = frozenset([HELLO, WELCOME, ERROR, PAUSE, RESUME, BYE, CREDIT, RESEND, RESTARTED])
+#: End-to-end reliability between endpoints (bus/reliable.py): routed like any frame.
+ACK = "bus.ack"
+ROUTED_BUS_TYPES = frozenset([ACK])
 
 _REQUIRED: tuple[tuple[str, type | tuple[type, ...]], ...] = (
     ("t", str),
@@ -60,7 +67,7 @@ _REQUIRED: tuple[tuple[str, type | tuple[type, ...]], ...] = (
     ("meta", dict),
     ("bufs", list),
 )
-_OPTIONAL: dict[str, type | tuple[type, ...]] = {"ts": (float, int), "raw": bool}
+_OPTIONAL: dict[str, type | tuple[type, ...]] = {"ts": (float, int), "raw": bool, "rel": list}
 _KNOWN_KEYS = frozenset(["v", *(k for k, _ in _REQUIRED), *_OPTIONAL])
 
 
@@ -151,6 +158,11 @@ def decode_header(buf: bytes | memoryview, buffer_sizes: Sequence[int]) -> dict[
         raise FrameError("bad_field", "seq must be an unsigned 64-bit integer")
     if header["pri"] not in (CONTROL, DATA):
         raise FrameError("bad_field", f"priority {header['pri']} is neither 0 (control) nor 1")
+    rel = header.get("rel")
+    if rel is not None and not (len(rel) == 3 and all(
+            type(x) is int and 0 < x < 2**63 for x in rel) and rel[2] <= rel[1]):
+        raise FrameError("bad_field", "rel must be [incarnation, seq, floor], positive "
+                         "integers with floor <= seq")
     _check_buffers(header["bufs"], buffer_sizes)
     if header["pri"] == CONTROL:
         total = len(buf) + sum(buffer_sizes)

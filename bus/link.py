@@ -54,6 +54,7 @@ class Pending:
     control: bool
     sender: bytes | None  # routing id of the connection that handed it to the router
     raw: bool = False
+    seq: int = 0  # the header's seq (bus.error names a dropped frame by it)
     enqueued: float = 0.0
     started: float = -1.0
     sent: int = 0
@@ -209,6 +210,10 @@ class Link:
         """Undo `hold`."""
         self._held.difference_update(keys)
         self._wake.set()
+
+    def release_all(self) -> None:
+        """Undo every `hold` (the next hop that asked for them restarted)."""
+        self.release(list(self._held))
 
     # -- the data path ------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ from . import security
 from .address import is_valid_address, region_of, role_of, router_address
 from .errors import FrameError
 from .link import Link, Pending
+from .reliable import new_incarnation
 from .security import CurveKeys
 from .tasks import cancel_and_wait
 from .topology import Topology
@@ -171,6 +172,12 @@ class Router:
         self.io: ZIO
         self._tap_io: ZIO | None = None
         self._closed = False
+        #: This process's incarnation (in its hellos to peers: a new one means a restart),
+        #: the peers' last known ones, and the restarts already passed on.
+        self.incarnation = new_incarnation()
+        self._peer_incarnation: dict[str, int] = {}
+        self._restarts_seen: set[tuple[str, int]] = set()
+        self.peer_restarts = 0
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -196,7 +203,11 @@ class Router:
             security.server(sock, own, self._keys)
             self._tasks.append(loop.create_task(self._count_refusals(sock),
                                                 name=f"auth monitor {self.region}"))
-        sock.bind(_any_port(self.endpoint) if any_port else self.endpoint)
+        try:
+            sock.bind(_any_port(self.endpoint) if any_port else self.endpoint)
+        except zmq.ZMQError:
+            sock.close(linger=0)
+            raise
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.io = ZIO(sock, loop)
         tap = self._ctx.socket(zmq.XPUB)
@@ -204,7 +215,12 @@ class Router:
         tap.setsockopt(zmq.SNDHWM, 100_000)
         if self._keys is not None:
             security.server(tap, own, self._keys)
-        tap.bind(_any_port(self.tap_endpoint) if any_port else self.tap_endpoint)
+        try:
+            tap.bind(_any_port(self.tap_endpoint) if any_port else self.tap_endpoint)
+        except zmq.ZMQError:
+            tap.close(linger=0)
+            self.io.close()  # all or nothing: bind may be tried again
+            raise
         self.tap_endpoint = tap.getsockopt_string(zmq.LAST_ENDPOINT)
         self._tap_io = ZIO(tap, loop)
 
@@ -242,7 +258,8 @@ class Router:
             self._tasks.append(loop.create_task(self._peer_loop(peer, peer_io),
                                                 name=f"router-peer {self.region}->{peer}"))
             hello = fr.make_header(fr.HELLO, self.address, router_address(peer), 0,
-                                   priority=fr.CONTROL, meta={"role": "router"})
+                                   priority=fr.CONTROL,
+                                   meta={"role": "router", "inc": self.incarnation})
             await peer_io.send([fr.encode_header(hello)])
         self._tasks.append(loop.create_task(self._ingress_loop(), name=f"router {self.region}"))
         self._tasks.append(loop.create_task(self._tap_loop(), name=f"tap {self.region}"))
@@ -322,6 +339,7 @@ class Router:
             "tap_events": self.tap_events,
             "tap_dropped": self.tap_dropped,
             "auth_refused": self.auth_refused,
+            "peer_restarts": self.peer_restarts,
             "links": {name: {"kind": link.spec.kind, **link.stats.as_dict()}
                       for name, link in self._links.items()},
         }
@@ -392,13 +410,13 @@ class Router:
             self.bus_frames += 1
             self._handle_bus(ident, header)
             return
-        if ftype.startswith("bus."):
+        if ftype.startswith("bus.") and ftype not in fr.ROUTED_BUS_TYPES:
             self._drop(ident, "reserved_type", f"type {ftype!r} is reserved for the bus", header)
             return
         src = header["src"]
         registered = self.local_addresses.get(src)
         if registered is None:
-            if ident not in self._peers_in:
+            if ident not in self._peers_in and not self._known_peer(ident):
                 self._drop(ident, "not_registered",
                            "sender has not said bus.hello to this router", header)
                 return
@@ -422,7 +440,19 @@ class Router:
                 return
         self.forwarded += 1
         link.offer(Pending(parts[1:], ftype, src, dst, total, header["pri"] == fr.CONTROL,
-                           ident, header.get("raw", False)))
+                           ident, header.get("raw", False), header["seq"]))
+
+    def _known_peer(self, ident: bytes) -> bool:
+        """A neighbouring router's connection that has not said hello to this process: it
+        did to the process before a restart, and ZeroMQ reconnected it on its own."""
+        name = ident.decode("utf-8", "replace")
+        if not is_valid_address(name) or role_of(name) != "router":
+            return False
+        peer = region_of(name)
+        if peer not in self._wan or name != router_address(peer):
+            return False
+        self._peers_in[ident] = peer
+        return True
 
     def _route(self, dst: str) -> Link | None:
         region = region_of(dst)
@@ -466,6 +496,12 @@ class Router:
                     self._drop(ident, "unknown_peer", f"{peer} is not a peer region", header)
                     return
                 self._peers_in[ident] = peer
+                incarnation = header["meta"].get("inc")
+                if type(incarnation) is int:
+                    known = self._peer_incarnation.get(peer)
+                    self._peer_incarnation[peer] = incarnation
+                    if known is not None and known != incarnation:
+                        self._peer_restarted(peer, incarnation, via=peer)
             else:
                 self.local_addresses[src] = ident
                 if header["meta"].get("credit") is True:
@@ -482,8 +518,39 @@ class Router:
             # Frames on one connection arrive in order: this ack tells the sender that
             # everything it sent before has reached the router.
             self._send_control(ident, fr.BYE, src, {})
+        elif ftype == fr.RESTARTED and (ident in self._peers_in or self._known_peer(ident)):
+            region, incarnation = header["meta"].get("region"), header["meta"].get("inc")
+            if region in self.topology.region_names and type(incarnation) is int:
+                self._peer_restarted(region, incarnation, via=self._peers_in[ident])
+            else:
+                self._drop(ident, "bad_field", f"bus.restarted with meta {header['meta']}",
+                           header)
         else:
             self._drop(ident, "reserved_type", f"{ftype} is not accepted from a sender", header)
+
+    def _peer_restarted(self, region: str, incarnation: int, via: str) -> None:
+        """The router of `region` restarted (its hello came with a new incarnation, or a
+        peer passed the news on): every frame in its queues died with it. Forget the pauses
+        it had asked for, have every local role send again what it has not had
+        acknowledged, and pass the news on to the other neighbours (each router once)."""
+        if region == self.region or (region, incarnation) in self._restarts_seen:
+            return
+        self._restarts_seen.add((region, incarnation))
+        self.peer_restarts += 1
+        log.warning("router %s: the router of %s restarted; its queued frames are lost, "
+                    "so the roles here send again what they keep", self.region, region)
+        if region in self._wan:
+            self._wan[region].release_all()
+        for address, ident in list(self.local_addresses.items()):
+            self._send_control(ident, fr.RESEND, address, {"region": region})
+        news = fr.encode_header(fr.make_header(
+            fr.RESTARTED, self.address, self.address, 0, priority=fr.CONTROL,
+            meta={"region": region, "inc": incarnation}))
+        for peer, io in self._peer_io.items():
+            if peer not in (via, region) and not io.send_nowait([news]):
+                self.dropped["restart_news_undeliverable"] += 1
+                log.warning("router %s: could not pass on to %s that %s restarted",
+                            self.region, peer, region)
 
     # -- egress helpers ----------------------------------------------------------------------
 
@@ -549,7 +616,7 @@ class Router:
         if item.sender is not None:
             self._send_control(item.sender, fr.ERROR, item.src,
                                {"reason": "unreachable", "detail": detail, "type": item.ftype,
-                                "dst": item.dst})
+                                "dst": item.dst, "seq": item.seq})
 
     def _pause_keys(self, link: Link) -> list[str]:
         if link.spec.kind == "lan":
