@@ -44,6 +44,7 @@ class Kept:
     seq: int
     parts: list[Any]
     size: int
+    to_incarnation: int | None = None  # the destination's, as known when sent
 
 
 class SendLog:
@@ -74,6 +75,7 @@ class SendLog:
         if item.seq != self._next.get(key, 1):
             raise ValueError(f"frame {item.seq} to {item.dst} is not the next number")
         self._next[key] = item.seq + 1
+        item.to_incarnation = self._dst_incarnation.get(item.dst)
         self._kept.setdefault(key, {})[item.seq] = item
         self._by_frame_seq[frame_seq] = item
         self._frame_seq_of[(item.dst, item.cls, item.seq)] = frame_seq
@@ -111,21 +113,29 @@ class SendLog:
     def acked(self, dst: str, incarnation: int, acks: list[tuple[int, list[int]]]
               ) -> list[tuple[int, int]]:
         """`dst` (incarnation `incarnation`) has these (class, numbers). Returns the floors
-        to tell it, [(class, floor)], when this shows that it restarted: what it did not
-        acknowledge before its first ack died with its previous process."""
-        known = self._dst_incarnation.get(dst)
+        to tell it, [(class, floor)], when this shows that it restarted.
+
+        A class is delivered in order, so when a destination acknowledges `m`, every frame
+        below `m` that it will ever get has come. Those below `m` that were sent to an
+        earlier incarnation of it and are not acknowledged died with that process: they
+        are given up (the roles' own restart protocols replay what matters), and the floor
+        tells the new process not to wait for them. A frame sent before any ack came from
+        `dst` is never given up this way (it may be on its way again after a router
+        restart)."""
         self._dst_incarnation[dst] = incarnation
-        restarted = known is not None and known != incarnation
         floors = []
         for cls, seqs in acks:
-            if restarted and seqs:
-                first = min(seqs)
-                for seq in [s for s in self._kept.get((dst, cls), {}) if s < first]:
-                    self._settle(dst, cls, seq)
-                    self.abandoned += 1
+            if not seqs:
+                continue
+            first = min(seqs)
+            dead = [s for s, item in self._kept.get((dst, cls), {}).items() if s < first
+                    and item.to_incarnation is not None and item.to_incarnation != incarnation]
+            for seq in dead:
+                self._settle(dst, cls, seq)
+                self.abandoned += 1
             for seq in seqs:
                 self._settle(dst, cls, seq)
-            if restarted and seqs:
+            if dead:
                 floors.append((cls, self.floor(dst, cls)))
         return floors
 

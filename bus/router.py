@@ -201,8 +201,6 @@ class Router:
         if self._keys is not None:
             own = self._keys.pair(f"{self.region}.router")
             security.server(sock, own, self._keys)
-            self._tasks.append(loop.create_task(self._count_refusals(sock),
-                                                name=f"auth monitor {self.region}"))
         try:
             sock.bind(_any_port(self.endpoint) if any_port else self.endpoint)
         except zmq.ZMQError:
@@ -221,6 +219,9 @@ class Router:
             tap.close(linger=0)
             self.io.close()  # all or nothing: bind may be tried again
             raise
+        if self._keys is not None:
+            self._tasks.append(loop.create_task(self._count_refusals(sock),
+                                                name=f"auth monitor {self.region}"))
         self.tap_endpoint = tap.getsockopt_string(zmq.LAST_ENDPOINT)
         self._tap_io = ZIO(tap, loop)
 

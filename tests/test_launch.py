@@ -120,7 +120,8 @@ def test_a_killed_worker_stops_the_whole_run_with_its_name(tmp_path: Path) -> No
 
 @pytest.mark.parametrize(("victim", "kind"), [("west/worker/1", "worker"),
                                             ("east/ps/0", "ps_shard"),
-                                            ("east/mirror/0", "mirror")])
+                                            ("east/mirror/0", "mirror"),
+                                            ("router east", "router")])
 def test_a_killed_role_is_restarted_and_no_update_is_lost_or_applied_twice(
         tmp_path: Path, victim: str, kind: str) -> None:
     """kill -9 of a gaia worker, PS shard or mirror mid-run: the launcher restarts it (a
@@ -156,6 +157,16 @@ def test_a_killed_role_is_restarted_and_no_update_is_lost_or_applied_twice(
         assert "east/mirror/0 resumed from its checkpoint at forwarded clock" in log
         assert summary["gaia"]["roles"][victim]["restored"] == 1
         assert summary["gaia"]["roles"]["west/mirror/0"]["peer_restarts"] == 1
+    if kind == "router":
+        # everything queued in the dead router was sent again: by the east roles when
+        # they reconnected, by the west roles when their router heard of the restart
+        log = (out / "logs" / "router_west.log").read_text()
+        assert "the router of east restarted" in log
+        assert summary["traffic_counted_since_restart"] == ["east"]
+        reconnects = {a: c["bus"]["reconnects"] for a, c in
+                      [*summary["shard_counters"].items(), *summary["gaia"]["roles"].items()]}
+        assert reconnects == {"east/ps/0": 1, "east/mirror/0": 1, "west/ps/0": 0,
+                              "west/mirror/0": 0}
     assert not [n for n, pid in _children(out).items() if _alive(pid)]
 
 
@@ -236,7 +247,7 @@ def test_a_killed_hub_stops_the_run_and_says_why(tmp_path: Path) -> None:
     stderr = _disturb(proc, out, "a/worker/0", 2, _kill(out, "a/hub/0"))
     assert proc.returncode == 2
     assert "a/hub/0" in stderr
-    assert "a hub is not restarted: only workers, PS shards and mirrors are" in stderr
+    assert "a hub is not restarted: only workers, PS shards, mirrors and routers are" in stderr
     assert not [n for n, pid in _children(out).items() if _alive(pid)]
 
 

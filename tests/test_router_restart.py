@@ -169,20 +169,34 @@ async def test_a_refused_frame_does_not_hold_back_the_ones_after_it(routers: Rou
 
 def test_send_log_keeps_until_acked_and_gives_up_on_a_restarted_destination() -> None:
     log = SendLog(incarnation=7)
-    for i in range(1, 6):
-        seq, floor = log.number("b/s/0", 1)
-        assert (seq, floor) == (i, 1)
-        log.keep(100 + i, Kept("b/s/0", 1, seq, [b"x"], 1))
+
+    def send(n: int) -> None:
+        for _ in range(n):
+            seq, _floor = log.number("b/s/0", 1)
+            log.keep(100 + seq, Kept("b/s/0", 1, seq, [b"x"], 1))
+
+    send(2)
+    assert log.floor("b/s/0", 1) == 1
     assert log.acked("b/s/0", 11, [(1, [1, 2])]) == []
+    send(3)  # 3, 4, 5: sent to incarnation 11
     assert log.floor("b/s/0", 1) == 3
-    # the destination restarted (incarnation 12) and its first ack is for 5: 3 and 4 died
-    # with its last process
+    # it restarted (incarnation 12) and its first ack is for 5: 3 and 4 died with 11
     assert log.acked("b/s/0", 12, [(1, [5])]) == [(1, 6)]
     assert log.kept == 0 and log.abandoned == 2
-    seq, floor = log.number("b/s/0", 1)
-    log.keep(200, Kept("b/s/0", 1, seq, [b"y"], 1))
-    assert log.refused(200) == ("b/s/0", 1, 7)
-    assert log.refused(200) is None
+    send(1)
+    assert log.refused(106) == ("b/s/0", 1, 7)
+    assert log.refused(106) is None
+
+
+def test_send_log_never_gives_up_a_frame_sent_before_any_ack() -> None:
+    """Before any ack, a gap under an ack is a frame on its way again after a router
+    restart, not one that died with a process."""
+    log = SendLog(incarnation=7)
+    for _ in range(3):
+        seq, _floor = log.number("b/s/0", 0)
+        log.keep(seq, Kept("b/s/0", 0, seq, [b"x"], 1))
+    assert log.acked("b/s/0", 11, [(0, [3])]) == []
+    assert [k.seq for k in log.all_kept()] == [1, 2] and log.abandoned == 0
 
 
 def test_receive_order_holds_gaps_drops_copies_and_follows_floors() -> None:

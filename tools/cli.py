@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import signal
@@ -76,12 +77,30 @@ async def _until_signal(work: Callable[[asyncio.Event], Coroutine[Any, Any, Any]
     return await work(stop)
 
 
+#: A router started again on its ports (after a crash) retries its bind this long: the
+#: ports of the process that died are normally free at once, but not always.
+_REBIND_S = 5.0
+
+
+async def _bind(router: Router, any_port: bool) -> None:
+    deadline = asyncio.get_running_loop().time() + _REBIND_S
+    while True:
+        try:
+            router.bind(any_port=any_port)
+            return
+        except zmq.ZMQError as exc:
+            if any_port or exc.errno != errno.EADDRINUSE or (
+                    asyncio.get_running_loop().time() > deadline):
+                raise
+        await asyncio.sleep(0.1)
+
+
 async def _router_main(topo: Topology, region: str, status_every: float,
                        any_port: bool = False, keys: Any = None) -> dict[str, Any]:
     ctx: zmq.Context[Any] = zmq.Context()
     router = Router(topo, region, ctx=ctx, transport="tcp", keys=keys)
     try:
-        router.bind(any_port=any_port)
+        await _bind(router, any_port)
         if any_port:
             # the launcher reads these, gathers every router's, and answers with the file
             # of all regions' endpoints (one line on stdin)
@@ -218,12 +237,12 @@ async def _role_main(topo: Topology, address: str, kind: str, args: argparse.Nam
         return await ps_role_main(_run_config(args, check=kind == "worker", topo=topo),
                                   address, kind, connect_timeout=args.connect_timeout,
                                   keys=_keys(args), resume=args.resume,
-                                  checkpoints=args.checkpoint)
+                                  checkpoints=args.checkpoint, reliable=args.reliable)
 
     region = region_of(address)
     endpoint = topo.endpoints(region, "tcp")[0]
     ctx: zmq.Context[Any] = zmq.Context()
-    ep = Endpoint(address, endpoint, ctx=ctx, keys=_keys(args))
+    ep = Endpoint(address, endpoint, ctx=ctx, keys=_keys(args), reliable=args.reliable)
     try:
         await ep.start(timeout=args.connect_timeout)
         if kind == "source":
@@ -398,6 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--any-port", action="store_true",
                    help="bind on ports the OS picks, print them, then read the path of the "
                    "file of every router's endpoints from stdin (what `geoml launch` does)")
+    r.add_argument("--endpoints", type=Path, help="the routers' endpoints file `geoml "
+                   "launch` wrote (how it starts a router again after a crash)")
 
     ro = sub.add_parser("role", help="run one role (tcp, one process)")
     ro.add_argument("--topology", required=True)
@@ -425,6 +446,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "a worker finishes; a mirror before any frame that depends on its state "
                     "leaves); hub: keep what it relays until acknowledged, for mirrors "
                     "that checkpoint")
+    ro.add_argument("--reliable", action="store_true", help="keep every frame sent until "
+                    "its destination acknowledges it, and reconnect and send again when a "
+                    "router restarts (what `geoml launch --restarts N` uses)")
 
     la = sub.add_parser("launch", help="run every router and role as its own process on this "
                         "machine (tcp on 127.0.0.1); writes summary.json like `run`")
@@ -614,7 +638,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {len(names)} key pairs to {args.out}: secret/ (keep each host's "
                   f"own) and public/ (copy to every host)")
         elif args.command == "router":
-            topo = load_topology(args.topology)
+            if args.any_port and args.endpoints is not None:
+                raise GeomlError("give --any-port or --endpoints, not both")
+            topo = _load_topology(args)
             topo.region(args.region)
             print(json.dumps(run_with_clock(_router_main(topo, args.region, args.status_every,
                                                          args.any_port, _keys(args)))),

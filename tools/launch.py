@@ -49,9 +49,11 @@ _STDERR_TAIL = 40
 #: shards ignore the pushes they already have. A PS shard checkpoints its state at every
 #: clock, a mirror before anything that depends on its state leaves; the new process loads
 #: the checkpoint, and the roles it talks to replay what they sent after it (roles/ps.py,
-#: roles/gaia.py). Hubs and routers hold state that a crash loses (merges, frames in
-#: flight) and keep no checkpoint: their crash stops the run.
-RESTARTABLE = ("worker", "ps_shard", "mirror")
+#: roles/gaia.py). A router is started again on its ports: with restarts on, every role
+#: keeps what it sends until its destination acknowledges it, reconnects, and sends again
+#: what the dead router had queued (bus/reliable.py). A hub's merges in progress die with
+#: it and are not rebuilt: its crash stops the run.
+RESTARTABLE = ("worker", "ps_shard", "mirror", "router")
 
 
 @dataclass
@@ -113,6 +115,8 @@ class Child:
     attempt: int = 0  # 0: the first process of this role; n: its n-th restart
     replaced: bool = False  # crashed and restarted (a newer Child has its name)
     first_clock_at: float | None = None  # monotonic time of its first "clock N" line
+    clock_times: list[float] = field(default_factory=list)  # of every "clock N" line
+    listening_at: float | None = None  # a router: when it said it listens
 
     @property
     def key(self) -> str:
@@ -198,8 +202,11 @@ class Launcher:
             child.seen.set()
             if line.startswith(f"{child.name} clock "):
                 child.clock = int(line.split()[-1])
+                child.clock_times.append(time.monotonic())
                 if child.first_clock_at is None:
-                    child.first_clock_at = time.monotonic()
+                    child.first_clock_at = child.clock_times[-1]
+            elif child.kind == "router" and " listening on " in line:
+                child.listening_at = time.monotonic()
 
     async def wait_line(self, child: Child, needle: str) -> str:
         """The first line of `child`'s stdout containing `needle` (bounded)."""
@@ -238,10 +245,8 @@ class Launcher:
 
     async def start_routers(self) -> Path:
         """Every region's router on OS-picked ports; returns the endpoints file."""
-        routers = [await self.spawn(f"router {r}", "router",
-                                    ["router", "--topology", self.cfg.topology, "--region", r,
-                                     "--any-port", "--status-every", "3600",
-                                     "--keys", str(self.keys)], stdin=True)
+        routers = [await self.spawn(f"router {r}", "router", [*self.router_args(r), "--any-port"],
+                                    stdin=True)
                    for r in self.topo.region_names]
         endpoints: dict[str, dict[str, Any]] = {}
         for region, child in zip(self.topo.region_names, routers, strict=True):
@@ -260,6 +265,14 @@ class Launcher:
             await self.wait_line(child, f"router {region} listening on ")
         return path
 
+    def router_args(self, region: str) -> list[str]:
+        return ["router", "--topology", self.cfg.topology, "--region", region,
+                "--status-every", "3600", "--keys", str(self.keys)]
+
+    def routers(self) -> list[Child]:
+        """The current process of every router (restarted ones replaced)."""
+        return [c for c in self.children if c.kind == "router" and not c.replaced]
+
     def roles(self) -> list[Child]:
         """The current process of every role (restarted ones replaced)."""
         return [c for c in self.children if c.kind != "router" and not c.replaced]
@@ -273,10 +286,12 @@ class Launcher:
             await child.drained(5)
         print(f"[launch] {child.name} failed ({child.exit_state}); restarting it "
               f"({child.attempt + 1}/{self.cfg.restarts})", file=sys.stderr, flush=True)
-        new = await self.spawn(child.name, child.kind,
-                               [*self.role_args(child.name, child.kind, self.endpoints),
-                                "--resume"],
-                               attempt=child.attempt + 1)
+        if child.kind == "router":  # on the same ports: every role reconnects to it
+            args = [*self.router_args(child.name.split()[1]), "--endpoints",
+                    str(self.endpoints)]
+        else:
+            args = [*self.role_args(child.name, child.kind, self.endpoints), "--resume"]
+        new = await self.spawn(child.name, child.kind, args, attempt=child.attempt + 1)
         self.recoveries.append({"role": child.name, "kind": child.kind,
                                 "failure": child.exit_state, "detected_at": failed,
                                 "process": new})
@@ -295,9 +310,27 @@ class Launcher:
             args += ["--iterations", str(self.cfg.iterations)]
         elif kind == "ps_shard":
             args += ["--out", str(self.cfg.out / "shards")]
-        if kind != "worker" and self.cfg.restarts:
-            args += ["--checkpoint", str(self.cfg.out / "checkpoints")]
+        if self.cfg.restarts:
+            args += ["--reliable"]
+            if kind != "worker":
+                args += ["--checkpoint", str(self.cfg.out / "checkpoints")]
         return args
+
+    def recovery_s(self, recovery: dict[str, Any]) -> float | None:
+        """From the crash's detection to the first clock its role's new process reports;
+        for a router, to the first clock a role of its region reports once the new router
+        listens (roles there cannot get anything done without it)."""
+        new: Child = recovery["process"]
+        if new.kind != "router":
+            done = new.first_clock_at
+        elif new.listening_at is None:
+            done = None
+        else:
+            region = new.name.split()[1]
+            done = min((t for c in self.children if c.kind != "router"
+                        and c.name.startswith(f"{region}/") for t in c.clock_times
+                        if t > new.listening_at), default=None)
+        return None if done is None else done - recovery["detected_at"]
 
     def status(self, t0: float) -> str:
         """One line: every kind's processes by state, and the workers' slowest clock."""
@@ -326,8 +359,8 @@ class Launcher:
                     continue
                 why = (f"it was restarted {c.attempt} time(s), the limit (--restarts)"
                        if c.kind in RESTARTABLE else
-                       f"a {c.kind} is not restarted: only workers, PS shards and mirrors "
-                       "are (see README)")
+                       f"a {c.kind} is not restarted: only workers, PS shards, mirrors "
+                       "and routers are (see README)")
                 raise LaunchFailed(f"{c.name} (pid {c.pid}) failed ({c.exit_state}); {why}; "
                                    f"its errors:\n{c.tail()}")
             if time.monotonic() >= next_status:
@@ -386,7 +419,7 @@ async def launch(cfg: LaunchConfig, topo: Topology, stop: asyncio.Event) -> dict
     finally:
         stopper.cancel()
         await launcher.stop_all()
-    routers = {c.name.split()[1]: c.report() for c in launcher.children if c.kind == "router"}
+    routers = {c.name.split()[1]: c.report() for c in launcher.routers()}
     return _summary(cfg, topo, plan, workload, launcher, elapsed, reports, routers,
                     time.perf_counter() - t_wall)
 
@@ -409,7 +442,7 @@ async def _run(launcher: Launcher) -> tuple[float, dict[str, dict[str, Any]]]:
     roles = launcher.roles()
     for child in roles:  # their reports are complete once their output is
         await child.drained()
-    routers = [c for c in launcher.children if c.kind == "router"]
+    routers = launcher.routers()
     for child in routers:
         child.proc.send_signal(signal.SIGTERM)
     await asyncio.wait_for(asyncio.gather(*(c.proc.wait() for c in routers)), 30)
@@ -475,10 +508,12 @@ def _summary(cfg: LaunchConfig, topo: Topology, plan: PSPlan, workload: Any,
         "processes": {c.key: {"kind": c.kind, "pid": c.pid, "exit": c.proc.returncode}
                       for c in launcher.children},
         "restarts": [{"role": r["role"], "kind": r["kind"], "failure": r["failure"],
-                      "recovery_s": (r["process"].first_clock_at - r["detected_at"]
-                                     if r["process"].first_clock_at is not None else None)}
-                     for r in launcher.recoveries],
+                      "recovery_s": launcher.recovery_s(r)} for r in launcher.recoveries],
     }
+    restarted = sorted({r["role"].split()[1] for r in launcher.recoveries
+                        if r["kind"] == "router"})
+    if restarted:
+        summary["traffic_counted_since_restart"] = restarted  # a dead router's counts died
     if tests is not None:
         summary["isolated"] = isolated_summary(final, list(plan.data_regions))
     if plan.mirrors is not None:

@@ -160,12 +160,14 @@ def _say_resumed(address: str, found: bool, what: str, clock: Callable[[], int])
 
 async def ps_role_main(cfg: RunConfig, address: str, kind: str,
                        connect_timeout: float = 30.0, keys: CurveKeys | None = None,
-                       resume: bool = False, checkpoints: Path | None = None
-                       ) -> dict[str, Any]:
+                       resume: bool = False, checkpoints: Path | None = None,
+                       reliable: bool = False) -> dict[str, Any]:
     """One PS shard, worker, Gaia mirror or hub as its own process (tcp); returns its
     report. `resume`: restarted after a crash (a worker asks its shards where it was; a
     shard or mirror loads its checkpoint). `checkpoints`: the directory where shards and
-    mirrors keep theirs (a hub then keeps what it relays until acknowledged)."""
+    mirrors keep theirs (a hub then keeps what it relays until acknowledged). `reliable`:
+    the endpoint keeps its frames until acknowledged, so that they survive a router
+    restart (bus/reliable.py)."""
     if resume and kind == "hub":
         raise GeomlError("a hub cannot resume after a crash: it keeps no checkpoint")
     topo = cfg.topology if isinstance(cfg.topology, Topology) else load_topology(cfg.topology)
@@ -186,11 +188,13 @@ async def ps_role_main(cfg: RunConfig, address: str, kind: str,
                          f"are: {', '.join(members) or 'none'}")
     region = region_of(address)
     ctx: zmq.Context[Any] = zmq.Context()
-    ep = Endpoint(address, topo.endpoints(region, "tcp")[0], ctx=ctx, keys=keys)
+    ep = Endpoint(address, topo.endpoints(region, "tcp")[0], ctx=ctx, keys=keys,
+                  reliable=reliable)
     try:
         await ep.start(timeout=connect_timeout)
         print(f"{address} connected to {ep.router}", flush=True)
-        report: dict[str, Any] = {"role": address, "kind": kind}
+        # the endpoint's counters, final once it is closed (before the report is printed)
+        report: dict[str, Any] = {"role": address, "kind": kind, "bus": ep.counters}
         if kind == "hub":
             hub = make_hub(ep, cfg, topo, plan, workload.table_shapes(),
                            retain=checkpoints is not None)
