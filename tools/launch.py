@@ -212,6 +212,8 @@ class Launcher:
         """The first line of `child`'s stdout containing `needle` (bounded)."""
         deadline = time.monotonic() + self.cfg.start_timeout
         while True:
+            if child.kind != "router":
+                await self.mend_routers()  # a role cannot get ready without its router
             for line in child.lines:
                 if needle in line:
                     return line
@@ -229,6 +231,20 @@ class Launcher:
     def may_restart(self, child: Child) -> bool:
         """Is `child`'s role restarted after a crash, with restarts left?"""
         return child.kind in RESTARTABLE and child.attempt < self.cfg.restarts
+
+    async def mend_routers(self) -> None:
+        """Restart a router that crashed once the run's endpoints are known (while roles
+        start, before `watch` takes over); LaunchFailed if it may not be."""
+        if self.endpoints is None:
+            return
+        for c in self.routers():
+            code = c.proc.returncode
+            if code is None or code == 0:
+                continue
+            if not self.may_restart(c):
+                raise LaunchFailed(f"{c.name} (pid {c.pid}) failed ({c.exit_state}) while "
+                                   f"the roles started; its errors:\n{c.tail()}")
+            await self.restart(c)
 
     async def ready(self, child: Child) -> None:
         """Wait until `child` is connected; one that crashes before is restarted like any
