@@ -50,6 +50,9 @@ INBOX_LIMIT_BYTES = 256 << 20
 _ACKS_PER_FRAME = 4096
 #: Retry delay for acks that could not be sent (the pipe to the router was full).
 _ACK_RETRY_S = 0.05
+#: A frame still unacknowledged this long after a later one of its class was acknowledged
+#: is sent again (it fills a gap its receiver waits on; see SendLog.gaps).
+GAP_RESEND_S = 2.0
 
 
 class Endpoint:
@@ -106,6 +109,7 @@ class Endpoint:
         self._failure: str | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._resend_turn = asyncio.Lock()
+        self._gap_check: asyncio.TimerHandle | None = None
         self._side_tasks: set[asyncio.Task[None]] = set()
         self._seq = 0
         self._unyielded = 0
@@ -233,6 +237,22 @@ class Endpoint:
         await self._resend_all()
         self._up.set()
 
+    def _resend_gaps(self, seen: list[Kept]) -> None:
+        """Send again the gap frames that were already gaps `GAP_RESEND_S` ago."""
+        self._gap_check = None
+        if self._closed or self._log is None:
+            return
+        still = [item for item in seen if self._log.is_kept(item)]
+        if still:
+            log.warning("%s: %d frame(s) still unacknowledged below acknowledged ones; "
+                        "sending them again", self.address, len(still))
+            task = asyncio.get_running_loop().create_task(self._resend(still))
+            self._side_tasks.add(task)
+            task.add_done_callback(self._side_tasks.discard)
+        if self._log.gaps():
+            self._gap_check = asyncio.get_running_loop().call_later(
+                GAP_RESEND_S, self._resend_gaps, self._log.gaps())
+
     def _fail(self, reason: str) -> None:
         """The router did not come back: every send and recv now raises BusClosed."""
         log.error("%s", reason)
@@ -245,10 +265,13 @@ class Endpoint:
     async def _resend_all(self) -> None:
         """Send again every frame not yet acknowledged (copies are dropped at the other
         end), each class of each destination in order."""
-        if self._log is None:
-            return
+        if self._log is not None:
+            await self._resend(list(self._log.all_kept()))
+
+    async def _resend(self, items: list[Kept]) -> None:
+        assert self._log is not None
         async with self._resend_turn:
-            for item in self._log.all_kept():
+            for item in items:
                 if self._closed or self._failure is not None:
                     return
                 if not self._log.is_kept(item):
@@ -266,6 +289,8 @@ class Endpoint:
         if self._closed:
             return
         self._closed = True
+        if self._gap_check is not None:
+            self._gap_check.cancel()
         tasks = [t for t in (self._watcher, *self._side_tasks) if t is not None]
         for task in tasks:
             task.cancel()
@@ -582,6 +607,9 @@ class Endpoint:
         if acks and self._log is not None:
             for cls, floor in self._log.acked(src, incarnation, acks):
                 self._tell_floor(src, cls, floor)
+            if self._gap_check is None and self._log.gaps():
+                self._gap_check = asyncio.get_running_loop().call_later(
+                    GAP_RESEND_S, self._resend_gaps, self._log.gaps())
         if floors:
             if self._order is None:
                 self._order = ReceiveOrder()

@@ -57,6 +57,7 @@ class SendLog:
         self._by_frame_seq: dict[int, Kept] = {}
         self._frame_seq_of: dict[tuple[str, int, int], int] = {}
         self._dst_incarnation: dict[str, int] = {}
+        self._highest_acked: dict[tuple[str, int], int] = {}
         self.kept_bytes = 0
         self.abandoned = 0
 
@@ -119,9 +120,15 @@ class SendLog:
         below `m` that it will ever get has come. Those below `m` that were sent to an
         earlier incarnation of it and are not acknowledged died with that process: they
         are given up (the roles' own restart protocols replay what matters), and the floor
-        tells the new process not to wait for them. A frame sent before any ack came from
-        `dst` is never given up this way (it may be on its way again after a router
-        restart)."""
+        tells the new process not to wait for them. Frames sent before the first ack from
+        `dst` count as sent to the incarnation that first acknowledges (one that dies
+        before acknowledging anything leaves its successor waiting: see docs/PROTOCOL.md).
+        """
+        if dst not in self._dst_incarnation:
+            for (to, _cls), kept in self._kept.items():
+                if to == dst:
+                    for item in kept.values():
+                        item.to_incarnation = incarnation
         self._dst_incarnation[dst] = incarnation
         floors = []
         for cls, seqs in acks:
@@ -135,9 +142,22 @@ class SendLog:
                 self.abandoned += 1
             for seq in seqs:
                 self._settle(dst, cls, seq)
+            key = (dst, cls)
+            self._highest_acked[key] = max(self._highest_acked.get(key, 0), max(seqs))
             if dead:
                 floors.append((cls, self.floor(dst, cls)))
         return floors
+
+    def gaps(self) -> list[Kept]:
+        """Frames kept below one their destination has acknowledged. A class is delivered
+        in order, so such a frame was lost (in a router that died, and not yet resent) or
+        died with a destination that never acknowledged anything: either way sending it
+        again is what fills the gap the receiver waits on."""
+        out = []
+        for key, kept in self._kept.items():
+            top = self._highest_acked.get(key, 0)
+            out.extend(item for seq, item in kept.items() if seq < top)
+        return out
 
     def refused(self, frame_seq: int) -> tuple[str, int, int] | None:
         """A router refused the frame sent with header seq `frame_seq`: stop keeping it.

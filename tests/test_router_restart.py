@@ -14,6 +14,7 @@ import zmq
 
 from geoml.bus import BusClosed, Endpoint, Router, Topology
 from geoml.bus.reliable import Kept, ReceiveOrder, SendLog
+from geoml.bus.zio import ZIO
 
 from .conftest import make_topology, wait_until
 
@@ -188,15 +189,25 @@ def test_send_log_keeps_until_acked_and_gives_up_on_a_restarted_destination() ->
     assert log.refused(106) is None
 
 
-def test_send_log_never_gives_up_a_frame_sent_before_any_ack() -> None:
-    """Before any ack, a gap under an ack is a frame on its way again after a router
-    restart, not one that died with a process."""
+def test_send_log_counts_frames_sent_before_any_ack_as_sent_to_the_first_acker() -> None:
+    """A gap under the first ack is frames on their way again after a router restart: kept.
+    If that destination then restarts, they died with it like the others."""
     log = SendLog(incarnation=7)
+
+    def send(cls: int) -> None:
+        seq, _floor = log.number("b/s/0", cls)
+        log.keep(100 * cls + seq, Kept("b/s/0", cls, seq, [b"x"], 1))
+
     for _ in range(3):
-        seq, _floor = log.number("b/s/0", 0)
-        log.keep(seq, Kept("b/s/0", 0, seq, [b"x"], 1))
+        send(0)
+    send(1)
     assert log.acked("b/s/0", 11, [(0, [3])]) == []
-    assert [k.seq for k in log.all_kept()] == [1, 2] and log.abandoned == 0
+    assert [(k.cls, k.seq) for k in log.all_kept()] == [(0, 1), (0, 2), (1, 1)]
+    assert log.abandoned == 0
+    send(1)  # class 1, number 2
+    # incarnation 12 acknowledges it first: number 1 of class 1 died with 11
+    assert log.acked("b/s/0", 12, [(1, [2])]) == [(1, 3)]
+    assert log.abandoned == 1
 
 
 def test_receive_order_holds_gaps_drops_copies_and_follows_floors() -> None:
@@ -214,3 +225,55 @@ def test_receive_order_holds_gaps_drops_copies_and_follows_floors() -> None:
     assert order.accept("a/w/0", 1, 6, 1, 1, "g1") == ["g1"]
     assert order.held == 0
 
+
+
+@pytest.mark.asyncio
+async def test_frames_that_died_with_a_destination_that_never_acked_are_sent_again(
+        routers: Routers, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A destination process takes frames and dies before acknowledging any: its successor
+    acknowledges a later frame, and the sender fills the gap below it by sending again
+    (rather than leave the successor waiting)."""
+    from geoml.bus import endpoint as endpoint_module
+    from geoml.bus import frame as fr
+
+    monkeypatch.setattr(endpoint_module, "GAP_RESEND_S", 0.2)
+    src = Endpoint("a/w/0", routers.endpoint("a"), ctx=routers.ctx, reliable=True)
+    await asyncio.wait_for(src.start(), 5)
+    # the first process of a/s/0: says hello, takes two frames, dies without a bus.ack
+    sock = routers.ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.ROUTING_ID, b"a/s/0")
+    sock.connect(routers.endpoint("a"))
+    raw = ZIO(sock)
+    hello = fr.make_header(fr.HELLO, "a/s/0", "a/router/0", 1, priority=fr.CONTROL,
+                           meta={"role": "s"})
+    successor = Endpoint("a/s/0", routers.endpoint("a"), ctx=routers.ctx, reliable=True)
+    try:
+        await asyncio.wait_for(raw.send([fr.encode_header(hello)]), 5)
+        await asyncio.wait_for(raw.recv(), 5)  # bus.welcome
+        for i in (1, 2):
+            await src.send("a/s/0", "d", meta={"i": i})
+        for _ in (1, 2):
+            await asyncio.wait_for(raw.recv(), 5)
+        raw.close()
+        await asyncio.wait_for(successor.start(), 5)
+        await src.send("a/s/0", "d", meta={"i": 3})
+        got = [(await asyncio.wait_for(successor.recv(), 5)).meta["i"] for _ in range(3)]
+        assert got == [1, 2, 3]
+        assert src.counters["resent_frames"] == 2
+    finally:
+        raw.close()
+        for ep in (src, successor):
+            await asyncio.wait_for(ep.aclose(), 10)
+
+
+def test_send_log_gaps_are_kept_frames_below_an_acked_one() -> None:
+    log = SendLog(incarnation=7)
+    for _ in range(4):
+        seq, _floor = log.number("b/s/0", 1)
+        log.keep(seq, Kept("b/s/0", 1, seq, [b"x"], 1))
+    assert log.gaps() == []
+    log.acked("b/s/0", 11, [(1, [3])])
+    assert [k.seq for k in log.gaps()] == [1, 2]
+    log.acked("b/s/0", 11, [(1, [1, 2])])
+    assert log.gaps() == [] and [k.seq for k in log.all_kept()] == [4]
