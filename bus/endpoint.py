@@ -234,8 +234,9 @@ class Endpoint:
         log.warning("%s: reconnected to router %s; sending again the %d frame(s) not yet "
                     "acknowledged", self.address, self.region,
                     self._log.kept if self._log else 0)
-        await self._resend_all()
+        # New frames may now overtake the resent ones: the receivers put them back in order.
         self._up.set()
+        await self._resend_all()
 
     def _resend_gaps(self, seen: list[Kept]) -> None:
         """Send again the gap frames that were already gaps `GAP_RESEND_S` ago."""
@@ -411,6 +412,10 @@ class Endpoint:
             await self._wait_for_credit()
 
     async def _io_send(self, parts: list[Any], size: int) -> None:
+        # never on a socket whose router has not welcomed us: it would refuse the frame
+        while not self._up.is_set():
+            await self._up.wait()
+        self._raise_if_failed()
         assert self._io is not None
         await self._io.send(parts)
         self._window_sent += size
@@ -658,7 +663,10 @@ class Endpoint:
             self.counters["errors"] += 1
             self.errors.append(dict(meta))
             refused = meta.get("seq")
-            if self._log is not None and type(refused) is int:
+            # not_registered: a frame that reached a new router before our hello; it is
+            # still kept, and the reconnect sends it again
+            if (self._log is not None and type(refused) is int
+                    and meta.get("reason") != "not_registered"):
                 settled = self._log.refused(refused)
                 if settled is not None:
                     self._tell_floor(*settled)
