@@ -250,9 +250,15 @@ class Endpoint:
             task = asyncio.get_running_loop().create_task(self._resend(still))
             self._side_tasks.add(task)
             task.add_done_callback(self._side_tasks.discard)
-        if self._log.gaps():
+        self._watch_gaps()
+
+    def _watch_gaps(self) -> None:
+        """Check again in `GAP_RESEND_S` whether today's gap frames are still gaps."""
+        assert self._log is not None
+        gaps = self._log.gaps()
+        if gaps:
             self._gap_check = asyncio.get_running_loop().call_later(
-                GAP_RESEND_S, self._resend_gaps, self._log.gaps())
+                GAP_RESEND_S, self._resend_gaps, gaps)
 
     def _fail(self, reason: str) -> None:
         """The router did not come back: every send and recv now raises BusClosed."""
@@ -612,9 +618,8 @@ class Endpoint:
         if acks and self._log is not None:
             for cls, floor in self._log.acked(src, incarnation, acks):
                 self._tell_floor(src, cls, floor)
-            if self._gap_check is None and self._log.gaps():
-                self._gap_check = asyncio.get_running_loop().call_later(
-                    GAP_RESEND_S, self._resend_gaps, self._log.gaps())
+            if self._gap_check is None:
+                self._watch_gaps()
         if floors:
             if self._order is None:
                 self._order = ReceiveOrder()

@@ -45,6 +45,7 @@ class Kept:
     parts: list[Any]
     size: int
     to_incarnation: int | None = None  # the destination's, as known when sent
+    frame_seq: int = 0  # the header's seq (bus.error names a refused frame by it)
 
 
 class SendLog:
@@ -55,7 +56,6 @@ class SendLog:
         self._next: dict[tuple[str, int], int] = {}
         self._kept: dict[tuple[str, int], dict[int, Kept]] = {}
         self._by_frame_seq: dict[int, Kept] = {}
-        self._frame_seq_of: dict[tuple[str, int, int], int] = {}
         self._dst_incarnation: dict[str, int] = {}
         self._highest_acked: dict[tuple[str, int], int] = {}
         self.kept_bytes = 0
@@ -64,10 +64,7 @@ class SendLog:
     def number(self, dst: str, cls: int) -> tuple[int, int]:
         """The next number towards (dst, cls) and the floor to send with it (the number is
         taken by `keep`, so a frame refused before it is sent leaves no gap)."""
-        key = (dst, cls)
-        seq = self._next.get(key, 1)
-        kept = self._kept.get(key)
-        return seq, (next(iter(kept)) if kept else seq)
+        return self._next.get((dst, cls), 1), self.floor(dst, cls)
 
     def keep(self, frame_seq: int, item: Kept) -> None:
         """Keep `item` (numbered by `number` just before) until acknowledged; `frame_seq` is
@@ -77,9 +74,9 @@ class SendLog:
             raise ValueError(f"frame {item.seq} to {item.dst} is not the next number")
         self._next[key] = item.seq + 1
         item.to_incarnation = self._dst_incarnation.get(item.dst)
+        item.frame_seq = frame_seq
         self._kept.setdefault(key, {})[item.seq] = item
         self._by_frame_seq[frame_seq] = item
-        self._frame_seq_of[(item.dst, item.cls, item.seq)] = frame_seq
         self.kept_bytes += item.size
 
     @property
@@ -107,8 +104,7 @@ class SendLog:
         if item is None:
             return False
         self.kept_bytes -= item.size
-        frame_seq = self._frame_seq_of.pop((dst, cls, seq))
-        del self._by_frame_seq[frame_seq]
+        del self._by_frame_seq[item.frame_seq]
         return True
 
     def acked(self, dst: str, incarnation: int, acks: list[tuple[int, list[int]]]
@@ -156,7 +152,8 @@ class SendLog:
         out = []
         for key, kept in self._kept.items():
             top = self._highest_acked.get(key, 0)
-            out.extend(item for seq, item in kept.items() if seq < top)
+            if kept and next(iter(kept)) < top:  # kept is in number order: most have none
+                out.extend(item for seq, item in kept.items() if seq < top)
         return out
 
     def refused(self, frame_seq: int) -> tuple[str, int, int] | None:
@@ -186,7 +183,11 @@ class ReceiveOrder:
     def __init__(self) -> None:
         self._windows: dict[tuple[str, int], OrderedDict[int, _Window]] = {}
         self.duplicates = 0
-        self.held = 0  # frames waiting for a gap now
+
+    @property
+    def held(self) -> int:
+        """Frames waiting for a gap now."""
+        return sum(len(w.held) for incs in self._windows.values() for w in incs.values())
 
     def _window(self, src: str, cls: int, incarnation: int, floor: int) -> _Window:
         incs = self._windows.setdefault((src, cls), OrderedDict())
@@ -194,8 +195,7 @@ class ReceiveOrder:
         if window is None:
             window = incs[incarnation] = _Window(floor - 1)
             while len(incs) > _INCARNATIONS_KEPT:
-                _, old = incs.popitem(last=False)
-                self.held -= len(old.held)
+                incs.popitem(last=False)
         return window
 
     def accept(self, src: str, cls: int, incarnation: int, seq: int, floor: int,
@@ -207,7 +207,6 @@ class ReceiveOrder:
             self.duplicates += 1
             return None
         window.held[seq] = item
-        self.held += 1
         return self._advance(window, floor)
 
     def raise_floor(self, src: str, cls: int, incarnation: int, floor: int) -> list[Any]:
@@ -228,5 +227,4 @@ class ReceiveOrder:
         while window.base + 1 in window.held:
             window.base += 1
             out.append(window.held.pop(window.base))
-        self.held -= len(out)
         return out
