@@ -50,15 +50,23 @@ class SinkReport:
 
 
 async def run_source(ep: Endpoint, dst: str, *, frame_bytes: int, count: int | None = None,
-                     seconds: float | None = None, stop_sink: bool = True) -> int:
-    """Send frames of `frame_bytes` to `dst` until `count` or `seconds`; returns frames sent."""
+                     seconds: float | None = None, stop_sink: bool = True,
+                     fresh: bool = False) -> int:
+    """Send frames of `frame_bytes` to `dst` until `count` or `seconds`; returns frames sent.
+
+    `fresh`: a new, written buffer per frame, as a real role's updates are (a reliable
+    endpoint keeps each frame until acknowledged, and that memory then shows in its RSS);
+    otherwise every frame sends the same buffer."""
     if count is None and seconds is None:
         raise ValueError("give count or seconds")
-    payload = np.zeros(max(0, frame_bytes), dtype=np.uint8)
+    size = max(0, frame_bytes)
+    payload: np.ndarray | None = None
     loop = asyncio.get_running_loop()
     end = loop.time() + seconds if seconds is not None else None
     sent = 0
     while (count is None or sent < count) and (end is None or loop.time() < end):
+        if fresh or payload is None:
+            payload = np.full(size, sent & 0xFF, dtype=np.uint8)
         await ep.send(dst, DATA, arrays=[payload], meta={"n": sent}, stamp=True)
         sent += 1
     if stop_sink:

@@ -249,7 +249,8 @@ async def _role_main(topo: Topology, address: str, kind: str, args: argparse.Nam
             if not args.to or not is_valid_address(args.to):
                 raise GeomlError("a source needs --to REGION/ROLE/INDEX")
             sent = await run_source(ep, args.to, frame_bytes=args.frame_bytes,
-                                    count=args.count, seconds=args.seconds)
+                                    count=args.count, seconds=args.seconds,
+                                    fresh=args.fresh_frames)
             return {"role": address, "kind": kind, "sent": sent, **ep.counters}
         report = await run_sink(ep, sources=args.sources, idle_timeout=args.idle_timeout)
         return {"role": address, "kind": kind, **report.as_dict()}
@@ -426,6 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
     ro.add_argument("--kind", required=True, help=f"one of: {', '.join(ROLE_KINDS)}")
     ro.add_argument("--to", help="source: destination address")
     ro.add_argument("--frame-bytes", type=int, default=64 * 1024)
+    ro.add_argument("--fresh-frames", action="store_true",
+                    help="source: a new, written buffer per frame (as real updates are)")
     ro.add_argument("--count", type=int, default=None)
     ro.add_argument("--seconds", type=float, default=None)
     ro.add_argument("--sources", type=int, default=1, help="sink: sources to wait for")
