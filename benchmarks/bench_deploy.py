@@ -192,10 +192,11 @@ def overload(out: Path, seconds: float, reliable: bool, rate_mbps: float = 200.0
              sources: int = 3) -> dict[str, Any]:
     """Senders faster than their link for `seconds`: memory, losses, achieved rate."""
     mode = ["--reliable"] if reliable else []
-    topology = out / "overload.toml"
-    topology.write_text(OVERLOAD_TOPOLOGY.format(port=random.randrange(20000, 60000, 8),
+    tag = "reliable" if reliable else "plain"
+    topology = out / f"overload_{tag}.toml"
+    topology.write_text(OVERLOAD_TOPOLOGY.format(port=random.randrange(20000, 32760, 8),
                                                  rate=rate_mbps))
-    keys = out / "overload_keys"
+    keys = out / f"overload_{tag}_keys"
     geoml(["keys", "--topology", str(topology), "--out", str(keys)])
     common = ["--topology", str(topology), "--keys", str(keys)]
     procs: dict[str, subprocess.Popen[str]] = {}
