@@ -269,7 +269,8 @@ def overload(out: Path, seconds: float, reliable: bool, rate_mbps: float = 200.0
         "rate_vs_link": got["rate_mbps"] / rate_mbps,
         "link_max_queued_bytes": link["max_queued_bytes"],
         "sender_pauses": {n: reports[n].get("pauses") for n in reports if n != "sink"},
-        "bus": {n: reports[n].get("bus") for n in reports},
+        "sender_unacked_at_close": {n: reports[n].get("unacked_at_close")
+                                    for n in reports if n != "sink"},
     }
 
 

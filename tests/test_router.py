@@ -174,3 +174,19 @@ async def test_closing_a_network_does_not_hang_on_a_socket_left_open() -> None:
     forgotten.connect(net.routers["east"].tap_endpoint)
     await asyncio.wait_for(net.aclose(), 10)
     assert forgotten.closed
+
+
+@pytest.mark.parametrize("fresh", [False, True])
+async def test_a_traffic_source_sends_one_buffer_or_a_fresh_one_per_frame(
+        net: Network, fresh: bool) -> None:
+    from geoml.roles.traffic import DATA, STOP, run_source
+
+    a = await net.connect("east/source/0")
+    b = await net.connect("west/sink/0")
+    sent = await asyncio.wait_for(
+        run_source(a, "west/sink/0", frame_bytes=1024, count=3, fresh=fresh), 10)
+    frames = [await b.recv(timeout=5) for _ in range(4)]
+    assert sent == 3 and [f.type for f in frames] == [DATA, DATA, DATA, STOP]
+    firsts = [int(f.arrays[0][0]) for f in frames[:3]]
+    assert firsts == ([0, 1, 2] if fresh else [0, 0, 0])
+    assert all(len(f.arrays[0]) == 1024 for f in frames[:3])
