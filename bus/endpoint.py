@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import numpy as np
@@ -100,7 +100,7 @@ class Endpoint:
         self._io: ZIO | None = None
         self.incarnation = new_incarnation()
         self._log = SendLog(self.incarnation) if reliable else None
-        self._order: ReceiveOrder | None = None  # made when the first numbered frame comes
+        self._order = ReceiveOrder()  # of the numbered frames that come in
         self._acks_due: dict[str, dict[int, list[int]]] = {}
         self._ack_retry_armed = False
         self._reconnect_timeout = reconnect_timeout
@@ -247,10 +247,14 @@ class Endpoint:
         if still:
             log.warning("%s: %d frame(s) still unacknowledged below acknowledged ones; "
                         "sending them again", self.address, len(still))
-            task = asyncio.get_running_loop().create_task(self._resend(still))
-            self._side_tasks.add(task)
-            task.add_done_callback(self._side_tasks.discard)
+            self._spawn(self._resend(still))
         self._watch_gaps()
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` beside the caller; aclose cancels it if it is still running."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
 
     def _watch_gaps(self) -> None:
         """Check again in `GAP_RESEND_S` whether today's gap frames are still gaps."""
@@ -542,8 +546,6 @@ class Endpoint:
         incarnation, seq, floor = rel
         src, cls = header["src"], header["pri"]
         self._acks_due.setdefault(src, {}).setdefault(cls, []).append(seq)
-        if self._order is None:
-            self._order = ReceiveOrder()
         ready = self._order.accept(src, cls, incarnation, seq, floor, msg)
         if ready is None:
             self.counters["duplicates"] += 1
@@ -620,12 +622,9 @@ class Endpoint:
                 self._tell_floor(src, cls, floor)
             if self._gap_check is None:
                 self._watch_gaps()
-        if floors:
-            if self._order is None:
-                self._order = ReceiveOrder()
-            for cls, floor in floors:
-                for m in self._order.raise_floor(src, cls, incarnation, floor):
-                    self._deliver(m)
+        for cls, floor in floors:
+            for m in self._order.raise_floor(src, cls, incarnation, floor):
+                self._deliver(m)
 
     def _on_bus(self, header: dict[str, Any]) -> None:
         ftype, meta = header["t"], header["meta"]
@@ -656,9 +655,7 @@ class Endpoint:
                 log.warning("%s: router %s says the router of %s restarted; sending again "
                             "the %d frame(s) not yet acknowledged", self.address, self.region,
                             meta.get("region"), self._log.kept)
-                task = asyncio.get_running_loop().create_task(self._resend_all())
-                self._side_tasks.add(task)
-                task.add_done_callback(self._side_tasks.discard)
+                self._spawn(self._resend_all())
         elif ftype == fr.ERROR:
             if self._welcome is not None and not self._welcome.done():
                 self._welcome.set_exception(HandshakeRefused(
