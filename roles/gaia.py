@@ -281,8 +281,8 @@ class GaiaShard(PSShard):
         self._saved_applied_n = 0
         #: Updates for the mirror: (clock, final, encoded); `_outbox` (checkpointing only)
         #: keeps them until gaia.got, `_unsent` until they are sent.
-        self._outbox: list[tuple[int, bool, tuple[dict[str, Any], list[np.ndarray]]]] = []
-        self._unsent: list[tuple[int, bool, tuple[dict[str, Any], list[np.ndarray]]]] = []
+        self._outbox: list[tuple[int, bool, Encoded]] = []
+        self._unsent: list[tuple[int, bool, Encoded]] = []
 
     def _finished(self) -> bool:
         return self._stopped
@@ -300,8 +300,7 @@ class GaiaShard(PSShard):
         if self.checkpoint is not None:
             self._outbox.append(entry)
 
-    async def _send_update(self, clock: int, final: bool,
-                           encoded: tuple[dict[str, Any], list[np.ndarray]]) -> None:
+    async def _send_update(self, clock: int, final: bool, encoded: Encoded) -> None:
         meta, arrays = encoded
         durable = self.checkpoint is not None
         await self.ep.send(self.mirror, UPDATE, arrays=arrays,

@@ -472,7 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "made for the run in OUT/keys)")
     _gaia_args(la)
     la.add_argument("--restarts", type=int, default=2, metavar="N",
-                    help="restart a crashed worker up to N times (0: a crash stops the run)")
+                    help="restart a crashed worker, PS shard, mirror or router up to N "
+                    "times each (0: a crash stops the run)")
 
     run = sub.add_parser("run", help="train with one system, all-in-one; writes summary.json, "
                          "curve.csv, curve.png")

@@ -27,13 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from geoml.bus import GeomlError, Topology
+from geoml.bus import GeomlError, Topology, region_of
 from geoml.bus.security import make_keys
 from geoml.roles.ps_plan import PSPlan, plan_ps
 from geoml.workloads import make_workload
 
 from .ps_roles import (
-    PROCESS_SYSTEMS,
+    check_process_system,
     gaia_summary,
     load_shard_outputs,
     replica_groups,
@@ -122,6 +122,11 @@ class Child:
     def key(self) -> str:
         """Unique among the run's processes (a restart gets #n)."""
         return self.name if not self.attempt else f"{self.name}#{self.attempt}"
+
+    @property
+    def region(self) -> str:
+        """The region it serves ("router east" -> east; REGION/ROLE/INDEX -> REGION)."""
+        return self.name.split()[1] if self.kind == "router" else region_of(self.name)
 
     @property
     def pid(self) -> int:
@@ -303,7 +308,7 @@ class Launcher:
         print(f"[launch] {child.name} failed ({child.exit_state}); restarting it "
               f"({child.attempt + 1}/{self.cfg.restarts})", file=sys.stderr, flush=True)
         if child.kind == "router":  # on the same ports: every role reconnects to it
-            args = [*self.router_args(child.name.split()[1]), "--endpoints",
+            args = [*self.router_args(child.region), "--endpoints",
                     str(self.endpoints)]
         else:
             args = [*self.role_args(child.name, child.kind, self.endpoints), "--resume"]
@@ -342,9 +347,8 @@ class Launcher:
         elif new.listening_at is None:
             done = None
         else:
-            region = new.name.split()[1]
             done = min((t for c in self.children if c.kind != "router"
-                        and c.name.startswith(f"{region}/") for t in c.clock_times
+                        and c.region == new.region for t in c.clock_times
                         if t > new.listening_at), default=None)
         return None if done is None else done - recovery["detected_at"]
 
@@ -362,8 +366,9 @@ class Launcher:
                 f"{clock}/{self.cfg.iterations}")
 
     async def watch(self, done: Callable[[], bool], t0: float) -> None:
-        """Status lines until `done()`; a crashed worker is restarted (up to
-        `cfg.restarts` times); LaunchFailed as soon as any other process fails."""
+        """Status lines until `done()`; a crashed worker, PS shard, mirror or router is
+        restarted (up to `cfg.restarts` times each); LaunchFailed as soon as any other
+        process fails."""
         next_status = time.monotonic() + self.cfg.status_every
         while not done():
             for c in list(self.children):
@@ -406,10 +411,7 @@ class Launcher:
 
 async def launch(cfg: LaunchConfig, topo: Topology, stop: asyncio.Event) -> dict[str, Any]:
     """Run `cfg` as processes; returns the summary (also written to cfg.out)."""
-    if cfg.system not in PROCESS_SYSTEMS:
-        raise GeomlError(f"{cfg.system} does not run one process per role yet (only "
-                         f"{', '.join(PROCESS_SYSTEMS)} do); use `geoml run --system "
-                         f"{cfg.system}`")
+    check_process_system(cfg.system)
     try:
         plan = plan_ps(topo, cfg.system, hubs=cfg.gaia_hubs and cfg.system == "gaia")
         workload = make_workload(cfg.workload, dict(o.split("=", 1) for o in cfg.options))
@@ -435,7 +437,7 @@ async def launch(cfg: LaunchConfig, topo: Topology, stop: asyncio.Event) -> dict
     finally:
         stopper.cancel()
         await launcher.stop_all()
-    routers = {c.name.split()[1]: c.report() for c in launcher.routers()}
+    routers = {c.region: c.report() for c in launcher.routers()}
     return _summary(cfg, topo, plan, workload, launcher, elapsed, reports, routers,
                     time.perf_counter() - t_wall)
 
@@ -526,7 +528,7 @@ def _summary(cfg: LaunchConfig, topo: Topology, plan: PSPlan, workload: Any,
         "restarts": [{"role": r["role"], "kind": r["kind"], "failure": r["failure"],
                       "recovery_s": launcher.recovery_s(r)} for r in launcher.recoveries],
     }
-    restarted = sorted({r["role"].split()[1] for r in launcher.recoveries
+    restarted = sorted({r["process"].region for r in launcher.recoveries
                         if r["kind"] == "router"})
     if restarted:
         summary["traffic_counted_since_restart"] = restarted  # a dead router's counts died

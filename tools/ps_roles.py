@@ -29,6 +29,14 @@ PROCESS_SYSTEMS = ("lan", "baseline", "gaia", "isolated")
 PS_KINDS = ("ps_shard", "mirror", "hub", "worker")
 
 
+def check_process_system(system: str) -> None:
+    """GeomlError unless `system` runs one process per role."""
+    if system not in PROCESS_SYSTEMS:
+        raise GeomlError(f"{system} does not run one process per role yet (only "
+                         f"{', '.join(PROCESS_SYSTEMS)} do); use `geoml run --system "
+                         f"{system}`")
+
+
 @dataclass(frozen=True)
 class ReplicaGroup:
     """The shards one region's workers use, and how keys are split over them."""
@@ -178,10 +186,7 @@ async def ps_role_main(cfg: RunConfig, address: str, kind: str,
         groups = replica_groups(plan, workload.table_shapes())
     except ValueError as exc:
         raise GeomlError(str(exc)) from None
-    if plan.system not in PROCESS_SYSTEMS:
-        raise GeomlError(f"{plan.system} does not run one process per role yet (only "
-                         f"{', '.join(PROCESS_SYSTEMS)} do); use `geoml run --system "
-                         f"{plan.system}`")
+    check_process_system(plan.system)
     members = role_addresses(plan, kind)
     if address not in members:
         raise GeomlError(f"{address} is not a {kind} of {cfg.system} on {topo.name}; those "
@@ -201,12 +206,12 @@ async def ps_role_main(cfg: RunConfig, address: str, kind: str,
             await hub.run()
             return {**report, **hub.counters}
         group = group_of(groups, region)
+        checkpoint = None if checkpoints is None else checkpoint_file(checkpoints, address)
         if kind == "mirror":
             mirror = make_mirror(
                 ep, cfg, topo, plan, group,
                 on_forward=lambda clock: print(f"{address} clock {clock}", flush=True),
-                checkpoint=(None if checkpoints is None
-                            else checkpoint_file(checkpoints, address)))
+                checkpoint=checkpoint)
             if resume:
                 _say_resumed(address, mirror.restart(), "forwarded clock",
                              lambda: mirror.forwarded)
@@ -218,9 +223,7 @@ async def ps_role_main(cfg: RunConfig, address: str, kind: str,
                     print(f"{address} clock {clock}", flush=True)
 
             shard = make_shard(ep, cfg, plan, group, workload.init_params(),
-                               on_min_clock=progress,
-                               checkpoint=(None if checkpoints is None
-                                           else checkpoint_file(checkpoints, address)))
+                               on_min_clock=progress, checkpoint=checkpoint)
             if resume:
                 _say_resumed(address, shard.restart(), "clock", lambda: shard.gate.min_clock)
             await shard.run()
