@@ -1,15 +1,16 @@
 """Cartel peer (Daga et al., SoCC'19): a small local model, drift detection, partial transfer.
 
 Each peer learns online from its own stream with a model that holds only the classes it has
-seen. It reports metadata to the metadata service. When its drift detector fires on the
-error stream, or a label its model has never seen arrives, it works out which classes it
-lacks or now gets wrong, asks the service for logical neighbours that know them, and pulls
-from the best `fanout` neighbours only the rows of those classes plus the rows of the
-classes both models hold. It merges them (missing classes inserted, shared ones averaged by
-sample count) and keeps learning locally. The shared rows matter: a softmax row only means
-something next to the rows it was trained against (a transferred attack row scored against
-the receiver's own `normal` row recognised 13-35% of that attack on some NSL-KDD sites,
-against the averaged `normal` row 85-100%).
+seen. It reports metadata to the metadata service (when, and with what:
+roles/report_policy.py). When its drift detector fires on the error stream, or a label
+its model has never seen arrives, it works out which classes it lacks or now gets wrong,
+asks the service for logical neighbours that know them, and pulls from the best `fanout`
+neighbours only the rows of those classes plus the rows of the classes both models hold.
+It merges them (missing classes inserted, shared ones averaged by sample count) and keeps
+learning locally. The shared rows matter: a softmax row only means something next to the
+rows it was trained against (a transferred attack row scored against the receiver's own
+`normal` row recognised 13-35% of that attack on some NSL-KDD sites, against the averaged
+`normal` row 85-100%).
 With `collaborate=False` the same peer is the isolated baseline.
 
 Frames (docs/PROTOCOL.md, "Cartel"), besides the metadata service's:
@@ -34,7 +35,8 @@ from geoml.workloads.streams import Encoder, SiteStream
 
 from .drift import DETECTORS, DriftState, make_detector
 from .inbox import messages
-from .metadata import LOOKUP, NEIGHBOURS, REPORT, js_divergence
+from .metadata import LOOKUP, NEIGHBOURS, REPORT
+from .report_policy import ReportPolicy
 from .stream_site import StreamConfig, StreamSite
 
 log = logging.getLogger("geoml.roles.cartel")
@@ -52,8 +54,10 @@ class CartelConfig:
     min_class_samples: int = 5  # recent samples of a class before its recall counts
     fanout: int = 1  # neighbours pulled from per transfer
     teach_min_samples: int = 20  # samples of a class before a peer is offered as its teacher
-    report_every_s: float = 5.0  # heartbeat report
+    report_every_s: float = 5.0  # heartbeat report, while the peer's metadata changes
+    report_max_every_s: float = 30.0  # the heartbeat backs off to this while nothing changes
     report_change_js: float = 0.05  # report early when recent priors moved this much
+    report_feature_change: float = 0.05  # resend feature means when they moved this much
     pull_timeout_s: float = 5.0
     collaborate: bool = True  # False: the isolated baseline
 
@@ -63,6 +67,12 @@ class CartelConfig:
                              f"(choose from {', '.join(DETECTORS)})")
         if self.window < 1 or self.fanout < 1 or self.pull_timeout_s <= 0:
             raise ValueError("cartel needs window >= 1, fanout >= 1, pull_timeout_s > 0")
+        self.report_policy()  # refuses bad report intervals and thresholds
+
+    def report_policy(self) -> ReportPolicy:
+        """A fresh report policy with these settings."""
+        return ReportPolicy(self.report_every_s, self.report_max_every_s,
+                            self.report_change_js, self.report_feature_change)
 
 
 @dataclass
@@ -98,7 +108,7 @@ class CartelPeer(StreamSite):
         self._transfer_task: asyncio.Task[None] | None = None
         self._ids = itertools.count()
         self._waiting: dict[tuple[str, int, str], asyncio.Future[Message]] = {}
-        self._last_report: tuple[float, np.ndarray, frozenset[int]] | None = None
+        self.reporting = cartel.report_policy()
 
     # -- the stream ---------------------------------------------------------------------
 
@@ -149,24 +159,26 @@ class CartelPeer(StreamSite):
     # -- metadata -----------------------------------------------------------------------
 
     async def _maybe_report(self) -> None:
-        now = asyncio.get_running_loop().time()
-        recent = self.recent_priors()
         # what the service needs to offer this peer as a teacher: the classes it can teach
         classes = frozenset(c for c in self.model.classes
                             if self.counts[c] >= self.cartel.teach_min_samples)
-        last = self._last_report
-        if last is not None and now - last[0] < self.cartel.report_every_s and \
-                classes == last[2] and js_divergence(recent, last[1]) < \
-                self.cartel.report_change_js:
-            return
-        self._last_report = (now, recent, classes)
         seen = max(1, int(self.counts.sum()))
-        await self.ep.send(self.metadata, REPORT, arrays=[
-            (self.feature_sum / seen).astype(np.float16)], meta={
+        features = (self.feature_sum / seen).astype(np.float16)
+        recent = self.recent_priors()
+        decision = self.reporting.decide(
+            asyncio.get_running_loop().time(),
+            len(self.recent_labels) == self.cartel.window, recent, classes,
+            features.astype(np.float64))
+        if not decision.send:
+            return
+        await self.ep.send(self.metadata, REPORT,
+                           arrays=[features] if decision.features else [], meta={
             "classes": sorted(self.model.classes), "counts": self.counts.tolist(),
             "recent": recent.tolist(), "samples": int(self.counts.sum()),
-            "version": self.model.version, "model_bytes": self.model.nbytes()})
+            "version": self.model.version, "model_bytes": self.model.nbytes(),
+            "next_within_s": decision.next_within_s})
         self.counters["reports"] += 1
+        self.counters[f"reports_{decision.reason}"] += 1
 
     # -- asking for help ----------------------------------------------------------------
 

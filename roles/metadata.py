@@ -1,14 +1,16 @@
 """Cartel's metadata service: what each peer knows, and its logical neighbours.
 
 Peers report small metadata (class counts over their whole stream and over a recent window,
-samples seen, model version and size, mean of their features). Asked for the neighbours of
+samples seen, model version and size, mean of their features, which a peer sends only when
+they moved; the service keeps the last it got). Asked for the neighbours of
 node N needing classes K, the service returns peers that know some of K, ranked by how many
 of K they know and then by the Jensen-Shannon divergence between their class priors and
 the priors N sends with the question.
 
 Frames (docs/PROTOCOL.md, "Cartel"):
   cartel.report      peer -> service  meta {classes, counts, recent, samples, version,
-                                      model_bytes}; arrays [feature mean (float16)]
+                                      model_bytes, next_within_s}; arrays [feature mean
+                                      (float16)] or none (unchanged)
   cartel.lookup      peer -> service  meta {id, need, priors, k}
   cartel.neighbours  service -> peer  meta {id, need, neighbours: [[address, js, knows,
                                       classes], ...]} (knows: of need; classes: all it holds)
@@ -62,6 +64,7 @@ class PeerRecord:
     classes: frozenset[int]  # classes its model holds
     feature_mean: np.ndarray
     reported_at: float
+    next_within_s: float = 0.0  # the peer's next heartbeat comes within this (0: unknown)
 
 
 class MetadataTable:
@@ -76,10 +79,18 @@ class MetadataTable:
         self.peers: dict[str, PeerRecord] = {}
 
     def report(self, record: PeerRecord) -> None:
-        """Store a peer's latest report."""
+        """Store a peer's latest report (one without feature means keeps the last ones)."""
         if record.counts.shape != (self.n_classes,) or record.recent.shape != (self.n_classes,):
             raise ValueError(f"class counts must have {self.n_classes} entries")
+        last = self.peers.get(record.address)
+        if record.feature_mean.size == 0 and last is not None:
+            record.feature_mean = last.feature_mean
         self.peers[record.address] = record
+
+    def is_stale(self, record: PeerRecord, now: float) -> bool:
+        """No report for `stale_after_s`, or for twice the heartbeat the peer announced
+        when that is longer: a peer that backed off is not taken for a dead one."""
+        return now - record.reported_at > max(self.stale_after_s, 2 * record.next_within_s)
 
     def knows(self, record: PeerRecord, cls: int) -> bool:
         """Whether `record`'s peer can teach class `cls`."""
@@ -91,7 +102,7 @@ class MetadataTable:
         holds), best first."""
         ranked = []
         for rec in self.peers.values():
-            if rec.address == asker or now - rec.reported_at > self.stale_after_s:
+            if rec.address == asker or self.is_stale(rec, now):
                 continue
             knows = [c for c in need if self.knows(rec, c)]
             if not knows:
@@ -135,8 +146,11 @@ class MetadataService:
         if any(not 0 <= c < self.table.n_classes for c in classes):
             raise ValueError(f"class ids must be below {self.table.n_classes}")
         mean = msg.arrays[0] if msg.arrays else np.zeros(0, np.float16)
+        next_within = float(m.get("next_within_s", 0.0))
+        if not 0 <= next_within < float("inf"):
+            raise ValueError(f"next_within_s must be a finite number >= 0, got {next_within}")
         return PeerRecord(msg.src, counts, recent, int(m["samples"]), int(m["version"]),
-                          int(m["model_bytes"]), classes, mean, now)
+                          int(m["model_bytes"]), classes, mean, now, next_within)
 
     async def _answer(self, msg: Message, now: float) -> None:
         need = [int(c) for c in msg.meta["need"]]

@@ -67,6 +67,8 @@ async def test_a_drifted_peer_pulls_its_new_class_from_a_neighbour_that_knows_it
         assert s.new_class in sites[address]["classes"] and t["bytes_in"] > 0
     assert run.wan_bytes > 0 and run.raw_wan_frames == 0
     assert run.details["metadata"]["reports"] >= len(streams)
+    for site in sites.values():  # every peer reported once its window was full, no earlier
+        assert site["counters"]["reports_first"] == 1
     global_bytes = pools.n_classes * (pools.feature_dim + 1) * 4
     assert all(b < global_bytes for b in run.model_bytes.values())  # small local models
 
@@ -150,6 +152,35 @@ async def test_metadata_service_answers_lookups_and_counts_bad_frames():
         assert answer.type == NEIGHBOURS and answer.meta["id"] == 2
         assert answer.meta["neighbours"] == [["e0/peer/0", 0.0, [2], [0, 2]]]
         assert service.counters["refused"] == 2 and service.counters["reports"] == 1
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+
+@pytest.mark.asyncio
+async def test_a_report_without_features_keeps_the_last_ones_and_its_heartbeat_counts():
+    async with Network(star(2)) as net:
+        table = MetadataTable(3, stale_after_s=1.0, min_class_samples=1)
+        service = MetadataService(await net.connect("cloud/metadata/0"), table)
+        stop = asyncio.Event()
+        task = asyncio.ensure_future(service.run(stop))
+        a = await net.connect("e0/peer/0")
+        b = await net.connect("e1/peer/0")
+        meta = {"classes": [0, 2], "counts": [50, 0, 40], "recent": [10, 0, 10],
+                "samples": 90, "version": 3, "model_bytes": 24, "next_within_s": 30.0}
+        await a.send("cloud/metadata/0", REPORT, arrays=[np.ones(2, np.float16)], meta=meta)
+        await a.send("cloud/metadata/0", REPORT, meta={**meta, "version": 4})
+        await a.send("cloud/metadata/0", REPORT, meta={**meta, "next_within_s": "soon"})
+        await b.send("cloud/metadata/0", LOOKUP, meta={"id": 1, "need": [2],
+                                                       "priors": [5, 0, 5], "k": 1})
+        answer = await b.recv(timeout=5)
+        assert [n[0] for n in answer.meta["neighbours"]] == ["e0/peer/0"]
+        record = table.peers["e0/peer/0"]
+        assert record.version == 4 and record.next_within_s == 30.0
+        assert record.feature_mean.tolist() == [1.0, 1.0]
+        assert service.counters["reports"] == 2 and service.counters["refused"] == 1
+        # silent for longer than stale_after_s, but within twice its announced heartbeat
+        assert not table.is_stale(record, record.reported_at + 59.0)
+        assert table.is_stale(record, record.reported_at + 61.0)
         stop.set()
         await asyncio.wait_for(task, 5)
 

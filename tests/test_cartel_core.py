@@ -5,6 +5,7 @@ import pytest
 
 from geoml.cartel_metrics import adaptation_records, pre_drift_level, rolling_accuracy
 from geoml.roles.metadata import MetadataTable, PeerRecord, js_divergence
+from geoml.roles.report_policy import ReportPolicy
 from geoml.workloads.nslkdd import load_nslkdd
 from geoml.workloads.online import OnlineSoftmax
 from geoml.workloads.streams import ScenarioConfig, make_streams, synthetic_pools
@@ -112,3 +113,39 @@ def test_adaptation_time_reads_the_return_after_the_dip():
     never = hits.copy()
     never[1000:] = False
     assert adaptation_records(never, 1000, 100) is None
+
+
+def test_report_policy_waits_for_a_full_window_then_reports_changes_and_backs_off():
+    policy = ReportPolicy(every_s=5, max_every_s=20, change_js=0.05, feature_change=0.05)
+    priors, classes, feats = np.array([80, 20, 0]), frozenset({0, 1}), np.ones(4)
+    assert not policy.decide(0.0, False, priors, classes, feats).send  # start-up
+    first = policy.decide(1.0, True, priors, classes, feats)
+    assert (first.send, first.reason, first.features, first.next_within_s) == \
+        (True, "first", True, 5)
+    assert not policy.decide(5.9, True, priors, classes, feats).send
+    beats = [t for t in np.arange(6.0, 120.0, 0.5)
+             if policy.decide(float(t), True, priors, classes, feats).send]
+    assert beats == [6.0, 16.0, 36.0, 56.0, 76.0, 96.0, 116.0]  # 5, 10, then 20 s at most
+    assert policy.interval == 20
+    moved = policy.decide(117.0, True, np.array([40, 20, 40]), classes, feats)
+    assert (moved.reason, moved.features, moved.next_within_s) == ("priors", False, 5)
+    taught = policy.decide(117.5, True, np.array([40, 20, 40]), frozenset({0, 1, 2}),
+                           feats * 1.2)
+    assert (taught.reason, taught.features) == ("classes", True)
+    with pytest.raises(ValueError, match="0 < every_s <= max_every_s"):
+        ReportPolicy(every_s=10, max_every_s=5)
+
+
+def test_a_peer_that_announced_a_long_heartbeat_is_not_stale_a_silent_one_is():
+    t = MetadataTable(4, stale_after_s=10, min_class_samples=20)
+    backed_off = record("a/peer/0", [100, 0, 50, 0], [0, 2])
+    backed_off.next_within_s = 30.0
+    t.report(backed_off)
+    t.report(record("b/peer/0", [100, 0, 50, 0], [0, 2]))
+    found = t.neighbours("x/peer/0", [2], np.array([90, 0, 10, 0]), k=5, now=25.0)
+    assert [a for a, *_ in found] == ["a/peer/0"]
+    assert t.neighbours("x/peer/0", [2], np.array([90, 0, 10, 0]), k=5, now=61.0) == []
+    # a report without feature means keeps the last ones
+    t.report(PeerRecord("a/peer/0", np.array([100, 0, 60, 0]), np.array([1, 0, 1, 0]), 160,
+                        2, 100, frozenset({0, 2}), np.zeros(0), 62.0))
+    assert t.peers["a/peer/0"].feature_mean.tolist() == [0.0, 0.0]

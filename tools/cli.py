@@ -328,8 +328,10 @@ def _cartel_main(args: argparse.Namespace) -> None:
     except ValueError as exc:
         raise GeomlError(str(exc)) from None
     print(json.dumps({k: result[k] for k in (
-        "sites", "bytes_vs_centralized", "adapt_speedup_vs_isolated", "model_size_vs_global",
-        "train_time_vs_centralized", "accuracy_after_drift", "total_wall_s")}, indent=2))
+        "sites", "bytes_vs_centralized", "adapt_speedup_vs_isolated",
+        "adapt_speedup_centralized_vs_isolated", "new_class_missed_vs_isolated",
+        "model_size_vs_global", "train_time_vs_centralized", "accuracy_after_drift",
+        "total_wall_s") if k in result}, indent=2))
     print(f"wrote {args.out}/cartel.json, accuracy.png, bytes.png")
 
 
