@@ -13,7 +13,8 @@ Two more runs show how much those two ratios depend on the scenario rather than 
 - `long_streams`: cartel and centralized on streams ten times as long (150 s per site):
   centralized ships every record, while Cartel's traffic is a start-up report, heartbeats
   that back off to one per 30 s, and a few kilobytes per transfer, so the ratio grows with
-  the length of the streams.
+  the length of the streams; `steady_state` is the bytes per site and second the longer
+  streams added, per system, and their ratio (what the byte ratio tends to).
 
 Both run under --clock (default virtual, as `geoml cartel`: one core per site).
 
@@ -100,7 +101,9 @@ def main() -> None:
             "bytes_vs_centralized": long["bytes_vs_centralized"],
             "wan_bytes": {n: f["wan_bytes"] for n, f in long["systems"].items()},
             "accuracy_after_drift": long["accuracy_after_drift"],
-            "wall_s": long["total_wall_s"]},
+            "wall_s": long["total_wall_s"],
+            "steady_state": _steady_state(result, long, (long_records - records) * 2 /
+                                          cfg.stream.rate)},
         "sites_100": {"sites": big["sites"], "records_per_site": big_records * 2,
                       "wall_s": big["total_wall_s"],
                       "transfers_merged": sum(t["outcome"] == "merged" for t in transfers),
@@ -110,6 +113,18 @@ def main() -> None:
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     print(json.dumps(out, indent=2), flush=True)
+
+
+def _steady_state(short: dict[str, Any], long: dict[str, Any], extra_s: float
+                  ) -> dict[str, float | None]:
+    """Bytes per site and second that the longer streams added, per system, and their
+    ratio: what the byte ratio tends to as streams grow (one drift in both runs)."""
+    rate = {n: (long["systems"][n]["wan_bytes"] - short["systems"][n]["wan_bytes"])
+            / extra_s / long["sites"] for n in ("cartel", "centralized")}
+    return {"cartel_bytes_per_site_s": rate["cartel"],
+            "centralized_bytes_per_site_s": rate["centralized"],
+            "bytes_vs_centralized": (rate["centralized"] / rate["cartel"]
+                                     if rate["cartel"] > 0 else None)}
 
 
 def _pooled(result: dict[str, Any], by_seed: dict[int, dict[str, Any]]) -> float | None:
