@@ -13,7 +13,8 @@ example, the same for LAN, baseline and Gaia), not this machine's CPU time: the 
 then do not depend on how busy the machine is, and a clock is long next to the WAN latency.
 
 Run: python benchmarks/bench_gaia.py [--quick] [--only mf|cls] [--topologies a,b]
-     [--clock real|virtual] [--clock-s S]
+     [--clock real|virtual] [--clock-s S] [--absolute X]
+(--absolute X: Gaia's absolute significance threshold instead of the relative one.)
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def progress(msg: str) -> None:
 
 
 async def one_case(kind: str, topology: str, out: Path, quick: bool,
-                   clock_s: float = CLOCK_S) -> dict[str, Any]:
+                   clock_s: float = CLOCK_S, absolute: float | None = None) -> dict[str, Any]:
     spec = WORKLOADS[kind]
     clocks = max(4, spec["clocks"] // 6) if quick else spec["clocks"]
     topo = load_topology(topology).with_roles(workers=TOPOLOGIES[topology])
@@ -75,6 +76,7 @@ async def one_case(kind: str, topology: str, out: Path, quick: bool,
     cfg = RunConfig(compute=compute, topology=topo, system="lan", workload=spec["name"],
                     workload_options=spec["options"], iterations=clocks,
                     seconds=BASELINE_CAP_S, quiet=True, gaia_v=spec["v"],
+                    gaia_absolute=absolute if absolute is not None else spec.get("absolute"),
                     gaia_hubs=topology == "ec2_all", eval_every=1)
     t0 = time.perf_counter()
     report = await compare(cfg, ["lan", "baseline", "gaia"], out / f"{kind}-{topology}")
@@ -87,6 +89,7 @@ async def one_case(kind: str, topology: str, out: Path, quick: bool,
     case = {
         "workload": spec["name"], "topology": topology,
         "workers_per_region": TOPOLOGIES[topology], "gaia_v": spec["v"],
+        "gaia_absolute": cfg.gaia_absolute,
         "hubs": cfg.gaia_hubs, "lan_clocks": clocks, "compute": compute.describe(),
         "target": report["target"],
         "lan_time_s": lan["time_to_target_s"], "baseline_time_s": base["time_to_target_s"],
@@ -124,7 +127,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     for kind in kinds:
         for topology in topologies:
             progress(f"{kind} on {topology} ...")
-            cases.append(await one_case(kind, topology, out, args.quick, args.clock_s))
+            cases.append(await one_case(kind, topology, out, args.quick, args.clock_s,
+                                        args.absolute))
     slow = [c for c in cases if c["topology"] != "vc_wan"]
     return {
         "cases": cases,
@@ -147,6 +151,9 @@ if __name__ == "__main__":
     parser.add_argument("--topologies", help=f"comma-separated, from {','.join(TOPOLOGIES)}")
     parser.add_argument("--out", default="runs/bench_gaia")
     parser.add_argument("--clock", default="virtual", choices=CLOCKS)
+    parser.add_argument("--absolute", type=float, default=None,
+                        help="Gaia's absolute significance threshold for every case "
+                        "(default: each workload's own setting)")
     parser.add_argument("--clock-s", type=float, default=CLOCK_S,
                         help="virtual seconds of compute per clock (0: this CPU's time)")
     args = parser.parse_args()

@@ -32,6 +32,8 @@ def test_run_writes_summary_curve_and_plot(tmp_path: Path,
     (["--opt", "rank=3"], "has no option 'rank'"),
     (["--opt", "lr"], "--opt wants KEY=VALUE"),
     (["--iterations", "0"], "--iterations must be >= 1"),
+    (["--gaia-absolute", "0"], "--gaia-absolute must be a number > 0"),
+    (["--gaia-absolute", "nan"], "--gaia-absolute must be a number > 0"),
 ])
 def test_run_argument_mistakes_are_one_line_errors(
         args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:

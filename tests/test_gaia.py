@@ -57,6 +57,21 @@ async def test_every_replica_ends_exactly_at_init_plus_all_updates(hubs: bool) -
 
 
 @pytest.mark.asyncio
+async def test_the_absolute_threshold_holds_back_small_updates_and_loses_none() -> None:
+    topo, wl, clocks = _four_regions(), IntegerUpdates(), 5
+    runs = {}
+    for absolute in (0.5, 50.0):  # below and above most updates (-3..3, a few x100)
+        runs[absolute] = await asyncio.wait_for(run_ps(RunConfig(
+            topo, "gaia", wl, iterations=clocks, quiet=True, gaia_absolute=absolute)), 60)
+    expected = _expected(wl, topo, clocks)
+    for absolute, result in runs.items():
+        for region, params in _replicas(result).items():
+            np.testing.assert_array_equal(params["W"], expected, err_msg=f"{absolute} {region}")
+        assert result.summary["gaia"]["absolute"] == absolute
+    assert runs[50.0].summary["filtered_fraction"] > runs[0.5].summary["filtered_fraction"]
+
+
+@pytest.mark.asyncio
 async def test_hubs_carry_fewer_wan_bytes_than_all_to_all_on_ec2_all() -> None:
     topo = load_topology("ec2_all").with_roles(workers=1)
     wl = IntegerUpdates(200, 40)

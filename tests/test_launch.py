@@ -211,7 +211,8 @@ members = ["c", "d"]
 def test_gaia_with_hubs_as_processes_ends_with_every_update_in_every_replica(
         tmp_path: Path) -> None:
     """Shards, mirrors, hubs and workers each a process: every replica ends exactly at the
-    initial model plus every worker's updates (the integer-updates check workload)."""
+    initial model plus every worker's updates (the integer-updates check workload), here
+    with the absolute significance threshold."""
     from geoml.ps_roles import load_shard_outputs
     from geoml.workloads import IntegerUpdates
 
@@ -220,7 +221,8 @@ def test_gaia_with_hubs_as_processes_ends_with_every_update_in_every_replica(
     out, clocks = tmp_path / "run", 6
     proc = subprocess.Popen(
         [sys.executable, "-m", "geoml.cli", "launch", "--topology", str(topology),
-         "--system", "gaia", "--gaia-hubs", "--gaia-v", "0.5", "--workload", "integer-updates",
+         "--system", "gaia", "--gaia-hubs", "--gaia-absolute", "2", "--workload",
+         "integer-updates",
          "--iterations", str(clocks), "--out", str(out), "--status-every", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _, stderr = proc.communicate(timeout=120)
@@ -233,6 +235,8 @@ def test_gaia_with_hubs_as_processes_ends_with_every_update_in_every_replica(
         replica = load_shard_outputs(out / "shards", [f"{region}/ps/0"])
         np.testing.assert_array_equal(replica["W"], expected, err_msg=region)
     assert 0.2 < summary["filtered_fraction"] < 1  # the filter held updates back
+    # the option reached every shard process: the relative default filters < 1% here
+    assert summary["gaia"]["absolute"] == 2.0
     assert summary["gaia"]["roles"]["a/hub/0"]["combined"] >= clocks
     assert summary["final_objective"] == float(np.abs(expected).sum())
     assert not [n for n, pid in _children(out).items() if _alive(pid)]

@@ -212,6 +212,7 @@ def _run_config(args: argparse.Namespace, check: bool = True,
             eval_every=getattr(args, "eval_every", 1),
             inspect=getattr(args, "inspect", False), record=getattr(args, "record", None),
             gaia_v=getattr(args, "gaia_v", 0.01), gaia_ds=getattr(args, "gaia_ds", 2),
+            gaia_absolute=getattr(args, "gaia_absolute", None),
             gaia_hubs=getattr(args, "gaia_hubs", False),
             gaia_barrier=getattr(args, "gaia_barrier", "auto"),
             faults=tuple(parse_fault(f) for f in getattr(args, "link_down", [])),
@@ -272,7 +273,7 @@ def _launch_main(args: argparse.Namespace) -> int:
     cfg = LaunchConfig(str(args.topology), args.system, args.workload, args.iterations, out,
                        args.opt, args.sync, args.status_every, args.start_timeout, args.keys,
                        args.gaia_v, args.gaia_ds, args.gaia_hubs, args.gaia_barrier,
-                       args.restarts)
+                       args.restarts, gaia_absolute=args.gaia_absolute)
     try:
         summary = run_with_clock(_until_signal(lambda stop: launch(cfg, topo, stop)))
     except LaunchInterrupted as exc:
@@ -557,6 +558,9 @@ def _gaia_args(p: argparse.ArgumentParser) -> None:
     """Gaia's options (run, compare, role, launch)."""
     p.add_argument("--gaia-v", type=float, default=0.01,
                    help="gaia: initial significance threshold (decays as v/sqrt(t))")
+    p.add_argument("--gaia-absolute", type=float, default=None, metavar="X",
+                   help="gaia: an element is significant when |accumulated update| > X "
+                   "(no decay), instead of the relative threshold")
     p.add_argument("--gaia-ds", type=int, default=2,
                    help="gaia: mirror clock, clocks a region may lead the slowest other")
     p.add_argument("--gaia-hubs", action="store_true",

@@ -75,13 +75,17 @@ class LaunchConfig:
     gaia_hubs: bool = False
     gaia_barrier: str = "auto"
     restarts: int = 2  # per process of a restartable kind
+    gaia_absolute: float | None = None
 
     def gaia_args(self) -> list[str]:
         """The gaia options as role arguments (none for the other systems)."""
         if self.system != "gaia":
             return []
+        absolute = [] if self.gaia_absolute is None else ["--gaia-absolute",
+                                                          str(self.gaia_absolute)]
         return ["--gaia-v", str(self.gaia_v), "--gaia-ds", str(self.gaia_ds),
-                "--gaia-barrier", self.gaia_barrier, *(["--gaia-hubs"] * self.gaia_hubs)]
+                "--gaia-barrier", self.gaia_barrier, *(["--gaia-hubs"] * self.gaia_hubs),
+                *absolute]
 
 
 class LaunchFailed(GeomlError):

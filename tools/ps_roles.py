@@ -94,7 +94,8 @@ def make_shard(ep: Endpoint, cfg: RunConfig, plan: PSPlan, group: ReplicaGroup, 
         users = plan.in_region(plan.workers, region) if plan.replica_per_region else plan.workers
         return PSShard(ep, index, group.ranges, init, users, staleness=cfg.staleness, **common)
     return GaiaShard(ep, index, group.ranges, init, plan.in_region(plan.workers, region),
-                     plan.mirrors[region], v=cfg.gaia_v, ds=cfg.gaia_ds,
+                     plan.mirrors[region], v=cfg.gaia_v,
+                     absolute=cfg.gaia_absolute, ds=cfg.gaia_ds,
                      staleness=cfg.staleness, **common)
 
 
@@ -124,7 +125,8 @@ def gaia_summary(cfg: Any, evaluated: str, updated: int, sent: int,
     """The gaia fields of a run's summary (`cfg`: a RunConfig or LaunchConfig): its
     options, what the significance filters saw and sent, and the mirrors' and hubs'
     counters."""
-    return {"gaia": {"v": cfg.gaia_v, "ds": cfg.gaia_ds, "hubs": cfg.gaia_hubs,
+    return {"gaia": {"v": cfg.gaia_v, "absolute": cfg.gaia_absolute, "ds": cfg.gaia_ds,
+                     "hubs": cfg.gaia_hubs,
                      "barrier": cfg.gaia_barrier, "elements_updated": updated,
                      "elements_sent": sent, "evaluated_replica": evaluated, "roles": roles},
             "filtered_fraction": 1 - sent / updated if updated else 0.0}

@@ -111,6 +111,7 @@ class RunConfig:
     record_reads: bool = False
     eval_every: int = 1
     gaia_v: float = 0.01  # initial significance threshold (decays as v / sqrt(t))
+    gaia_absolute: float | None = None  # instead: |accumulated| > this (no decay)
     gaia_ds: int = 2  # mirror clock: clocks a region may lead the slowest other region
     gaia_hubs: bool = False  # exchange updates through the overlay groups' hubs
     gaia_barrier: str = "auto"  # selective barrier: auto (WAN backlogged), always or off
@@ -133,6 +134,9 @@ class RunConfig:
             raise ValueError("eval_every must be >= 1")
         if self.gaia_v <= 0 or self.gaia_ds < 0:
             raise ValueError("--gaia-v must be > 0 and --gaia-ds >= 0")
+        absolute = self.gaia_absolute
+        if absolute is not None and not 0 < absolute < float("inf"):
+            raise ValueError(f"--gaia-absolute must be a number > 0, got {absolute}")
         if self.compute_in not in COMPUTE_IN:
             raise ValueError(f"--compute-in must be one of {', '.join(COMPUTE_IN)}, "
                              f"got {self.compute_in!r}")
