@@ -194,7 +194,6 @@ class PSShard(Checkpointed):
             ready = self.gate.finish(msg.src)
         else:
             ready = await self._handle_other(msg)
-        await self._serve_all(ready)
         after = self.gate.min_clock
         if after != before:
             self._clock_advanced(before, after)
@@ -202,6 +201,9 @@ class PSShard(Checkpointed):
             await self._sent_after_checkpoint()
             if self._on_min_clock is not None:
                 self._on_min_clock(self.index, after)
+        # after the checkpoint, so that the reads this frame released tell their workers
+        # the clock it holds (they forget their pushes below it)
+        await self._serve_all(ready)
         if msg.type == DONE and self.checkpoint is not None:
             if self._durable.get(msg.src) != FINISHED:
                 self._save()
