@@ -62,11 +62,11 @@ class ReportPolicy:
         """Whether to report now; when it says so, the report counts as sent."""
         if not window_full:
             return ReportDecision(False)
-        if self._last_at is None:
+        if self._last_at is None or self._last_priors is None:
             reason = "first"
         elif classes != self._last_classes:
             reason = "classes"
-        elif js_divergence(priors, self._last_priors) >= self.change_js:  # type: ignore[arg-type]
+        elif js_divergence(priors, self._last_priors) >= self.change_js:
             reason = "priors"
         elif now - self._last_at >= self.interval:
             reason = "heartbeat"

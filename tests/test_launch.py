@@ -261,6 +261,13 @@ def test_launch_refuses_what_it_cannot_run_in_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "fedavg does not run one process per role yet" in stderr
     assert "Traceback" not in stderr
+    # bad gaia options stop the launcher before any process starts, not every shard
+    proc = _launch(tmp_path / "y", "--iterations", "1", "--system", "gaia",
+                   "--gaia-absolute", "-1")
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert "--gaia-absolute must be a number > 0" in stderr and "Traceback" not in stderr
+    assert not (tmp_path / "y" / "logs").exists()
 
 
 def test_isolated_as_processes_scores_every_region_as_all_in_one(tmp_path: Path) -> None:

@@ -40,7 +40,7 @@ from .ps_roles import (
     role_addresses,
 )
 from .results import cost_usd, write_results
-from .run import isolated_summary, score_models, traffic_from_stats
+from .run import check_gaia_options, isolated_summary, score_models, traffic_from_stats
 
 _STOP_GRACE_S = 5.0
 _STDERR_TAIL = 40
@@ -417,6 +417,7 @@ async def launch(cfg: LaunchConfig, topo: Topology, stop: asyncio.Event) -> dict
     """Run `cfg` as processes; returns the summary (also written to cfg.out)."""
     check_process_system(cfg.system)
     try:
+        check_gaia_options(cfg.gaia_v, cfg.gaia_ds, cfg.gaia_absolute)
         plan = plan_ps(topo, cfg.system, hubs=cfg.gaia_hubs and cfg.system == "gaia")
         workload = make_workload(cfg.workload, dict(o.split("=", 1) for o in cfg.options))
     except ValueError as exc:

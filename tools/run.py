@@ -93,6 +93,14 @@ def parse_fault(text: str) -> LinkFault:
 COMPUTE_IN = ("threads", "processes")
 
 
+def check_gaia_options(v: float, ds: int, absolute: float | None) -> None:
+    """Raise ValueError for significance thresholds or a mirror clock that cannot work."""
+    if not 0 < v < float("inf") or ds < 0:
+        raise ValueError("--gaia-v must be > 0 and --gaia-ds >= 0")
+    if absolute is not None and not 0 < absolute < float("inf"):
+        raise ValueError(f"--gaia-absolute must be a number > 0, got {absolute}")
+
+
 @dataclass
 class RunConfig:
     """What to run; at least one of iterations, seconds, target must bound the run."""
@@ -132,11 +140,7 @@ class RunConfig:
             raise ValueError("--seconds must be > 0")
         if self.eval_every < 1:
             raise ValueError("eval_every must be >= 1")
-        if self.gaia_v <= 0 or self.gaia_ds < 0:
-            raise ValueError("--gaia-v must be > 0 and --gaia-ds >= 0")
-        absolute = self.gaia_absolute
-        if absolute is not None and not 0 < absolute < float("inf"):
-            raise ValueError(f"--gaia-absolute must be a number > 0, got {absolute}")
+        check_gaia_options(self.gaia_v, self.gaia_ds, self.gaia_absolute)
         if self.compute_in not in COMPUTE_IN:
             raise ValueError(f"--compute-in must be one of {', '.join(COMPUTE_IN)}, "
                              f"got {self.compute_in!r}")
