@@ -1,5 +1,7 @@
 """The filter replay (tools/filter_replay.py): Gaia's filter over real workload passes."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -37,3 +39,21 @@ def test_whole_table_updates_reach_every_replica_exactly():
 def test_a_replay_needs_two_regions():
     with pytest.raises(ValueError, match="at least 2 regions"):
         replay(small_mf(), regions=1, workers=2, clocks=1, v=0.1)
+
+
+def test_the_cli_prints_the_replay_and_refuses_mistakes_in_one_line(tmp_path, capsys):
+    from geoml.cli import main
+
+    args = ["filter-replay", "--workload", "mf-synthetic", "--opt", "users=60",
+            "--opt", "items=90", "--opt", "ratings=4000", "--clocks", "3", "--gaia-v", "0.1",
+            "--out", str(tmp_path)]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    printed = json.loads(captured.out)
+    assert printed["clocks"] == 3 and 0 < printed["filtered_fraction"] < 1
+    assert "[filter-replay] clock 3/3" in captured.err
+    saved = json.loads((tmp_path / "replay.json").read_text())
+    assert len(saved["curve"]) == 3 and saved["filtered_fraction"] == printed["filtered_fraction"]
+    assert main(["filter-replay", "--workload", "mf-synthetic", "--regions", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "geoml: error: a replay needs at least 2 regions" in err and "Traceback" not in err

@@ -336,6 +336,31 @@ def _cartel_main(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}/cartel.json, accuracy.png, bytes.png")
 
 
+def _filter_replay_main(args: argparse.Namespace) -> None:
+    from geoml.filter_replay import replay
+    from geoml.run import check_gaia_options
+    from geoml.workloads import make_workload
+
+    def progress(clock: int, point: dict[str, float]) -> None:
+        if clock % 10 == 0 or clock == args.clocks:
+            print(f"[filter-replay] clock {clock}/{args.clocks}: filtered "
+                  f"{point['filtered_fraction']:.3f}, LAN {point['lan_objective']:.4f}, "
+                  f"Gaia {point['gaia_objective']:.4f}", file=sys.stderr, flush=True)
+
+    try:
+        check_gaia_options(args.gaia_v, 0, args.gaia_absolute)
+        workload = make_workload(args.workload, _options(args.opt))
+        result = replay(workload, args.regions, args.workers, args.clocks, args.gaia_v,
+                        absolute=args.gaia_absolute, progress=progress)
+    except ValueError as exc:
+        raise GeomlError(str(exc)) from None
+    result = {"workload": args.workload, "options": _options(args.opt), **result}
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "replay.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "curve"}, indent=2))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `geoml` command."""
     p = argparse.ArgumentParser(prog="geoml", description="Geo-distributed ML over an "
@@ -372,6 +397,22 @@ def build_parser() -> argparse.ArgumentParser:
     _clock_args(c, default="virtual", why="every system gets one machine per role, as "
                 "in the papers, not a share of this machine's cores; and runs take CPU time, "
                 "not WAN time")
+
+    fr = sub.add_parser("filter-replay", help="Gaia's significance filter replayed in one "
+                        "process without the bus: how much of a workload's updates it would "
+                        "keep off the WAN, and why (prints JSON)")
+    fr.add_argument("--workload", required=True, choices=_workload_names())
+    fr.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
+                    help="workload option, e.g. rank=50 (repeatable)")
+    fr.add_argument("--regions", type=int, default=2, help="regions (default 2)")
+    fr.add_argument("--workers", type=int, default=4, help="workers per region (default 4)")
+    fr.add_argument("--clocks", type=int, default=30, help="clocks (default 30)")
+    fr.add_argument("--gaia-v", type=float, default=0.01,
+                    help="initial significance threshold (decays as v/sqrt(t))")
+    fr.add_argument("--gaia-absolute", type=float, default=None, metavar="X",
+                    help="significant when |accumulated update| > X instead")
+    fr.add_argument("--out", type=Path, help="also write replay.json (with the per-clock "
+                    "curve) here")
 
     ca = sub.add_parser("cartel", help="Cartel against isolated, centralized and fedavg on "
                         "the same edge streams; writes cartel.json, accuracy.png, bytes.png")
@@ -617,6 +658,8 @@ def main(argv: list[str] | None = None) -> int:
             _compare_main(args)
         elif args.command == "cartel":
             _cartel_main(args)
+        elif args.command == "filter-replay":
+            _filter_replay_main(args)
         elif args.command == "run":
             from geoml.run import run_system
 
