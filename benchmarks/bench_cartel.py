@@ -129,10 +129,10 @@ def _steady_state(short: dict[str, Any], long: dict[str, Any], extra_s: float
 
 def _pooled(result: dict[str, Any], by_seed: dict[int, dict[str, Any]]) -> float | None:
     """Isolated's adaptation records over cartel's, summed over the main run and the seeds."""
-    runs = [result["systems"]] + [{n: {"mean_adaptation_records": v} for n, v in
-                                   s["mean_adaptation_records"].items()} for s in by_seed.values()]
-    iso = sum(r["isolated"]["mean_adaptation_records"] or 0 for r in runs)
-    cartel = sum(r["cartel"]["mean_adaptation_records"] or 0 for r in runs)
+    records = [{n: f["mean_adaptation_records"] for n, f in result["systems"].items()},
+               *(s["mean_adaptation_records"] for s in by_seed.values())]
+    iso = sum(r["isolated"] or 0 for r in records)
+    cartel = sum(r["cartel"] or 0 for r in records)
     return iso / cartel if cartel else None
 
 

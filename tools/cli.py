@@ -347,14 +347,15 @@ def _filter_replay_main(args: argparse.Namespace) -> None:
                   f"{point['filtered_fraction']:.3f}, LAN {point['lan_objective']:.4f}, "
                   f"Gaia {point['gaia_objective']:.4f}", file=sys.stderr, flush=True)
 
+    options = _options(args.opt)
     try:
         check_gaia_options(args.gaia_v, 0, args.gaia_absolute)
-        workload = make_workload(args.workload, _options(args.opt))
+        workload = make_workload(args.workload, options)
         result = replay(workload, args.regions, args.workers, args.clocks, args.gaia_v,
                         absolute=args.gaia_absolute, progress=progress)
     except ValueError as exc:
         raise GeomlError(str(exc)) from None
-    result = {"workload": args.workload, "options": _options(args.opt), **result}
+    result = {"workload": args.workload, "options": options, **result}
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "replay.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -28,12 +28,12 @@ far larger than (m / v)^2.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import numpy as np
 
-from geoml.roles.significance import SignificanceFilter
+from geoml.roles.significance import FilterCounters, SignificanceFilter
 from geoml.workloads.base import Params, Workload
 
 
@@ -60,10 +60,7 @@ def replay(workload: Workload, regions: int, workers: int, clocks: int, v: float
             touched = {t: np.zeros(a.shape, np.int32) for t, a in init.items()}
             for w in range(workers):
                 part = parts[(r, w)]
-                before = {t: _read(replicas[r][t], part.rows[t]) for t in init}
-                after = workload.local_pass(before, part, clock)
-                for t in init:
-                    delta = after[t] - before[t]
+                for t, delta in _worker_deltas(workload, replicas[r], part, clock).items():
                     _add(total[t], part.rows[t], delta)
                     _add(touched[t], part.rows[t], delta != 0)
                     filters[r].add(t, part.rows[t], delta)
@@ -114,21 +111,29 @@ def _copy(params: Params) -> Params:
     return {t: a.copy() for t, a in params.items()}
 
 
+def _worker_deltas(workload: Workload, params: Params, part: Any, clock: int
+                   ) -> dict[str, np.ndarray]:
+    """Per table: what one worker's pass at `clock` adds to the rows it reads of `params`."""
+    before = {t: _read(params[t], part.rows[t]) for t in params}
+    after = workload.local_pass(before, part, clock)
+    return {t: after[t] - before[t] for t in params}
+
+
 def _lan_clock(workload: Workload, parts: dict[tuple[str, int], Any], lan: Params,
                clock: int) -> None:
     total = {t: np.zeros_like(a) for t, a in lan.items()}
     for part in parts.values():
-        before = {t: _read(lan[t], part.rows[t]) for t in lan}
-        after = workload.local_pass(before, part, clock)
-        for t in lan:
-            _add(total[t], part.rows[t], after[t] - before[t])
+        for t, delta in _worker_deltas(workload, lan, part, clock).items():
+            _add(total[t], part.rows[t], delta)
     for t in lan:
         lan[t] += total[t]
 
 
-def _fractions(filters: Any, touched_clocks: int) -> dict[str, float]:
-    updated = sum(f.counters.updated for f in filters)
-    sent = sum(f.counters.sent for f in filters)
-    return {"filtered_fraction": 1 - sent / updated if updated else 0.0,
-            "updates_per_element_clock": updated / touched_clocks if touched_clocks else 0.0,
-            "sent_per_element_clock": sent / touched_clocks if touched_clocks else 0.0}
+def _fractions(filters: Collection[SignificanceFilter], touched_clocks: int
+               ) -> dict[str, float]:
+    total = FilterCounters(sum(f.counters.updated for f in filters),
+                           sum(f.counters.sent for f in filters))
+    per = max(1, touched_clocks)
+    return {"filtered_fraction": total.filtered_fraction,
+            "updates_per_element_clock": total.updated / per,
+            "sent_per_element_clock": total.sent / per}
