@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import time
+import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping
 
+import msgpack
 import numpy as np
 import pytest
 import pytest_asyncio
+import zmq
 
 from geoml.bus import Network, Topology, load_topology, parse_topology
+from geoml.bus import frame as fr
+from geoml.bus.zio import ZIO
+from geoml.roles.compute import ComputeCost
 from geoml.workloads import Params, Partition, Workload
 
 
@@ -51,13 +56,40 @@ async def wait_until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
     await asyncio.wait_for(poll(), timeout)
 
 
+@contextlib.asynccontextmanager
+async def raw_client(net: Network, address: str) -> AsyncIterator[ZIO]:
+    """A client written from docs/PROTOCOL.md alone: a DEALER socket whose routing id is
+    `address`, registered with `bus.hello` at its region's router (welcome checked)."""
+    region = address.split("/")[0]
+    sock = net.ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.ROUTING_ID, address.encode())
+    sock.connect(net.routers[region].endpoint)
+    client = ZIO(sock)
+    try:
+        hello = fr.make_header(fr.HELLO, address, f"{region}/router/0", 0, priority=0)
+        await client.send([fr.encode_header(hello)])
+        welcome = await asyncio.wait_for(client.recv(), 5)
+        assert msgpack.unpackb(welcome[0].bytes)["t"] == fr.WELCOME
+        yield client
+    finally:
+        sock.close(linger=0)
+
+
 class SlowPasses(Workload):
-    """Wraps a workload; a pass first sleeps `delay(part, clock)` seconds (it runs in the
-    executor, so this is a slow machine, not a blocked loop)."""
+    """Wraps a workload; a pass costs `delay(part, clock)` seconds of compute. Run it under
+    virtual time with `compute=SlowPasses.COST`: each pass is charged that long exactly (a
+    slow machine, not a blocked loop), whatever this machine is doing meanwhile."""
+
+    #: One charged "example" is one microsecond.
+    COST = ComputeCost(1e-6)
 
     def __init__(self, inner: Workload, delay: Callable[[Partition, int], float]) -> None:
         self.inner, self.delay = inner, delay
         self.name, self.objective_name = inner.name, inner.objective_name
+
+    def pass_examples(self, part: Partition, clock: int) -> int:
+        return round(self.delay(part, clock) / self.COST.per_example_s)
 
     def table_shapes(self) -> dict[str, tuple[int, int]]:
         return self.inner.table_shapes()
@@ -69,7 +101,6 @@ class SlowPasses(Workload):
         return self.inner.partition(workers)
 
     def local_pass(self, params: Params, part: Partition, clock: int) -> Params:
-        time.sleep(self.delay(part, clock))
         return self.inner.local_pass(params, part, clock)
 
     def evaluate(self, params: Params, subset: np.ndarray | None = None) -> dict[str, float]:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from geoml.bus import Network, parse_topology
+from geoml.bus.vclock import run_virtual
 from geoml.roles.fedavg import (
     MODEL,
     UPDATE,
@@ -64,38 +65,49 @@ def test_a_fraction_of_the_clients_is_asked_each_round_and_the_draw_is_seeded() 
     assert select_clients(clients, 0.01, 0, seed=1) != []  # at least one client
 
 
-@pytest.mark.asyncio
-async def test_a_straggler_is_left_out_of_its_round_and_its_late_update_is_counted() -> None:
-    # Worker 1 needs 0.9 s for its first pass: it misses round 0's 0.6 s deadline.
+def test_a_straggler_is_left_out_of_its_round_and_its_late_update_is_counted() -> None:
+    """Virtual time: worker 1's first pass costs 0.9 s, past round 0's 0.6 s deadline;
+    every other pass costs 0.1 s."""
     wl = SlowPasses(make_workload("softmax-digits"),
-                    lambda part, clock: 0.9 if part.worker == 1 and clock == 0 else 0.0)
+                    lambda part, clock: 0.9 if part.worker == 1 and clock == 0 else 0.1)
     topo = parse_topology({"name": "one", "defaults": {"workers": 2, "ps_shards": 1},
                            "regions": [{"name": "home"}]})
-    result = await asyncio.wait_for(run_system(RunConfig(
-        topo, "fedavg", wl, iterations=3, quiet=True,
-        fed=FedAvgConfig(deadline_s=0.6))), 60)
+    result = run_virtual(run_system(RunConfig(
+        topo, "fedavg", wl, iterations=3, quiet=True, compute=SlowPasses.COST,
+        fed=FedAvgConfig(deadline_s=0.6))))
     fed = result.summary["fedavg"]
     assert fed["rounds"] == 3 and fed["asked"] == 6
     assert fed["missed_deadline"] == 1 and fed["late_updates"] == 1
     assert fed["averaged"] == 5
-    assert result.roles["home/aggregator/0"].history[0] == (2, 1)
+    assert result.roles["home/aggregator/0"].history == [(2, 1), (2, 2), (2, 2)]
+    # Round 0 closed at its deadline, not when the straggler came in.
+    assert result.curve[1]["time_s"] == pytest.approx(0.6, abs=0.05)
 
 
-@pytest.mark.asyncio
-async def test_a_client_that_never_connects_does_not_stall_the_rounds() -> None:
+def test_a_client_that_never_connects_does_not_stall_the_rounds() -> None:
+    """Virtual time: each round waits exactly its 0.3 s deadline for the missing client."""
     topo = parse_topology({"name": "one", "regions": [{"name": "home"}]})
     wl = make_workload("softmax-digits")
-    async with Network(topo, unreachable_timeout_s=0.5) as net:
-        agg = FedAggregator(await net.connect("home/aggregator/0"), wl,
-                            ["home/worker/0", "home/worker/1"], wl.init_params(),
-                            FedAvgConfig(deadline_s=0.3), rounds=3)
-        client = FedClient(await net.connect("home/worker/0"), wl,
-                           wl.partition({"home": 1})[("home", 0)], "home/aggregator/0", 1)
-        client_task = asyncio.ensure_future(client.run())
-        assert await asyncio.wait_for(agg.run(), 10) == 3
-        assert await asyncio.wait_for(client_task, 5) == 3
+
+    async def main() -> tuple[FedAggregator, int, float]:
+        async with Network(topo, unreachable_timeout_s=0.5) as net:
+            agg = FedAggregator(await net.connect("home/aggregator/0"), wl,
+                                ["home/worker/0", "home/worker/1"], wl.init_params(),
+                                FedAvgConfig(deadline_s=0.3), rounds=3)
+            client = FedClient(await net.connect("home/worker/0"), wl,
+                               wl.partition({"home": 1})[("home", 0)], "home/aggregator/0", 1)
+            client_task = asyncio.ensure_future(client.run())
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            assert await agg.run() == 3
+            took = loop.time() - t0
+            return agg, await client_task, took
+
+    agg, client_rounds, took = run_virtual(main())
+    assert client_rounds == 3
     assert agg.counters["missed_deadline"] == 3 and agg.counters["averaged"] == 3
     assert agg.history == [(2, 1)] * 3
+    assert took == pytest.approx(3 * 0.3, abs=0.01)  # three deadlines, nothing longer
 
 
 @pytest.mark.asyncio

@@ -38,14 +38,17 @@ async def test_one_worker_under_bsp_follows_sequential_sgd_exactly() -> None:
     assert result.summary["lan_bytes"] > 0 and result.summary["wan_bytes"] == 0
 
 
-@pytest.mark.asyncio
 @pytest.mark.parametrize("staleness", [0, 2])
-async def test_ssp_bound_holds_on_every_read_with_uneven_workers(staleness: int) -> None:
+def test_ssp_bound_holds_on_every_read_with_uneven_workers(staleness: int) -> None:
+    """Virtual time: worker i's pass costs 10 * i ms, so worker 0 is always the fastest
+    and runs as far ahead as the bound lets it."""
+    from geoml.bus.vclock import run_virtual
+
     workload = SlowPasses(make_workload("softmax-digits"),
                           lambda part, _clock: 0.01 * part.worker)  # uneven machines
-    result = await asyncio.wait_for(run_ps(RunConfig(
+    result = run_virtual(run_ps(RunConfig(
         one_region(4, 2), "lan", workload, staleness=staleness, iterations=8,
-        quiet=True, record_reads=True)), 60)
+        quiet=True, record_reads=True, compute=SlowPasses.COST)))
     served = [r for shard in result.shards for r in shard.gate.served]
     assert len(served) == 4 * 8 * 2  # every worker read every shard every clock
     for read in served:
@@ -228,3 +231,24 @@ async def test_a_restarted_worker_resumes_where_it_was_and_nothing_is_applied_tw
     assert shards[1].counters["duplicate_pushes"] == 0
     model = np.concatenate([s.tables["W"] for s in shards])
     np.testing.assert_array_equal(model, wl.expected({"home": 1}, 6))
+
+
+def test_seconds_ends_the_run_with_the_clock_in_progress_at_that_time() -> None:
+    """Virtual time, each clock charged 1 ms per example: a clock is exactly one pass over
+    the worker's partition, so the number of clocks within --seconds is known by hand."""
+    import math
+
+    from geoml.bus.vclock import run_virtual
+    from geoml.roles.compute import ComputeCost
+
+    wl = make_workload("softmax-digits")
+    (_, part), = wl.partition({"home": 1}).items()
+    clock_s = part.size * 1e-3
+    seconds = 5.0
+    result = run_virtual(run_ps(RunConfig(
+        one_region(1, 1), "lan", wl, seconds=seconds, quiet=True,
+        compute=ComputeCost.parse("example:1e-3"))))
+    s = result.summary
+    assert s["iterations"] == math.ceil(seconds / clock_s)  # 4 clocks of 1.438 s
+    assert seconds <= s["elapsed_s"] < seconds + clock_s
+    assert [r["clock"] for r in result.curve] == list(range(s["iterations"] + 1))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -84,8 +85,22 @@ async def test_real_time_computes_in_the_executor_and_a_slow_region_waits_longer
         name = await asyncio.wait_for(fast.run(lambda: threading.current_thread().name), 10)
         assert name.startswith("geoml-test") and fast.charged_s == 0
         slow = Compute(pool, speed=0.5)  # half this machine's speed: the work again as a wait
-        await asyncio.wait_for(slow.run(_busy, 100_000), 10)
+        work_wall: list[float] = []
+
+        def timed_work() -> int:
+            t = time.perf_counter()
+            result = _busy(300_000)
+            work_wall.append(time.perf_counter() - t)
+            return result
+
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        await asyncio.wait_for(slow.run(timed_work), 10)
+        elapsed = loop.time() - t0
         assert slow.charged_s == pytest.approx(slow.cpu_s) and slow.cpu_s > 0
+        # The work's own wall time, then the wait for the missing half of the machine: a
+        # loaded box can only make the first longer, never the total shorter.
+        assert elapsed >= work_wall[0] + slow.charged_s - 1e-3, (elapsed, work_wall, slow.cpu_s)
 
 
 def _summary_without_wall_time(out: Path) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""Mutation testing: deliberate breaks of the product that the suite must catch."""

@@ -1,0 +1,151 @@
+"""The mutants: each a small, meaningful break of the product, and the tests that catch it.
+
+A mutant replaces one exact piece of source (`old`, which must occur exactly once in
+`file`) with `new`. `tests/test_mutant_catalog.py` checks that every `old` is still there,
+so moving code cannot silently retire a mutant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    what: str
+    file: str  # relative to the repository root
+    old: str
+    new: str
+    tests: tuple[str, ...]
+
+    def apply(self, source: str) -> str:
+        if source.count(self.old) != 1:
+            raise ValueError(f"{self.name}: {self.file} holds its snippet "
+                             f"{source.count(self.old)} times, not once")
+        return source.replace(self.old, self.new)
+
+
+MUTANTS: tuple[Mutant, ...] = (
+    Mutant("bucket_half_rate", "a token bucket that refills at half its rate",
+           "bus/bucket.py",
+           "self._tokens + (t - self._stamp) * self._rate)\n        self._stamp = t",
+           "self._tokens + (t - self._stamp) * self._rate / 2)\n        self._stamp = t",
+           ("tests/test_bucket.py",)),
+    Mutant("bucket_no_burst", "a token bucket whose burst never leaves at once",
+           "bus/bucket.py",
+           "self._tokens = float(burst)\n", "self._tokens = 0.0\n",
+           ("tests/test_bucket.py",)),
+    Mutant("link_ignores_latency", "a link that delivers without its latency",
+           "bus/link.py",
+           "self._dispatch(item, depart + self._latency)", "self._dispatch(item, depart)",
+           ("tests/test_link.py", "tests/test_vclock.py")),
+    Mutant("link_no_priority", "control frames queue behind data",
+           "bus/link.py",
+           "        if item.control:\n            self._control.append(item)\n        else:\n"
+           "            self._data.append(item)",
+           "        if False:\n            self._control.append(item)\n        else:\n"
+           "            self._data.append(item)",
+           ("tests/test_link.py", "tests/test_router.py")),
+    Mutant("link_never_pauses", "a full link never asks its senders to pause",
+           "bus/link.py",
+           "if self._queued > self._limit and item.sender is not None:",
+           "if False and item.sender is not None:",
+           ("tests/test_link.py", "tests/test_router.py")),
+    Mutant("router_lets_spoofs_through", "the router forwards a frame whose src is not the "
+           "connection's address",
+           "bus/router.py",
+           "        elif registered != ident:\n            self._drop(ident, \"spoofed_source\",",
+           "        elif False:\n            self._drop(ident, \"spoofed_source\",",
+           ("tests/test_router.py",)),
+    Mutant("sovereignty_leak", "a sovereignty check that lets raw frames out",
+           "bus/router.py",
+           "if origin in self._sovereign and target != origin:",
+           "if origin in self._sovereign and target == origin:",
+           ("tests/test_sovereignty.py",)),
+    Mutant("reliable_forgets_resend", "a reliable endpoint that forgets to resend on "
+           "reconnect", "bus/endpoint.py",
+           "await self._resend(list(self._log.all_kept()))", "await self._resend([])",
+           ("tests/test_router_restart.py",)),
+    Mutant("ssp_off_by_one", "the SSP gate lets a worker run one clock further than S",
+           "roles/ssp.py",
+           "return self.min_clock >= clock - self.staleness",
+           "return self.min_clock >= clock - self.staleness - 1",
+           ("tests/test_ssp.py", "tests/test_ps.py")),
+    Mutant("ps_applies_duplicates", "a PS shard applies a restarted worker's redone push "
+           "again", "roles/ssp.py",
+           "return 0 <= clock < self.clocks.get(worker, 0)", "return False",
+           ("tests/test_ps.py", "tests/test_recovery.py")),
+    Mutant("filter_drops", "the significance filter drops insignificant updates instead of "
+           "accumulating them", "roles/significance.py",
+           "            out[name] = self._take(acc, np.flatnonzero(mask))\n",
+           "            out[name] = self._take(acc, np.flatnonzero(mask))\n"
+           "            acc[...] = 0\n",
+           ("tests/test_significance.py", "tests/test_gaia.py")),
+    Mutant("filter_no_decay", "the significance threshold does not decay with the clock",
+           "roles/significance.py",
+           "return self.v / math.sqrt(max(1, clock))", "return self.v",
+           ("tests/test_significance.py",)),
+    Mutant("mirror_clock_off_by_one", "the mirror clock lets a region run DS + 1 clocks "
+           "ahead", "roles/significance.py",
+           "return local_clock - self.slowest <= self.ds",
+           "return local_clock - self.slowest <= self.ds + 1",
+           ("tests/test_significance.py", "tests/test_gaia.py")),
+    Mutant("barrier_never_sent", "the selective barrier is never sent",
+           "roles/gaia.py",
+           "        if self.barrier != \"auto\":\n            return self.barrier == \"always\"",
+           "        if self.barrier != \"auto\":\n            return False",
+           ("tests/test_gaia.py", "tests/test_ps.py")),
+    Mutant("barrier_auto_never", "the default barrier mode (auto) never sends a barrier, "
+           "even behind a backlog", "roles/gaia.py",
+           "return backlog is not None and backlog.queued(asyncio.get_running_loop().time()) > 0",
+           "return False",
+           ("tests/test_gaia.py",)),
+    Mutant("fedavg_unweighted", "a FedAvg average that ignores the clients' sample counts",
+           "roles/fedavg.py",
+           "        acc.add(delta, samples)", "        acc.add(delta, 1)",
+           ("tests/test_fedavg.py",)),
+    Mutant("fedavg_no_deadline", "the aggregator ignores its round deadline",
+           "roles/fedavg.py", "deadline = loop.time() + self.config.deadline_s",
+           "deadline = loop.time() + 1e9 * self.config.deadline_s",
+           ("tests/test_fedavg.py",)),
+    Mutant("cost_without_egress", "the cost model forgets WAN egress",
+           "tools/results.py",
+           "egress += nbytes / 1e9 * topology.region(sender).egress_usd_per_gb",
+           "egress += 0.0 * nbytes",
+           ("tests/test_results.py",)),
+    Mutant("cost_receiver_pays", "egress is priced at the receiving region",
+           "tools/results.py", "sender = name.split(\"->\")[0]", "sender = name.split(\"->\")[1]",
+           ("tests/test_results.py",)),
+    Mutant("compare_target_wrong_run", "compare's target comes from the first system listed, "
+           "not from LAN", "tools/compare.py",
+           "order = [\"lan\"] + [s for s in systems if s != \"lan\"]", "order = list(systems)",
+           ("tests/test_compare.py",)),
+    Mutant("compare_no_slack", "compare gives the other systems only LAN's clocks",
+           "tools/compare.py", "CLOCK_SLACK = 2", "CLOCK_SLACK = 1",
+           ("tests/test_compare.py",)),
+    Mutant("time_to_target_strict", "time to target needs the objective strictly below it",
+           "tools/results.py", "if row[\"objective\"] <= target:",
+           "if row[\"objective\"] < target:",
+           ("tests/test_results.py", "tests/test_ps.py")),
+    Mutant("slow_region_no_wait", "a slow region does not wait for its machine",
+           "roles/compute.py",
+           "            self.charged_s += charge\n            await asyncio.sleep(charge)",
+           "            self.charged_s += charge",
+           ("tests/test_vtime.py",)),
+    Mutant("cartel_wrong_rows", "a Cartel peer exports the first rows of its model, not the "
+           "asked classes' rows", "workloads/online.py",
+           "rows = [self._index[c] for c in held]", "rows = list(range(len(held)))",
+           ("tests/test_cartel.py",)),
+    Mutant("metadata_worst_neighbour", "the metadata service ranks the least similar peer "
+           "first", "roles/metadata.py",
+           "ranked.append((-len(knows), js_divergence(priors, basis),",
+           "ranked.append((-len(knows), -js_divergence(priors, basis),",
+           ("tests/test_cartel.py",)),
+    Mutant("drift_never_fires", "the DDM drift detector never reports a drift",
+           "roles/drift.py", "if level > self.p_min + self.drift_level * self.s_min:",
+           "if False:", ("tests/test_drift.py",)),
+    Mutant("frame_size_unchecked", "the frame decoder accepts a buffer of the wrong size",
+           "bus/frame.py", "        if expected != size:", "        if expected < size:",
+           ("tests/test_frame.py",)),
+)
