@@ -232,8 +232,7 @@ class Endpoint:
                        + (f": {exc}" if str(exc) else ""))
             return
         log.warning("%s: reconnected to router %s; sending again the %d frame(s) not yet "
-                    "acknowledged", self.address, self.region,
-                    self._log.kept if self._log else 0)
+                    "acknowledged", self.address, self.region, self.unacknowledged)
         # New frames may now overtake the resent ones: the receivers put them back in order.
         self._up.set()
         await self._resend_all()
@@ -485,6 +484,12 @@ class Endpoint:
     def pending(self) -> int:
         """Messages received and not yet taken with recv."""
         return self._inbox.qsize()
+
+    @property
+    def unacknowledged(self) -> int:
+        """Frames a reliable endpoint still keeps for their destination's bus.ack (0 when
+        not reliable)."""
+        return self._log.kept if self._log is not None else 0
 
     async def _read_loop(self) -> None:
         while True:

@@ -340,34 +340,44 @@ class PSWorker:
 
     async def run(self) -> int:
         """Run until `iterations` clocks are done or `stop` is set; returns the clock."""
-        loop = asyncio.get_running_loop()
         if self.resume:
             self.clock = await self._where()
         try:
             while (self.iterations is None or self.clock < self.iterations) \
                     and not self.stop.is_set() and not self._finished_before:
-                t0 = loop.time()
-                params = await self._read()
-                t1 = loop.time()
-                new = await self.compute.run(
-                    self.workload.local_pass, params, self.part, self.clock,
-                    examples=self.workload.pass_examples(self.part, self.clock))
-                t2 = loop.time()
-                await self._push(params, new)
-                t3 = loop.time()
-                self.times["read_s"] += t1 - t0
-                self.times["compute_s"] += t2 - t1
-                self.times["push_s"] += t3 - t2
-                self.clock += 1
-                self.clock_done_at.append(t3)
-                if self.on_clock is not None:
-                    self.on_clock(self.ep.address, self.clock)
+                await self.step()
             await self._finish()
         finally:
             if not self.ep.closed and not self._done_sent:
                 for shard in self.shards:  # stopped early: let the shards go on
                     await self.ep.send(shard, DONE)
         return self.clock
+
+    async def step(self) -> None:
+        """One clock: read the rows this worker needs, run its local pass, push the
+        update to every shard (run() is these steps, then ps.done)."""
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        params = await self._read()
+        t1 = loop.time()
+        new = await self.compute.run(
+            self.workload.local_pass, params, self.part, self.clock,
+            examples=self.workload.pass_examples(self.part, self.clock))
+        t2 = loop.time()
+        await self._push(params, new)
+        t3 = loop.time()
+        self.times["read_s"] += t1 - t0
+        self.times["compute_s"] += t2 - t1
+        self.times["push_s"] += t3 - t2
+        self.clock += 1
+        self.clock_done_at.append(t3)
+        if self.on_clock is not None:
+            self.on_clock(self.ep.address, self.clock)
+
+    @property
+    def retained_clocks(self) -> list[list[int]]:
+        """Per shard, the clocks of the pushes kept for a replay (not yet durable there)."""
+        return [[clock for clock, _, _ in kept] for kept in self._retained]
 
     async def _finish(self) -> None:
         """ps.done to every shard; a checkpointing shard must answer ps.bye (the done is

@@ -7,6 +7,7 @@ role is written: a coroutine around an Endpoint.
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,8 @@ from geoml.bus import Endpoint
 
 STOP = "traffic.stop"
 DATA = "traffic.data"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -28,6 +31,8 @@ class SinkReport:
     last_at: float | None = None
     by_source: dict[str, int] = field(default_factory=dict)
     latencies_s: list[float] = field(default_factory=list)
+    sources_stopped: int = 0
+    idle_timeout: bool = False  # ended because nothing came for idle_timeout seconds
 
     def rate_bps(self) -> float:
         """Bits per second between the first and the last arrival (first frame excluded)."""
@@ -46,6 +51,8 @@ class SinkReport:
             "rate_mbps": self.rate_bps() / 1e6,
             "by_source": dict(self.by_source),
             "latency_ms_median": lat[len(lat) // 2] * 1e3 if lat else None,
+            "sources_stopped": self.sources_stopped,
+            "idle_timeout": self.idle_timeout,
         }
 
 
@@ -76,14 +83,20 @@ async def run_source(ep: Endpoint, dst: str, *, frame_bytes: int, count: int | N
 
 async def run_sink(ep: Endpoint, *, sources: int = 1, idle_timeout: float = 30.0,
                    report: SinkReport | None = None) -> SinkReport:
-    """Receive until every one of `sources` has sent its stop frame (or `idle_timeout`)."""
+    """Receive until every one of `sources` has sent its stop frame, or nothing has come
+    for `idle_timeout` seconds (then `report.idle_timeout` says so)."""
     report = report or SinkReport()
     loop = asyncio.get_running_loop()
-    stopped = 0
-    while stopped < sources:
-        msg = await ep.recv(timeout=idle_timeout)
+    while report.sources_stopped < sources:
+        try:
+            msg = await ep.recv(timeout=idle_timeout)
+        except TimeoutError:
+            report.idle_timeout = True
+            log.warning("%s: nothing for %ss with %d of %d source(s) stopped; ending",
+                        ep.address, idle_timeout, report.sources_stopped, sources)
+            break
         if msg.type == STOP:
-            stopped += 1
+            report.sources_stopped += 1
             continue
         now = loop.time()
         if report.first_at is None:

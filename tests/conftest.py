@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import select
+import subprocess
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 
 import msgpack
@@ -54,6 +58,47 @@ async def wait_until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
             await asyncio.sleep(0.005)
 
     await asyncio.wait_for(poll(), timeout)
+
+
+#: What one test may spend waiting on processes: below pytest-timeout's 120 s, so a test
+#: that waits too long fails with its own message rather than being killed.
+PROCESS_TEST_BUDGET_S = 100.0
+
+
+class Deadline:
+    """One time budget shared by every wait of a test (waits must not add up past it)."""
+
+    def __init__(self, seconds: float = PROCESS_TEST_BUDGET_S) -> None:
+        self.at = time.monotonic() + seconds
+
+    def left(self, at_most: float | None = None) -> float:
+        """Seconds left (at least a little, so a last wait still gets its chance)."""
+        left = max(0.1, self.at - time.monotonic())
+        return left if at_most is None else min(left, at_most)
+
+
+def wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float) -> str:
+    """Read `proc`'s stdout (at the file descriptor, so a partial line never blocks) until a
+    line containing `needle`; AssertionError after `timeout` or at end of output."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    deadline = time.monotonic() + timeout
+    pending = b""
+    while (left := deadline - time.monotonic()) > 0:
+        ready, _, _ = select.select([fd], [], [], left)
+        if not ready:
+            break
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            if needle in line.decode(errors="replace"):
+                return line.decode(errors="replace")
+    ended = proc.poll() is not None
+    raise AssertionError(f"no line with {needle!r} within {timeout:.0f}s; "
+                         f"{'it exited ' + str(proc.returncode) if ended else 'still running'}")
 
 
 @contextlib.asynccontextmanager

@@ -361,3 +361,44 @@ def test_virtual_cartel_runs_with_a_price_per_example_are_identical(tmp_path):
     # an isolated site learns its 600 records and nothing else, at 0.1 ms each
     assert a["systems"]["isolated"]["train_compute_s"] == pytest.approx(600 * 1e-4)
     assert a["stream"]["compute"] == {"per_example_s": 1e-4}
+
+
+@pytest.mark.parametrize("fanout", [1, 2])
+def test_fanout_is_how_many_neighbours_a_transfer_pulls_from(fanout):
+    """Virtual time, four sites: site 2's new class is known at two others, so a fanout of
+    2 pulls from both and a fanout of 1 from the closest one only."""
+    pools = synthetic_pools()
+    topo = star(4)
+    streams = make_streams(pools, scenario(4))
+    cfg = CartelRunConfig(topology=topo, data="synthetic", stream=FAST, quiet=True,
+                          cartel=CartelConfig(fanout=fanout))
+    cloud, edges = place(topo, None, None)
+    run = run_virtual(run_system("cartel", cfg, topo, pools, streams, cloud, edges))
+    transfers = [t for site in run.details["sites"].values() for t in site["transfers"]]
+    assert transfers and all(len(t["neighbours"]) <= fanout for t in transfers)
+    assert max(len(t["neighbours"]) for t in transfers) == fanout
+    for t in transfers:  # every neighbour pulled from had learned a class the asker needed
+        for address in t["neighbours"]:
+            teacher = streams[edges.index(address.split("/")[0])]
+            assert set(t["need"]) & set(teacher.classes_before), (address, t)
+
+
+@pytest.mark.asyncio
+async def test_a_known_class_with_low_recall_is_asked_for_like_a_missing_one():
+    """README: a peer asks for the classes it lacks *or gets wrong* (recall below 80% over
+    its last window). Classes 1 and 2 are both learned; over the recent window the model
+    got class 1 right 7 times in 10 and class 2 9 times in 10, and has never seen 3."""
+    pools = synthetic_pools()
+    stream = make_streams(pools, scenario(2))[0]
+    async with Network(star(2)) as net:
+        peer = CartelPeer(await net.connect("e0/peer/0"), stream, pools.encoder,
+                          pools.n_classes, pools.feature_dim, FAST,
+                          CartelConfig(min_class_samples=5), "cloud/metadata/0")
+        x = np.zeros((30, pools.feature_dim), np.float32)
+        peer.model.learn(x, np.repeat([0, 1, 2], 10))  # 10 samples behind each row
+        recent = [(0, True)] * 10 + [(1, i < 7) for i in range(10)] \
+            + [(2, i < 9) for i in range(10)] + [(3, False)] * 5
+        for label, hit in recent:
+            peer.recent_labels.append(label)
+            peer.recent_hits.append(hit)
+        assert peer.needed_classes() == [1, 3]

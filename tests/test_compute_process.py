@@ -52,7 +52,7 @@ async def test_a_process_holds_its_objects_and_each_call_ships_only_its_argument
         # arrays come back with numpy's own dtype object (an unpickled copy of it makes
         # np.add.at take a slow path)
         assert out["sum"].dtype is np.dtype(np.float32) and out["sum"].flags.writeable
-        assert compute.calls == 3 and compute.cpu_s >= 0 and compute.charged_s == 0
+        assert compute.calls == 3 and compute.cpu_s > 0 and compute.charged_s == 0
     finally:
         compute.close()
 
@@ -70,10 +70,13 @@ async def test_a_dead_compute_process_and_an_unsendable_object_are_clear_errors(
         await asyncio.wait_for(lock.start(), 60)
 
 
-@pytest.mark.parametrize("system", ["gaia", "fedavg"])
+@pytest.mark.parametrize("system", ["baseline", "fedavg"])
 def test_runs_with_workers_in_processes_train_as_in_threads(system: str) -> None:
     """Through the real bus: the same seeded run with workers in processes and in threads
-    moves the same bytes and trains the model to the same place."""
+    moves the same bytes and trains the model to the same place. Both systems are
+    synchronous (BSP rounds, FedAvg rounds), so every frame is the same whatever the order
+    the workers finish in; only the order a shard or the aggregator adds updates in
+    differs, a float32 rounding."""
     workload = make_workload("softmax-digits")
     results = {}
     for where in ("processes", "threads"):
@@ -82,11 +85,12 @@ def test_runs_with_workers_in_processes_train_as_in_threads(system: str) -> None
         results[where] = asyncio.run(asyncio.wait_for(run_system(cfg), 120))
     procs, threads = results["processes"], results["threads"]
     assert procs.curve[-1]["clock"] == threads.curve[-1]["clock"] == 4
+    assert procs.summary["wan_bytes"] == threads.summary["wan_bytes"] > 0
+    assert procs.summary["lan_bytes"] == threads.summary["lan_bytes"]
+    for a, b in zip(procs.curve, threads.curve, strict=True):
+        assert a["objective"] == pytest.approx(b["objective"], rel=1e-5), a["clock"]
     assert procs.curve[-1]["objective"] < 0.95 * procs.curve[0]["objective"]
-    if system == "fedavg":  # every round averages the same updates, whatever their order
-        assert procs.curve[-1]["objective"] == pytest.approx(threads.curve[-1]["objective"],
-                                                             rel=1e-5)
-        assert procs.summary["wan_bytes"] == threads.summary["wan_bytes"]
-    computes = ([r.compute for a, r in procs.roles.items() if "/worker/" in a]
-                if system == "fedavg" else [w.compute for w in procs.workers])
-    assert computes and all(c.process is not None and c.calls > 0 for c in computes)
+    computes = [r.compute for a, r in procs.roles.items() if "/worker/" in a] \
+        if system == "fedavg" else [w.compute for w in procs.workers]
+    assert len(computes) == 4 and all(c.process is not None and c.calls == 4
+                                      for c in computes)

@@ -32,11 +32,21 @@ def two_regions(workers: int = 1) -> object:
 
 @pytest.mark.asyncio
 async def test_each_round_is_the_sample_weighted_mean_of_the_clients_models() -> None:
+    """The aggregator and four clients through the real bus. East's one client holds
+    three times the data of each of west's three, so an unweighted mean would differ."""
     wl = make_workload("softmax-digits")
-    result = await asyncio.wait_for(run_system(RunConfig(
-        two_regions(workers=2), "fedavg", wl, iterations=2, quiet=True,
-        fed=FedAvgConfig(epochs=2))), 60)
-    parts = wl.partition({"east": 2, "west": 2})
+    parts = wl.partition({"east": 1, "west": 3})
+    sizes = sorted(p.size for p in parts.values())
+    assert sizes[-1] > 2.5 * sizes[0]
+    clients = [f"{r}/worker/{w}" for r, w in parts]
+    async with Network(two_regions()) as net:
+        agg = FedAggregator(await net.connect("east/aggregator/0"), wl, clients,
+                            wl.init_params(), FedAvgConfig(epochs=2), rounds=2)
+        roles = [FedClient(await net.connect(f"{r}/worker/{w}"), wl, part,
+                           "east/aggregator/0", 2) for (r, w), part in parts.items()]
+        running = [asyncio.ensure_future(c.run()) for c in roles]
+        assert await asyncio.wait_for(agg.run(), 60) == 2
+        assert await asyncio.wait_for(asyncio.gather(*running), 10) == [2] * 4
     params = wl.init_params()
     for round_ in range(2):
         total = sum(p.size for p in parts.values())
@@ -49,11 +59,19 @@ async def test_each_round_is_the_sample_weighted_mean_of_the_clients_models() ->
                 mean[t] += part.size * (local[t] - params[t])
         params = {t: params[t] + (mean[t] / total).astype(np.float32) for t in params}
     for t in params:
-        np.testing.assert_allclose(result.params[t], params[t], atol=1e-5)
+        np.testing.assert_allclose(agg.params[t], params[t], atol=1e-6)
+    assert agg.counters["averaged"] == 8 and agg.history == [(4, 4), (4, 4)]
+
+
+def test_a_fedavg_run_reports_its_rounds_and_moves_no_raw_data() -> None:
+    """The same system through the harness: what its summary says of the rounds."""
+    result = run_virtual(run_system(RunConfig(
+        two_regions(workers=2), "fedavg", make_workload("softmax-digits"), iterations=2,
+        quiet=True, fed=FedAvgConfig(epochs=2))))
     s = result.summary
     assert s["iterations"] == 2 and s["fedavg"]["averaged"] == 8
     assert s["raw_wan_frames"] == 0 and s["wan_bytes"] > 0
-    assert [row["clock"] for row in result.curve][-1] == 2
+    assert [row["clock"] for row in result.curve] == [0, 1, 2]
 
 
 def test_a_fraction_of_the_clients_is_asked_each_round_and_the_draw_is_seeded() -> None:

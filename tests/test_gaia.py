@@ -17,6 +17,8 @@ from geoml.roles.sparse_codec import encode, encode_indices
 from geoml.run import LinkFault, RunConfig, RunResult, assemble, run_ps
 from geoml.workloads import IntegerUpdates, Params
 
+from .conftest import wait_until
+
 
 def _replicas(result: RunResult) -> dict[str, Params]:
     by_region: dict[str, list[Any]] = {}
@@ -105,14 +107,6 @@ async def test_a_read_of_a_row_under_a_selective_barrier_waits_for_its_values() 
                             {"a": "a/mirror/0", "b": "b/mirror/0"})
         remote = await net.connect("a/mirror/0")
         worker = await net.connect("b/worker/0")
-        blocked = asyncio.Event()
-        block = shard._block
-
-        def spy(msg: Any) -> None:
-            block(msg)
-            blocked.set()
-
-        shard._block = spy  # type: ignore[method-assign]
         tasks = [asyncio.ensure_future(shard.run()), asyncio.ensure_future(mirror.run())]
         try:
             rows = np.arange(50)
@@ -123,7 +117,7 @@ async def test_a_read_of_a_row_under_a_selective_barrier_waits_for_its_values() 
             meta, arrays = encode({"W": (elements, np.ones(len(elements), np.float32))})
             await remote.send("b/mirror/0", UPDATE, arrays=arrays,
                               meta={"seq": 1, "clocks": {"a": 1}, "final": [], **meta})
-            await asyncio.wait_for(blocked.wait(), 10)
+            await wait_until(lambda: shard.counters["blocks"] == 1, 10)
             for req, row in ((1, 5), (2, 80)):
                 await worker.send("b/ps/0", READ, arrays=[np.array([row], np.int64)],
                                   meta={"req": req, "clock": 0, "tables": ["W"],

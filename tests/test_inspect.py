@@ -30,6 +30,8 @@ from geoml.traffic import (
     unpack_events,
 )
 
+from .conftest import Deadline, wait_for_line
+
 
 def ev(link: str, src: str, dst: str, nbytes: int = 100, t: float = 0.0,
        ftype: str = "ps.push", kind: str = "wan") -> TapEvent:
@@ -160,8 +162,9 @@ def test_live_view_in_a_real_terminal(tmp_path: Path) -> None:
         stdin=slave, stdout=slave, stderr=slave, close_fds=True)
     os.close(slave)
     try:
-        screen = _read_pty(master, proc, 90)
-        assert proc.wait(timeout=30) == 0, screen[-2000:]
+        deadline = Deadline()
+        screen = _read_pty(master, proc, deadline.left())
+        assert proc.wait(timeout=deadline.left()) == 0, screen[-2000:]
     finally:
         os.close(master)
         if proc.poll() is None:
@@ -183,8 +186,7 @@ def test_inspector_names_a_router_it_cannot_reach(tmp_path: Path) -> None:
                                str(topo), "--region", "east"], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     try:
-        assert router.stdout is not None
-        assert "listening" in router.stdout.readline()
+        wait_for_line(router, "listening", 30)
         inspect = subprocess.run(
             [sys.executable, "-m", "geoml.cli", "inspect", "--topology", str(topo),
              "--seconds", "2.5"], capture_output=True, text=True, timeout=60)

@@ -19,6 +19,8 @@ from geoml.bus import load_topology
 from geoml.bus.vclock import run_with_clock
 from geoml.run import RunConfig, run_system
 
+from .conftest import PROCESS_TEST_BUDGET_S, Deadline
+
 pytestmark = pytest.mark.multiprocess
 
 
@@ -55,14 +57,16 @@ def _wait_for_log(path: Path, needle: str, timeout: float) -> None:
 
 
 def _disturb(proc: subprocess.Popen[str], out: Path, worker: str, clock: int,
-             act: Callable[[], None], timeout: float = 60) -> str:
+             act: Callable[[], None]) -> str:
     """Once `worker` has logged `clock`, do `act` (kill a process, Ctrl-C); the launcher's
-    stderr when it has ended (it is killed if it does not end within `timeout`)."""
+    stderr when it has ended. Both waits share one budget below pytest-timeout's (the
+    launcher is killed if it has not ended by then)."""
+    deadline = Deadline()
     try:
         _wait_for_log(out / "logs" / f"{worker.replace('/', '_')}.log",
-                      f"{worker} clock {clock}", 90)
+                      f"{worker} clock {clock}", deadline.left())
         act()
-        return proc.communicate(timeout=timeout)[1]
+        return proc.communicate(timeout=deadline.left())[1]
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -79,7 +83,7 @@ def test_launch_runs_every_role_as_a_process_with_the_all_in_one_results(
     # --restarts 0: no checkpoints, whose frames (ps.bye, a durable clock in ps.value) add
     # a few hundred bytes the all-in-one run does not send
     proc = _launch(out, "--iterations", "5", "--restarts", "0")
-    stdout, stderr = proc.communicate(timeout=120)
+    stdout, stderr = proc.communicate(timeout=PROCESS_TEST_BUDGET_S)
     assert proc.returncode == 0, stderr
     summary = json.loads((out / "summary.json").read_text())
     children = _children(out)
@@ -134,7 +138,7 @@ def test_a_killed_role_is_restarted_and_no_update_is_lost_or_applied_twice(
     out, clocks = tmp_path / "run", 60
     proc = _launch(out, "--iterations", str(clocks), "--system", "gaia", "--workload",
                    "integer-updates", "--gaia-v", "0.5")
-    stderr = _disturb(proc, out, "west/worker/1", 5, _kill(out, victim), timeout=120)
+    stderr = _disturb(proc, out, "west/worker/1", 5, _kill(out, victim))
     assert proc.returncode == 0, stderr
     assert f"{victim} failed (killed by SIGKILL); restarting it (1/2)" in stderr
     summary = json.loads((out / "summary.json").read_text())
@@ -225,7 +229,7 @@ def test_gaia_with_hubs_as_processes_ends_with_every_update_in_every_replica(
          "integer-updates",
          "--iterations", str(clocks), "--out", str(out), "--status-every", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _, stderr = proc.communicate(timeout=120)
+    _, stderr = proc.communicate(timeout=PROCESS_TEST_BUDGET_S)
     assert proc.returncode == 0, stderr
     summary = json.loads((out / "summary.json").read_text())
     assert sorted(p["kind"] for p in summary["processes"].values()) == \
@@ -275,7 +279,7 @@ def test_isolated_as_processes_scores_every_region_as_all_in_one(tmp_path: Path)
     WAN, and every region's model is scored on the global and on its own test set."""
     out = tmp_path / "run"
     proc = _launch(out, "--iterations", "4", "--system", "isolated", "--restarts", "0")
-    _, stderr = proc.communicate(timeout=120)
+    _, stderr = proc.communicate(timeout=PROCESS_TEST_BUDGET_S)
     assert proc.returncode == 0, stderr
     summary = json.loads((out / "summary.json").read_text())
     aio = run_with_clock(run_system(RunConfig(
@@ -290,3 +294,53 @@ def test_isolated_as_processes_scores_every_region_as_all_in_one(tmp_path: Path)
     assert summary["final_objective"] == pytest.approx(aio.summary["final_objective"],
                                                        rel=1e-3)
     assert not [n for n, pid in _children(out).items() if _alive(pid)]
+
+
+def test_killing_the_launcher_takes_every_child_with_it(tmp_path: Path) -> None:
+    """kill -9 of the launcher itself: no chance to clean up, so the children must go by
+    their parent-death signal (README: "Children also die with the launcher")."""
+    out = tmp_path / "run"
+    proc = _launch(out, "--iterations", "5000")
+    _disturb(proc, out, "west/worker/1", 1, lambda: os.kill(proc.pid, signal.SIGKILL))
+    assert proc.returncode == -signal.SIGKILL
+    children = _children(out)
+    assert len(children) == 8
+    deadline = Deadline(30)  # the kernel sends the signal at once; reaping takes a moment
+    while [n for n, pid in children.items() if _alive(pid)] and deadline.left() > 0.1:
+        time.sleep(0.05)
+    assert not [n for n, pid in children.items() if _alive(pid)]
+
+
+STUBBORN = ("import signal, sys, time\n"
+            "signal.signal(signal.SIGTERM, {handler})\n"
+            "print('ready', flush=True)\n"
+            "time.sleep(60)\n")
+
+
+def test_stopping_sends_sigterm_then_sigkill_after_the_grace(tmp_path: Path) -> None:
+    """Launcher.stop_all on two real processes: one that exits on SIGTERM, one that ignores
+    it and is killed when the grace (5 s) is over."""
+    import asyncio
+
+    from geoml.launch import Child, LaunchConfig, Launcher
+    from geoml.roles.ps_plan import plan_ps
+
+    async def main() -> tuple[list[int | None], float]:
+        cfg = LaunchConfig("tiny", "baseline", "softmax-digits", 1, tmp_path)
+        topo = load_topology("tiny")
+        launcher = Launcher(cfg, topo, plan_ps(topo, "baseline"))
+        for name, handler in (("polite", "signal.SIG_DFL"), ("stubborn", "signal.SIG_IGN")):
+            p = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", STUBBORN.format(handler=handler),
+                stdout=asyncio.subprocess.PIPE)
+            assert p.stdout is not None
+            assert await asyncio.wait_for(p.stdout.readline(), 30) == b"ready\n"
+            log = open(tmp_path / name, "w")  # noqa: SIM115 (stop_all closes it)
+            launcher.children.append(Child(name, "worker", p, log))
+        t0 = time.monotonic()
+        await asyncio.wait_for(launcher.stop_all(), 30)
+        return [c.proc.returncode for c in launcher.children], time.monotonic() - t0
+
+    codes, took = asyncio.run(main())
+    assert codes == [-signal.SIGTERM, -signal.SIGKILL]
+    assert 5.0 <= took < 15.0  # the whole grace was given, then no more than a kill takes

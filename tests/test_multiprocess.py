@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 import os
 import random
-import selectors
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from .conftest import Deadline, wait_for_line
 
 pytestmark = pytest.mark.multiprocess
 
@@ -41,27 +41,6 @@ def _geoml(*args: str) -> subprocess.Popen[str]:
                                                                     "PYTHONUNBUFFERED": "1"})
 
 
-def _wait_line(proc: subprocess.Popen[str], needle: str, timeout: float) -> str:
-    """Read proc's stdout until a line containing `needle` (bounded by `timeout`)."""
-    assert proc.stdout is not None
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            if not sel.select(timeout=deadline - time.monotonic()):
-                break
-            line = proc.stdout.readline()
-            if not line:
-                break
-            if needle in line:
-                return line
-    finally:
-        sel.unregister(proc.stdout)
-    raise AssertionError(f"no line with {needle!r} within {timeout}s; stderr: "
-                         f"{proc.stderr.read() if proc.poll() is not None else '(running)'}")
-
-
 @pytest.fixture
 def topology_file(tmp_path: Path) -> Path:
     path = tmp_path / "mp.toml"
@@ -75,12 +54,13 @@ def _source_to_sink(topology: Path, *source_args: str
     each a process; returns the source's report, the sink's, and each router's stats
     (after SIGTERM). Every process is gone when it returns."""
     procs: list[subprocess.Popen[str]] = []
+    deadline = Deadline()
     try:
         for region in ("east", "west"):
             procs.append(_geoml("router", "--topology", str(topology), "--region", region,
                                 "--status-every", "1"))
         for proc in procs:
-            _wait_line(proc, "listening on tcp://127.0.0.1:", 30)
+            wait_for_line(proc, "listening on tcp://127.0.0.1:", deadline.left(30))
         sink = _geoml("role", "--topology", str(topology), "--address", "west/sink/0",
                       "--kind", "sink", "--idle-timeout", "60")
         source = _geoml("role", "--topology", str(topology), "--address", "east/source/0",
@@ -88,13 +68,13 @@ def _source_to_sink(topology: Path, *source_args: str
         procs += [sink, source]
         reports = []
         for proc in (source, sink):
-            out, err = proc.communicate(timeout=120)
+            out, err = proc.communicate(timeout=deadline.left())
             assert proc.returncode == 0, err
             reports.append(json.loads(out.strip().splitlines()[-1]))
         stats = {}
         for proc, region in zip(procs[:2], ("east", "west"), strict=True):
             proc.send_signal(signal.SIGTERM)
-            out, err = proc.communicate(timeout=30)
+            out, err = proc.communicate(timeout=deadline.left(30))
             assert proc.returncode == 0, err
             stats[region] = json.loads(out.strip().splitlines()[-1])
         return reports[0], reports[1], stats
@@ -147,22 +127,23 @@ def test_baseline_parameter_server_as_processes_converges(topology_file: Path,
     assert len(plan.shards) == 2 and len(plan.workers) == 2
     out = tmp_path / "shards"
     procs: list[subprocess.Popen[str]] = []
+    deadline = Deadline()
     try:
         routers = [_geoml("router", "--topology", str(topology_file), "--region", region,
                           "--status-every", "1") for region in ("east", "west")]
         procs += routers
         for proc in routers:
-            _wait_line(proc, "listening on tcp://127.0.0.1:", 30)
+            wait_for_line(proc, "listening on tcp://127.0.0.1:", deadline.left(30))
         shards = [_geoml("role", *common, "--address", a, "--kind", "ps_shard", "--out",
                          str(out)) for a in plan.shards]
         procs += shards
         for proc in shards:
-            _wait_line(proc, "connected to", 60)
+            wait_for_line(proc, "connected to", deadline.left(60))
         workers = [_geoml("role", *common, "--address", a, "--kind", "worker",
                           "--iterations", "5") for a in plan.workers]
         procs += workers
         for proc in (*workers, *shards):
-            stdout, err = proc.communicate(timeout=120)
+            stdout, err = proc.communicate(timeout=deadline.left())
             assert proc.returncode == 0, err
             report = json.loads(stdout.strip().splitlines()[-1])
             if report["kind"] == "worker":
@@ -172,7 +153,7 @@ def test_baseline_parameter_server_as_processes_converges(topology_file: Path,
         stats = []
         for proc in routers:
             proc.send_signal(signal.SIGTERM)
-            stdout, err = proc.communicate(timeout=30)
+            stdout, err = proc.communicate(timeout=deadline.left(30))
             assert proc.returncode == 0, err
             stats.append(json.loads(stdout.strip().splitlines()[-1]))
         wan = stats[0]["links"]["east->west"]
@@ -218,3 +199,34 @@ def test_a_sender_faster_than_its_link_is_held_to_its_send_window(tmp_path: Path
     assert got["frames"] == sent["sent"] and sent["sent"] > 40
     assert sent["window_waits"] > 0 and sent["window_timeouts"] == 0
     assert link["max_queued_bytes"] <= (1 << 20) + SEND_WINDOW_BYTES + 2 * frame
+
+
+@pytest.mark.parametrize("keyed", [False, True])
+def test_router_and_role_warn_of_plain_text_without_keys(topology_file: Path, tmp_path: Path,
+                                                         keyed: bool) -> None:
+    warning = "no --keys: tcp in plain text, and any client is let in"
+    keys: list[str] = []
+    if keyed:
+        made = _geoml("keys", "--topology", str(topology_file), "--out", str(tmp_path / "k"))
+        assert made.communicate(timeout=60)[0] is not None and made.returncode == 0
+        keys = ["--keys", str(tmp_path / "k")]
+    deadline = Deadline()
+    router = _geoml("router", "--topology", str(topology_file), "--region", "east", *keys)
+    try:
+        wait_for_line(router, "listening on tcp://127.0.0.1:", deadline.left(30))
+        sink = _geoml("role", "--topology", str(topology_file), "--address", "east/sink/0",
+                      "--kind", "sink", "--idle-timeout", "0.5", *keys)
+        role_out, role_err = sink.communicate(timeout=deadline.left())
+        assert sink.returncode == 0, role_err
+        report = json.loads(role_out.strip().splitlines()[-1])
+        assert report["idle_timeout"] and report["frames"] == report["sources_stopped"] == 0
+        assert "nothing for 0.5s with 0 of 1 source(s) stopped" in role_err
+        router.send_signal(signal.SIGTERM)
+        _out, router_err = router.communicate(timeout=deadline.left(30))
+        assert router.returncode == 0, router_err
+    finally:
+        if router.poll() is None:
+            router.kill()
+            router.communicate(timeout=10)
+    assert (warning in router_err) is not keyed
+    assert (warning in role_err) is not keyed

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .test_multiprocess import _wait_line
+from .conftest import Deadline, wait_for_line
 
 pytestmark = pytest.mark.multiprocess
 
@@ -101,6 +101,7 @@ def test_gaia_across_two_hosts_ends_with_every_update_in_both_replicas(
     assert made.returncode == 0, made.stderr
     clocks = 5
     procs: dict[str, subprocess.Popen[str]] = {}
+    deadline = Deadline()
     try:
         for region, ns in namespaces.items():
             # each host gets every public key and only its own region's secret keys
@@ -113,7 +114,8 @@ def test_gaia_across_two_hosts_ends_with_every_update_in_both_replicas(
             procs[f"router {region}"] = _on_host(ns, "router", *common, "--region", region,
                                                  "--status-every", "3600")
         for region in namespaces:
-            _wait_line(procs[f"router {region}"], f"listening on tcp://{HOSTS[region]}:", 30)
+            wait_for_line(procs[f"router {region}"], f"listening on tcp://{HOSTS[region]}:",
+                          deadline.left(30))
         role = ["--system", "gaia", "--workload", "integer-updates", "--gaia-v", "0.5"]
         for kind, address in (("ps_shard", "{r}/ps/0"), ("mirror", "{r}/mirror/0"),
                               ("worker", "{r}/worker/0")):
@@ -127,19 +129,19 @@ def test_gaia_across_two_hosts_ends_with_every_update_in_both_replicas(
                                        str(keys), "--address", name, "--kind", kind, *role,
                                        *extra)
                 if kind != "worker":
-                    _wait_line(procs[name], "connected to", 60)
+                    wait_for_line(procs[name], "connected to", deadline.left(60))
         reports = {}
         for name, proc in procs.items():
             if name.startswith("router"):
                 continue
-            out, err = proc.communicate(timeout=120)
+            out, err = proc.communicate(timeout=deadline.left())
             assert proc.returncode == 0, f"{name}: {err}"
             reports[name] = json.loads(out.strip().splitlines()[-1])
         routers = {}
         for region in namespaces:
             proc = procs[f"router {region}"]
             proc.send_signal(signal.SIGTERM)
-            out, err = proc.communicate(timeout=30)
+            out, err = proc.communicate(timeout=deadline.left(30))
             assert proc.returncode == 0, err
             routers[region] = json.loads(out.strip().splitlines()[-1])
     finally:

@@ -10,22 +10,41 @@ import numpy as np
 from geoml.bus import Network, load_topology
 from geoml.bus.vclock import run_virtual
 
+WAN_RATE, WAN_LATENCY, WAN_BURST = 10e6, 0.020, 65536  # tiny.toml: 10 Mbit/s, 20 ms
+LAN_RATE, LAN_BURST = 1e9, 625_000  # its LAN: 1 Gbit/s, a 5 ms burst
+
+
+def _store_and_forward(size: int) -> float:
+    """A frame of `size` bytes over the WAN, then the destination's LAN link."""
+    return ((size - WAN_BURST) * 8 / WAN_RATE + WAN_LATENCY
+            + max(0, size - LAN_BURST) * 8 / LAN_RATE)
+
 
 def test_same_bus_under_virtual_time_is_exact_and_fast() -> None:
-    async def main() -> tuple[float, float]:
+    payloads = (12_500_000, 10_000_000)  # 100 and 80 Mbit
+
+    async def main() -> tuple[list[float], list[int], float]:
         async with Network(load_topology("tiny")) as net:
             a = await net.connect("east/w/0")
             b = await net.connect("west/w/0")
             loop = asyncio.get_running_loop()
-            t0, w0 = loop.time(), time.perf_counter()
-            await a.send("west/w/0", "t.big", arrays=[np.zeros(12_500_000, np.uint8)])
-            await b.recv(timeout=60)
-            return loop.time() - t0, time.perf_counter() - w0
+            w0 = time.perf_counter()
+            times, sizes = [], []
+            for payload in payloads:  # one after the other: each link starts idle
+                t0 = loop.time()
+                await a.send("west/w/0", "t.big", arrays=[np.zeros(payload, np.uint8)])
+                msg = await b.recv(timeout=60)
+                times.append(loop.time() - t0)
+                sizes.append(msg.nbytes)
+                await asyncio.sleep(1.0)  # virtual: the buckets refill their bursts
+            return times, sizes, time.perf_counter() - w0
 
-    virtual, wall = run_virtual(main())
-    # Store and forward: 100 Mbit over the 10 Mbit/s WAN (less its 64 KiB burst) + 20 ms,
-    # then the destination's 1 Gbit/s LAN link (less its 5 ms = 625 kB burst).
-    size = 12_500_089
-    expected = (size - 65536) * 8 / 10e6 + 0.02 + (size - 625_000) * 8 / 1e9
-    assert abs(virtual - expected) < 0.002
-    assert wall < virtual / 10
+    (t_big, t_small), (big, small), wall = run_virtual(main())
+    # The header is the same for both frames: their times differ by exactly the 20 Mbit
+    # more the bigger one takes over each link.
+    assert big - small == payloads[0] - payloads[1]
+    assert abs((t_big - t_small) - (payloads[0] - payloads[1]) * 8 * (1 / WAN_RATE
+                                                                       + 1 / LAN_RATE)) < 1e-6
+    assert 0 < big - payloads[0] < 256  # a header is a small msgpack map
+    assert abs(t_big - _store_and_forward(big)) < 1e-6
+    assert wall < (t_big + t_small) / 10
