@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.geoml-installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test mutants lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit("geoml needs Python >= 3.11, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
@@ -18,6 +18,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+mutants: $(STAMP)
+	$(BIN)/python -m tests.mutants.run
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

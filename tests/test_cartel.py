@@ -231,33 +231,43 @@ async def test_a_report_without_features_keeps_the_last_ones_and_its_heartbeat_c
         await asyncio.wait_for(task, 5)
 
 
-@pytest.mark.asyncio
-async def test_a_dead_neighbour_costs_a_timeout_not_the_stream():
+def test_a_dead_neighbour_costs_a_timeout_not_the_stream():
+    """Virtual time: the metadata service names a neighbour that never answers; the pull
+    times out after exactly its 0.5 s, and the stream goes on to its end."""
+    from geoml.roles.metadata import PeerRecord
+
     pools = synthetic_pools()
     streams = make_streams(pools, scenario(2))
     drifted = next(s for s in streams if s.new_class is not None)
-    async with Network(star(2), unreachable_timeout_s=0.5) as net:
-        table = MetadataTable(pools.n_classes, min_class_samples=1)
-        service = MetadataService(await net.connect("cloud/metadata/0"), table)
-        counts = np.full(pools.n_classes, 100)
-        from geoml.roles.metadata import PeerRecord
 
-        table.report(PeerRecord("e1/peer/0", counts, counts, 1000, 1, 1,
-                                frozenset(range(pools.n_classes)), np.zeros(1), 1e12))
-        peer = CartelPeer(await net.connect("e0/peer/0"), drifted, pools.encoder,
-                          pools.n_classes, pools.feature_dim, FAST,
-                          CartelConfig(pull_timeout_s=0.5), "cloud/metadata/0")
-        stop = asyncio.Event()
-        tasks = [asyncio.ensure_future(service.run(stop)), asyncio.ensure_future(peer.serve(stop))]
-        loop = asyncio.get_running_loop()
-        table.peers["e1/peer/0"].reported_at = loop.time() + 1e6  # never stale
-        await asyncio.wait_for(peer.run_stream(loop.time()), 30)
-        await peer.wait_transfers(5)
-        stop.set()
-        await asyncio.wait_for(asyncio.gather(*tasks), 5)
+    async def main() -> CartelPeer:
+        async with Network(star(2), unreachable_timeout_s=0.5) as net:
+            table = MetadataTable(pools.n_classes, min_class_samples=1)
+            service = MetadataService(await net.connect("cloud/metadata/0"), table)
+            counts = np.full(pools.n_classes, 100)
+            loop = asyncio.get_running_loop()
+            table.report(PeerRecord("e1/peer/0", counts, counts, 1000, 1, 1,
+                                    frozenset(range(pools.n_classes)), np.zeros(1), 1e12))
+            table.peers["e1/peer/0"].reported_at = loop.time() + 1e6  # never stale
+            peer = CartelPeer(await net.connect("e0/peer/0"), drifted, pools.encoder,
+                              pools.n_classes, pools.feature_dim, FAST,
+                              CartelConfig(pull_timeout_s=0.5), "cloud/metadata/0")
+            stop = asyncio.Event()
+            tasks = [asyncio.ensure_future(service.run(stop)),
+                     asyncio.ensure_future(peer.serve(stop))]
+            await peer.run_stream(loop.time())
+            await peer.wait_transfers(5)
+            stop.set()
+            await asyncio.gather(*tasks)
+            return peer
+
+    peer = run_virtual(main())
     assert peer.position == len(drifted)
     assert peer.counters["pull_timeouts"] >= 1
-    assert any(t["outcome"] == "nothing_merged" for t in peer.summary()["transfers"])
+    stuck = [t for t in peer.summary()["transfers"] if t["outcome"] == "nothing_merged"]
+    assert stuck and all(t["neighbours"] == ["e1/peer/0"] for t in stuck)
+    # at 4000 records/s, a 0.5 s timeout is 2000 records of stream at most
+    assert all(0 < t["done_at_record"] - t["at_record"] <= 2000 + FAST.batch for t in stuck)
 
 
 def _prequential_after_drift(pools, stream) -> float:

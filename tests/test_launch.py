@@ -3,6 +3,7 @@ behind after success, a failure or Ctrl-C."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -304,11 +305,16 @@ def test_killing_the_launcher_takes_every_child_with_it(tmp_path: Path) -> None:
     _disturb(proc, out, "west/worker/1", 1, lambda: os.kill(proc.pid, signal.SIGKILL))
     assert proc.returncode == -signal.SIGKILL
     children = _children(out)
-    assert len(children) == 8
-    deadline = Deadline(30)  # the kernel sends the signal at once; reaping takes a moment
-    while [n for n, pid in children.items() if _alive(pid)] and deadline.left() > 0.1:
-        time.sleep(0.05)
-    assert not [n for n, pid in children.items() if _alive(pid)]
+    try:
+        assert len(children) == 8
+        deadline = Deadline(30)  # the kernel sends the signal at once; reaping takes a moment
+        while [n for n, pid in children.items() if _alive(pid)] and deadline.left() > 0.1:
+            time.sleep(0.05)
+        assert not [n for n, pid in children.items() if _alive(pid)]
+    finally:  # had they survived, they must not outlive the test
+        for pid in children.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 STUBBORN = ("import signal, sys, time\n"

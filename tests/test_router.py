@@ -83,14 +83,6 @@ async def test_unknown_destination_region_gets_a_clear_error(net: Network) -> No
     assert err["seq"] >= 1 and err["type"] == "t.x"
 
 
-async def test_local_destination_that_never_connects_is_reported(net: Network) -> None:
-    a = await net.connect("east/worker/0")
-    await a.send("east/ghost/0", "t.x")
-    await wait_until(lambda: a.counters["errors"] == 1, timeout=5)
-    assert a.errors[-1]["reason"] == "unreachable"
-    assert net.routers["east"].dropped["unreachable"] == 1
-
-
 async def test_frames_wait_for_a_late_local_destination(net: Network) -> None:
     a = await net.connect("east/worker/0")
     await a.send("east/late/0", "t.x", meta={"n": 1})

@@ -10,6 +10,8 @@ import numpy as np
 from geoml.bus import Network, load_topology
 from geoml.bus.vclock import run_virtual
 
+from .conftest import wait_until
+
 WAN_RATE, WAN_LATENCY, WAN_BURST = 10e6, 0.020, 65536  # tiny.toml: 10 Mbit/s, 20 ms
 LAN_RATE, LAN_BURST = 1e9, 625_000  # its LAN: 1 Gbit/s, a 5 ms burst
 
@@ -48,3 +50,19 @@ def test_same_bus_under_virtual_time_is_exact_and_fast() -> None:
     assert 0 < big - payloads[0] < 256  # a header is a small msgpack map
     assert abs(t_big - _store_and_forward(big)) < 1e-6
     assert wall < (t_big + t_small) / 10
+
+
+def test_local_destination_that_never_connects_is_reported() -> None:
+    """Virtual time: the error comes exactly when the router gives up waiting (1 s)."""
+    async def main() -> tuple[float, dict[str, object], int]:
+        async with Network(load_topology("tiny"), unreachable_timeout_s=1.0) as net:
+            a = await net.connect("east/worker/0")
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            await a.send("east/ghost/0", "t.x")
+            await wait_until(lambda: a.counters["errors"] == 1, timeout=5)
+            return loop.time() - t0, a.errors[-1], net.routers["east"].dropped["unreachable"]
+
+    took, error, dropped = run_virtual(main())
+    assert error["reason"] == "unreachable" and dropped == 1
+    assert 1.0 <= took < 1.0 + 0.05  # the timeout, then one poll of wait_until at most

@@ -85,7 +85,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("filter_no_decay", "the significance threshold does not decay with the clock",
            "roles/significance.py",
            "return self.v / math.sqrt(max(1, clock))", "return self.v",
-           ("tests/test_significance.py",)),
+           ("tests/test_significance.py", "tests/test_filter_replay.py")),
     Mutant("mirror_clock_off_by_one", "the mirror clock lets a region run DS + 1 clocks "
            "ahead", "roles/significance.py",
            "return local_clock - self.slowest <= self.ds",
@@ -148,4 +148,32 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("frame_size_unchecked", "the frame decoder accepts a buffer of the wrong size",
            "bus/frame.py", "        if expected != size:", "        if expected < size:",
            ("tests/test_frame.py",)),
+    Mutant("launcher_no_parent_death", "children outlive a killed launcher",
+           "tools/launch.py", "libc.prctl(1, signal.SIGKILL)", "libc.prctl(1, 0)",
+           ("tests/test_launch.py::test_killing_the_launcher_takes_every_child_with_it",)),
+    Mutant("launcher_no_grace", "stopping kills at once instead of SIGTERM, then SIGKILL "
+           "after the grace", "tools/launch.py", "timeout=_STOP_GRACE_S)", "timeout=0)",
+           ("tests/test_launch.py::test_stopping_sends_sigterm_then_sigkill_after_the_grace",)),
+    Mutant("cartel_recall_ignored", "a peer asks only for classes it lacks, not for those it "
+           "gets wrong", "roles/cartel.py",
+           "and hits[mask].mean() < self.cartel.degraded_recall)",
+           "and hits[mask].mean() < 0.0)", ("tests/test_cartel.py",)),
+    Mutant("cartel_fanout_ignored", "a transfer pulls from one neighbour whatever --fanout "
+           "says", "roles/cartel.py", "\"k\": self.cartel.fanout})", "\"k\": 1})",
+           ("tests/test_cartel.py",)),
+    Mutant("compare_target_share", "compare's target is 90% of LAN's improvement, not 98%",
+           "tools/compare.py", "DEFAULT_TARGET_SHARE = 0.98", "DEFAULT_TARGET_SHARE = 0.9",
+           ("tests/test_compare.py",)),
+    Mutant("seconds_doubled", "--seconds stops the run at twice the time asked",
+           "tools/run.py", "loop.call_later(max(0.0, cfg.seconds - (loop.time() - t_start))",
+           "loop.call_later(max(0.0, 2 * cfg.seconds - (loop.time() - t_start))",
+           ("tests/test_ps.py",)),
+    Mutant("fedavg_client_samples_wrong", "a FedAvg client reports one sample, whatever its "
+           "partition holds", "roles/fedavg.py", "\"samples\": self.part.size,",
+           "\"samples\": 1,", ("tests/test_fedavg.py",)),
+    Mutant("sink_idle_crash", "a sink dies with its idle timeout instead of reporting",
+           "roles/traffic.py",
+           "        except TimeoutError:\n            report.idle_timeout = True",
+           "        except ZeroDivisionError:\n            report.idle_timeout = True",
+           ("tests/test_multiprocess.py::test_router_and_role_warn_of_plain_text_without_keys",)),
 )

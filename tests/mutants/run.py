@@ -47,16 +47,19 @@ def mutated_path(dest: Path, mutant: Mutant) -> Path:
     return dest / "site" / LAYOUT[top] / rest
 
 
-def pytest(dest: Path, tests: list[str], timeout: float) -> tuple[int, str]:
+def pytest(dest: Path, tests: list[str], timeout: float) -> tuple[int, str, list[str]]:
+    """Run `tests` in the laid-out copy: exit code, pytest's last line, failed test ids."""
     env = {**os.environ, "PYTHONPATH": str(dest / "site"), "PYTHONDONTWRITEBYTECODE": "1"}
-    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-rf", "-p", "no:cacheprovider",
+           *tests]
     try:
         proc = subprocess.run(cmd, cwd=dest, env=env, capture_output=True, text=True,
                               timeout=timeout)
     except subprocess.TimeoutExpired:
-        return -1, "timed out"
-    return proc.returncode, (proc.stdout + proc.stderr).strip().splitlines()[-1:][0] \
-        if (proc.stdout + proc.stderr).strip() else ""
+        return -1, "timed out", []
+    lines = (proc.stdout + proc.stderr).strip().splitlines()
+    failed = [line.split()[1] for line in lines if line.startswith("FAILED ")]
+    return proc.returncode, lines[-1] if lines else "", failed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown mutant(s): {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
     results = []
+    clean_runs: dict[tuple[str, ...], tuple[int, str]] = {}
     with tempfile.TemporaryDirectory(prefix="geoml-mutants-") as tmp:
         dest = Path(tmp)
         lay_out(dest)
@@ -80,19 +84,22 @@ def main(argv: list[str] | None = None) -> int:
             tests = ["tests"] if args.full else list(mutant.tests)
             t0 = time.monotonic()
             # The unmutated tree must pass these tests, or a failure would prove nothing.
-            clean, clean_line = pytest(dest, tests, args.timeout)
+            if tuple(tests) not in clean_runs:
+                clean_runs[tuple(tests)] = pytest(dest, tests, args.timeout)[:2]
+            clean, clean_line = clean_runs[tuple(tests)]
             path.write_text(mutant.apply(original))
             try:
-                code, line = pytest(dest, tests, args.timeout)
+                code, line, failed = pytest(dest, tests, args.timeout)
             finally:
                 path.write_text(original)
             verdict = ("invalid" if clean != 0 else "caught" if code == 1
                        else "survived" if code == 0 else "broken")
             results.append({"mutant": mutant.name, "what": mutant.what, "file": mutant.file,
-                            "tests": tests, "verdict": verdict,
+                            "tests": tests, "verdict": verdict, "caught_by": failed,
                             "pytest": line if verdict != "invalid" else clean_line,
                             "seconds": round(time.monotonic() - t0, 1)})
-            print(f"[mutants] {i}/{len(chosen)} {mutant.name}: {verdict} ({line})",
+            print(f"[mutants] {i}/{len(chosen)} {mutant.name}: {verdict} "
+                  f"({', '.join(failed) or line})",
                   file=sys.stderr, flush=True)
     caught = sum(r["verdict"] == "caught" for r in results)
     print(json.dumps({"mutants": len(results), "caught": caught,
