@@ -6,19 +6,20 @@ import re
 
 from .errors import FrameError
 
-_ADDRESS_RE = re.compile(r"^([A-Za-z][A-Za-z0-9_-]{0,31})/([a-z][a-z0-9_]{0,31})/([0-9]{1,6})$")
-_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
+# fullmatch, not match with "$": "$" also matches before a trailing newline
+_ADDRESS_RE = re.compile(r"([A-Za-z][A-Za-z0-9_-]{0,31})/([a-z][a-z0-9_]{0,31})/([0-9]{1,6})")
+_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}")
 ROUTER_ROLE = "router"
 
 
 def is_valid_address(address: object) -> bool:
     """True when `address` is a well-formed `region/role/index` string."""
-    return isinstance(address, str) and _ADDRESS_RE.match(address) is not None
+    return isinstance(address, str) and _ADDRESS_RE.fullmatch(address) is not None
 
 
 def is_valid_region_name(name: object) -> bool:
     """True when `name` may be used as a region name."""
-    return isinstance(name, str) and _NAME_RE.match(name) is not None
+    return isinstance(name, str) and _NAME_RE.fullmatch(name) is not None
 
 
 def make_address(region: str, role: str, index: int = 0) -> str:

@@ -112,6 +112,36 @@ def make_header(
     return header
 
 
+def hello_problem(src: str, meta: dict[str, Any]) -> str | None:
+    """What is wrong with a bus.hello's meta (None: nothing). A role says its role, its
+    incarnation and whether it keeps a send window; a router its role and incarnation."""
+    role = meta.get("role")
+    expected = src.split("/")[1]
+    if role != expected:
+        return f"meta 'role' is {role!r}, but {src} is a {expected}"
+    inc = meta.get("inc")
+    if type(inc) is not int or not 0 < inc < 2**63:
+        return f"meta 'inc' is {inc!r}, not a positive 63-bit incarnation number"
+    if role != "router" and type(meta.get("credit")) is not bool:
+        return f"meta 'credit' is {meta.get('credit')!r}, not true or false"
+    return None
+
+
+def _holds_extension(value: Any) -> bool:
+    """Whether a decoded msgpack value holds an extension type anywhere. msgpack decodes
+    its Timestamp extension itself, without the ext_hook that refuses every other one."""
+    kind = type(value)
+    if kind is dict:
+        return any(type(v) in _CONTAINERS and _holds_extension(v) for v in value.values())
+    if kind is list:
+        return any(type(v) in _CONTAINERS and _holds_extension(v) for v in value)
+    return kind is msgpack.Timestamp
+
+
+#: What _holds_extension must look into (or is itself an extension).
+_CONTAINERS = (dict, list, msgpack.Timestamp)
+
+
 def decode_header(buf: bytes | memoryview, buffer_sizes: Sequence[int]) -> dict[str, Any]:
     """Decode and validate a header against the sizes of the buffers that followed it.
 
@@ -146,6 +176,9 @@ def decode_header(buf: bytes | memoryview, buffer_sizes: Sequence[int]) -> dict[
     if len(header) > len(_KNOWN_KEYS) or not _KNOWN_KEYS.issuperset(header):
         unknown = sorted(str(k) for k in header if k not in _KNOWN_KEYS)
         raise FrameError("bad_field", f"unknown header field(s) {unknown}")
+    if _holds_extension(header["meta"]):
+        raise FrameError("bad_msgpack", "meta holds a msgpack extension type (a Timestamp); "
+                         "meta takes plain msgpack values only")
     ftype = header["t"]
     if not ftype or len(ftype) > _TYPE_MAX_LEN or not ftype.isascii() or not ftype.isprintable():
         raise FrameError("bad_field", f"frame type {ftype[:60]!r} is not a short ASCII name")

@@ -487,6 +487,10 @@ class Router:
             if header["dst"] != self.address:
                 self._drop(ident, "bad_hello", f"hello addressed to {header['dst']}", header)
                 return
+            problem = fr.hello_problem(src, header["meta"])
+            if problem is not None:
+                self._drop(ident, "bad_hello", problem, header)
+                return
             if src.encode() != ident:
                 self._drop(ident, "spoofed_source", "hello source differs from routing id",
                            header)

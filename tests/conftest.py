@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import select
+import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -60,6 +62,26 @@ async def wait_until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
     await asyncio.wait_for(poll(), timeout)
 
 
+def _bindable(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_base_port(ports: int = 8) -> int:
+    """A base port for a topology (region i binds base + 2i and base + 2i + 1) whose next
+    `ports` ports are free now. Below Linux's ephemeral range (32768-60999), so a client
+    socket of this or another run cannot be holding one of them."""
+    for _ in range(500):
+        base = random.randrange(20000, 32768 - ports, 8)
+        if all(_bindable(base + i) for i in range(ports)):
+            return base
+    raise RuntimeError("no block of free ports below 32768 on 127.0.0.1")
+
+
 #: What one test may spend waiting on processes: below pytest-timeout's 120 s, so a test
 #: that waits too long fails with its own message rather than being killed.
 PROCESS_TEST_BUDGET_S = 100.0
@@ -112,7 +134,9 @@ async def raw_client(net: Network, address: str) -> AsyncIterator[ZIO]:
     sock.connect(net.routers[region].endpoint)
     client = ZIO(sock)
     try:
-        hello = fr.make_header(fr.HELLO, address, f"{region}/router/0", 0, priority=0)
+        hello = fr.make_header(fr.HELLO, address, f"{region}/router/0", 0, priority=0,
+                               meta={"role": address.split("/")[1], "credit": False,
+                                     "inc": 1})
         await client.send([fr.encode_header(hello)])
         welcome = await asyncio.wait_for(client.recv(), 5)
         assert msgpack.unpackb(welcome[0].bytes)["t"] == fr.WELCOME

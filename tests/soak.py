@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
                    "summary": lines[-1] if lines else "",
                    "failed": [line.split()[1] for line in lines if line.startswith("FAILED ")]}
             runs.append(run)
-            print(f"[soak] run {i}/{args.runs}: {run['summary']} ({run['wall_s']} s)",
+            print(f"[soak] run {i}/{args.runs}: {run['summary']} ({run['wall_s']} s)"
+                  + (f" failed: {', '.join(run['failed'])}" if run["failed"] else ""),
                   file=sys.stderr, flush=True)
     finally:
         stop.set()

@@ -4,7 +4,6 @@ and nothing on the wire is readable."""
 from __future__ import annotations
 
 import asyncio
-import random
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,8 @@ from geoml.bus.endpoint import Endpoint
 from geoml.bus.errors import HandshakeTimeout
 from geoml.bus.security import CurveKeys, make_keys
 from geoml.cli import main
+
+from .conftest import free_base_port
 
 TOPOLOGY = """
 name = "curve"
@@ -36,7 +37,7 @@ MARKER = "plain-text-marker-7f3a"
 @pytest.fixture
 def topo(tmp_path: Path) -> Topology:
     path = tmp_path / "curve.toml"
-    path.write_text(TOPOLOGY.format(port=random.randrange(20000, 60000, 8)))
+    path.write_text(TOPOLOGY.format(port=free_base_port()))
     return load_topology(path)
 
 

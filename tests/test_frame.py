@@ -54,6 +54,11 @@ def _good() -> dict:
         (lambda h: h.update(t=""), [], "bad_field"),
         (lambda h: h.update(src="no-slashes"), [], "bad_address"),
         (lambda h: h.update(dst="a/Worker/0"), [], "bad_address"),
+        (lambda h: h.update(dst="b/ps/0\n"), [], "bad_address"),  # "$" matched before \n
+        (lambda h: h.update(src="a/worker/0\n"), [], "bad_address"),
+        (lambda h: h.update(meta={"at": msgpack.Timestamp(1, 0)}), [], "bad_msgpack"),
+        (lambda h: h.update(meta={"x": [1, {"y": msgpack.Timestamp(1, 0)}]}), [],
+         "bad_msgpack"),
         (lambda h: h.update(bufs=[["<f4", [2]]]), [], "buffer_mismatch"),
         (lambda h: h.update(bufs=[["<f4", [2]]]), [7], "buffer_mismatch"),
         (lambda h: h.update(bufs=[["O", [2]]]), [16], "bad_field"),

@@ -62,7 +62,8 @@ async def _throw(frames: list[list[bytes]]) -> dict[str, Any]:
         sock.connect(net.routers["east"].endpoint)
         fuzz = ZIO(sock)
         try:
-            hello = fr.make_header(fr.HELLO, "east/fuzz/0", "east/router/0", 0, priority=0)
+            hello = fr.make_header(fr.HELLO, "east/fuzz/0", "east/router/0", 0, priority=0,
+                                   meta={"role": "fuzz", "credit": False, "inc": 1})
             await fuzz.send([fr.encode_header(hello)])
             welcome = await asyncio.wait_for(fuzz.recv(), 5)
             assert msgpack.unpackb(welcome[0].bytes)["t"] == fr.WELCOME

@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import pty
-import random
 import select
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from geoml.traffic import (
     unpack_events,
 )
 
-from .conftest import Deadline, wait_for_line
+from .conftest import Deadline, free_base_port, wait_for_line
 
 
 def ev(link: str, src: str, dst: str, nbytes: int = 100, t: float = 0.0,
@@ -177,7 +176,7 @@ def test_live_view_in_a_real_terminal(tmp_path: Path) -> None:
 
 
 def test_inspector_names_a_router_it_cannot_reach(tmp_path: Path) -> None:
-    port = random.randrange(20000, 60000, 8)
+    port = free_base_port()
     topo = tmp_path / "two.toml"
     topo.write_text(f'name = "two"\n[defaults]\nhost = "127.0.0.1"\nbase_port = {port}\n'
                     '[[regions]]\nname = "east"\n[[regions]]\nname = "west"\nlon = 10.0\n'

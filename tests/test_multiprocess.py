@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import Deadline, wait_for_line
+from .conftest import Deadline, free_base_port, wait_for_line
 
 pytestmark = pytest.mark.multiprocess
 
@@ -44,7 +43,7 @@ def _geoml(*args: str) -> subprocess.Popen[str]:
 @pytest.fixture
 def topology_file(tmp_path: Path) -> Path:
     path = tmp_path / "mp.toml"
-    path.write_text(TOPOLOGY.format(port=random.randrange(20000, 60000, 8)))
+    path.write_text(TOPOLOGY.format(port=free_base_port()))
     return path
 
 
@@ -190,7 +189,7 @@ def test_a_sender_faster_than_its_link_is_held_to_its_send_window(tmp_path: Path
     from geoml.bus.endpoint import SEND_WINDOW_BYTES
 
     path = tmp_path / "window.toml"
-    path.write_text(TOPOLOGY.format(port=random.randrange(20000, 60000, 8))
+    path.write_text(TOPOLOGY.format(port=free_base_port())
                     .replace("rate_mbps = 8", "rate_mbps = 80\nqueue_limit_bytes = 1048576"))
     frame = 256 * 1024
     sent, got, stats = _source_to_sink(path, "--seconds", "2", "--frame-bytes", str(frame))

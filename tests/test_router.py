@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import random
 
 import msgpack
 import numpy as np
@@ -17,7 +16,7 @@ from geoml.bus.errors import FrameError, HandshakeRefused
 from geoml.bus.router import TAP_TOPIC
 from geoml.bus.zio import ZIO
 
-from .conftest import make_topology, raw_client, wait_until
+from .conftest import free_base_port, make_topology, raw_client, wait_until
 
 pytestmark = pytest.mark.asyncio
 
@@ -135,7 +134,7 @@ async def test_a_tcp_sender_is_held_to_its_send_window() -> None:
     that never yields outruns it, see the [fast]/[harden] notes.)"""
     limit, frame, n = 1 << 20, 256 * 1024, 96  # 24 MiB offered, 8 MiB more than the window
     topo = make_topology(rate_mbps=400.0, latency_ms=1.0, queue_limit_bytes=limit,
-                         host="127.0.0.1", base_port=random.randrange(20000, 60000, 8))
+                         host="127.0.0.1", base_port=free_base_port())
     async with Network(topo, transport="tcp") as net:
         a = await net.connect("a/src/0")
         b = await net.connect("b/sink/0")
@@ -218,3 +217,57 @@ async def test_a_traffic_source_sends_one_buffer_or_a_fresh_one_per_frame(
     firsts = [int(f.arrays[0][0]) for f in frames[:3]]
     assert firsts == ([0, 1, 2] if fresh else [0, 0, 0])
     assert all(len(f.arrays[0]) == 1024 for f in frames[:3])
+
+
+@pytest.mark.parametrize(("meta", "problem"), [
+    ({}, "meta 'role' is None, but east/liar/0 is a liar"),
+    ({"role": "ps", "credit": False, "inc": 1}, "meta 'role' is 'ps'"),
+    ({"role": "liar", "credit": "yes", "inc": 1}, "meta 'credit' is 'yes'"),
+    ({"role": "liar", "credit": False}, "meta 'inc' is None"),
+    ({"role": "liar", "credit": False, "inc": -3}, "meta 'inc' is -3"),
+])
+async def test_a_hello_with_bad_meta_is_refused_and_registers_nothing(
+        net: Network, meta: dict[str, object], problem: str) -> None:
+    sock = net.ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.ROUTING_ID, b"east/liar/0")
+    sock.connect(net.routers["east"].endpoint)
+    raw = ZIO(sock)
+    try:
+        hello = fr.make_header(fr.HELLO, "east/liar/0", "east/router/0", 0, priority=0,
+                               meta=meta)
+        await raw.send([fr.encode_header(hello)])
+        reply = msgpack.unpackb((await asyncio.wait_for(raw.recv(), 5))[0].bytes)
+    finally:
+        sock.close(linger=0)
+    assert reply["t"] == fr.ERROR and reply["meta"]["reason"] == "bad_hello"
+    assert problem in reply["meta"]["detail"]
+    assert "east/liar/0" not in net.routers["east"].local_addresses
+    assert net.routers["east"].dropped["bad_hello"] == 1
+
+
+@pytest.mark.parametrize("dst", ["west/good/1\n", "east/good/1\n"])
+async def test_a_destination_with_a_trailing_newline_is_refused_at_once(
+        net: Network, dst: str) -> None:
+    """It used to pass the address check ("$" matches before a newline), wait 10 s for
+    a role that could never connect, and split the router's log line."""
+    async with raw_client(net, "east/worker/0") as client:
+        h = fr.make_header("t.x", "east/worker/0", "west/worker/0", 5)
+        h["dst"] = dst
+        await client.send([fr.encode_header(h)])
+        reply = msgpack.unpackb((await asyncio.wait_for(client.recv(), 5))[0].bytes)
+    assert reply["t"] == fr.ERROR and reply["meta"]["reason"] == "bad_address"
+    assert net.routers["east"].dropped["bad_address"] == 1
+
+
+async def test_a_msgpack_timestamp_in_meta_is_refused_not_forwarded(net: Network) -> None:
+    b = await net.connect("west/worker/0")
+    async with raw_client(net, "east/worker/0") as client:
+        h = fr.make_header("t.x", "east/worker/0", "west/worker/0", 5,
+                           meta={"at": msgpack.Timestamp(1, 0)})
+        await client.send([fr.encode_header(h)])
+        reply = msgpack.unpackb((await asyncio.wait_for(client.recv(), 5))[0].bytes)
+        good = fr.make_header("t.after", "east/worker/0", "west/worker/0", 6)
+        await client.send([fr.encode_header(good)])
+        assert (await b.recv(timeout=5)).type == "t.after"  # the next frame, not the bad one
+    assert reply["t"] == fr.ERROR and reply["meta"]["reason"] == "bad_msgpack"

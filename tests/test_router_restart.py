@@ -247,7 +247,7 @@ async def test_frames_that_died_with_a_destination_that_never_acked_are_sent_aga
     sock.connect(routers.endpoint("a"))
     raw = ZIO(sock)
     hello = fr.make_header(fr.HELLO, "a/s/0", "a/router/0", 1, priority=fr.CONTROL,
-                           meta={"role": "s"})
+                           meta={"role": "s", "credit": False, "inc": 7})
     successor = Endpoint("a/s/0", routers.endpoint("a"), ctx=routers.ctx, reliable=True)
     try:
         await asyncio.wait_for(raw.send([fr.encode_header(hello)]), 5)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from geoml.bus import GeomlError, load_topology
+from geoml.bus import GeomlError, load_topology, parse_topology
 from geoml.bus.network import ensure_file_limit, sockets_needed
 from geoml.bus.vclock import is_virtual, run_virtual, run_with_clock
 from geoml.cli import main
@@ -144,15 +144,21 @@ def test_the_live_view_and_bad_compute_prices_are_refused_in_one_line(
                                          iterations=1, quiet=True, compute_in="processes")))
 
 
-@pytest.mark.parametrize(("system", "iterations", "ds"), [("baseline", 8, 2), ("gaia", 12, 0)])
+@pytest.mark.parametrize(("system", "iterations", "ds"), [("baseline", 4, 2), ("gaia", 6, 0)])
 def test_real_and_virtual_time_agree_on_a_wan_bound_run(system: str, iterations: int,
                                                         ds: int) -> None:
-    """One worker per region (so real time is not short of cores), on the Singapore-Sao Paulo
-    WAN: time to the same target within 10%, WAN bytes within 1%. gaia runs with a mirror
-    clock of 0 here (every clock waits for the WAN), the regime where real time is itself
-    trustworthy; bench_vtime.py cross-checks the default too."""
+    """One worker per region (so real time is not short of cores), on a WAN of the
+    Singapore-Sao Paulo rate with 500 ms one way: time to the same target within 10%, WAN
+    bytes within 1%. gaia runs with a mirror clock of 0 (every clock waits for the WAN).
+    A clock is then about a second of WAN round trips, next to which a loaded 2-core box's
+    scheduling delays (tens of ms a clock, the only thing virtual time leaves out) stay a
+    few percent: measured beside bench_gaia, 1.5% (baseline) and 3.6% (gaia), where on
+    ss_wan's 164 ms they reached 8%. bench_vtime.py cross-checks ss_wan and the default."""
     workload = make_workload("softmax-digits")
-    topo = load_topology("ss_wan").with_roles(1, None)
+    topo = parse_topology({
+        "name": "far", "defaults": {"workers": 1, "ps_shards": 1},
+        "regions": [{"name": "a"}, {"name": "b", "lon": 90.0}],
+        "links": [{"between": ["a", "b"], "rate_mbps": 16.7, "latency_ms": 500.0}]})
     # real-time workers compute in a process each: in threads they would take turns
     runs = {clock: run_with_clock(run_system(RunConfig(
         topology=topo, system=system, workload=workload, iterations=iterations, quiet=True,
