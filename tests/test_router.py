@@ -107,23 +107,31 @@ async def test_sender_side_mistakes_raise_before_sending(net: Network) -> None:
                      arrays=[np.zeros(fr.CONTROL_MAX_BYTES, np.uint8)])
 
 
+async def _stream(net: Network, frame: int, n: int, timeout: float
+                  ) -> tuple[list[int], Endpoint]:
+    """a/src/0 sends `n` numbered frames of `frame` bytes to b/sink/0 as fast as it can;
+    the numbers b/sink/0 got, in arrival order, and the sender."""
+    a = await net.connect("a/src/0")
+    b = await net.connect("b/sink/0")
+    payload = np.zeros(frame, np.uint8)
+
+    async def sender() -> None:
+        for i in range(n):
+            await a.send("b/sink/0", "t.data", arrays=[payload], meta={"i": i})
+
+    send_task = asyncio.ensure_future(sender())
+    got = [(await b.recv(timeout=timeout)).meta["i"] for _ in range(n)]
+    await asyncio.wait_for(send_task, timeout)
+    return got, a
+
+
 async def test_backpressure_pauses_sender_and_nothing_is_lost() -> None:
     limit, frame, n = 200_000, 50_000, 40  # 2 MB at 1 MB/s: the limit is hit at once
     topo = make_topology(rate_mbps=8.0, latency_ms=1.0, queue_limit_bytes=limit)
     async with Network(topo) as net:
-        a = await net.connect("a/src/0")
-        b = await net.connect("b/sink/0")
-        payload = np.zeros(frame, np.uint8)
-
-        async def sender() -> None:
-            for i in range(n):
-                await a.send("b/sink/0", "t.data", arrays=[payload], meta={"i": i})
-
-        send_task = asyncio.ensure_future(sender())
-        got = [(await b.recv(timeout=10)).meta["i"] for _ in range(n)]
-        await asyncio.wait_for(send_task, 10)
+        got, sender = await _stream(net, frame, n, 10)
         assert got == list(range(n))
-        assert a.counters["pauses"] >= 1
+        assert sender.counters["pauses"] >= 1
         assert net.routers["a"].wan_link("b").stats.frames == n
 
 
@@ -136,19 +144,9 @@ async def test_a_tcp_sender_is_held_to_its_send_window() -> None:
     topo = make_topology(rate_mbps=400.0, latency_ms=1.0, queue_limit_bytes=limit,
                          host="127.0.0.1", base_port=free_base_port())
     async with Network(topo, transport="tcp") as net:
-        a = await net.connect("a/src/0")
-        b = await net.connect("b/sink/0")
-        payload = np.zeros(frame, np.uint8)
-
-        async def sender() -> None:
-            for i in range(n):
-                await a.send("b/sink/0", "t.data", arrays=[payload], meta={"i": i})
-
-        send_task = asyncio.ensure_future(sender())
-        got = [(await b.recv(timeout=20)).meta["i"] for _ in range(n)]
-        await asyncio.wait_for(send_task, 20)
-        link = net.routers["a"].wan_link("b")
+        got, _ = await _stream(net, frame, n, 20)
         assert got == list(range(n))
+        link = net.routers["a"].wan_link("b")
         assert link.stats.max_queued_bytes <= limit + SEND_WINDOW_BYTES + frame
 
 
