@@ -54,7 +54,9 @@ def main(argv: list[str] | None = None) -> int:
             lines = proc.stdout.strip().splitlines()
             run = {"run": i, "exit": proc.returncode, "wall_s": round(time.monotonic() - t0, 1),
                    "summary": lines[-1] if lines else "",
-                   "failed": [line.split()[1] for line in lines if line.startswith("FAILED ")]}
+                   "failed": [line.split()[1] for line in lines if line.startswith("FAILED ")],
+                   # what each failure said, for finding its cause later (first lines only)
+                   "errors": [line for line in lines if line.startswith("E ")][:40]}
             runs.append(run)
             print(f"[soak] run {i}/{args.runs}: {run['summary']} ({run['wall_s']} s)"
                   + (f" failed: {', '.join(run['failed'])}" if run["failed"] else ""),
