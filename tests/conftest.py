@@ -118,31 +118,40 @@ def wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float) -> s
         for line in lines:
             if needle in line.decode(errors="replace"):
                 return line.decode(errors="replace")
-    ended = proc.poll() is not None
-    raise AssertionError(f"no line with {needle!r} within {timeout:.0f}s; "
-                         f"{'it exited ' + str(proc.returncode) if ended else 'still running'}")
+    if proc.poll() is None:
+        raise AssertionError(f"no line with {needle!r} within {timeout:.0f}s; still running")
+    stderr = proc.stderr.read() if proc.stderr is not None else ""
+    raise AssertionError(f"no line with {needle!r}; it exited {proc.returncode}; "
+                         f"stderr: {stderr}")
+
+
+@contextlib.asynccontextmanager
+async def raw_dealer(net: Network, address: str) -> AsyncIterator[ZIO]:
+    """A bare DEALER socket whose routing id is `address`, connected to its region's router
+    and not yet registered (closed with linger 0 on the way out)."""
+    sock = net.ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.ROUTING_ID, address.encode())
+    sock.connect(net.routers[address.split("/")[0]].endpoint)
+    client = ZIO(sock)
+    try:
+        yield client
+    finally:
+        client.close()  # unregisters its reader from the loop, then closes with linger 0
 
 
 @contextlib.asynccontextmanager
 async def raw_client(net: Network, address: str) -> AsyncIterator[ZIO]:
-    """A client written from docs/PROTOCOL.md alone: a DEALER socket whose routing id is
-    `address`, registered with `bus.hello` at its region's router (welcome checked)."""
-    region = address.split("/")[0]
-    sock = net.ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.ROUTING_ID, address.encode())
-    sock.connect(net.routers[region].endpoint)
-    client = ZIO(sock)
-    try:
+    """A client written from docs/PROTOCOL.md alone: a raw DEALER registered with
+    `bus.hello` at its region's router (welcome checked)."""
+    region, role, _ = address.split("/")
+    async with raw_dealer(net, address) as client:
         hello = fr.make_header(fr.HELLO, address, f"{region}/router/0", 0, priority=0,
-                               meta={"role": address.split("/")[1], "credit": False,
-                                     "inc": 1})
+                               meta={"role": role, "credit": False, "inc": 1})
         await client.send([fr.encode_header(hello)])
         welcome = await asyncio.wait_for(client.recv(), 5)
         assert msgpack.unpackb(welcome[0].bytes)["t"] == fr.WELCOME
         yield client
-    finally:
-        sock.close(linger=0)
 
 
 class SlowPasses(Workload):

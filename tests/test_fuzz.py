@@ -8,13 +8,13 @@ from typing import Any
 
 import msgpack
 import numpy as np
-import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from geoml.bus import Network, load_topology
 from geoml.bus import frame as fr
-from geoml.bus.zio import ZIO
+
+from .conftest import raw_client
 
 ANY_VALUE = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1),
                       st.floats(allow_nan=True), st.text(max_size=40), st.binary(max_size=40),
@@ -57,16 +57,7 @@ async def _throw(frames: list[list[bytes]]) -> dict[str, Any]:
     async with Network(load_topology("tiny"), unreachable_timeout_s=0.2) as net:
         sink = await net.connect("west/sink/0")
         good = await net.connect("east/good/0")
-        sock = net.ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.ROUTING_ID, b"east/fuzz/0")
-        sock.connect(net.routers["east"].endpoint)
-        fuzz = ZIO(sock)
-        try:
-            hello = fr.make_header(fr.HELLO, "east/fuzz/0", "east/router/0", 0, priority=0,
-                                   meta={"role": "fuzz", "credit": False, "inc": 1})
-            await fuzz.send([fr.encode_header(hello)])
-            welcome = await asyncio.wait_for(fuzz.recv(), 5)
-            assert msgpack.unpackb(welcome[0].bytes)["t"] == fr.WELCOME
+        async with raw_client(net, "east/fuzz/0") as fuzz:
             for parts in frames:
                 await fuzz.send(parts)
             # Good traffic still flows, and arrives after every fuzz frame was handled.
@@ -83,8 +74,6 @@ async def _throw(frames: list[list[bytes]]) -> dict[str, Any]:
             assert east.bus_frames == 3
             assert east.received == len(frames) + 3 + 1
             return east.stats()
-        finally:
-            fuzz.close()
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -207,7 +207,8 @@ def test_router_and_role_warn_of_plain_text_without_keys(topology_file: Path, tm
     keys: list[str] = []
     if keyed:
         made = _geoml("keys", "--topology", str(topology_file), "--out", str(tmp_path / "k"))
-        assert made.communicate(timeout=60)[0] is not None and made.returncode == 0
+        _out, err = made.communicate(timeout=60)
+        assert made.returncode == 0, err
         keys = ["--keys", str(tmp_path / "k")]
     deadline = Deadline()
     router = _geoml("router", "--topology", str(topology_file), "--region", "east", *keys)

@@ -16,7 +16,7 @@ from geoml.bus.errors import FrameError, HandshakeRefused
 from geoml.bus.router import TAP_TOPIC
 from geoml.bus.zio import ZIO
 
-from .conftest import free_base_port, make_topology, raw_client, wait_until
+from .conftest import free_base_port, make_topology, raw_client, raw_dealer, wait_until
 
 pytestmark = pytest.mark.asyncio
 
@@ -226,18 +226,11 @@ async def test_a_traffic_source_sends_one_buffer_or_a_fresh_one_per_frame(
 ])
 async def test_a_hello_with_bad_meta_is_refused_and_registers_nothing(
         net: Network, meta: dict[str, object], problem: str) -> None:
-    sock = net.ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.ROUTING_ID, b"east/liar/0")
-    sock.connect(net.routers["east"].endpoint)
-    raw = ZIO(sock)
-    try:
+    async with raw_dealer(net, "east/liar/0") as raw:
         hello = fr.make_header(fr.HELLO, "east/liar/0", "east/router/0", 0, priority=0,
                                meta=meta)
         await raw.send([fr.encode_header(hello)])
         reply = msgpack.unpackb((await asyncio.wait_for(raw.recv(), 5))[0].bytes)
-    finally:
-        sock.close(linger=0)
     assert reply["t"] == fr.ERROR and reply["meta"]["reason"] == "bad_hello"
     assert problem in reply["meta"]["detail"]
     assert "east/liar/0" not in net.routers["east"].local_addresses
