@@ -53,6 +53,8 @@ _ACK_RETRY_S = 0.05
 #: A frame still unacknowledged this long after a later one of its class was acknowledged
 #: is sent again (it fills a gap its receiver waits on; see SendLog.gaps).
 GAP_RESEND_S = 2.0
+#: A hello not answered this long is said again (see Endpoint._handshake).
+HELLO_RETRY_S = 1.0
 
 
 class Endpoint:
@@ -132,7 +134,7 @@ class Endpoint:
                          "bad_frames": 0, "errors": 0, "pauses": 0, "inbox_full": 0,
                          "window_waits": 0, "window_timeouts": 0, "reconnects": 0,
                          "resent_frames": 0, "duplicates": 0, "acks_sent": 0,
-                         "abandoned": 0, "unacked_at_close": 0}
+                         "abandoned": 0, "unacked_at_close": 0, "hello_retries": 0}
 
     async def __aenter__(self) -> Endpoint:
         await self.start()
@@ -182,15 +184,32 @@ class Endpoint:
         return ZIO(sock, asyncio.get_running_loop())
 
     async def _handshake(self, timeout: float) -> None:
-        """Say bus.hello on the current socket and wait for the welcome."""
+        """Say bus.hello on the current socket until the welcome comes, within `timeout`.
+
+        The hello is repeated every HELLO_RETRY_S: a connection that a dying router's
+        listener accepted is reset with the hello in it, and ZeroMQ's reconnect does not
+        send it again. Nothing else is sent before the welcome, so a repeated hello
+        reaches the router before any frame it would count."""
         assert self._io is not None
-        self._welcome = asyncio.get_running_loop().create_future()
-        hello = fr.make_header(fr.HELLO, self.address, self.router, self._next_seq(),
-                               priority=fr.CONTROL, meta={"role": self.address.split("/")[1],
-                                                          "credit": self._windowed,
-                                                          "inc": self.incarnation})
-        await self._io.send([fr.encode_header(hello)])
-        await asyncio.wait_for(asyncio.shield(self._welcome), timeout)
+        loop = asyncio.get_running_loop()
+        self._welcome = welcome = loop.create_future()
+        hello = fr.encode_header(fr.make_header(
+            fr.HELLO, self.address, self.router, self._next_seq(), priority=fr.CONTROL,
+            meta={"role": self.address.split("/")[1], "credit": self._windowed,
+                  "inc": self.incarnation}))
+        deadline = loop.time() + timeout
+        while True:
+            await asyncio.wait_for(self._io.send([hello]), max(0.0, deadline - loop.time()))
+            left = deadline - loop.time()
+            if left <= 0:
+                raise TimeoutError
+            try:
+                await asyncio.wait_for(asyncio.shield(welcome), min(HELLO_RETRY_S, left))
+                return
+            except TimeoutError:
+                if loop.time() >= deadline:
+                    raise
+                self.counters["hello_retries"] += 1
 
     # -- surviving a router restart (reliable mode) -----------------------------------
 
@@ -292,6 +311,8 @@ class Endpoint:
                     await self._io_send(item.parts, item.size)
                 except zmq.ZMQError:
                     return  # the socket was replaced: the next reconnect resends it all
+                except BusClosed:
+                    return  # the router did not come back: send and recv say so
                 self.counters["resent_frames"] += 1
 
     async def aclose(self, timeout: float = 5.0) -> None:

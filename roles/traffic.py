@@ -28,6 +28,7 @@ class SinkReport:
     frames: int = 0
     bytes: int = 0
     first_at: float | None = None
+    first_sent_at: float | None = None  # the first frame's send stamp, if it had one
     last_at: float | None = None
     by_source: dict[str, int] = field(default_factory=dict)
     latencies_s: list[float] = field(default_factory=list)
@@ -42,6 +43,16 @@ class SinkReport:
 
     _first_bytes: int = 0
 
+    def rate_since_first_send_bps(self) -> float:
+        """Bits per second from the first frame's send stamp to the last arrival.
+
+        Unlike `rate_bps`, a late wake-up of the receiver can only lower it, so it is the
+        figure to hold against a link's rate (the clocks are the host's monotonic clock,
+        shared by processes on one machine)."""
+        if self.first_sent_at is None or self.last_at is None or self.last_at <= self.first_sent_at:
+            return 0.0
+        return self.bytes * 8 / (self.last_at - self.first_sent_at)
+
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly summary."""
         lat = sorted(self.latencies_s)
@@ -49,6 +60,7 @@ class SinkReport:
             "frames": self.frames,
             "bytes": self.bytes,
             "rate_mbps": self.rate_bps() / 1e6,
+            "rate_since_first_send_mbps": self.rate_since_first_send_bps() / 1e6,
             "by_source": dict(self.by_source),
             "latency_ms_median": lat[len(lat) // 2] * 1e3 if lat else None,
             "sources_stopped": self.sources_stopped,
@@ -102,6 +114,7 @@ async def run_sink(ep: Endpoint, *, sources: int = 1, idle_timeout: float = 30.0
         if report.first_at is None:
             report.first_at = now
             report._first_bytes = msg.nbytes
+            report.first_sent_at = msg.sent_at
         report.last_at = now
         report.frames += 1
         report.bytes += msg.nbytes

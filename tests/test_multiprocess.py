@@ -15,6 +15,7 @@ import pytest
 from .conftest import Deadline, free_base_port, wait_for_line
 
 pytestmark = pytest.mark.multiprocess
+BURST_BYTES = 64 * 1024  # the default burst of the link below: one chunk
 
 TOPOLOGY = """
 name = "mp"
@@ -89,8 +90,15 @@ def test_routers_and_roles_as_processes_shape_traffic(topology_file: Path) -> No
                                        "50000")
     assert sent["sent"] == 40
     assert got["frames"] == 40 and got["by_source"] == {"east/source/0": 40}
-    # 2 MB over an 8 Mbit/s link: shaped to the configured rate (per process, over tcp)
-    assert got["rate_mbps"] == pytest.approx(8.0, rel=0.05)
+    # 2 MB over an 8 Mbit/s link, 15 ms, burst 64 KiB (the default chunk). From the first
+    # send to the last arrival the link needs at least (bytes - burst) / rate + latency, so
+    # that rate can never pass the bound below (1% for uvloop's millisecond clock). A loaded
+    # box only delays: 15 runs beside bench_gaia measured 8.14-8.20 against a bound of 8.21,
+    # so 5% under the rate is room for a stall, not for a link shaped wrong.
+    # (The sink's first-to-last-arrival rate read up to 8.75: a late first wake-up shortens it.)
+    bits = got["bytes"] * 8
+    fastest = bits / ((bits - BURST_BYTES * 8) / 8e6 + 0.015) / 1e6
+    assert 8.0 * 0.95 <= got["rate_since_first_send_mbps"] <= fastest * 1.01
     wan = stats["east"]["links"]["east->west"]
     assert wan["frames_by_type"] == {"traffic.data": 40, "traffic.stop": 1}
     assert wan["bytes_by_type"]["traffic.data"] == got["bytes"]

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -278,3 +279,42 @@ def test_send_log_gaps_are_kept_frames_below_an_acked_one() -> None:
     assert [k.seq for k in log.gaps()] == [1, 2]
     log.acked("b/s/0", 11, [(1, [1, 2])])
     assert log.gaps() == [] and [k.seq for k in log.all_kept()] == [4]
+
+
+@pytest.mark.asyncio
+async def test_a_hello_that_is_lost_is_said_again_until_the_router_answers() -> None:
+    """A connection reset with the hello in it (a dying router's listener accepted it)
+    loses the hello; the endpoint says it again after HELLO_RETRY_S. Here a raw ROUTER
+    socket plays the router and ignores the first hello."""
+    from geoml.bus import frame as fr
+    from geoml.bus.endpoint import HELLO_RETRY_S
+
+    ctx: zmq.Context[Any] = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    rio = ZIO(router)
+    ep = Endpoint("a/w/0", f"tcp://127.0.0.1:{port}", ctx=ctx, reliable=True)
+    starting = asyncio.ensure_future(ep.start(timeout=10))
+    try:
+        loop = asyncio.get_running_loop()
+        ident, first = await asyncio.wait_for(rio.recv(), 5)
+        first_at = loop.time()
+        _, again = await asyncio.wait_for(rio.recv(), 5)
+        assert loop.time() - first_at >= HELLO_RETRY_S * 0.9  # uvloop's clock is in ms
+        for part in (first, again):
+            header = fr.decode_header(part.buffer, [])
+            assert header["t"] == fr.HELLO and header["src"] == "a/w/0"
+        assert not starting.done()  # still waiting: nothing was welcomed
+        welcome = fr.make_header(fr.WELCOME, "a/router/0", "a/w/0", 0, priority=fr.CONTROL,
+                                 meta={"region": "a", "max_frame_bytes": 1 << 20})
+        await rio.send([ident.bytes, fr.encode_header(welcome)])
+        await asyncio.wait_for(starting, 5)
+        assert ep.counters["hello_retries"] == 1
+    finally:
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await starting
+        await asyncio.wait_for(ep.aclose(timeout=0.2), 10)
+        rio.close()
+        ctx.destroy(linger=0)

@@ -27,6 +27,11 @@ class Mutant:
 
 
 MUTANTS: tuple[Mutant, ...] = (
+    Mutant("hello_said_once", "an endpoint whose lost hello is never said again",
+           "bus/endpoint.py",
+           "await asyncio.wait_for(asyncio.shield(welcome), min(HELLO_RETRY_S, left))",
+           "await asyncio.wait_for(asyncio.shield(welcome), left)",
+           ("tests/test_router_restart.py",)),
     Mutant("bucket_half_rate", "a token bucket that refills at half its rate",
            "bus/bucket.py",
            "self._tokens + (t - self._stamp) * self._rate)\n        self._stamp = t",
