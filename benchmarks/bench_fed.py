@@ -25,7 +25,7 @@ import uvloop
 from geoml.bus import load_topology
 from geoml.compare import compare
 from geoml.roles.fedavg import FedAvgConfig
-from geoml.run import RunConfig
+from geoml.systems import RunConfig
 
 SYSTEMS = ["lan", "gaia", "fedavg", "centralized", "isolated"]
 # The classification deployment of bench_gaia (MLP 256 -> 1024 -> 10, 1.06 MB of tables,

@@ -30,7 +30,7 @@ from geoml.bus import Topology, load_topology
 from geoml.bus.vclock import CLOCKS, run_with_clock
 from geoml.compare import CLOCK_SLACK, compare
 from geoml.roles.compute import ComputeCost
-from geoml.run import RunConfig
+from geoml.systems import RunConfig
 from geoml.workloads import make_workload
 
 # The deployments (stated in the note): the WAN, not the CPU, must slow the baseline, so

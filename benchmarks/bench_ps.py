@@ -23,7 +23,7 @@ from bench_bus import shaping_error
 
 from geoml.bus import load_topology
 from geoml.roles.ps_plan import plan_ps
-from geoml.run import RunConfig, run_ps
+from geoml.systems import RunConfig, run_system
 from geoml.workloads import Workload, apply_delta, make_workload, take_rows
 
 
@@ -52,7 +52,7 @@ async def lan_overhead(clocks: int) -> dict[str, Any]:
     n_workers = len(plan_ps(topo, "lan").workers)
     pure = pure_compute_per_clock(workload, n_workers, clocks)
     t0 = time.perf_counter()
-    result = await run_ps(RunConfig(topo, "lan", workload, iterations=clocks, quiet=True,
+    result = await run_system(RunConfig(topo, "lan", workload, iterations=clocks, quiet=True,
                                     eval_every=10**6))
     wall = time.perf_counter() - t0
     per_clock = result.summary["elapsed_s"] / clocks
@@ -64,12 +64,12 @@ async def lan_overhead(clocks: int) -> dict[str, Any]:
 async def baseline_vs_lan(lan_clocks: int, options: dict[str, str]) -> dict[str, Any]:
     workload = make_workload("mf-movielens", options)
     progress(f"LAN BSP on ss_wan's machines for {lan_clocks} clocks (sets the target)")
-    lan = await run_ps(RunConfig("ss_wan", "lan", workload, iterations=lan_clocks,
+    lan = await run_system(RunConfig("ss_wan", "lan", workload, iterations=lan_clocks,
                                  quiet=True))
     target = lan.curve[-1]["objective"]
     lan_tt = next(r["time_s"] for r in lan.curve if r["objective"] <= target)
     progress(f"baseline BSP on ss_wan until rmse <= {target:.4f}")
-    base = await run_ps(RunConfig("ss_wan", "baseline", workload, target=target,
+    base = await run_system(RunConfig("ss_wan", "baseline", workload, target=target,
                                   iterations=20 * lan_clocks))
     base_tt = base.summary["time_to_target_s"]
     return {"workload": "mf-movielens", "options": options,
@@ -85,7 +85,7 @@ async def shaping_busy(rate_mbps: float, seconds: float) -> dict[str, Any]:
     """Link-rate error on a shaped link while 4 workers compute MF passes on the same loop."""
     idle = await shaping_error(rate_mbps, seconds)
     workload = make_workload("mf-movielens")
-    run = asyncio.ensure_future(run_ps(RunConfig(
+    run = asyncio.ensure_future(run_system(RunConfig(
         "lan", "lan", workload, seconds=seconds + 3, quiet=True, eval_every=10**6)))
     await asyncio.sleep(0.5)  # let the workers start computing
     busy = await shaping_error(rate_mbps, seconds)

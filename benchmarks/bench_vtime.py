@@ -35,7 +35,7 @@ from typing import Any
 from geoml.bus import load_topology
 from geoml.bus.vclock import run_with_clock
 from geoml.results import time_to_target
-from geoml.run import RunConfig, RunResult, run_system
+from geoml.systems import RunConfig, RunResult, run_system
 from geoml.workloads import make_workload
 
 

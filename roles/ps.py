@@ -10,7 +10,7 @@ Frames (docs/PROTOCOL.md, "Parameter server"):
   ps.done   worker -> shard   the worker will push no more.
   ps.where  worker -> shard   control, meta {}: a restarted worker asks where it was.
   ps.here   shard -> worker   control, meta {clock}: the worker's next clock at this shard
-                              (DONE, 2**62, if it had finished there).
+                              (FINISHED, 2**62, if it had finished there).
   ps.error  shard -> sender   meta {reason, detail}: a request the shard refused.
 A shard that checkpoints (`checkpoint=PATH`) also uses:
   ps.value  meta + {durable}: the worker's clock in the shard's latest checkpoint; the
@@ -46,8 +46,7 @@ from geoml.workloads import Params, Partition, Workload
 from .checkpoint import Checkpointed
 from .compute import Compute
 from .ps_plan import KeyRanges
-from .ssp import DONE as FINISHED
-from .ssp import ClockError, SSPGate
+from .ssp import FINISHED, ClockError, SSPGate
 
 log = logging.getLogger("geoml.roles.ps")
 

@@ -12,10 +12,9 @@ import numpy as np
 
 from geoml.bus import Topology
 
-#: Systems built from parameter-server roles (plan_ps plans them).
+#: Systems built from parameter-server roles (plan_ps plans them; geoml.systems lists
+#: every system).
 PS_SYSTEMS = ("lan", "baseline", "gaia", "isolated", "centralized")
-#: Every system `geoml run` and `geoml compare` know.
-SYSTEMS = (*PS_SYSTEMS, "fedavg")
 
 
 @dataclass(frozen=True)

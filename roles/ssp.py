@@ -14,7 +14,9 @@ from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
-DONE = 1 << 62  # the clock of a worker that has finished: it never holds anyone back
+#: The clock of a worker that has finished: it never holds anyone back. The one spelling
+#: of "finished" (shards, the monitor, the launcher and the mirror clock all use it).
+FINISHED = 1 << 62
 
 
 class ClockError(ValueError):
@@ -53,7 +55,7 @@ class SSPGate(Generic[T]):
 
     @property
     def min_clock(self) -> int:
-        """The slowest unfinished worker's clock (DONE if every worker finished)."""
+        """The slowest unfinished worker's clock (FINISHED if every worker finished)."""
         return min(self.clocks.values())
 
     def admits(self, clock: int) -> bool:
@@ -80,7 +82,7 @@ class SSPGate(Generic[T]):
         """Raise ClockError unless `advance(worker, clock)` would be accepted."""
         self._check_worker(worker)
         current = self.clocks[worker]
-        if current == DONE:
+        if current == FINISHED:
             raise ClockError(f"worker {worker} pushed clock {clock} after it finished")
         if clock != current:
             raise ClockError(f"worker {worker} completed iteration {clock}, expected "
@@ -96,7 +98,7 @@ class SSPGate(Generic[T]):
         return self._release()
 
     def next_clock(self, worker: str) -> int:
-        """The iteration `worker` completes next (where a restarted worker resumes; DONE
+        """The iteration `worker` completes next (where a restarted worker resumes; FINISHED
         if it has finished); ClockError if it is unknown."""
         self._check_worker(worker)
         return self.clocks[worker]
@@ -109,13 +111,13 @@ class SSPGate(Generic[T]):
     def finish(self, worker: str) -> list[T]:
         """`worker` will push no more; it stops holding back the others."""
         self._check_worker(worker)
-        self.clocks[worker] = DONE
+        self.clocks[worker] = FINISHED
         return self._release()
 
     @property
     def all_done(self) -> bool:
         """Every worker has finished."""
-        return self.min_clock == DONE
+        return self.min_clock == FINISHED
 
     @property
     def waiting(self) -> int:

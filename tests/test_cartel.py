@@ -172,6 +172,8 @@ async def test_metadata_service_answers_lookups_and_counts_bad_frames():
         await a.send("cloud/metadata/0", REPORT, arrays=[np.zeros(2, np.float16)], meta={
             "classes": [0, 2], "counts": [50, 0, 40], "recent": [10, 0, 10], "samples": 90,
             "version": 3, "model_bytes": 24})
+        # a's report and b's lookup come from two senders: either may arrive first
+        await wait_until(lambda: service.counters["reports"] == 1, 5)
         await b.send("cloud/metadata/0", REPORT, meta={"classes": [7], "counts": [1, 2, 3],
                                                        "recent": [1, 2, 3], "samples": 6,
                                                        "version": 1, "model_bytes": 1})

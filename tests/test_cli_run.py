@@ -106,7 +106,7 @@ def test_bad_link_faults_are_one_line_errors(fault: str, message: str,
 
 
 def test_link_faults_parse_both_directions_or_one() -> None:
-    from geoml.run import LinkFault, parse_fault
+    from geoml.systems import LinkFault, parse_fault
 
     assert parse_fault("a-b@2+3.5") == LinkFault("a", "b", 2.0, 3.5, True)
     assert parse_fault("a->b@0+1") == LinkFault("a", "b", 0.0, 1.0, False)

@@ -12,7 +12,7 @@ import pytest
 
 from geoml.bus import GeomlError
 from geoml.roles.compute import Compute, ComputeFailed, ComputeProcess
-from geoml.run import RunConfig, run_system
+from geoml.systems import RunConfig, run_system
 from geoml.workloads import make_workload
 
 

@@ -17,7 +17,7 @@ from geoml.roles.fedavg import (
     FedClient,
     select_clients,
 )
-from geoml.run import RunConfig, run_system
+from geoml.systems import RunConfig, run_system
 from geoml.workloads import make_workload
 
 from .conftest import SlowPasses

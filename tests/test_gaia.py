@@ -14,7 +14,8 @@ from geoml.roles.gaia import BARRIER, UPDATE, GaiaMirror, GaiaShard
 from geoml.roles.ps import DONE, READ, VALUE
 from geoml.roles.ps_plan import KeyRanges
 from geoml.roles.sparse_codec import encode, encode_indices
-from geoml.run import LinkFault, RunConfig, RunResult, assemble, run_ps
+from geoml.systems import LinkFault, RunConfig, RunResult, run_system
+from geoml.systems.ps import assemble
 from geoml.workloads import IntegerUpdates, Params
 
 from .conftest import wait_until
@@ -44,7 +45,7 @@ def _four_regions(**extra: Any) -> Topology:
 @pytest.mark.parametrize("hubs", [False, True])
 async def test_every_replica_ends_exactly_at_init_plus_all_updates(hubs: bool) -> None:
     topo, wl, clocks = _four_regions(), IntegerUpdates(), 7
-    result = await asyncio.wait_for(run_ps(RunConfig(
+    result = await asyncio.wait_for(run_system(RunConfig(
         topo, "gaia", wl, iterations=clocks, quiet=True, gaia_v=0.5, gaia_hubs=hubs)), 60)
     expected = _expected(wl, topo, clocks)
     replicas = _replicas(result)
@@ -63,7 +64,7 @@ async def test_the_absolute_threshold_holds_back_small_updates_and_loses_none() 
     topo, wl, clocks = _four_regions(), IntegerUpdates(), 5
     runs = {}
     for absolute in (0.5, 50.0):  # below and above most updates (-3..3, a few x100)
-        runs[absolute] = await asyncio.wait_for(run_ps(RunConfig(
+        runs[absolute] = await asyncio.wait_for(run_system(RunConfig(
             topo, "gaia", wl, iterations=clocks, quiet=True, gaia_absolute=absolute)), 60)
     expected = _expected(wl, topo, clocks)
     for absolute, result in runs.items():
@@ -79,7 +80,7 @@ async def test_hubs_carry_fewer_wan_bytes_than_all_to_all_on_ec2_all() -> None:
     wl = IntegerUpdates(200, 40)
     runs = {}
     for hubs in (False, True):
-        result = await asyncio.wait_for(run_ps(RunConfig(
+        result = await asyncio.wait_for(run_system(RunConfig(
             topo, "gaia", wl, iterations=3, quiet=True, gaia_v=0.5, gaia_hubs=hubs)), 90)
         expected = _expected(wl, topo, 3)
         for region, params in _replicas(result).items():
@@ -146,7 +147,7 @@ def test_a_partitioned_region_runs_ds_clocks_ahead_blocks_then_catches_up() -> N
         "regions": [{"name": "a"}, {"name": "b", "lon": 20.0}],
         "links": [{"between": ["a", "b"], "rate_mbps": 50, "latency_ms": 10}]})
     wl, clocks, ds, outage = IntegerUpdates(), 8, 2, 1.0
-    result = run_virtual(run_ps(RunConfig(
+    result = run_virtual(run_system(RunConfig(
         topo, "gaia", wl, iterations=clocks, quiet=True, gaia_v=0.5, gaia_ds=ds,
         faults=(LinkFault("a", "b", 0.0, outage),))))
     for worker in result.workers:
@@ -208,7 +209,7 @@ async def test_a_role_that_crashes_fails_the_run_at_once(monkeypatch: pytest.Mon
 
     monkeypatch.setattr(GaiaMirror, "run", crash)
     with pytest.raises(RuntimeError, match="mirror crashed"):
-        await asyncio.wait_for(run_ps(RunConfig(
+        await asyncio.wait_for(run_system(RunConfig(
             _four_regions(), "gaia", IntegerUpdates(), iterations=5, quiet=True)), 30)
 
 
@@ -228,7 +229,7 @@ def test_the_default_barrier_goes_only_ahead_of_updates_that_would_queue(
         "name": "two", "defaults": {"workers": 1, "ps_shards": 1},
         "regions": [{"name": "a"}, {"name": "b", "lon": 20.0}],
         "links": [{"between": ["a", "b"], "rate_mbps": rate_mbps, "latency_ms": 20}]})
-    result = run_virtual(run_ps(RunConfig(
+    result = run_virtual(run_system(RunConfig(
         topo, "gaia", "softmax-digits", iterations=6, quiet=True, gaia_ds=6,
         compute=ComputeCost.parse("example:1e-3"))))
     for name, link in result.summary["wan_links"].items():

@@ -19,7 +19,7 @@ import pytest
 from geoml.bus import load_topology
 from geoml.inspector import bar, render
 from geoml.recording import RecordingError, TimeBins, build_report, read_recording
-from geoml.run import RunConfig, run_ps
+from geoml.systems import RunConfig, run_system
 from geoml.traffic import (
     BadTapEvent,
     EventFilter,
@@ -100,7 +100,7 @@ def test_time_bins_stay_bounded() -> None:
 @pytest.mark.asyncio
 async def test_report_link_bytes_equal_the_runs_own_summary_exactly(tmp_path: Path) -> None:
     rec = tmp_path / "run.tap"
-    result = await asyncio.wait_for(run_ps(RunConfig(
+    result = await asyncio.wait_for(run_system(RunConfig(
         load_topology("ss_wan"), "baseline", "softmax-digits", iterations=3, quiet=True,
         record=rec, out=tmp_path / "run")), 60)
     report = build_report(rec, tmp_path / "report")

@@ -18,7 +18,7 @@ import pytest
 
 from geoml.bus import load_topology
 from geoml.bus.vclock import run_with_clock
-from geoml.run import RunConfig, run_system
+from geoml.systems import RunConfig, run_system
 
 from .conftest import PROCESS_TEST_BUDGET_S, Deadline
 

@@ -9,7 +9,7 @@ import pytest
 
 from geoml.bus import load_topology, parse_topology
 from geoml.roles.ps_plan import KeyRanges, plan_ps
-from geoml.run import RunConfig, run_ps
+from geoml.systems import RunConfig, run_system
 from geoml.workloads import make_workload, take_rows
 
 from .conftest import SlowPasses
@@ -24,7 +24,7 @@ def one_region(workers: int, shards: int) -> object:
 @pytest.mark.asyncio
 async def test_one_worker_under_bsp_follows_sequential_sgd_exactly() -> None:
     mf = make_workload("mf-movielens")
-    result = await asyncio.wait_for(run_ps(RunConfig(
+    result = await asyncio.wait_for(run_system(RunConfig(
         one_region(1, 2), "lan", mf, iterations=3, quiet=True)), 60)
     params = mf.init_params()
     (_, part), = mf.partition({"home": 1}).items()
@@ -46,7 +46,7 @@ def test_ssp_bound_holds_on_every_read_with_uneven_workers(staleness: int) -> No
 
     workload = SlowPasses(make_workload("softmax-digits"),
                           lambda part, _clock: 0.01 * part.worker)  # uneven machines
-    result = run_virtual(run_ps(RunConfig(
+    result = run_virtual(run_system(RunConfig(
         one_region(4, 2), "lan", workload, staleness=staleness, iterations=8,
         quiet=True, record_reads=True, compute=SlowPasses.COST)))
     served = [r for shard in result.shards for r in shard.gate.served]
@@ -67,7 +67,7 @@ def test_ssp_bound_holds_on_every_read_with_uneven_workers(staleness: int) -> No
 async def test_baseline_sends_its_traffic_over_the_shaped_wan_links() -> None:
     topo = load_topology("ss_wan")
     iterations = 2
-    result = await asyncio.wait_for(run_ps(RunConfig(
+    result = await asyncio.wait_for(run_system(RunConfig(
         topo, "baseline", "softmax-digits", iterations=iterations, quiet=True)), 60)
     s = result.summary
     plan = plan_ps(topo, "baseline")
@@ -96,7 +96,7 @@ async def test_run_stops_at_target_and_reports_time_to_target(tmp_path: object) 
     from pathlib import Path
 
     out = Path(str(tmp_path)) / "run"
-    result = await asyncio.wait_for(run_ps(RunConfig(
+    result = await asyncio.wait_for(run_system(RunConfig(
         "lan", "lan", "softmax-digits", target=1.5, iterations=50, quiet=True, out=out)), 60)
     s = result.summary
     assert s["time_to_target_s"] is not None and s["final_objective"] <= 1.5
@@ -167,12 +167,12 @@ async def test_a_shard_refuses_bad_requests_with_a_reason_and_keeps_serving() ->
 
 @pytest.mark.asyncio
 async def test_gaia_replicas_agree_and_only_filtered_updates_cross_the_wan() -> None:
-    from geoml.run import assemble
+    from geoml.systems.ps import assemble
 
     topo = parse_topology({"name": "three", "defaults": {"workers": 2, "ps_shards": 2},
                            "regions": [{"name": "a"}, {"name": "b", "lon": 20.0},
                                        {"name": "c", "lon": 40.0, "ps_shards": 1}]})
-    result = await asyncio.wait_for(run_ps(RunConfig(
+    result = await asyncio.wait_for(run_system(RunConfig(
         topo, "gaia", "softmax-digits", iterations=6, quiet=True, gaia_v=0.05,
         gaia_barrier="always")), 60)
     s = result.summary
@@ -243,7 +243,7 @@ def test_seconds_ends_the_run_with_the_clock_in_progress_at_that_time() -> None:
     (_, part), = wl.partition({"home": 1}).items()
     clock_s = part.size * 1e-3
     seconds = 5.0
-    result = run_virtual(run_ps(RunConfig(
+    result = run_virtual(run_system(RunConfig(
         one_region(1, 1), "lan", wl, seconds=seconds, quiet=True,
         compute=ComputeCost.parse("example:1e-3"))))
     s = result.summary

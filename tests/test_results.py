@@ -8,7 +8,7 @@ from geoml.bus import Topology, parse_topology
 from geoml.bus.vclock import run_virtual
 from geoml.results import cost_usd, time_to_target
 from geoml.roles.compute import ComputeCost
-from geoml.run import RunConfig, run_system
+from geoml.systems import RunConfig, run_system
 
 
 def priced() -> Topology:

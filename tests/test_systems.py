@@ -10,7 +10,8 @@ import pytest
 
 from geoml.bus import Topology, parse_topology
 from geoml.cli import main
-from geoml.run import RunConfig, assemble, run_ps, run_system
+from geoml.systems import RunConfig, run_system
+from geoml.systems.ps import assemble
 from geoml.workloads import make_workload, take_rows
 
 
@@ -26,7 +27,7 @@ def two_regions(workers: int = 1, shards: int = 2, sovereign: tuple[str, ...] = 
 @pytest.mark.asyncio
 async def test_isolated_regions_each_follow_their_own_sequential_sgd() -> None:
     mf = make_workload("mf-movielens")
-    result = await asyncio.wait_for(run_ps(RunConfig(
+    result = await asyncio.wait_for(run_system(RunConfig(
         two_regions(), "isolated", mf, iterations=3, quiet=True)), 60)
     assert result.summary["wan_bytes"] == 0
     parts = mf.partition({"east": 1, "west": 1})
@@ -51,7 +52,7 @@ async def test_isolated_regions_each_follow_their_own_sequential_sgd() -> None:
 @pytest.mark.asyncio
 async def test_centralized_ships_every_raw_record_then_trains_at_home() -> None:
     wl = make_workload("softmax-digits")
-    result = await asyncio.wait_for(run_ps(RunConfig(
+    result = await asyncio.wait_for(run_system(RunConfig(
         two_regions(workers=2, shards=1), "centralized", wl, iterations=2, quiet=True)), 60)
     s = result.summary
     west = sum(p.size for (r, _), p in wl.partition({"east": 2, "west": 2}).items()

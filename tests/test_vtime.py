@@ -18,7 +18,7 @@ from geoml.bus.vclock import is_virtual, run_virtual, run_with_clock
 from geoml.cli import main
 from geoml.results import time_to_target
 from geoml.roles.compute import Compute, ComputeCost
-from geoml.run import RunConfig, run_system
+from geoml.systems import RunConfig, run_system
 from geoml.workloads import make_workload
 
 

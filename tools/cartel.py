@@ -31,7 +31,7 @@ from geoml.workloads.streams import ClassPools, ScenarioConfig, SiteStream, load
 
 from .cartel_metrics import adaptation_records, mean_curve, mean_or_none, ratio
 from .results import json_default
-from .run import traffic_figures
+from .systems.harness import traffic_figures
 
 SYSTEMS = ("cartel", "isolated", "centralized", "fedavg")
 

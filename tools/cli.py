@@ -194,8 +194,9 @@ def _run_config(args: argparse.Namespace, check: bool = True,
                 topo: Topology | None = None) -> Any:
     from geoml.roles.compute import ComputeCost
     from geoml.roles.fedavg import FedAvgConfig
-    from geoml.run import RunConfig, parse_fault, parse_sync, parse_until
     from geoml.workloads import make_workload
+
+    from .systems import RunConfig, parse_fault, parse_sync, parse_until
 
     try:
         options = _options(args.opt)
@@ -233,7 +234,7 @@ async def _role_main(topo: Topology, address: str, kind: str, args: argparse.Nam
     from geoml.roles.traffic import run_sink, run_source
 
     if kind in PS_KINDS:
-        from geoml.ps_roles import ps_role_main
+        from geoml.role_main import ps_role_main
 
         return await ps_role_main(_run_config(args, check=kind == "worker", topo=topo),
                                   address, kind, connect_timeout=args.connect_timeout,
@@ -338,8 +339,9 @@ def _cartel_main(args: argparse.Namespace) -> None:
 
 def _filter_replay_main(args: argparse.Namespace) -> None:
     from geoml.filter_replay import replay
-    from geoml.run import check_gaia_options
     from geoml.workloads import make_workload
+
+    from .systems.config import check_gaia_options
 
     def progress(clock: int, point: dict[str, float]) -> None:
         if clock % 10 == 0 or clock == args.clocks:
@@ -619,13 +621,10 @@ def _workload_names() -> list[str]:
 
 
 def _ps_args(p: argparse.ArgumentParser, role: bool) -> None:
-    from geoml.roles.ps_plan import SYSTEMS
+    from .systems import get_system, names
 
-    p.add_argument("--system", required=not role, choices=SYSTEMS,
-                   help="lan: everything in one region; baseline: one global model sharded "
-                   "over every region; gaia: a replica per region, significant updates "
-                   "between; fedavg: federated averaging; centralized: ship the raw data "
-                   "home, then train there; isolated: every region on its own")
+    p.add_argument("--system", required=not role, choices=names(),
+                   help="; ".join(f"{n}: {get_system(n).summary}" for n in names()))
     p.add_argument("--workload", required=not role, choices=_workload_names())
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="workload option, e.g. rank=50 (repeatable)")
@@ -662,7 +661,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "filter-replay":
             _filter_replay_main(args)
         elif args.command == "run":
-            from geoml.run import run_system
+            from geoml.systems import run_system
 
             _check_clock_args(args)
             cfg = _run_config(args)
@@ -675,7 +674,7 @@ def main(argv: list[str] | None = None) -> int:
             s = result.summary
             print(json.dumps({k: s[k] for k in (
                 "system", "topology", "sync", "iterations", "elapsed_s", "time_to_target_s",
-                "final_objective", "wan_bytes", "cost_usd")}, indent=2))
+                "final_objective", "wan_bytes", "cost_usd") if k in s}, indent=2))
             print(f"wrote {cfg.out}/summary.json, curve.csv, curve.png")
         elif args.command == "launch":
             return _launch_main(args)

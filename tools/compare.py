@@ -10,10 +10,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from geoml.roles.ps_plan import SYSTEMS
-
 from .results import plot_curves, time_to_target, write_results
-from .run import RunConfig, run_system
+from .systems import RunConfig, names, run_system
 
 #: Share of LAN's improvement (initial -> final objective) that defines the default target.
 DEFAULT_TARGET_SHARE = 0.98
@@ -94,9 +92,9 @@ async def compare(base: RunConfig, systems: Sequence[str], out: Path) -> dict[st
         raise ValueError("--systems: name at least one system")
     if len(set(systems)) != len(systems):
         raise ValueError(f"--systems lists a system twice: {','.join(systems)}")
-    unknown = [s for s in systems if s not in SYSTEMS]
+    unknown = [s for s in systems if s not in names()]
     if unknown:
-        raise ValueError(f"unknown system {unknown[0]!r}; choose from {', '.join(SYSTEMS)}")
+        raise ValueError(f"unknown system {unknown[0]!r}; choose from {', '.join(names())}")
     target = base.target
     order = list(systems)
     if target is None:

@@ -22,7 +22,7 @@ DEMO_CLOCKS = 30
 async def gaia_demo(topology: str, out: Path) -> dict[str, Any]:
     """The comparison of lan, baseline and gaia on `topology` (MF on MovieLens)."""
     from .compare import compare
-    from .run import RunConfig
+    from .systems import RunConfig
 
     print(f"geoml demo: MF on MovieLens, LAN vs baseline vs Gaia on {topology}; LAN runs "
           f"{DEMO_CLOCKS} clocks and sets the target", flush=True)

@@ -33,14 +33,16 @@ from geoml.roles.ps_plan import PSPlan, plan_ps
 from geoml.workloads import make_workload
 
 from .ps_roles import (
-    check_process_system,
     gaia_summary,
     load_shard_outputs,
     replica_groups,
     role_addresses,
 )
 from .results import cost_usd, write_results
-from .run import check_gaia_options, isolated_summary, score_models, traffic_from_stats
+from .role_main import check_process_system
+from .systems.config import check_gaia_options
+from .systems.harness import score_models, traffic_from_stats
+from .systems.isolated import isolated_summary
 
 _STOP_GRACE_S = 5.0
 _STDERR_TAIL = 40

@@ -1,4 +1,5 @@
-"""`geoml run --system fedavg`: federated averaging all-in-one."""
+"""fedavg (McMahan et al.): an aggregator asks a fraction of the clients each round; each
+trains E epochs on its own data; the aggregator averages their models weighted by data size."""
 
 from __future__ import annotations
 
@@ -8,23 +9,31 @@ from concurrent.futures import ThreadPoolExecutor
 
 from geoml.bus import Network, Topology, load_topology
 from geoml.roles.fedavg import FedAggregator, FedClient
+from geoml.roles.ssp import FINISHED
 from geoml.workloads import Workload, make_workload
 
-from .results import write_results
-from .run import (
-    RunConfig,
-    RunResult,
-    _Monitor,
-    _start_tap,
-    check_clock,
-    drive,
-    finish,
-    region_compute,
-    summary_head,
-)
+from .config import RunConfig, RunResult
+from .harness import Monitor, check_clock, drive, finish, region_compute, start_tap, summary_head
+from .registry import System, register
 
-#: The monitor's "every worker finished" clock (as the PS gate reports it).
-_FINISHED = 1 << 40
+
+def fed_plan(topo: Topology, cfg: RunConfig
+             ) -> tuple[str, dict[str, int], dict[str, tuple[str, int]]]:
+    """The aggregator's region, workers per data region, and client addresses (ValueError
+    if fedavg cannot run on `topo`)."""
+    home = cfg.home or topo.regions[0].name
+    if home not in topo.region_names:
+        raise ValueError(f"region {home!r} is not in topology {topo.name!r}")
+    data_regions = {r.name: r.workers for r in topo.regions if r.workers}
+    addresses = {f"{r}/worker/{i}": (r, i) for r, n in data_regions.items() for i in range(n)}
+    if not addresses:
+        raise ValueError(f"topology {topo.name!r} has no workers to be fedavg clients")
+    return home, data_regions, addresses
+
+
+def check_fedavg(topo: Topology, cfg: RunConfig) -> None:
+    """Raise ValueError if fedavg cannot run on `topo`."""
+    fed_plan(topo, cfg)
 
 
 async def run_fedavg(cfg: RunConfig) -> RunResult:
@@ -36,13 +45,7 @@ async def run_fedavg(cfg: RunConfig) -> RunResult:
     topo = cfg.topology if isinstance(cfg.topology, Topology) else load_topology(cfg.topology)
     workload = (cfg.workload if isinstance(cfg.workload, Workload)
                 else make_workload(cfg.workload, cfg.workload_options))
-    home = cfg.home or topo.regions[0].name
-    if home not in topo.region_names:
-        raise ValueError(f"region {home!r} is not in topology {topo.name!r}")
-    data_regions = {r.name: r.workers for r in topo.regions if r.workers}
-    addresses = {f"{r}/worker/{i}": (r, i) for r, n in data_regions.items() for i in range(n)}
-    if not addresses:
-        raise ValueError(f"topology {topo.name!r} has no workers to be fedavg clients")
+    home, data_regions, addresses = fed_plan(topo, cfg)
     parts = workload.partition(data_regions)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -50,10 +53,10 @@ async def run_fedavg(cfg: RunConfig) -> RunResult:
                                   thread_name_prefix="geoml-compute")
     try:
         async with Network(topo) as net:
-            tap = await _start_tap(net, topo, cfg)
+            tap = await start_tap(net, topo, cfg)
             t_start = loop.time()
             # The monitor scores the aggregator's model (bound below, read at each round).
-            monitor = _Monitor(workload, lambda: {home: {t: v.copy() for t, v in
+            monitor = Monitor(workload, lambda: {home: {t: v.copy() for t, v in
                                                          aggregator.params.items()}},
                                net, executor, cfg, stop, n_clocks=1)
             aggregator = FedAggregator(
@@ -71,7 +74,7 @@ async def run_fedavg(cfg: RunConfig) -> RunResult:
                 try:
                     return await aggregator.run()
                 finally:
-                    monitor.on_min_clock(0, _FINISHED)
+                    monitor.on_min_clock(0, FINISHED)
 
             view, elapsed = await drive(cfg, net, tap, monitor, t_start, stop,
                                         [[aggregate], [c.run for c in clients]],
@@ -96,8 +99,6 @@ async def run_fedavg(cfg: RunConfig) -> RunResult:
                        "empty_rounds", "refused")},
                    "client_rounds": {c.ep.address: c.counters["rounds"] for c in clients}},
     })
-    if cfg.out is not None:
-        write_results(cfg.out, summary, monitor.curve, f"fedavg on {topo.name}")
     if not cfg.quiet and aggregator.counters["missed_deadline"]:
         print(f"[fedavg] {aggregator.counters['missed_deadline']} client answers missed "
               f"their round's {cfg.fed.deadline_s:.0f}s deadline", file=sys.stderr)
@@ -105,3 +106,8 @@ async def run_fedavg(cfg: RunConfig) -> RunResult:
     return RunResult(summary, monitor.curve, params, [], [], monitor.t0,
                      roles={aggregator.ep.address: aggregator,
                             **{c.ep.address: c for c in clients}})
+
+
+FEDAVG = register(System(
+    "fedavg", "federated averaging: clients train E epochs locally; an aggregator averages "
+    "their models each round", run_fedavg, check_fedavg, guide="docs/systems-fed.md"))

@@ -1,0 +1,126 @@
+"""`geoml role`: one PS shard, worker, Gaia mirror or hub as its own process (tcp)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+from geoml.bus import Endpoint, GeomlError, Topology, load_topology, region_of
+from geoml.bus.security import CurveKeys
+from geoml.roles.gaia import GaiaShard
+from geoml.roles.ps import PSWorker
+from geoml.roles.ps_plan import plan_ps
+from geoml.roles.ssp import FINISHED
+from geoml.workloads import Workload, make_workload
+
+from .ps_roles import (
+    checkpoint_file,
+    group_of,
+    make_hub,
+    make_mirror,
+    make_shard,
+    replica_groups,
+    role_addresses,
+    shard_file,
+)
+from .systems import RunConfig, get_system, process_systems
+
+
+def check_process_system(system: str) -> None:
+    """GeomlError unless `system` runs one process per role (the registry says which)."""
+    if not get_system(system).process_kinds:
+        raise GeomlError(f"{system} does not run one process per role yet (only "
+                         f"{', '.join(process_systems())} do); use `geoml run --system "
+                         f"{system}`")
+
+
+def _say_resumed(address: str, found: bool, what: str, clock: Callable[[], int]) -> None:
+    print(f"{address} resumed from "
+          + (f"its checkpoint at {what} {clock()}" if found
+             else "the start (it had no checkpoint yet)"), flush=True)
+
+
+async def ps_role_main(cfg: RunConfig, address: str, kind: str,
+                       connect_timeout: float = 30.0, keys: CurveKeys | None = None,
+                       resume: bool = False, checkpoints: Path | None = None,
+                       reliable: bool = False) -> dict[str, Any]:
+    """One PS shard, worker, Gaia mirror or hub as its own process (tcp); returns its
+    report. `resume`: restarted after a crash (a worker asks its shards where it was; a
+    shard or mirror loads its checkpoint). `checkpoints`: the directory where shards and
+    mirrors keep theirs (a hub then keeps what it relays until acknowledged). `reliable`:
+    the endpoint keeps its frames until acknowledged, so that they survive a router
+    restart (bus/reliable.py)."""
+    if resume and kind == "hub":
+        raise GeomlError("a hub cannot resume after a crash: it keeps no checkpoint")
+    topo = cfg.topology if isinstance(cfg.topology, Topology) else load_topology(cfg.topology)
+    try:
+        workload = (cfg.workload if isinstance(cfg.workload, Workload)
+                    else make_workload(cfg.workload, cfg.workload_options))
+        plan = plan_ps(topo, cfg.system, cfg.home, hubs=cfg.gaia_hubs and cfg.system == "gaia")
+        groups = replica_groups(plan, workload.table_shapes())
+    except ValueError as exc:
+        raise GeomlError(str(exc)) from None
+    check_process_system(plan.system)
+    members = role_addresses(plan, kind)
+    if address not in members:
+        raise GeomlError(f"{address} is not a {kind} of {cfg.system} on {topo.name}; those "
+                         f"are: {', '.join(members) or 'none'}")
+    region = region_of(address)
+    ctx: zmq.Context[Any] = zmq.Context()
+    ep = Endpoint(address, topo.endpoints(region, "tcp")[0], ctx=ctx, keys=keys,
+                  reliable=reliable)
+    try:
+        await ep.start(timeout=connect_timeout)
+        print(f"{address} connected to {ep.router}", flush=True)
+        # the endpoint's counters, final once it is closed (before the report is printed)
+        report: dict[str, Any] = {"role": address, "kind": kind, "bus": ep.counters}
+        if kind == "hub":
+            hub = make_hub(ep, cfg, topo, plan, workload.table_shapes(),
+                           retain=checkpoints is not None)
+            await hub.run()
+            return {**report, **hub.counters}
+        group = group_of(groups, region)
+        checkpoint = None if checkpoints is None else checkpoint_file(checkpoints, address)
+        if kind == "mirror":
+            mirror = make_mirror(
+                ep, cfg, topo, plan, group,
+                on_forward=lambda clock: print(f"{address} clock {clock}", flush=True),
+                checkpoint=checkpoint)
+            if resume:
+                _say_resumed(address, mirror.restart(), "forwarded clock",
+                             lambda: mirror.forwarded)
+            await mirror.run()
+            return {**report, **mirror.counters}
+        if kind == "ps_shard":
+            def progress(_: int, clock: int) -> None:
+                if clock < FINISHED:
+                    print(f"{address} clock {clock}", flush=True)
+
+            shard = make_shard(ep, cfg, plan, group, workload.init_params(),
+                               on_min_clock=progress, checkpoint=checkpoint)
+            if resume:
+                _say_resumed(address, shard.restart(), "clock", lambda: shard.gate.min_clock)
+            await shard.run()
+            report.update(shard.counters)
+            if isinstance(shard, GaiaShard):
+                report.update(elements_updated=shard.filter.counters.updated,
+                              elements_sent=shard.filter.counters.sent)
+            if cfg.out is not None:
+                cfg.out.mkdir(parents=True, exist_ok=True)
+                np.savez(shard_file(cfg.out, address), **shard.tables)
+                report["wrote"] = str(shard_file(cfg.out, address))
+            return report
+        index = plan.in_region(plan.workers, region).index(address)
+        part = workload.partition(plan.data_regions)[(region, index)]
+        worker = PSWorker(ep, workload, part, group.shards, group.ranges,
+                          iterations=cfg.iterations, resume=resume,
+                          on_clock=lambda a, c: print(f"{a} clock {c}", flush=True))
+        clock = await worker.run()
+        return {**report, "clock": clock, **worker.times, **worker.counters}
+    finally:
+        await ep.aclose()
+        ctx.destroy(linger=0)

@@ -1,0 +1,146 @@
+"""What a run is asked to do: RunConfig and the parsers of its command-line forms."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from geoml.bus import Topology
+from geoml.roles.compute import ComputeCost
+from geoml.roles.fedavg import FedAvgConfig
+from geoml.roles.gaia import BARRIER_MODES
+from geoml.roles.ps import PSShard, PSWorker
+from geoml.workloads import Params, Workload
+
+
+def parse_sync(text: str) -> int:
+    """'bsp' -> 0, 'ssp:S' -> S (the staleness bound)."""
+    if text == "bsp":
+        return 0
+    if text.startswith("ssp:"):
+        try:
+            s = int(text[4:])
+        except ValueError:
+            s = -1
+        if s >= 0:
+            return s
+    raise ValueError(f"--sync must be 'bsp' or 'ssp:S' with S >= 0, got {text!r}")
+
+
+def parse_until(text: str) -> float:
+    """'objective:X' -> X."""
+    kind, _, value = text.partition(":")
+    try:
+        if kind == "objective":
+            return float(value)
+    except ValueError:
+        pass
+    raise ValueError(f"--until must be objective:X (a number), got {text!r}")
+
+
+@dataclass(frozen=True)
+class LinkFault:
+    """A WAN link down (rate 0) from `start_s` for `duration_s` seconds of the run."""
+
+    src: str
+    dst: str
+    start_s: float
+    duration_s: float
+    both_ways: bool = True
+
+    @property
+    def name(self) -> str:
+        return f"{self.src}{'<->' if self.both_ways else '->'}{self.dst}"
+
+
+def parse_fault(text: str) -> LinkFault:
+    """'A-B@START+DURATION' (both directions) or 'A->B@START+DURATION' (one)."""
+    link, _, when = text.partition("@")
+    start, _, duration = when.partition("+")
+    both = "->" not in link
+    src, _, dst = link.partition("->" if not both else "-")
+    try:
+        fault = LinkFault(src.strip(), dst.strip(), float(start), float(duration), both)
+    except ValueError:
+        fault = None
+    if fault is None or not fault.src or not fault.dst or fault.start_s < 0 \
+            or fault.duration_s <= 0:
+        raise ValueError(f"--link-down wants A-B@START+SECONDS or A->B@START+SECONDS "
+                         f"(START >= 0, SECONDS > 0), got {text!r}")
+    return fault
+
+
+#: Where workers compute under real time: threads of the run's process (they take turns
+#: at the GIL) or a process each (they compute in parallel, as machines do).
+COMPUTE_IN = ("threads", "processes")
+
+
+def check_gaia_options(v: float, ds: int, absolute: float | None) -> None:
+    """Raise ValueError for significance thresholds or a mirror clock that cannot work."""
+    if not 0 < v < float("inf") or ds < 0:
+        raise ValueError("--gaia-v must be > 0 and --gaia-ds >= 0")
+    if absolute is not None and not 0 < absolute < float("inf"):
+        raise ValueError(f"--gaia-absolute must be a number > 0, got {absolute}")
+
+
+@dataclass
+class RunConfig:
+    """What to run; at least one of iterations, seconds, target must bound the run."""
+
+    topology: str | Path | Topology
+    system: str
+    workload: str | Workload
+    workload_options: dict[str, Any] = field(default_factory=dict)
+    staleness: int = 0
+    iterations: int | None = None
+    seconds: float | None = None
+    target: float | None = None
+    out: Path | None = None
+    home: str | None = None
+    quiet: bool = False
+    record_reads: bool = False
+    eval_every: int = 1
+    gaia_v: float = 0.01  # initial significance threshold (decays as v / sqrt(t))
+    gaia_absolute: float | None = None  # instead: |accumulated| > this (no decay)
+    gaia_ds: int = 2  # mirror clock: clocks a region may lead the slowest other region
+    gaia_hubs: bool = False  # exchange updates through the overlay groups' hubs
+    gaia_barrier: str = "auto"  # selective barrier: auto (WAN backlogged), always or off
+    faults: tuple[LinkFault, ...] = ()  # WAN links taken down for a while (fault injection)
+    fed: FedAvgConfig = field(default_factory=FedAvgConfig)  # fedavg's C, E, round deadline
+    inspect: bool = False  # live traffic view instead of progress lines (real time only)
+    compute: ComputeCost = field(default_factory=ComputeCost)  # charge under virtual time
+    compute_in: str = "threads"  # real time: workers compute in threads or processes
+    record: Path | None = None  # tap recording of the whole run
+
+    def check(self) -> None:
+        """Raise ValueError for a run that would never end or makes no sense."""
+        if self.iterations is None and self.seconds is None and self.target is None:
+            raise ValueError("give --iterations, --seconds or --until so the run ends")
+        if self.iterations is not None and self.iterations < 1:
+            raise ValueError("--iterations must be >= 1")
+        if self.seconds is not None and self.seconds <= 0:
+            raise ValueError("--seconds must be > 0")
+        if self.eval_every < 1:
+            raise ValueError("eval_every must be >= 1")
+        check_gaia_options(self.gaia_v, self.gaia_ds, self.gaia_absolute)
+        if self.compute_in not in COMPUTE_IN:
+            raise ValueError(f"--compute-in must be one of {', '.join(COMPUTE_IN)}, "
+                             f"got {self.compute_in!r}")
+        if self.gaia_barrier not in BARRIER_MODES:
+            raise ValueError(f"--gaia-barrier must be one of {', '.join(BARRIER_MODES)}, "
+                             f"got {self.gaia_barrier!r}")
+
+
+@dataclass
+class RunResult:
+    """Everything a run produced (tests look inside; the CLI writes `summary`)."""
+
+    summary: dict[str, Any]
+    curve: list[dict[str, Any]]
+    params: Params
+    shards: list[PSShard]
+    workers: list[PSWorker]
+    t0: float = 0.0  # loop time at which training started (times in `curve` count from it)
+    roles: dict[str, Any] = field(default_factory=dict)  # other roles by address (fedavg)
+
