@@ -170,7 +170,8 @@ MUTANTS: tuple[Mutant, ...] = (
            "tools/compare.py", "DEFAULT_TARGET_SHARE = 0.98", "DEFAULT_TARGET_SHARE = 0.9",
            ("tests/test_compare.py",)),
     Mutant("seconds_doubled", "--seconds stops the run at twice the time asked",
-           "tools/systems/harness.py", "loop.call_later(max(0.0, cfg.seconds - (loop.time() - t_start))",
+           "tools/systems/harness.py",
+           "loop.call_later(max(0.0, cfg.seconds - (loop.time() - t_start))",
            "loop.call_later(max(0.0, 2 * cfg.seconds - (loop.time() - t_start))",
            ("tests/test_ps.py",)),
     Mutant("fedavg_client_samples_wrong", "a FedAvg client reports one sample, whatever its "
