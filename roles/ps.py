@@ -60,6 +60,7 @@ DONE_RETRY_S = 1.0
 class PSShard(Checkpointed):
     """Holds rows [lo, hi) of every table; serves reads under SSP(s); applies pushes.
 
+    `dense_scale` multiplies dense deltas (see AGGREGATIONS in geoml.systems.config).
     `run()` returns once every worker has sent ps.done. With `checkpoint`, the shard
     writes its state there before serving, whenever the slowest worker's clock advances
     and when a worker finishes; `restore()` loads it in a process started after a crash.
@@ -70,8 +71,11 @@ class PSShard(Checkpointed):
     def __init__(self, endpoint: Endpoint, index: int, ranges: KeyRanges, init: Params,
                  workers: Sequence[str], *, staleness: int = 0, record: bool = False,
                  on_min_clock: Callable[[int, int], None] | None = None,
-                 checkpoint: Path | None = None) -> None:
+                 checkpoint: Path | None = None, dense_scale: float = 1.0) -> None:
         self.ep = endpoint
+        #: Factor on every push's dense deltas: 1 adds them (sum), 1/N averages the N
+        #: workers' pushes of a clock (mean). Sparse rows are always added.
+        self.dense_scale = dense_scale
         self.index = index
         self.ranges = ranges
         self.lo = {t: ranges.range_of(t, index)[0] for t in ranges.shapes}
@@ -265,6 +269,8 @@ class PSShard(Checkpointed):
             updates.append((table, target, rows, delta))
         for table, target, rows, delta in updates:
             if rows is None:
+                if self.dense_scale != 1.0:
+                    delta = delta * np.float32(self.dense_scale)
                 target += delta
             else:
                 target[rows] += delta

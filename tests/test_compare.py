@@ -93,3 +93,128 @@ def test_compare_mistakes_are_one_line_errors_before_any_run(
     assert not (tmp_path / "c").exists()
     err = capsys.readouterr().err
     assert "geoml: error: " in err and message in err and "Traceback" not in err
+
+
+# Twelve workers (three regions of four) on a dense classifier: the shape where a PS that
+# adds every worker's update takes a step twelve times one worker's.
+THREE_BY_FOUR = """
+name = "three-by-four"
+[defaults]
+workers = 4
+ps_shards = 1
+[[regions]]
+name = "north"
+lat = 60.0
+[[regions]]
+name = "south"
+lat = -30.0
+lon = 20.0
+[[regions]]
+name = "far"
+lat = 10.0
+lon = 120.0
+[[links]]
+between = ["north", "south"]
+rate_mbps = 50
+latency_ms = 60
+[[links]]
+between = ["north", "far"]
+rate_mbps = 20
+latency_ms = 90
+[[links]]
+between = ["south", "far"]
+rate_mbps = 10
+latency_ms = 120
+"""
+DENSE = ["--workload", "softmax-synthetic", "--opt", "features=60", "--opt", "classes=6",
+         "--opt", "samples=6000", "--opt", "label_skew=0.3"]
+
+
+def _three_by_four(tmp_path: Path) -> str:
+    path = tmp_path / "three.toml"
+    path.write_text(THREE_BY_FOUR)
+    return str(path)
+
+
+def test_many_workers_on_a_dense_classifier_converge_at_the_defaults(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "cmp"
+    assert main(["compare", "--topology", _three_by_four(tmp_path), *DENSE, "--systems",
+                 "lan,baseline,gaia", "--iterations", "6", "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    report = json.loads((out / "compare.json").read_text())
+    lan = _curve(out / "lan" / "curve.csv")
+    first, last = lan[0]["objective"], lan[-1]["objective"]
+    assert last < 0.7 * first  # 1.79 (ln 6) -> about 1.0 at mean aggregation
+    assert report["target"] == pytest.approx(last + 0.02 * (first - last), rel=1e-12)
+    assert report["target_source"] in table and "98% of LAN's improvement" in table
+    for name in ("baseline", "gaia"):
+        curve = _curve(out / name / "curve.csv")
+        assert curve[-1]["objective"] < 0.7 * curve[0]["objective"], name
+        t = report["systems"][name]["time_to_target_s"]
+        assert t is None or t > 0, name  # nobody "reaches" a target at its start
+
+
+def test_a_yardstick_that_got_worse_stops_compare_with_what_to_change(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The same shape with --aggregation sum: LAN's step is twelve workers' and its
+    cross-entropy climbs from 1.79 to about 8. No target is built from that."""
+    out = tmp_path / "cmp"
+    assert main(["compare", "--topology", _three_by_four(tmp_path), *DENSE,
+                 "--aggregation", "sum", "--systems", "lan,baseline", "--iterations", "12",
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    error = [line for line in err.splitlines() if line.startswith("geoml: error:")]
+    assert len(error) == 1 and "Traceback" not in err
+    assert "LAN's objective went from 1.792 to" in error[0]
+    assert "did not improve" in error[0]
+    for fix in ("--until objective:X", "smaller lr", "--aggregation mean"):
+        assert fix in error[0]
+    assert not (out / "compare.json").exists() and not (out / "baseline").exists()
+    lan = _curve(out / "lan" / "curve.csv")  # LAN's run is kept for a look
+    assert lan[-1]["objective"] > lan[0]["objective"]
+
+
+@pytest.mark.parametrize(("objectives", "problem"), [
+    ([3.0, 2.0, 1.5, 1.0], None),
+    ([3.0, 2.0, 2.2, 1.0], None),  # rose 0.2 while falling 2: noise, not oscillation
+    ([3.0, 3.5, 4.0], "did not improve"),
+    ([3.0, 1.0, 4.0, 1.0, 4.0, 2.5], "never settled"),  # rose 6 while falling 0.5
+    ([3.0, float("inf"), 1.0], "diverged"),
+])
+def test_a_yardstick_is_refused_when_it_did_not_improve_never_settled_or_diverged(
+        objectives: list[float], problem: str | None) -> None:
+    from geoml.compare import UntrustedYardstick, yardstick_problem
+
+    curve = [{"clock": i, "objective": o} for i, o in enumerate(objectives)]
+    found = yardstick_problem(curve)
+    if problem is None:
+        assert found is None
+        assert default_target(curve) == pytest.approx(
+            objectives[-1] + 0.02 * (objectives[0] - objectives[-1]))
+    else:
+        assert found is not None and problem in found
+        with pytest.raises(UntrustedYardstick, match=problem):
+            default_target(curve)
+
+
+def test_a_system_that_cannot_run_is_marked_refused_and_the_others_run(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    topology = tmp_path / "vault.toml"
+    topology.write_text('name = "vault"\n[[regions]]\nname = "home"\n[[regions]]\n'
+                        'name = "vault"\nlon = 30.0\nsovereign = true\n[[links]]\n'
+                        'between = ["home", "vault"]\nrate_mbps = 20\nlatency_ms = 30\n')
+    out = tmp_path / "cmp"
+    assert main(["compare", "--topology", str(topology), "--workload", "softmax-digits",
+                 "--systems", "lan,centralized,fedavg", "--iterations", "3",
+                 "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    report = json.loads((out / "compare.json").read_text())
+    assert list(report["refused"]) == ["centralized"]
+    assert "vault" in report["refused"]["centralized"]
+    assert report["systems"]["centralized"] == {"refused": report["refused"]["centralized"]}
+    assert not (out / "centralized").exists()
+    assert (out / "fedavg" / "summary.json").exists()
+    row = next(line for line in captured.out.splitlines() if line.startswith("centralized"))
+    assert "refused: centralized would ship the raw data of region vault" in row
+    assert "centralized: refused, not run" in captured.err

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from geoml import demo
+from geoml.bus import load_topology
 from geoml.cli import main
 
 FAST_PAIR = """
@@ -27,7 +28,7 @@ latency_ms = 5
 def test_the_demo_prints_lan_baseline_and_gaia_and_writes_the_comparison(
         tmp_path: Path, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """The demo's own code path, with 3 LAN clocks instead of 30 (so 6 at most for the
+    """The demo's own code path, with 3 LAN clocks instead of 20 (so 6 at most for the
     others) and the small tiny topology instead of ss_wan."""
     monkeypatch.setattr(demo, "DEMO_CLOCKS", 3)
     out = tmp_path / "demo"
@@ -36,16 +37,26 @@ def test_the_demo_prints_lan_baseline_and_gaia_and_writes_the_comparison(
     assert "LAN runs 3 clocks and sets the target" in printed
     rows = [line.split()[0] for line in printed.splitlines()
             if line.split()[:1] in (["lan"], ["baseline"], ["gaia"])]
-    assert rows == ["lan", "baseline", "gaia"]
-    report = json.loads((out / "compare.json").read_text())
-    assert list(report["systems"]) == ["lan", "baseline", "gaia"]
-    assert report["workload"]["name"] == "mf-movielens"
-    lan = json.loads((out / "lan" / "summary.json").read_text())
-    assert lan["iterations"] == 3 and lan["wan_bytes"] == 0
-    for system in ("baseline", "gaia"):
-        summary = json.loads((out / system / "summary.json").read_text())
-        assert summary["iterations"] <= 6 and summary["wan_bytes"] > 0
-    assert (out / "compare.png").stat().st_size > 1000
+    assert rows == ["lan", "baseline", "gaia"] * 2
+    tiny = load_topology("tiny")
+    for part, workload in (("balanced", "softmax-synthetic"), ("mf", "mf-movielens")):
+        report = json.loads((out / part / "compare.json").read_text())
+        assert list(report["systems"]) == ["lan", "baseline", "gaia"]
+        assert report["workload"]["name"] == workload
+        assert report["target_source"] in printed
+        lan = json.loads((out / part / "lan" / "summary.json").read_text())
+        assert lan["iterations"] == 3 and lan["wan_bytes"] == 0
+        assert lan["clock"] == "virtual"
+        for system in ("baseline", "gaia"):
+            summary = json.loads((out / part / system / "summary.json").read_text())
+            assert summary["iterations"] <= 6 and summary["wan_bytes"] > 0
+        assert (out / part / "compare.png").stat().st_size > 1000
+    # the balanced run charges a mean worker's clock CLOCK_S of work: LAN's clocks are
+    # that long, give or take its workers' unequal shares and its LAN traffic (under 10%)
+    lan = json.loads((out / "balanced" / "lan" / "summary.json").read_text())
+    assert lan["elapsed_s"] / 3 == pytest.approx(demo.CLOCK_S, rel=0.1)
+    latency = max(spec.latency_s for spec in tiny.iter_links())
+    assert f"next to a {latency * 1e3:.0f} ms one-way WAN" in printed
 
 
 def test_the_bus_demo_saturates_both_directions_at_their_configured_rate(

@@ -42,12 +42,20 @@ def _four_regions(**extra: Any) -> Topology:
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("hubs", [False, True])
-async def test_every_replica_ends_exactly_at_init_plus_all_updates(hubs: bool) -> None:
+@pytest.mark.parametrize(("hubs", "aggregation"), [(False, "sum"), (True, "sum"),
+                                                   (False, "mean"), (True, "mean")])
+async def test_every_replica_ends_exactly_at_init_plus_all_updates(
+        hubs: bool, aggregation: str) -> None:
+    """sum: init plus every worker's updates; mean: init plus their mean over all 8
+    workers of the 4 regions (each region's mirror carries its already-scaled share)."""
     topo, wl, clocks = _four_regions(), IntegerUpdates(), 7
     result = await asyncio.wait_for(run_system(RunConfig(
-        topo, "gaia", wl, iterations=clocks, quiet=True, gaia_v=0.5, gaia_hubs=hubs)), 60)
+        topo, "gaia", wl, iterations=clocks, quiet=True, gaia_v=0.5, gaia_hubs=hubs,
+        aggregation=aggregation)), 60)
     expected = _expected(wl, topo, clocks)
+    if aggregation == "mean":  # eighths of integers: exact in float32
+        init = wl.init_params()["W"]
+        expected = init + (expected - init) / np.float32(8)
     replicas = _replicas(result)
     assert set(replicas) == {"a", "b", "c", "d"}
     for region, params in replicas.items():
@@ -65,7 +73,8 @@ async def test_the_absolute_threshold_holds_back_small_updates_and_loses_none() 
     runs = {}
     for absolute in (0.5, 50.0):  # below and above most updates (-3..3, a few x100)
         runs[absolute] = await asyncio.wait_for(run_system(RunConfig(
-            topo, "gaia", wl, iterations=clocks, quiet=True, gaia_absolute=absolute)), 60)
+            topo, "gaia", wl, iterations=clocks, quiet=True, gaia_absolute=absolute,
+            aggregation="sum")), 60)
     expected = _expected(wl, topo, clocks)
     for absolute, result in runs.items():
         for region, params in _replicas(result).items():
@@ -81,7 +90,8 @@ async def test_hubs_carry_fewer_wan_bytes_than_all_to_all_on_ec2_all() -> None:
     runs = {}
     for hubs in (False, True):
         result = await asyncio.wait_for(run_system(RunConfig(
-            topo, "gaia", wl, iterations=3, quiet=True, gaia_v=0.5, gaia_hubs=hubs)), 90)
+            topo, "gaia", wl, iterations=3, quiet=True, gaia_v=0.5, gaia_hubs=hubs,
+            aggregation="sum")), 90)
         expected = _expected(wl, topo, 3)
         for region, params in _replicas(result).items():
             np.testing.assert_array_equal(params["W"], expected, err_msg=region)
@@ -149,7 +159,7 @@ def test_a_partitioned_region_runs_ds_clocks_ahead_blocks_then_catches_up() -> N
     wl, clocks, ds, outage = IntegerUpdates(), 8, 2, 1.0
     result = run_virtual(run_system(RunConfig(
         topo, "gaia", wl, iterations=clocks, quiet=True, gaia_v=0.5, gaia_ds=ds,
-        faults=(LinkFault("a", "b", 0.0, outage),))))
+        faults=(LinkFault("a", "b", 0.0, outage),), aggregation="sum")))
     for worker in result.workers:
         during = [t for t in worker.clock_done_at if t < result.t0 + outage]
         # SSP-style bound: with nothing from the other region, DS + 1 clocks, then wait.

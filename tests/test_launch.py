@@ -83,7 +83,9 @@ def test_launch_runs_every_role_as_a_process_with_the_all_in_one_results(
     out = tmp_path / "run"
     # --restarts 0: no checkpoints, whose frames (ps.bye, a durable clock in ps.value) add
     # a few hundred bytes the all-in-one run does not send
-    proc = _launch(out, "--iterations", "5", "--restarts", "0")
+    # --aggregation sum: the role processes must get it from the launcher, or they would
+    # train another model than the all-in-one run below
+    proc = _launch(out, "--iterations", "5", "--restarts", "0", "--aggregation", "sum")
     stdout, stderr = proc.communicate(timeout=PROCESS_TEST_BUDGET_S)
     assert proc.returncode == 0, stderr
     summary = json.loads((out / "summary.json").read_text())
@@ -103,7 +105,7 @@ def test_launch_runs_every_role_as_a_process_with_the_all_in_one_results(
     # the order in which a shard adds its workers' updates)
     aio = run_with_clock(run_system(RunConfig(
         topology=load_topology("tiny"), system="baseline", workload="softmax-digits",
-        iterations=5, quiet=True)))
+        iterations=5, quiet=True, aggregation="sum")))
     assert summary["iterations"] == 5
     assert summary["wan_bytes"] == aio.summary["wan_bytes"]
     assert summary["final_objective"] == pytest.approx(aio.summary["final_objective"], rel=1e-3)
@@ -138,7 +140,7 @@ def test_a_killed_role_is_restarted_and_no_update_is_lost_or_applied_twice(
 
     out, clocks = tmp_path / "run", 60
     proc = _launch(out, "--iterations", str(clocks), "--system", "gaia", "--workload",
-                   "integer-updates", "--gaia-v", "0.5")
+                   "integer-updates", "--gaia-v", "0.5", "--aggregation", "sum")
     stderr = _disturb(proc, out, "west/worker/1", 5, _kill(out, victim))
     assert proc.returncode == 0, stderr
     assert f"{victim} failed (killed by SIGKILL); restarting it (1/2)" in stderr
@@ -227,7 +229,7 @@ def test_gaia_with_hubs_as_processes_ends_with_every_update_in_every_replica(
     proc = subprocess.Popen(
         [sys.executable, "-m", "geoml.cli", "launch", "--topology", str(topology),
          "--system", "gaia", "--gaia-hubs", "--gaia-absolute", "2", "--workload",
-         "integer-updates",
+         "integer-updates", "--aggregation", "sum",
          "--iterations", str(clocks), "--out", str(out), "--status-every", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _, stderr = proc.communicate(timeout=PROCESS_TEST_BUDGET_S)

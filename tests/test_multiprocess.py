@@ -129,7 +129,7 @@ def test_baseline_parameter_server_as_processes_converges(topology_file: Path,
     from geoml.workloads import make_workload
 
     common = ["--topology", str(topology_file), "--system", "baseline",
-              "--workload", "softmax-digits"]
+              "--workload", "softmax-digits", "--aggregation", "sum"]  # bound set with sum
     plan = plan_ps(load_topology(topology_file), "baseline")
     assert len(plan.shards) == 2 and len(plan.workers) == 2
     out = tmp_path / "shards"

@@ -48,7 +48,8 @@ def test_ssp_bound_holds_on_every_read_with_uneven_workers(staleness: int) -> No
                           lambda part, _clock: 0.01 * part.worker)  # uneven machines
     result = run_virtual(run_system(RunConfig(
         one_region(4, 2), "lan", workload, staleness=staleness, iterations=8,
-        quiet=True, record_reads=True, compute=SlowPasses.COST)))
+        quiet=True, record_reads=True, compute=SlowPasses.COST,
+        aggregation="sum")))  # the convergence bounds below were set with sum
     served = [r for shard in result.shards for r in shard.gate.served]
     assert len(served) == 4 * 8 * 2  # every worker read every shard every clock
     for read in served:
@@ -174,7 +175,7 @@ async def test_gaia_replicas_agree_and_only_filtered_updates_cross_the_wan() -> 
                                        {"name": "c", "lon": 40.0, "ps_shards": 1}]})
     result = await asyncio.wait_for(run_system(RunConfig(
         topo, "gaia", "softmax-digits", iterations=6, quiet=True, gaia_v=0.05,
-        gaia_barrier="always")), 60)
+        gaia_barrier="always", aggregation="sum")), 60)
     s = result.summary
     by_region: dict[str, list] = {}
     for shard in result.shards:

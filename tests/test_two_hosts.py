@@ -116,7 +116,8 @@ def test_gaia_across_two_hosts_ends_with_every_update_in_both_replicas(
         for region in namespaces:
             wait_for_line(procs[f"router {region}"], f"listening on tcp://{HOSTS[region]}:",
                           deadline.left(30))
-        role = ["--system", "gaia", "--workload", "integer-updates", "--gaia-v", "0.5"]
+        role = ["--system", "gaia", "--workload", "integer-updates", "--gaia-v", "0.5",
+                "--aggregation", "sum"]
         for kind, address in (("ps_shard", "{r}/ps/0"), ("mirror", "{r}/mirror/0"),
                               ("worker", "{r}/worker/0")):
             for region, ns in namespaces.items():

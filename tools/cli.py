@@ -207,6 +207,7 @@ def _run_config(args: argparse.Namespace, check: bool = True,
             topology=topo, system=args.system,
             workload=make_workload(args.workload, options) if args.workload else "",
             workload_options=options, staleness=parse_sync(args.sync),
+            aggregation=getattr(args, "aggregation", "mean"),
             iterations=args.iterations, seconds=args.seconds,
             target=parse_until(args.until) if args.until else None,
             out=getattr(args, "out", None), home=getattr(args, "home", None),
@@ -274,7 +275,8 @@ def _launch_main(args: argparse.Namespace) -> int:
     cfg = LaunchConfig(str(args.topology), args.system, args.workload, args.iterations, out,
                        args.opt, args.sync, args.status_every, args.start_timeout, args.keys,
                        args.gaia_v, args.gaia_ds, args.gaia_hubs, args.gaia_barrier,
-                       args.restarts, gaia_absolute=args.gaia_absolute)
+                       args.restarts, gaia_absolute=args.gaia_absolute,
+                       aggregation=args.aggregation)
     try:
         summary = run_with_clock(_until_signal(lambda stop: launch(cfg, topo, stop)))
     except LaunchInterrupted as exc:
@@ -372,8 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    d = sub.add_parser("demo", help="the all-in-one demo: LAN, baseline and Gaia on ss_wan "
-                       "(MF on MovieLens); --bus: saturate the WAN links instead")
+    d = sub.add_parser("demo", help="the all-in-one demo: LAN, baseline and Gaia on ss_wan, "
+                       "a classifier at the paper's balance and MF on MovieLens; --bus: "
+                       "saturate the WAN links instead")
     d.add_argument("--bus", action="store_true", help="the message-bus demo: every link "
                    "saturated, achieved against configured rates")
     d.add_argument("--topology", default="ss_wan")
@@ -391,6 +394,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="workload option, e.g. rank=50 (repeatable)")
     c.add_argument("--sync", default="bsp", help="bsp or ssp:S (staleness S)")
+    c.add_argument("--aggregation", default="mean", choices=("mean", "sum"),
+                   help="how a PS shard combines a clock's dense updates: mean over the "
+                   "workers (default; converges for any worker count) or sum (the PS "
+                   "papers; the step grows with the workers)")
     c.add_argument("--until", help="the target, objective:X (default: what LAN reaches, "
                    "see README)")
     c.add_argument("--iterations", type=int, help="clocks per run (at most)")
@@ -509,6 +516,10 @@ def build_parser() -> argparse.ArgumentParser:
     la.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                     help="workload option, e.g. rank=50 (repeatable)")
     la.add_argument("--sync", default="bsp", help="bsp or ssp:S (staleness S)")
+    la.add_argument("--aggregation", default="mean", choices=("mean", "sum"),
+                   help="how a PS shard combines a clock's dense updates: mean over the "
+                   "workers (default; converges for any worker count) or sum (the PS "
+                   "papers; the step grows with the workers)")
     la.add_argument("--iterations", type=int, required=True, help="clocks every worker runs")
     la.add_argument("--out", type=Path, help="results directory (default runs/launch-...)")
     la.add_argument("--status-every", type=float, default=5.0,
@@ -629,6 +640,10 @@ def _ps_args(p: argparse.ArgumentParser, role: bool) -> None:
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="workload option, e.g. rank=50 (repeatable)")
     p.add_argument("--sync", default="bsp", help="bsp or ssp:S (staleness S)")
+    p.add_argument("--aggregation", default="mean", choices=("mean", "sum"),
+                   help="how a PS shard combines a clock's dense updates: mean over the "
+                   "workers (default; converges for any worker count) or sum (the PS "
+                   "papers; the step grows with the workers)")
     p.add_argument("--until", help="stop when objective:X is reached")
     if not role:
         p.add_argument("--iterations", type=int, help="stop after N clocks")
@@ -653,7 +668,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 from geoml.demo import gaia_demo
 
-                run_with_clock(gaia_demo(args.topology, args.out))
+                run_with_clock(gaia_demo(args.topology, args.out), "virtual")
         elif args.command == "compare":
             _compare_main(args)
         elif args.command == "cartel":

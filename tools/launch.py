@@ -78,6 +78,7 @@ class LaunchConfig:
     gaia_barrier: str = "auto"
     restarts: int = 2  # per process of a restartable kind
     gaia_absolute: float | None = None
+    aggregation: str = "mean"
 
     def gaia_args(self) -> list[str]:
         """The gaia options as role arguments (none for the other systems)."""
@@ -329,6 +330,7 @@ class Launcher:
                 "--keys", str(self.keys),
                 "--address", address, "--kind", kind, "--system", self.cfg.system,
                 "--workload", self.cfg.workload, "--sync", self.cfg.sync,
+                "--aggregation", self.cfg.aggregation,
                 "--connect-timeout", str(self.cfg.start_timeout)]
         for opt in self.cfg.options:
             args += ["--opt", opt]

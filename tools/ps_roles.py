@@ -77,13 +77,27 @@ def make_shard(ep: Endpoint, cfg: RunConfig, plan: PSPlan, group: ReplicaGroup, 
     """The PS shard at `ep.address` (a Gaia shard when the plan has mirrors)."""
     index = group.shards.index(ep.address)
     region = region_of(ep.address)
+    scale = dense_scale(cfg.aggregation, plan, region)
     if plan.mirrors is None:
         users = plan.in_region(plan.workers, region) if plan.replica_per_region else plan.workers
-        return PSShard(ep, index, group.ranges, init, users, staleness=cfg.staleness, **common)
+        return PSShard(ep, index, group.ranges, init, users, staleness=cfg.staleness,
+                       dense_scale=scale, **common)
     return GaiaShard(ep, index, group.ranges, init, plan.in_region(plan.workers, region),
                      plan.mirrors[region], v=cfg.gaia_v,
                      absolute=cfg.gaia_absolute, ds=cfg.gaia_ds,
-                     staleness=cfg.staleness, **common)
+                     staleness=cfg.staleness, dense_scale=scale, **common)
+
+
+def dense_scale(aggregation: str, plan: PSPlan, region: str) -> float:
+    """The shard's factor on dense deltas: 1 for `sum`; for `mean`, one over the workers
+    whose updates reach the model: every worker's (lan, baseline, centralized, and gaia,
+    whose mirrors carry each region's scaled updates to the others), or the region's
+    own (isolated)."""
+    if aggregation == "sum":
+        return 1.0
+    pushing = plan.in_region(plan.workers, region) if plan.mirrors is None \
+        and plan.replica_per_region else plan.workers
+    return 1.0 / len(pushing)
 
 
 def make_mirror(ep: Endpoint, cfg: RunConfig, topo: Topology, plan: PSPlan,

@@ -75,6 +75,12 @@ def parse_fault(text: str) -> LinkFault:
 #: at the GIL) or a process each (they compute in parallel, as machines do).
 COMPUTE_IN = ("threads", "processes")
 
+#: How a PS shard combines the dense updates of a clock's pushes: `sum` adds every
+#: worker's delta (the PS papers; the step grows with the number of workers), `mean`
+#: averages them over the workers that push into the model (a step that stays the size
+#: of one worker's whatever the worker count). Sparse rows (MF) are added either way.
+AGGREGATIONS = ("mean", "sum")
+
 
 def check_gaia_options(v: float, ds: int, absolute: float | None) -> None:
     """Raise ValueError for significance thresholds or a mirror clock that cannot work."""
@@ -93,6 +99,7 @@ class RunConfig:
     workload: str | Workload
     workload_options: dict[str, Any] = field(default_factory=dict)
     staleness: int = 0
+    aggregation: str = "mean"  # dense updates: AGGREGATIONS
     iterations: int | None = None
     seconds: float | None = None
     target: float | None = None
@@ -124,6 +131,9 @@ class RunConfig:
         if self.eval_every < 1:
             raise ValueError("eval_every must be >= 1")
         check_gaia_options(self.gaia_v, self.gaia_ds, self.gaia_absolute)
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"--aggregation must be one of {', '.join(AGGREGATIONS)}, "
+                             f"got {self.aggregation!r}")
         if self.compute_in not in COMPUTE_IN:
             raise ValueError(f"--compute-in must be one of {', '.join(COMPUTE_IN)}, "
                              f"got {self.compute_in!r}")

@@ -153,6 +153,7 @@ async def run_ps(cfg: RunConfig, system: PSSystem) -> RunResult:
                            plan.machines_per_region(), traffic)
     summary.update({
         "sync": "bsp" if cfg.staleness == 0 else f"ssp:{cfg.staleness}",
+        "aggregation": cfg.aggregation,
         "workers": len(plan.workers),
         "ps_shards": len(plan.shards),
         "worker_times_s": {w.ep.address: w.times for w in workers},
