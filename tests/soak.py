@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[soak] run {i}/{args.runs}: {run['summary']} ({run['wall_s']} s)"
                   + (f" failed: {', '.join(run['failed'])}" if run["failed"] else ""),
                   file=sys.stderr, flush=True)
+            for line in run["errors"]:  # as they happen: a long soak is read while it runs
+                print(f"[soak]   {line}", file=sys.stderr, flush=True)
     finally:
         stop.set()
         loader.join(timeout=30)
