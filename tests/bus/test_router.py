@@ -16,7 +16,7 @@ from geoml.bus.errors import FrameError, HandshakeRefused
 from geoml.bus.router import TAP_TOPIC
 from geoml.bus.zio import ZIO
 
-from .conftest import free_base_port, make_topology, raw_client, raw_dealer, wait_until
+from ..conftest import free_base_port, make_topology, raw_client, raw_dealer, wait_until
 
 pytestmark = pytest.mark.asyncio
 

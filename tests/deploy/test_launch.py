@@ -20,7 +20,7 @@ from geoml.bus import load_topology
 from geoml.bus.vclock import run_with_clock
 from geoml.systems import RunConfig, run_system
 
-from .conftest import PROCESS_TEST_BUDGET_S, Deadline
+from ..conftest import PROCESS_TEST_BUDGET_S, Deadline
 
 pytestmark = pytest.mark.multiprocess
 
@@ -101,14 +101,20 @@ def test_launch_runs_every_role_as_a_process_with_the_all_in_one_results(
     assert set(endpoints) == {"east", "west"} and all(e["port"] > 0 for e in endpoints.values())
     assert "clock 5/5" in stderr and "worker 4 done" in stderr
     assert '"mode": "processes"' in stdout
-    # the same run all-in-one moves the same bytes and trains to the same model (up to
-    # the order in which a shard adds its workers' updates)
+    # The same run all-in-one moves the same bytes. The model is not bit for bit the same:
+    # BSP here is SSP(0), whose read at clock c sees every update before c and may see
+    # some of clock c. In one process every read of a clock is served before that
+    # clock's pushes; across processes a worker that reads late sees a faster one's push
+    # (measured: up to 0.0012 of the final cross-entropy). That is less than the last
+    # clock of training moved it (0.11), and the test holds it to that.
     aio = run_with_clock(run_system(RunConfig(
         topology=load_topology("tiny"), system="baseline", workload="softmax-digits",
-        iterations=5, quiet=True, aggregation="sum")))
+        iterations=5, quiet=True, aggregation="sum")), "virtual")
     assert summary["iterations"] == 5
     assert summary["wan_bytes"] == aio.summary["wan_bytes"]
-    assert summary["final_objective"] == pytest.approx(aio.summary["final_objective"], rel=1e-3)
+    assert [row["clock"] for row in aio.curve] == [0, 1, 2, 3, 4, 5]
+    last_clock_moved = aio.curve[-2]["objective"] - aio.curve[-1]["objective"]
+    assert abs(summary["final_objective"] - aio.summary["final_objective"]) < last_clock_moved
     assert summary["final_objective"] < 0.8 * json.loads(
         (out / "curve.csv").read_text().splitlines()[1].split(",")[2])
     assert (out / "logs" / "east_worker_0.log").read_text().count("east/worker/0 clock") == 5

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .layers import report
+from ..layers import report
 
 
 def test_no_import_circles_and_no_upward_imports() -> None:

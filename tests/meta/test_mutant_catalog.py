@@ -8,7 +8,7 @@ import pytest
 
 from tests.mutants.catalog import MUTANTS, Mutant
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_catalog_has_at_least_twenty_distinct_mutants() -> None:

@@ -18,7 +18,7 @@ from geoml.systems import LinkFault, RunConfig, RunResult, run_system
 from geoml.systems.ps import assemble
 from geoml.workloads import IntegerUpdates, Params
 
-from .conftest import wait_until
+from ..conftest import wait_until
 
 
 def _replicas(result: RunResult) -> dict[str, Params]:

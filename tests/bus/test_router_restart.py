@@ -17,7 +17,7 @@ from geoml.bus import BusClosed, Endpoint, Router, Topology
 from geoml.bus.reliable import Kept, ReceiveOrder, SendLog
 from geoml.bus.zio import ZIO
 
-from .conftest import make_topology, wait_until
+from ..conftest import make_topology, wait_until
 
 
 class Routers:

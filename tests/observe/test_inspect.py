@@ -29,7 +29,7 @@ from geoml.traffic import (
     unpack_events,
 )
 
-from .conftest import Deadline, free_base_port, wait_for_line
+from ..conftest import Deadline, free_base_port, wait_for_line
 
 
 def ev(link: str, src: str, dst: str, nbytes: int = 100, t: float = 0.0,

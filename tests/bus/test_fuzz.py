@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from geoml.bus import Network, load_topology
 from geoml.bus import frame as fr
 
-from .conftest import raw_client
+from ..conftest import raw_client
 
 ANY_VALUE = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1),
                       st.floats(allow_nan=True), st.text(max_size=40), st.binary(max_size=40),

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import Deadline, free_base_port, wait_for_line
+from ..conftest import Deadline, free_base_port, wait_for_line
 
 pytestmark = pytest.mark.multiprocess
 BURST_BYTES = 64 * 1024  # the default burst of the link below: one chunk

@@ -12,7 +12,7 @@ from geoml.roles.ps_plan import KeyRanges, plan_ps
 from geoml.systems import RunConfig, run_system
 from geoml.workloads import make_workload, take_rows
 
-from .conftest import SlowPasses
+from ..conftest import SlowPasses
 
 
 def one_region(workers: int, shards: int) -> object:

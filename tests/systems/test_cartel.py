@@ -17,7 +17,7 @@ from geoml.roles.stream_site import StreamConfig
 from geoml.workloads.online import OnlineSoftmax
 from geoml.workloads.streams import ScenarioConfig, make_streams, synthetic_pools
 
-from .conftest import wait_until
+from ..conftest import wait_until
 
 
 def star(sites: int = 4):

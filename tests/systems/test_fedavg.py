@@ -20,7 +20,7 @@ from geoml.roles.fedavg import (
 from geoml.systems import RunConfig, run_system
 from geoml.workloads import make_workload
 
-from .conftest import SlowPasses
+from ..conftest import SlowPasses
 
 
 def two_regions(workers: int = 1) -> object:

@@ -15,7 +15,7 @@ from geoml.bus.errors import HandshakeTimeout
 from geoml.bus.security import CurveKeys, make_keys
 from geoml.cli import main
 
-from .conftest import free_base_port
+from ..conftest import free_base_port
 
 TOPOLOGY = """
 name = "curve"

@@ -11,7 +11,7 @@ import pytest
 from geoml.bus import Network, Topology, parse_topology
 from geoml.roles.shipping import DataCollector, DataShipper, ShippingFailed
 
-from .conftest import wait_until
+from ..conftest import wait_until
 
 pytestmark = pytest.mark.asyncio
 

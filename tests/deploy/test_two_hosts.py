@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .conftest import Deadline, wait_for_line
+from ..conftest import Deadline, wait_for_line
 
 pytestmark = pytest.mark.multiprocess
 

@@ -10,7 +10,7 @@ import numpy as np
 from geoml.bus import Network, load_topology
 from geoml.bus.vclock import run_virtual
 
-from .conftest import wait_until
+from ..conftest import wait_until
 
 WAN_RATE, WAN_LATENCY, WAN_BURST = 10e6, 0.020, 65536  # tiny.toml: 10 Mbit/s, 20 ms
 LAN_RATE, LAN_BURST = 1e9, 625_000  # its LAN: 1 Gbit/s, a 5 ms burst
