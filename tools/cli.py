@@ -24,8 +24,6 @@ from geoml.bus.vclock import CLOCKS, run_with_clock
 from geoml.ps_roles import PS_KINDS
 from geoml.roles.drift import DETECTORS
 
-CARTEL_SYSTEMS = ("cartel", "isolated", "centralized", "fedavg")
-
 log = logging.getLogger("geoml")
 
 ROLE_KINDS = ("source", "sink", *PS_KINDS)
@@ -388,9 +386,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "writes compare.json, compare.png and each run's results")
     c.add_argument("--topology", required=True)
     c.add_argument("--workload", required=True, choices=_workload_names())
+    from .systems import names, process_systems
+
     c.add_argument("--systems", default="lan,baseline,gaia",
-                   help="comma-separated, from lan, baseline, gaia, fedavg, centralized, "
-                   "isolated (default lan,baseline,gaia)")
+                   help=f"comma-separated, from {', '.join(names())} (default "
+                   "lan,baseline,gaia)")
     c.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="workload option, e.g. rank=50 (repeatable)")
     c.add_argument("--sync", default="bsp", help="bsp or ssp:S (staleness S)")
@@ -430,6 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "(default: the shipped edge.toml, 20 sites)")
     ca.add_argument("--out", type=Path, default=Path("runs/cartel"))
     ca.add_argument("--data", default="nslkdd", choices=("nslkdd", "synthetic"))
+    from .cartel import SYSTEMS as CARTEL_SYSTEMS
+
     ca.add_argument("--systems", default=",".join(CARTEL_SYSTEMS),
                     help=f"comma-separated, from {', '.join(CARTEL_SYSTEMS)}")
     ca.add_argument("--peers", type=int, help="use the first N edge regions (default: all)")
@@ -510,7 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
     la = sub.add_parser("launch", help="run every router and role as its own process on this "
                         "machine (tcp on 127.0.0.1); writes summary.json like `run`")
     la.add_argument("--topology", required=True)
-    la.add_argument("--system", required=True, help="lan, baseline, gaia or isolated (the "
+    la.add_argument("--system", required=True, help=f"{', '.join(process_systems())} (the "
                     "others: `geoml run` for now)")
     la.add_argument("--workload", required=True, choices=_workload_names())
     la.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
