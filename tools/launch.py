@@ -51,7 +51,7 @@ _STDERR_TAIL = 40
 #: shards ignore the pushes they already have. A PS shard checkpoints its state at every
 #: clock, a mirror before anything that depends on its state leaves; the new process loads
 #: the checkpoint, and the roles it talks to replay what they sent after it (roles/ps.py,
-#: roles/gaia.py). A router is started again on its ports: with restarts on, every role
+#: roles/gaia/). A router is started again on its ports: with restarts on, every role
 #: keeps what it sends until its destination acknowledges it, reconnects, and sends again
 #: what the dead router had queued (bus/reliable.py). A hub's merges in progress die with
 #: it and are not rebuilt: its crash stops the run.

@@ -1,0 +1,140 @@
+"""Gaia's overlay hub: relays a group's updates and combines them for the other hubs."""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from collections.abc import Mapping, Sequence
+
+from geoml.bus import Endpoint, Message
+
+from ..delivery import SeqWindow
+from ..sparse_codec import Update, decode
+from .wire import (
+    ACK,
+    BARRIER,
+    RESTARTED,
+    UPDATE,
+    Acks,
+    Sender,
+    merge,
+    peer_meta,
+    serve_until,
+)
+
+
+class GaiaHub:
+    """The hub of an overlay group: relays each member's update to the other members,
+    merges one update per member into a combined one for the other groups' hubs, and fans
+    the other hubs' combined updates out to its members. Barriers go ahead of updates.
+
+    A hub is not restarted, but the mirrors it serves may be: with `retain` it asks for
+    acknowledgements, keeps what it sent until they come, and sends it again to a mirror
+    that says it restarted; it drops updates it has had already and acknowledges at once.
+
+    `run()` returns when every member and every other group has sent its final update
+    (and, with `retain`, all it sent is acknowledged).
+    """
+
+    def __init__(self, endpoint: Endpoint, members: Mapping[str, str],
+                 hubs: Mapping[str, str], shapes: Mapping[str, tuple[int, int]],
+                 other_regions: Sequence[str], *, barrier: str = "auto",
+                 rates: Mapping[str, float] | None = None, retain: bool = False) -> None:
+        self.ep = endpoint
+        self.members = dict(members)  # region -> mirror address
+        self.hubs = [h for h in hubs.values() if h != endpoint.address]
+        self.shapes = dict(shapes)
+        self.other_regions = set(other_regions)
+        self.counters: Counter[str] = Counter()
+        self.sender = Sender(endpoint, self.counters, barrier, rates, retain=retain)
+        self._acks = Acks()
+        self._queues: dict[str, deque[tuple[int, bool, Update]]] = {
+            r: deque() for r in self.members}
+        self._member_final: set[str] = set()
+        self._remote_final: set[str] = set()
+        self._seq_map: dict[tuple[str, int], dict[str, int]] = {}
+        self._received: dict[str, SeqWindow] = {}
+        self._by_address = {a: r for r, a in self.members.items()}
+
+    async def run(self) -> None:
+        """Serve until every member and every other group is final, and all is acked."""
+        await serve_until(self.ep, self.counters, self._handle, lambda: (
+            self._member_final == set(self.members)
+            and self._remote_final >= self.other_regions and not len(self.sender.outbox)))
+
+    def _targets(self, src: str) -> list[str]:
+        if src in self._by_address:
+            return [a for a in self.members.values() if a != src]
+        if src in self.hubs:
+            return list(self.members.values())
+        raise ValueError(f"{src} is neither a member mirror nor a hub")
+
+    async def _handle(self, msg: Message) -> None:
+        if msg.type not in (UPDATE, BARRIER, ACK, RESTARTED):
+            raise ValueError(f"a hub does not take {msg.type!r} frames")
+        targets = self._targets(msg.src)
+        if msg.type == ACK:
+            self.sender.acked(msg)
+            return
+        if msg.type == RESTARTED:
+            self.counters["peer_restarts"] += 1
+            await self.sender.resend(msg.src)
+            return
+        seq = int(msg.meta["seq"])
+        received = self._received.setdefault(msg.src, SeqWindow())
+        encoded = ({"tables": msg.meta["tables"], "enc": msg.meta["enc"]}, list(msg.arrays))
+        if msg.type == BARRIER:
+            if seq in received:
+                self.counters["late_barriers"] += 1
+                return
+            relayed = {dst: self.sender.next_seq(dst) for dst in targets}
+            self._seq_map[(msg.src, seq)] = relayed
+            for dst, out_seq in relayed.items():
+                await self.sender.send_barrier(dst, out_seq, encoded)
+            return
+        _, clocks, final = peer_meta(msg)
+        # A member's update is merged here (decoded, so a bad one is refused before its
+        # seq counts); another hub's is only relayed, and its receivers decode it.
+        update = decode(msg.meta, msg.arrays) if msg.src in self._by_address else None
+        self._acks.owe(msg, seq)
+        fresh = received.add(seq)
+        await self._acks.flush(self.ep)
+        if not fresh:
+            self.counters["duplicate_updates"] += 1
+            return
+        relayed = self._seq_map.pop((msg.src, seq), {})
+        seqs = {dst: relayed.get(dst) or self.sender.next_seq(dst) for dst in targets}
+        self.sender.record(seqs, clocks, final, encoded)
+        for dst, out_seq in seqs.items():
+            await self.sender.send_update(dst, out_seq, clocks, final, encoded)
+        if msg.src in self.hubs:
+            self._remote_final.update(final)
+            return
+        assert update is not None
+        region = self._by_address[msg.src]
+        self._queues[region].append((clocks.get(region, 0), region in final, update))
+        await self._combine()
+
+    async def _combine(self) -> None:
+        """Send combined updates while every member that is not final has one queued."""
+        while True:
+            waiting = [r for r in self.members
+                       if r not in self._member_final and not self._queues[r]]
+            ready = [r for r in self.members if self._queues[r]]
+            if waiting or not ready:
+                return
+            clocks: dict[str, int] = {}
+            final: list[str] = []
+            updates = []
+            for r in ready:
+                clock, is_final, update = self._queues[r].popleft()
+                clocks[r] = clock
+                updates.append(update)
+                if is_final:
+                    final.append(r)
+                    self._member_final.add(r)
+            merged = merge(updates)
+            self.counters["combined"] += 1
+            self.counters["elements_in"] += sum(len(i) for u in updates for i, _ in u.values())
+            encoded = await self.sender.send_to_all(self.hubs, merged, self.shapes, clocks,
+                                                    final)
+            self.counters["elements_out"] += sum(len(a) for a in encoded[1][1::2])
