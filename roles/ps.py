@@ -33,7 +33,7 @@ import itertools
 import logging
 import os
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ from geoml.workloads import Params, Partition, Workload
 
 from .checkpoint import Checkpointed
 from .compute import Compute
+from .dispatch import UnknownFrame
 from .ps_plan import KeyRanges
 from .ssp import FINISHED, ClockError, SSPGate
 
@@ -55,6 +56,10 @@ WHERE, HERE = "ps.where", "ps.here"
 BYE, RESUME = "ps.bye", "ps.resume"
 #: How often a finished worker repeats ps.done to a checkpointing shard until ps.bye.
 DONE_RETRY_S = 1.0
+
+
+#: Reads a frame made servable: each with the rows it asked for.
+_Ready = list[tuple[Message, list[np.ndarray | None]]]
 
 
 class PSShard(Checkpointed):
@@ -90,6 +95,9 @@ class PSShard(Checkpointed):
         self.resumed = False
         #: Per worker: its clock in the latest checkpoint.
         self._durable: dict[str, int] = {}
+        self._handlers: dict[str, Callable[[Message], Awaitable[_Ready | None]]] = {
+            READ: self._on_read, WHERE: self._on_where, PUSH: self._on_push,
+            DONE: self._on_done}
 
     def _finished(self) -> bool:
         return self.gate.all_done
@@ -163,40 +171,13 @@ class PSShard(Checkpointed):
     # -- frames ----------------------------------------------------------------------------------
 
     async def _handle(self, msg: Message) -> None:
+        """Take one frame through the handler table (others: `_handle_other`). A handler
+        returns the reads its frame made servable, or None when no clock can have moved."""
         before = self.gate.min_clock
-        if msg.type == READ:
-            rows = self._read_rows(msg)
-            self.counters["reads"] += 1
-            if self.gate.read(msg.src, int(msg.meta["clock"]), (msg, rows)):
-                await self._serve(msg, rows)
-            else:
-                self.counters["reads_waited"] += 1
+        handler = self._handlers.get(msg.type, self._handle_other)
+        ready = await handler(msg)
+        if ready is None:
             return
-        if msg.type == WHERE:
-            clock = self.gate.next_clock(msg.src)
-            if self.checkpoint is not None:
-                # From its checkpointed clock, so that the new worker holds every push
-                # a restart of this shard would ask it to replay.
-                clock = min(clock, self._durable.get(msg.src, 0))
-            await self.ep.send(msg.src, HERE, control=True, meta={"clock": clock})
-            return
-        if msg.type == PUSH:
-            clock = int(msg.meta["clock"])
-            if self.gate.is_duplicate(msg.src, clock):
-                self.counters["duplicate_pushes"] += 1
-                return
-            if self.resumed and clock > self.gate.clocks.get(msg.src, clock):
-                # Sent to our predecessor after our checkpoint; the worker replays it.
-                self.counters["pushes_before_replay"] += 1
-                return
-            self.gate.check_advance(msg.src, clock)
-            self._apply(msg)
-            self.counters["pushes"] += 1
-            ready = self.gate.advance(msg.src, clock)
-        elif msg.type == DONE:
-            ready = self.gate.finish(msg.src)
-        else:
-            ready = await self._handle_other(msg)
         after = self.gate.min_clock
         if after != before:
             self._clock_advanced(before, after)
@@ -212,14 +193,46 @@ class PSShard(Checkpointed):
                 self._save()
             await self.ep.send(msg.src, BYE, control=True)
 
+    async def _on_read(self, msg: Message) -> None:
+        rows = self._read_rows(msg)
+        self.counters["reads"] += 1
+        if self.gate.read(msg.src, int(msg.meta["clock"]), (msg, rows)):
+            await self._serve(msg, rows)
+        else:
+            self.counters["reads_waited"] += 1
+
+    async def _on_where(self, msg: Message) -> None:
+        clock = self.gate.next_clock(msg.src)
+        if self.checkpoint is not None:
+            # From its checkpointed clock, so that the new worker holds every push
+            # a restart of this shard would ask it to replay.
+            clock = min(clock, self._durable.get(msg.src, 0))
+        await self.ep.send(msg.src, HERE, control=True, meta={"clock": clock})
+
+    async def _on_push(self, msg: Message) -> _Ready | None:
+        clock = int(msg.meta["clock"])
+        if self.gate.is_duplicate(msg.src, clock):
+            self.counters["duplicate_pushes"] += 1
+            return None
+        if self.resumed and clock > self.gate.clocks.get(msg.src, clock):
+            # Sent to our predecessor after our checkpoint; the worker replays it.
+            self.counters["pushes_before_replay"] += 1
+            return None
+        self.gate.check_advance(msg.src, clock)
+        self._apply(msg)
+        self.counters["pushes"] += 1
+        return self.gate.advance(msg.src, clock)
+
+    async def _on_done(self, msg: Message) -> _Ready:
+        return self.gate.finish(msg.src)
+
     async def _serve_all(self, ready: list[tuple[Message, list[np.ndarray | None]]]) -> None:
         for waiting, rows in ready:
             await self._serve(waiting, rows)
 
-    async def _handle_other(self, msg: Message) -> list[tuple[Message,
-                                                              list[np.ndarray | None]]]:
+    async def _handle_other(self, msg: Message) -> _Ready:
         """Frame types beyond the PS protocol (subclasses); returns reads now servable."""
-        raise ValueError(f"a PS shard does not take {msg.type!r} frames")
+        raise UnknownFrame(f"a PS shard does not take {msg.type!r} frames")
 
     def _clock_advanced(self, before: int, after: int) -> None:
         """The slowest local worker's clock went from `before` to `after` (subclasses;

@@ -14,6 +14,7 @@ from geoml.bus import Endpoint, GeomlError, Message
 
 from ..checkpoint import Checkpointed
 from ..delivery import Encoded, Outbox, SeqWindow
+from ..dispatch import UnknownFrame, dispatch
 from ..ps_plan import KeyRanges
 from ..significance import MirrorClock
 from ..sparse_codec import Update, decode, decode_indices, encode, encode_indices
@@ -172,29 +173,31 @@ class GaiaMirror(Checkpointed):
         return src == self.hub if self.hub is not None else src in self.mirrors.values()
 
     async def _handle(self, msg: Message) -> None:
-        if msg.src in self.shards and msg.type in (UPDATE, RESUME, STOPPED):
-            if msg.type == UPDATE:
-                await self._local(msg)
-            elif msg.type == RESUME:
-                await self._resume(msg)
-            else:
-                self._stopped.add(msg.src)
-                self._dirty = True
-        elif msg.type in (UPDATE, BARRIER, ACK, RESTARTED) and self._is_peer(msg.src):
-            if msg.type == UPDATE:
-                await self._remote(msg)
-            elif msg.type == BARRIER:
-                await self._barrier(msg)
-            elif msg.type == ACK:
-                self.sender.acked(msg)
-            else:
-                self.counters["peer_restarts"] += 1
-                await self.sender.resend(msg.src)
-        elif msg.type not in (UPDATE, BARRIER, ACK, RESTARTED):
-            raise ValueError(f"a mirror does not take {msg.type!r} frames")
+        """A frame from one of the region's shards or from a peer, each through its own
+        table (UPDATE means a local update from a shard, a remote one from a peer)."""
+        from_shards = {UPDATE: self._local, RESUME: self._resume, STOPPED: self._on_stopped}
+        from_peers = {UPDATE: self._remote, BARRIER: self._barrier, ACK: self._on_ack,
+                      RESTARTED: self._on_peer_restarted}
+        if msg.src in self.shards and msg.type in from_shards:
+            await dispatch(from_shards, msg, "a mirror")
+        elif msg.type in from_peers and self._is_peer(msg.src):
+            await dispatch(from_peers, msg, "a mirror")
+        elif msg.type not in from_peers:
+            raise UnknownFrame(f"a mirror does not take {msg.type!r} frames")
         else:
             raise ValueError(f"{msg.type} from {msg.src}, which is neither a shard of "
                              f"{self.region} nor a peer of its mirror")
+
+    async def _on_stopped(self, msg: Message) -> None:
+        self._stopped.add(msg.src)
+        self._dirty = True
+
+    async def _on_ack(self, msg: Message) -> None:
+        self.sender.acked(msg)
+
+    async def _on_peer_restarted(self, msg: Message) -> None:
+        self.counters["peer_restarts"] += 1
+        await self.sender.resend(msg.src)
 
     async def _resume(self, msg: Message) -> None:
         """A shard restarted from a checkpoint with applies up to meta applied."""

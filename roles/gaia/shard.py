@@ -12,6 +12,7 @@ from geoml.bus import Endpoint, Message
 from geoml.workloads import Params
 
 from ..delivery import Encoded
+from ..dispatch import dispatch
 from ..ps import PSShard
 from ..ps_plan import KeyRanges
 from ..significance import SignificanceFilter
@@ -232,30 +233,40 @@ class GaiaShard(PSShard):
         return held  # served again by the caller; still-blocked ones are held again
 
     async def _handle_other(self, msg: Message) -> list[Any]:
+        """The mirror's frames, through the table (each returns the reads now servable)."""
         if msg.src != self.mirror:
             raise ValueError(f"{msg.type} is only accepted from this region's mirror")
-        if msg.type == APPLY:
-            return self._apply_remote(msg)
-        if msg.type == BLOCK:
-            self._block(msg)
+        return await dispatch({APPLY: self._on_apply, BLOCK: self._on_block,
+                               ALLOW: self._on_allow, GOT: self._on_got,
+                               RESTARTED: self._on_mirror_restarted, STOP: self._on_stop},
+                              msg, "a Gaia shard")
+
+    async def _on_apply(self, msg: Message) -> list[Any]:
+        return self._apply_remote(msg)
+
+    async def _on_block(self, msg: Message) -> list[Any]:
+        self._block(msg)
+        return []
+
+    async def _on_allow(self, msg: Message) -> list[Any]:
+        return self.gate.set_limit(int(msg.meta["clock"]))
+
+    async def _on_got(self, msg: Message) -> list[Any]:
+        clock, final = int(msg.meta["clock"]), bool(msg.meta["final"])
+        self._outbox = [e for e in self._outbox if (not final if e[1] else e[0] > clock)]
+        return []
+
+    async def _on_mirror_restarted(self, msg: Message) -> list[Any]:
+        """The mirror restarted from its checkpoint."""
+        self.counters["mirror_restarts"] += 1
+        await self._resend_to_mirror()
+        return []
+
+    async def _on_stop(self, msg: Message) -> list[Any]:
+        if self._stopped:  # repeated by a restarted mirror
             return []
-        if msg.type == ALLOW:
-            return self.gate.set_limit(int(msg.meta["clock"]))
-        if msg.type == GOT:
-            clock, final = int(msg.meta["clock"]), bool(msg.meta["final"])
-            self._outbox = [e for e in self._outbox
-                            if (not final if e[1] else e[0] > clock)]
-            return []
-        if msg.type == RESTARTED:  # the mirror restarted from its checkpoint
-            self.counters["mirror_restarts"] += 1
-            await self._resend_to_mirror()
-            return []
-        if msg.type == STOP:
-            if self._stopped:  # repeated by a restarted mirror
-                return []
-            self._stopped = True
-            if self.checkpoint is not None:
-                self._save()
-                await self.ep.send(self.mirror, STOPPED, control=True)
-            return []
-        raise ValueError(f"a Gaia shard does not take {msg.type!r} frames")
+        self._stopped = True
+        if self.checkpoint is not None:
+            self._save()
+            await self.ep.send(self.mirror, STOPPED, control=True)
+        return []
