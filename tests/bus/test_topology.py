@@ -7,7 +7,7 @@ import math
 import pytest
 
 from geoml.bus import TopologyError, load_topology, parse_topology
-from geoml.cli import _topo_show
+from geoml.cli.commands import topo_show as _topo_show
 
 
 @pytest.mark.parametrize("name", ["lan", "vc_wan", "ss_wan", "ec2_all", "tiny"])

@@ -1,184 +1,25 @@
-"""The `geoml` command: demo, topo show, and one router or role per process."""
+"""The command line's parser, its shared option groups, and arguments -> RunConfig."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import errno
-import json
 import logging
-import signal
-import sys
-from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-import zmq
-
 from geoml import __version__
-from geoml.bus import GeomlError, Router, Topology, load_topology, region_of
-from geoml.bus.address import is_valid_address
-from geoml.bus.endpoint import Endpoint
-from geoml.bus.vclock import CLOCKS, run_with_clock
+from geoml.bus import GeomlError, Topology, load_topology
+from geoml.bus.vclock import CLOCKS
 from geoml.ps_roles import PS_KINDS
 from geoml.roles.drift import DETECTORS
 
 log = logging.getLogger("geoml")
 
+#: What `geoml role --kind` runs.
 ROLE_KINDS = ("source", "sink", *PS_KINDS)
 
 
-def _topo_show(topo: Topology) -> str:
-    lines = [f"topology {topo.name!r} ({topo.source})", f"  {topo.description}".rstrip(),
-             f"  routing: {topo.routing}"
-             + (f" (every other pair through {topo.hub})" if topo.hub else ""), "", "regions:"]
-    lines.append(f"  {'name':<12} {'lat':>7} {'lon':>8} {'workers':>7} {'shards':>6} "
-                 f"{'$/h':>5} {'$/GB':>5} {'LAN Mb/s':>9} {'sovereign':>9}  endpoint")
-    for r in topo.regions:
-        lines.append(f"  {r.name:<12} {r.lat:>7.2f} {r.lon:>8.2f} {r.workers:>7} "
-                     f"{r.ps_shards:>6} {r.machine_usd_per_hour:>5.2f} "
-                     f"{r.egress_usd_per_gb:>5.2f} {r.lan_rate_mbps:>9.0f} "
-                     f"{'yes' if r.sovereign else 'no':>9}  tcp://{r.host}:{r.port}")
-    if topo.wan:
-        lines += ["", "links (one direction each):",
-                  f"  {'link':<26} {'Mb/s':>8} {'latency ms':>10} {'burst B':>9} "
-                  f"{'queue B':>10}"]
-        used = {r: set(topo.neighbours(r)) for r in topo.region_names}
-        for spec in topo.iter_links():
-            src, dst = spec.name.split("->")
-            if dst not in used[src]:
-                continue  # never used: routing sends this pair through other regions
-            lines.append(f"  {spec.name:<26} {spec.rate_bps / 1e6:>8.1f} "
-                         f"{spec.latency_s * 1e3:>10.1f} {spec.burst_bytes:>9} "
-                         f"{spec.queue_limit_bytes:>10}")
-    if topo.overlay:
-        lines += ["", "overlay groups:"]
-        for g in topo.overlay:
-            lines.append(f"  {g.name:<14} hub {g.hub:<12} members {', '.join(g.members)}")
-        if topo.routing == "overlay":
-            lines += ["", "routes between groups:"]
-            names = topo.region_names
-            for a in names:
-                for b in names:
-                    path = topo.route(a, b)
-                    if len(path) > 2:
-                        lines.append(f"  {a} -> {b}: {' -> '.join(path)}")
-    return "\n".join(lines)
-
-
-async def _until_signal(work: Callable[[asyncio.Event], Coroutine[Any, Any, Any]]) -> Any:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    return await work(stop)
-
-
-#: A router started again on its ports (after a crash) retries its bind this long: the
-#: ports of the process that died are normally free at once, but not always.
-_REBIND_S = 5.0
-
-
-async def _bind(router: Router, any_port: bool) -> None:
-    deadline = asyncio.get_running_loop().time() + _REBIND_S
-    while True:
-        try:
-            router.bind(any_port=any_port)
-            return
-        except zmq.ZMQError as exc:
-            if any_port or exc.errno != errno.EADDRINUSE or (
-                    asyncio.get_running_loop().time() > deadline):
-                raise
-        await asyncio.sleep(0.1)
-
-
-async def _router_main(topo: Topology, region: str, status_every: float,
-                       any_port: bool = False, keys: Any = None) -> dict[str, Any]:
-    ctx: zmq.Context[Any] = zmq.Context()
-    router = Router(topo, region, ctx=ctx, transport="tcp", keys=keys)
-    try:
-        await _bind(router, any_port)
-        if any_port:
-            # the launcher reads these, gathers every router's, and answers with the file
-            # of all regions' endpoints (one line on stdin)
-            print(f"router {region} bound {router.endpoint} tap {router.tap_endpoint}",
-                  flush=True)
-            line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
-            if not line.strip():
-                raise GeomlError(f"router {region}: stdin closed before the endpoints file "
-                                 "came (--any-port is for `geoml launch`)")
-            topo = topo.with_endpoints(_read_endpoints(Path(line.strip())))
-        await router.connect_peers(topo)
-    except BaseException as exc:
-        await router.aclose()
-        ctx.destroy(linger=0)
-        if isinstance(exc, zmq.ZMQError):
-            raise GeomlError(f"router {region}: cannot bind {router.endpoint} or "
-                             f"{router.tap_endpoint}: {exc.strerror}") from None
-        raise
-
-    async def work(stop: asyncio.Event) -> dict[str, Any]:
-        print(f"router {region} listening on {router.endpoint}, tap on {router.tap_endpoint}",
-              flush=True)
-        ready = asyncio.ensure_future(router.wait_ready(timeout=3600))
-        loop = asyncio.get_running_loop()
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), status_every)
-            if ready.done() and not ready.cancelled() and ready.exception() is None:
-                peers = "all peers connected"
-            else:
-                waiting = [p for p, ev in router._peer_ready.items() if not ev.is_set()]
-                peers = f"waiting for router(s) of {', '.join(waiting)}"
-            wan = sum(link.stats.bytes for link in router.links.values()
-                      if link.spec.kind == "wan")
-            print(f"router {region} t={loop.time():.0f} received={router.received} "
-                  f"wan_bytes={wan} dropped={dict(router.dropped)} {peers}", flush=True)
-        ready.cancel()
-        return router.stats()
-
-    try:
-        return await _until_signal(work)
-    finally:
-        await router.aclose()
-        ctx.destroy(linger=0)
-
-
-def _keys(args: argparse.Namespace) -> Any:
-    """CurveKeys from --keys, or None (plain tcp, said on stderr)."""
-    from geoml.bus.security import CurveKeys
-
-    if getattr(args, "keys", None) is None:
-        print("geoml: warning: no --keys: tcp in plain text, and any client is let in",
-              file=sys.stderr)
-        return None
-    if not (args.keys / "public").is_dir():
-        raise GeomlError(f"--keys {args.keys}: no public/ directory there; make keys with "
-                         "`geoml keys`")
-    return CurveKeys(args.keys)
-
-
-def _read_endpoints(path: Path) -> dict[str, Any]:
-    """The routers' endpoints file `geoml launch` writes: {region: {host, port, tap_port}}."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise GeomlError(f"cannot read endpoints file {path}: {exc}") from None
-    if not isinstance(data, dict):
-        raise GeomlError(f"endpoints file {path}: want an object of regions")
-    return data
-
-
-def _load_topology(args: argparse.Namespace) -> Topology:
-    """--topology, with --endpoints applied if given."""
-    topo = load_topology(args.topology)
-    if getattr(args, "endpoints", None) is not None:
-        topo = topo.with_endpoints(_read_endpoints(args.endpoints))
-    return topo
-
-
-def _options(pairs: list[str]) -> dict[str, str]:
+def parse_options(pairs: list[str]) -> dict[str, str]:
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -188,16 +29,16 @@ def _options(pairs: list[str]) -> dict[str, str]:
     return out
 
 
-def _run_config(args: argparse.Namespace, check: bool = True,
+def run_config(args: argparse.Namespace, check: bool = True,
                 topo: Topology | None = None) -> Any:
     from geoml.roles.compute import ComputeCost
     from geoml.roles.fedavg import FedAvgConfig
     from geoml.workloads import make_workload
 
-    from .systems import RunConfig, parse_fault, parse_sync, parse_until
+    from ..systems import RunConfig, parse_fault, parse_sync, parse_until
 
     try:
-        options = _options(args.opt)
+        options = parse_options(args.opt)
         if topo is None:
             topo = load_topology(args.topology).with_roles(
                 getattr(args, "workers", None), getattr(args, "ps_shards", None))
@@ -228,142 +69,6 @@ def _run_config(args: argparse.Namespace, check: bool = True,
     return cfg
 
 
-async def _role_main(topo: Topology, address: str, kind: str, args: argparse.Namespace
-                     ) -> dict[str, Any]:
-    from geoml.roles.traffic import run_sink, run_source
-
-    if kind in PS_KINDS:
-        from geoml.role_main import ps_role_main
-
-        return await ps_role_main(_run_config(args, check=kind == "worker", topo=topo),
-                                  address, kind, connect_timeout=args.connect_timeout,
-                                  keys=_keys(args), resume=args.resume,
-                                  checkpoints=args.checkpoint, reliable=args.reliable)
-
-    region = region_of(address)
-    endpoint = topo.endpoints(region, "tcp")[0]
-    ctx: zmq.Context[Any] = zmq.Context()
-    ep = Endpoint(address, endpoint, ctx=ctx, keys=_keys(args), reliable=args.reliable)
-    try:
-        await ep.start(timeout=args.connect_timeout)
-        if kind == "source":
-            if not args.to or not is_valid_address(args.to):
-                raise GeomlError("a source needs --to REGION/ROLE/INDEX")
-            sent = await run_source(ep, args.to, frame_bytes=args.frame_bytes,
-                                    count=args.count, seconds=args.seconds,
-                                    fresh=args.fresh_frames)
-            return {"role": address, "kind": kind, "sent": sent, **ep.counters}
-        report = await run_sink(ep, sources=args.sources, idle_timeout=args.idle_timeout)
-        return {"role": address, "kind": kind, **report.as_dict()}
-    finally:
-        await ep.aclose()
-        ctx.destroy(linger=0)
-
-
-def _launch_main(args: argparse.Namespace) -> int:
-    from geoml.launch import LaunchConfig, LaunchInterrupted, launch
-
-    topo = load_topology(args.topology)
-    _options(args.opt)
-    if args.iterations < 1:
-        raise GeomlError("--iterations must be >= 1")
-    if args.restarts < 0:
-        raise GeomlError("--restarts must be >= 0")
-    out = args.out or Path("runs") / f"launch-{args.system}-{topo.name}-{args.workload}"
-    cfg = LaunchConfig(str(args.topology), args.system, args.workload, args.iterations, out,
-                       args.opt, args.sync, args.status_every, args.start_timeout, args.keys,
-                       args.gaia_v, args.gaia_ds, args.gaia_hubs, args.gaia_barrier,
-                       args.restarts, gaia_absolute=args.gaia_absolute,
-                       aggregation=args.aggregation)
-    try:
-        summary = run_with_clock(_until_signal(lambda stop: launch(cfg, topo, stop)))
-    except LaunchInterrupted as exc:
-        print(f"geoml: {exc}", file=sys.stderr)
-        return 130
-    shown = ("system", "topology", "mode", "iterations", "elapsed_s", "final_objective",
-             "wan_bytes", "cost_usd", "filtered_fraction")
-    print(json.dumps({k: summary[k] for k in shown if k in summary}, indent=2))
-    print(f"wrote {out}/summary.json, curve.csv, curve.png; each process's output in "
-          f"{out}/logs/")
-    return 0
-
-
-def _compare_main(args: argparse.Namespace) -> None:
-    from geoml.compare import compare
-
-    _check_clock_args(args)
-    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    args.system = systems[0] if systems else "lan"
-    cfg = _run_config(args, check=False)
-    if cfg.iterations is None and cfg.seconds is None:
-        raise GeomlError("give --iterations N and/or --seconds T: every run needs a bound, "
-                         "even with a target (a system may never reach it)")
-    try:
-        report = run_with_clock(compare(cfg, systems, args.out), args.clock)
-    except ValueError as exc:
-        raise GeomlError(str(exc)) from None
-    print(report["table"])
-    print(f"wrote {args.out}/compare.json, compare.png and one directory per system")
-
-
-def _cartel_main(args: argparse.Namespace) -> None:
-    from geoml.cartel import CartelRunConfig, compare_async
-    from geoml.roles.cartel import CartelConfig
-    from geoml.roles.compute import ComputeCost
-    from geoml.roles.stream_site import StreamConfig
-    from geoml.workloads.streams import ScenarioConfig
-
-    _check_clock_args(args)
-    try:
-        cfg = CartelRunConfig(
-            topology=load_topology(args.topology), data=args.data,
-            scenario=ScenarioConfig(pre_drift=args.pre_drift, post_drift=args.post_drift,
-                                    drifted_share=args.drifted_share, seed=args.seed),
-            stream=StreamConfig(rate=args.rate, batch=args.batch, lr=args.lr,
-                                compute=ComputeCost.parse(args.compute)),
-            cartel=CartelConfig(detector=args.detector, fanout=args.fanout),
-            systems=[s.strip() for s in args.systems.split(",") if s.strip()],
-            fed_round_batches=args.fed_round_batches, cloud=args.cloud, peers=args.peers,
-            out=args.out)
-        cfg.check()
-        result = run_with_clock(compare_async(cfg), args.clock)
-    except ValueError as exc:
-        raise GeomlError(str(exc)) from None
-    print(json.dumps({k: result[k] for k in (
-        "sites", "bytes_vs_centralized", "adapt_speedup_vs_isolated",
-        "adapt_speedup_centralized_vs_isolated", "new_class_missed_vs_isolated",
-        "model_size_vs_global", "train_time_vs_centralized", "accuracy_after_drift",
-        "total_wall_s") if k in result}, indent=2))
-    print(f"wrote {args.out}/cartel.json, accuracy.png, bytes.png")
-
-
-def _filter_replay_main(args: argparse.Namespace) -> None:
-    from geoml.filter_replay import replay
-    from geoml.workloads import make_workload
-
-    from .systems.config import check_gaia_options
-
-    def progress(clock: int, point: dict[str, float]) -> None:
-        if clock % 10 == 0 or clock == args.clocks:
-            print(f"[filter-replay] clock {clock}/{args.clocks}: filtered "
-                  f"{point['filtered_fraction']:.3f}, LAN {point['lan_objective']:.4f}, "
-                  f"Gaia {point['gaia_objective']:.4f}", file=sys.stderr, flush=True)
-
-    options = _options(args.opt)
-    try:
-        check_gaia_options(args.gaia_v, 0, args.gaia_absolute)
-        workload = make_workload(args.workload, options)
-        result = replay(workload, args.regions, args.workers, args.clocks, args.gaia_v,
-                        absolute=args.gaia_absolute, progress=progress)
-    except ValueError as exc:
-        raise GeomlError(str(exc)) from None
-    result = {"workload": args.workload, "options": options, **result}
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "replay.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if k != "curve"}, indent=2))
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `geoml` command."""
     p = argparse.ArgumentParser(prog="geoml", description="Geo-distributed ML over an "
@@ -385,8 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="run several systems on one workload and target; "
                        "writes compare.json, compare.png and each run's results")
     c.add_argument("--topology", required=True)
-    c.add_argument("--workload", required=True, choices=_workload_names())
-    from .systems import names, process_systems
+    c.add_argument("--workload", required=True, choices=workload_names())
+    from ..systems import names, process_systems
 
     c.add_argument("--systems", default="lan,baseline,gaia",
                    help=f"comma-separated, from {', '.join(names())} (default "
@@ -411,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     fr = sub.add_parser("filter-replay", help="Gaia's significance filter replayed in one "
                         "process without the bus: how much of a workload's updates it would "
                         "keep off the WAN, and why (prints JSON)")
-    fr.add_argument("--workload", required=True, choices=_workload_names())
+    fr.add_argument("--workload", required=True, choices=workload_names())
     fr.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                     help="workload option, e.g. rank=50 (repeatable)")
     fr.add_argument("--regions", type=int, default=2, help="regions (default 2)")
@@ -430,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(default: the shipped edge.toml, 20 sites)")
     ca.add_argument("--out", type=Path, default=Path("runs/cartel"))
     ca.add_argument("--data", default="nslkdd", choices=("nslkdd", "synthetic"))
-    from .cartel import SYSTEMS as CARTEL_SYSTEMS
+    from ..cartel import SYSTEMS as CARTEL_SYSTEMS
 
     ca.add_argument("--systems", default=",".join(CARTEL_SYSTEMS),
                     help=f"comma-separated, from {', '.join(CARTEL_SYSTEMS)}")
@@ -514,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     la.add_argument("--topology", required=True)
     la.add_argument("--system", required=True, help=f"{', '.join(process_systems())} (the "
                     "others: `geoml run` for now)")
-    la.add_argument("--workload", required=True, choices=_workload_names())
+    la.add_argument("--workload", required=True, choices=workload_names())
     la.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                     help="workload option, e.g. rank=50 (repeatable)")
     la.add_argument("--sync", default="bsp", help="bsp or ssp:S (staleness S)")
@@ -561,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _check_clock_args(args: argparse.Namespace) -> None:
+def check_clock_args(args: argparse.Namespace) -> None:
     if args.clock == "real" and args.compute != "cpu":
         raise GeomlError(f"--compute {args.compute} prices computation in virtual time; under "
                          "--clock real a computation takes as long as it takes")
@@ -627,18 +332,18 @@ def _gaia_args(p: argparse.ArgumentParser) -> None:
                    "still queued on the WAN (auto), ahead of every update, or never")
 
 
-def _workload_names() -> list[str]:
+def workload_names() -> list[str]:
     from geoml.workloads import WORKLOADS
 
     return list(WORKLOADS)
 
 
 def _ps_args(p: argparse.ArgumentParser, role: bool) -> None:
-    from .systems import get_system, names
+    from ..systems import get_system, names
 
     p.add_argument("--system", required=not role, choices=names(),
                    help="; ".join(f"{n}: {get_system(n).summary}" for n in names()))
-    p.add_argument("--workload", required=not role, choices=_workload_names())
+    p.add_argument("--workload", required=not role, choices=workload_names())
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="workload option, e.g. rank=50 (repeatable)")
     p.add_argument("--sync", default="bsp", help="bsp or ssp:S (staleness S)")
@@ -654,91 +359,3 @@ def _ps_args(p: argparse.ArgumentParser, role: bool) -> None:
     else:
         p.add_argument("--iterations", type=int, help="worker: clocks to run")
         p.add_argument("--out", type=Path, help="ps_shard: write its final rows here")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `geoml` command."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    try:
-        if args.command == "demo":
-            if args.bus:
-                from geoml.demo import bus_demo
-
-                run_with_clock(bus_demo(args.topology, args.seconds, args.frame_bytes, args.out))
-            else:
-                from geoml.demo import gaia_demo
-
-                run_with_clock(gaia_demo(args.topology, args.out), "virtual")
-        elif args.command == "compare":
-            _compare_main(args)
-        elif args.command == "cartel":
-            _cartel_main(args)
-        elif args.command == "filter-replay":
-            _filter_replay_main(args)
-        elif args.command == "run":
-            from geoml.systems import run_system
-
-            _check_clock_args(args)
-            cfg = _run_config(args)
-            if cfg.out is None:
-                cfg.out = Path("runs") / f"{args.system}-{cfg.topology.name}-{args.workload}"
-            try:
-                result = run_with_clock(run_system(cfg), args.clock)
-            except ValueError as exc:  # a plan the topology cannot hold
-                raise GeomlError(str(exc)) from None
-            s = result.summary
-            print(json.dumps({k: s[k] for k in (
-                "system", "topology", "sync", "iterations", "elapsed_s", "time_to_target_s",
-                "final_objective", "wan_bytes", "cost_usd") if k in s}, indent=2))
-            print(f"wrote {cfg.out}/summary.json, curve.csv, curve.png")
-        elif args.command == "launch":
-            return _launch_main(args)
-        elif args.command == "inspect":
-            from geoml.inspect_cli import inspect_main
-
-            return inspect_main(args)
-        elif args.command == "topo":
-            print(_topo_show(load_topology(args.topology)))
-        elif args.command == "keys":
-            from geoml.bus.security import make_keys
-
-            names = make_keys(load_topology(args.topology), args.out)
-            print(f"wrote {len(names)} key pairs to {args.out}: secret/ (keep each host's "
-                  f"own) and public/ (copy to every host)")
-        elif args.command == "router":
-            if args.any_port and args.endpoints is not None:
-                raise GeomlError("give --any-port or --endpoints, not both")
-            topo = _load_topology(args)
-            topo.region(args.region)
-            print(json.dumps(run_with_clock(_router_main(topo, args.region, args.status_every,
-                                                         args.any_port, _keys(args)))),
-                  flush=True)
-        elif args.command == "role":
-            if args.kind not in ROLE_KINDS:
-                raise GeomlError(f"unknown role kind {args.kind!r}; known kinds: "
-                                 f"{', '.join(ROLE_KINDS)}")
-            if not is_valid_address(args.address):
-                raise GeomlError(f"--address {args.address!r} is not REGION/ROLE/INDEX")
-            if args.kind in PS_KINDS and (not args.system or not args.workload):
-                raise GeomlError(f"a {args.kind} needs --system and --workload")
-            if args.kind == "worker" and args.iterations is None:
-                raise GeomlError("a worker needs --iterations N")
-            if args.kind == "source" and args.count is None and args.seconds is None:
-                raise GeomlError("a source needs --count N or --seconds S")
-            topo = _load_topology(args)
-            topo.region(region_of(args.address))
-            print(json.dumps(run_with_clock(_role_main(topo, args.address, args.kind, args))),
-                  flush=True)
-    except (GeomlError, KeyError) as exc:
-        msg = exc.args[0] if isinstance(exc, KeyError) else str(exc)
-        print(f"geoml: error: {msg}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,7 @@
+"""`python -m geoml.cli`."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
