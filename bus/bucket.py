@@ -61,6 +61,15 @@ class TokenBucket:
             self._stamp = max(now, self._stamp)
         self._rate = float(rate)
 
+    def overflow_s(self, now: float) -> float:
+        """Seconds of the rate that refilling at `now` would lose to the burst cap.
+
+        For a link with bytes waiting, that is capacity lost because its sender woke up
+        late (by more than the burst covers), not idle time."""
+        if self._rate in (0.0, math.inf) or now <= self._stamp:
+            return 0.0
+        return max(0.0, (now - self._stamp) - (self._burst - self._tokens) / self._rate)
+
     def departure_time(self, nbytes: int, now: float) -> float:
         """When `nbytes` reserved now would be paid, without reserving (inf if rate is 0)."""
         if self._rate == math.inf:

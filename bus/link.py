@@ -88,12 +88,23 @@ class LinkStats:
     first_at: float | None = None
     last_at: float | None = None
     first_bytes: int = 0
+    #: Seconds of capacity lost while bytes waited: the event loop woke the link later
+    #: than its burst covers (a loaded machine), so tokens beyond the cap were not kept.
+    late_s: float = 0.0
 
     def achieved_bps(self) -> float:
         """Delivered rate between the first and the last delivery (first frame excluded)."""
         if self.first_at is None or self.last_at is None or self.last_at <= self.first_at:
             return 0.0
         return (self.bytes - self.first_bytes) * 8 / (self.last_at - self.first_at)
+
+    def paced_bps(self) -> float:
+        """`achieved_bps` over the time the link could send: without `late_s`. The token
+        bucket's own pacing, apart from what a late event loop cost."""
+        if self.first_at is None or self.last_at is None:
+            return 0.0
+        span = self.last_at - self.first_at - self.late_s
+        return (self.bytes - self.first_bytes) * 8 / span if span > 0 else 0.0
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly copy."""
@@ -111,6 +122,7 @@ class LinkStats:
             "pauses": self.pauses,
             "dropped": self.dropped,
             "achieved_mbps": self.achieved_bps() / 1e6,
+            "late_ms": self.late_s * 1e3,
         }
 
 
@@ -262,17 +274,23 @@ class Link:
         loop = self._loop
         bucket = self._bucket
         burst_count = 0
+        backlogged = False  # bytes have waited since the last reserve
         try:
             while True:
                 if not self._control and (not self._data or (self._held and self._head_is_held())):
+                    backlogged = False
                     self._wake.clear()
                     await self._wake.wait()
                     continue
                 if bucket.rate == 0:
+                    backlogged = False
                     self._wake.clear()
                     await self._wake.wait()
                     continue
                 now = loop.time()
+                if backlogged and self.stats.first_at is not None:
+                    self.stats.late_s += bucket.overflow_s(now)
+                backlogged = True
                 if self._control:
                     item = self._control[0]
                     nbytes = item.size - item.sent

@@ -107,6 +107,9 @@ async def bus_demo(topology: str, seconds: float, frame_bytes: int,
                 "configured_mbps": spec.rate_bps / 1e6,
                 "achieved_mbps": achieved / 1e6,
                 "error_pct": abs(achieved - spec.rate_bps) / spec.rate_bps * 100,
+                # the bucket's pacing without the capacity a late event loop lost
+                "paced_mbps": link.stats.paced_bps() / 1e6,
+                "late_ms": link.stats.late_s * 1e3,
                 "latency_ms_configured": spec.latency_s * 1e3,
                 "latency_ms_median": reports[b].as_dict()["latency_ms_median"],
                 "bytes": link.stats.bytes,
@@ -124,6 +127,11 @@ async def bus_demo(topology: str, seconds: float, frame_bytes: int,
               f"Mb/s {r['error_pct']:>5.2f}% {r['latency_ms_configured']:>6.0f} ms "
               f"{med if med is None else round(med):>10} ms")
     print("(median delay: send to receipt, including queueing behind the saturating stream)")
+    late = [r for r in rows if r["late_ms"] > 0]
+    if late:
+        print("(a loaded machine woke the links late: " + ", ".join(
+            f"{r['link']} lost {r['late_ms']:.0f} ms of capacity, paced at "
+            f"{r['paced_mbps']:.2f} Mb/s without it" for r in late) + ")")
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "bus_demo.json").write_text(json.dumps(result, indent=2))

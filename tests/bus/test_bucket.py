@@ -51,3 +51,13 @@ def test_rejects_bad_parameters() -> None:
         TokenBucket(rate=-1, burst=10)
     with pytest.raises(ValueError):
         TokenBucket(rate=1, burst=0)
+
+
+def test_overflow_is_the_rate_lost_to_the_burst_cap_after_a_late_wake_up() -> None:
+    bucket = TokenBucket(rate=1000.0, burst=100.0, now=0.0)
+    assert bucket.reserve(100, 0.0) == 0.0  # the burst, at once: no tokens left
+    assert bucket.reserve(500, 0.0) == 0.5  # paid at 0.5 s
+    assert bucket.overflow_s(0.5) == 0.0  # on time
+    assert bucket.overflow_s(0.55) == 0.0  # 50 bytes earned late: within the burst
+    assert bucket.overflow_s(0.8) == pytest.approx(0.2)  # 300 earned, 100 kept
+    assert TokenBucket(rate=float("inf"), burst=1.0).overflow_s(5.0) == 0.0

@@ -71,9 +71,13 @@ def test_the_bus_demo_saturates_both_directions_at_their_configured_rate(
     assert set(links) == {"east->west", "west->east"}
     for name, link in links.items():
         assert link["configured_mbps"] == 200.0
-        # Real time; the rate is taken over the saturated stretch, which the token bucket
-        # paces exactly (tokens earned while the loop was late are kept): within 3%.
-        assert link["achieved_mbps"] == pytest.approx(200.0, rel=0.03), name
+        # Real time. The token bucket keeps tokens earned while the loop was late, up to
+        # its burst (5 ms here); beyond that a loaded machine costs capacity, which the
+        # link counts (late_ms). Without it the pacing is within 3% (measured 199-201 on
+        # an idle box, and with three CPU loads beside the suite, where the rate itself
+        # fell to 191.6); and no stall ever makes a link faster than its rate.
+        assert link["paced_mbps"] == pytest.approx(200.0, rel=0.03), name
+        assert link["achieved_mbps"] <= 200.0 * 1.03, name
         assert link["bytes"] > 200e6 / 8 * 0.5  # at least half a second of traffic
     printed = capsys.readouterr().out
     assert "east->west" in printed and "achieved" in printed
