@@ -102,6 +102,11 @@ class GaiaMirror(Checkpointed):
         self._stop_sent = False
         self._stopped: set[str] = set()
         self._errors_seen = endpoint.counters["errors"]
+        # UPDATE is a local update from a shard, a remote one from a peer
+        self._from_shards = {UPDATE: self._local, RESUME: self._resume,
+                             STOPPED: self._on_stopped}
+        self._from_peers = {UPDATE: self._remote, BARRIER: self._barrier, ACK: self._on_ack,
+                            RESTARTED: self._on_peer_restarted}
 
     @property
     def forwarded(self) -> int:
@@ -174,15 +179,12 @@ class GaiaMirror(Checkpointed):
 
     async def _handle(self, msg: Message) -> None:
         """A frame from one of the region's shards or from a peer, each through its own
-        table (UPDATE means a local update from a shard, a remote one from a peer)."""
-        from_shards = {UPDATE: self._local, RESUME: self._resume, STOPPED: self._on_stopped}
-        from_peers = {UPDATE: self._remote, BARRIER: self._barrier, ACK: self._on_ack,
-                      RESTARTED: self._on_peer_restarted}
-        if msg.src in self.shards and msg.type in from_shards:
-            await dispatch(from_shards, msg, "a mirror")
-        elif msg.type in from_peers and self._is_peer(msg.src):
-            await dispatch(from_peers, msg, "a mirror")
-        elif msg.type not in from_peers:
+        table."""
+        if msg.src in self.shards and msg.type in self._from_shards:
+            await dispatch(self._from_shards, msg, "a mirror")
+        elif msg.type in self._from_peers and self._is_peer(msg.src):
+            await dispatch(self._from_peers, msg, "a mirror")
+        elif msg.type not in self._from_peers:
             raise UnknownFrame(f"a mirror does not take {msg.type!r} frames")
         else:
             raise ValueError(f"{msg.type} from {msg.src}, which is neither a shard of "

@@ -57,6 +57,9 @@ class GaiaShard(PSShard):
         #: keeps them until gaia.got, `_unsent` until they are sent.
         self._outbox: list[tuple[int, bool, Encoded]] = []
         self._unsent: list[tuple[int, bool, Encoded]] = []
+        self._from_mirror = {APPLY: self._on_apply, BLOCK: self._on_block,
+                             ALLOW: self._on_allow, GOT: self._on_got,
+                             RESTARTED: self._on_mirror_restarted, STOP: self._on_stop}
 
     def _finished(self) -> bool:
         return self._stopped
@@ -236,10 +239,7 @@ class GaiaShard(PSShard):
         """The mirror's frames, through the table (each returns the reads now servable)."""
         if msg.src != self.mirror:
             raise ValueError(f"{msg.type} is only accepted from this region's mirror")
-        return await dispatch({APPLY: self._on_apply, BLOCK: self._on_block,
-                               ALLOW: self._on_allow, GOT: self._on_got,
-                               RESTARTED: self._on_mirror_restarted, STOP: self._on_stop},
-                              msg, "a Gaia shard")
+        return await dispatch(self._from_mirror, msg, "a Gaia shard")
 
     async def _on_apply(self, msg: Message) -> list[Any]:
         return self._apply_remote(msg)
