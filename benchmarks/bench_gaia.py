@@ -60,11 +60,9 @@ CLOCK_S = 0.5
 
 def clock_pricing(spec: dict[str, Any], topo: Topology, clock_s: float) -> ComputeCost:
     """A price per example that makes a mean worker's clock cost `clock_s` seconds."""
-    workload = make_workload(spec["name"], spec["options"])
-    parts = workload.partition({r.name: r.workers for r in topo.regions if r.workers})
-    per_clock = sum(p.size for p in parts.values()) / len(parts) * spec["options"].get(
-        "clock_fraction", 1.0)
-    return ComputeCost(clock_s / per_clock)
+    return ComputeCost.per_clock(make_workload(spec["name"], spec["options"]),
+                                 {r.name: r.workers for r in topo.regions if r.workers},
+                                 clock_s, spec["options"].get("clock_fraction", 1.0))
 
 
 def progress(msg: str) -> None:

@@ -18,7 +18,7 @@ import inspect
 import multiprocessing
 import pickle
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -58,6 +58,15 @@ class ComputeCost:
             raise ValueError(f"--compute must be 'cpu' or 'example:SECONDS' with SECONDS > 0, "
                              f"got {text!r}")
         return cls(seconds)
+
+    @classmethod
+    def per_clock(cls, workload: Any, workers: Mapping[str, int], clock_s: float,
+                  clock_fraction: float = 1.0) -> ComputeCost:
+        """A price per example that makes a mean worker's clock cost `clock_s` seconds
+        (`workers`: per region; a clock covers `clock_fraction` of a worker's partition)."""
+        parts = workload.partition(workers)
+        per_clock = sum(p.size for p in parts.values()) / len(parts) * clock_fraction
+        return cls(clock_s / per_clock)
 
     def describe(self) -> str:
         """The form `parse` reads."""

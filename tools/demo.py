@@ -13,10 +13,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from geoml.bus import Network, Topology, load_topology
+from geoml.bus import Network, load_topology
 from geoml.roles.compute import ComputeCost
 from geoml.roles.traffic import SinkReport, run_sink, run_source
-from geoml.workloads import Workload
 
 #: LAN's clocks in each of the demo's two comparisons (the others up to twice as many).
 DEMO_CLOCKS = 20
@@ -29,13 +28,6 @@ BALANCED = {"samples": 8000, "features": 2000, "classes": 125, "batch": 64,
             "clock_fraction": 0.25}
 
 
-def _price_per_example(workload: Workload, topo: Topology, clock_s: float) -> ComputeCost:
-    """A price per example that makes a mean worker's clock cost `clock_s` seconds."""
-    parts = workload.partition({r.name: r.workers for r in topo.regions if r.workers})
-    per_clock = sum(p.size for p in parts.values()) / len(parts) * BALANCED["clock_fraction"]
-    return ComputeCost(clock_s / per_clock)
-
-
 async def gaia_demo(topology: str, out: Path) -> dict[str, Any]:
     """LAN, baseline and gaia on `topology` twice, in virtual time: a dense classifier at
     the paper's compute-to-WAN balance, then MF on MovieLens, the hard case."""
@@ -46,7 +38,9 @@ async def gaia_demo(topology: str, out: Path) -> dict[str, Any]:
 
     topo = load_topology(topology)
     classifier = make_workload("softmax-synthetic", BALANCED)
-    cost = _price_per_example(classifier, topo, CLOCK_S)
+    cost = ComputeCost.per_clock(classifier, {r.name: r.workers for r in topo.regions
+                                              if r.workers}, CLOCK_S,
+                                 BALANCED["clock_fraction"])
     print(f"geoml demo 1/2: a 1 MB softmax classifier, LAN vs baseline vs Gaia on "
           f"{topology}; a clock is {CLOCK_S} s of work (the paper's balance: long next to "
           f"the WAN's latency); LAN runs {DEMO_CLOCKS} clocks and sets the target",
