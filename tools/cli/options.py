@@ -98,11 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "lan,baseline,gaia)")
     c.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="workload option, e.g. rank=50 (repeatable)")
-    c.add_argument("--sync", default="bsp", help="bsp or ssp:S (staleness S)")
-    c.add_argument("--aggregation", default="mean", choices=("mean", "sum"),
-                   help="how a PS shard combines a clock's dense updates: mean over the "
-                   "workers (default; converges for any worker count) or sum (the PS "
-                   "papers; the step grows with the workers)")
+    _sync_args(c)
     c.add_argument("--until", help="the target, objective:X (default: what LAN reaches, "
                    "see README)")
     c.add_argument("--iterations", type=int, help="clocks per run (at most)")
@@ -222,11 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     la.add_argument("--workload", required=True, choices=workload_names())
     la.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                     help="workload option, e.g. rank=50 (repeatable)")
-    la.add_argument("--sync", default="bsp", help="bsp or ssp:S (staleness S)")
-    la.add_argument("--aggregation", default="mean", choices=("mean", "sum"),
-                   help="how a PS shard combines a clock's dense updates: mean over the "
-                   "workers (default; converges for any worker count) or sum (the PS "
-                   "papers; the step grows with the workers)")
+    _sync_args(la)
     la.add_argument("--iterations", type=int, required=True, help="clocks every worker runs")
     la.add_argument("--out", type=Path, help="results directory (default runs/launch-...)")
     la.add_argument("--status-every", type=float, default=5.0,
@@ -316,6 +308,17 @@ def _training_args(p: argparse.ArgumentParser) -> None:
                    "direction) has rate 0 from T to T+S seconds into the run (repeatable)")
 
 
+def _sync_args(p: argparse.ArgumentParser) -> None:
+    """How a PS synchronises and combines updates (run, compare, role, launch)."""
+    from ..systems.config import AGGREGATIONS
+
+    p.add_argument("--sync", default="bsp", help="bsp or ssp:S (staleness S)")
+    p.add_argument("--aggregation", default=AGGREGATIONS[0], choices=AGGREGATIONS,
+                   help="how a PS shard combines a clock's dense updates: mean over the "
+                   "workers (default; converges for any worker count) or sum (the PS "
+                   "papers; the step grows with the workers)")
+
+
 def _gaia_args(p: argparse.ArgumentParser) -> None:
     """Gaia's options (run, compare, role, launch)."""
     p.add_argument("--gaia-v", type=float, default=0.01,
@@ -346,11 +349,7 @@ def _ps_args(p: argparse.ArgumentParser, role: bool) -> None:
     p.add_argument("--workload", required=not role, choices=workload_names())
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="workload option, e.g. rank=50 (repeatable)")
-    p.add_argument("--sync", default="bsp", help="bsp or ssp:S (staleness S)")
-    p.add_argument("--aggregation", default="mean", choices=("mean", "sum"),
-                   help="how a PS shard combines a clock's dense updates: mean over the "
-                   "workers (default; converges for any worker count) or sum (the PS "
-                   "papers; the step grows with the workers)")
+    _sync_args(p)
     p.add_argument("--until", help="stop when objective:X is reached")
     if not role:
         p.add_argument("--iterations", type=int, help="stop after N clocks")
