@@ -187,9 +187,12 @@ async def compare(base: RunConfig, systems: Sequence[str], out: Path) -> dict[st
             print(f"== {system} ==", file=sys.stderr, flush=True)
         result = await run_system(cfg)
         if setting_target:
-            write_results(out / system, result.summary, result.curve,
-                          f"{system} on {result.summary['topology']}")  # kept if refused
-            target = default_target(result.curve)
+            try:
+                target = default_target(result.curve)
+            except UntrustedYardstick:
+                write_results(out / system, result.summary, result.curve,
+                              f"{system} on {result.summary['topology']}")  # for a look
+                raise
             lan_curve = result.curve
             result.summary["target"] = target
             result.summary["time_to_target_s"] = time_to_target(result.curve, target)

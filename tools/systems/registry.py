@@ -8,6 +8,7 @@ by calling `register` before it is named.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -69,8 +70,6 @@ def process_systems() -> tuple[str, ...]:
 
 def problems(topo: Topology, cfg: RunConfig, systems: list[str]) -> dict[str, str]:
     """Why each of `systems` cannot run on `topo` with `cfg` (absent: it can)."""
-    import dataclasses
-
     found = {}
     for name in systems:
         try:
