@@ -222,7 +222,12 @@ async def _await_phases(tasks: list[list[asyncio.Future[Any]]]) -> None:
 async def finish(monitor: Monitor, clock: int, net: Network, tap: TapSubscriber | None,
                  view: LiveView | None) -> dict[str, Any]:
     """After the work: score clock `clock` if the curve lacks it, read the traffic figures
-    and close the tap; returns the traffic figures."""
+    and close the tap; returns the traffic figures.
+
+    A worker stopped between sending its push and counting it reports one clock fewer
+    than the shards saw, so `clock` can be below the last clock scored; the curve never
+    goes back (it printed `clock 28` then `clock 27`)."""
+    clock = max(clock, monitor.evaluated)
     if monitor.evaluated != clock or not monitor.curve:
         await monitor.evaluate_now(clock)
     traffic = traffic_figures(net)
