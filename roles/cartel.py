@@ -33,6 +33,7 @@ import numpy as np
 from geoml.bus import BusClosed, Endpoint, Message
 from geoml.workloads.streams import Encoder, SiteStream
 
+from .dispatch import dispatch
 from .drift import DETECTORS, DriftState, make_detector
 from .inbox import messages
 from .metadata import LOOKUP, NEIGHBOURS, REPORT
@@ -108,6 +109,7 @@ class CartelPeer(StreamSite):
         self._transfer_task: asyncio.Task[None] | None = None
         self._ids = itertools.count()
         self._waiting: dict[tuple[str, int, str], asyncio.Future[Message]] = {}
+        self._handlers = {PULL: self._on_pull, NEIGHBOURS: self._on_reply, ROWS: self._on_reply}
         self.reporting = cartel.report_policy()
 
     # -- the stream ---------------------------------------------------------------------
@@ -259,28 +261,25 @@ class CartelPeer(StreamSite):
         """Answer pulls and route replies until `stop` is set."""
         async for msg in messages(self.ep, stop):
             try:
-                await self._dispatch(msg)
+                await dispatch(self._handlers, msg, "a Cartel peer")
             except (KeyError, ValueError, TypeError) as exc:
                 self.counters["refused"] += 1
                 log.warning("%s refused %s from %s: %s", self.ep.address, msg.type, msg.src,
                             exc)
 
-    async def _dispatch(self, msg: Message) -> None:
-        if msg.type == PULL:
-            classes = [int(c) for c in msg.meta["classes"]]
-            held, weights, bias, counts = self.model.export(classes)
-            await self.ep.send(msg.src, ROWS, arrays=[weights, bias, counts],
-                               meta={"id": msg.meta["id"], "classes": held})
-            self.counters["pulls_served"] += 1
+    async def _on_pull(self, msg: Message) -> None:
+        classes = [int(c) for c in msg.meta["classes"]]
+        held, weights, bias, counts = self.model.export(classes)
+        await self.ep.send(msg.src, ROWS, arrays=[weights, bias, counts],
+                           meta={"id": msg.meta["id"], "classes": held})
+        self.counters["pulls_served"] += 1
+
+    async def _on_reply(self, msg: Message) -> None:
+        future = self._waiting.get((msg.type, msg.meta.get("id"), msg.src))
+        if future is None or future.done():
+            self.counters["late_replies"] += 1
             return
-        if msg.type in (NEIGHBOURS, ROWS):
-            future = self._waiting.get((msg.type, msg.meta.get("id"), msg.src))
-            if future is None or future.done():
-                self.counters["late_replies"] += 1
-                return
-            future.set_result(msg)
-            return
-        raise ValueError(f"unexpected frame type {msg.type!r}")
+        future.set_result(msg)
 
     async def wait_transfers(self, timeout: float) -> None:
         """Let an in-flight transfer finish (bounded)."""

@@ -28,6 +28,7 @@ import numpy as np
 
 from geoml.bus import Endpoint, Message
 
+from .dispatch import dispatch
 from .inbox import messages
 
 log = logging.getLogger("geoml.roles.metadata")
@@ -121,19 +122,20 @@ class MetadataService:
         self.ep = endpoint
         self.table = table
         self.counters: Counter[str] = Counter()
+        self._handlers = {REPORT: self._on_report, LOOKUP: self._on_lookup}
+
+    async def _on_report(self, msg: Message) -> None:
+        self.table.report(self._record(msg, asyncio.get_running_loop().time()))
+        self.counters["reports"] += 1
+
+    async def _on_lookup(self, msg: Message) -> None:
+        await self._answer(msg, asyncio.get_running_loop().time())
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until `stop` is set (or the endpoint closes)."""
-        loop = asyncio.get_running_loop()
         async for msg in messages(self.ep, stop):
             try:
-                if msg.type == REPORT:
-                    self.table.report(self._record(msg, loop.time()))
-                    self.counters["reports"] += 1
-                elif msg.type == LOOKUP:
-                    await self._answer(msg, loop.time())
-                else:
-                    raise ValueError(f"unexpected frame type {msg.type!r}")
+                await dispatch(self._handlers, msg, "the metadata service")
             except (ValueError, KeyError, TypeError, IndexError) as exc:
                 self.counters["refused"] += 1
                 log.warning("%s refused %s from %s: %s", self.ep.address, msg.type, msg.src, exc)

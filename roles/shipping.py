@@ -21,6 +21,8 @@ import numpy as np
 
 from geoml.bus import Endpoint, GeomlError, Message
 
+from .dispatch import UnknownFrame, dispatch
+
 log = logging.getLogger("geoml.roles.shipping")
 
 CHUNK, END, ACK = "data.chunk", "data.end", "data.ack"
@@ -115,31 +117,37 @@ class DataCollector:
         self.columns = sorted(columns)
         self.received: dict[str, list[dict[str, np.ndarray]]] = {s: [] for s in shippers}
         self.counters: Counter[str] = Counter()
+        self._pending: set[str] = set()
+        self._handlers = {CHUNK: self._on_chunk, END: self._on_end}
 
     async def run(self) -> dict[str, list[dict[str, np.ndarray]]]:
         """Collect until every shipper has ended; frames from strangers are refused."""
-        pending = set(self.shippers)
-        while pending:
+        self._pending = set(self.shippers)
+        while self._pending:
             msg = await self.ep.recv()
             if msg.src not in self.shippers:
                 self._refuse(msg, "not a shipper of this run")
                 continue
-            if msg.type == CHUNK:
-                problem = self._check_chunk(msg)
-                if problem:
-                    self._refuse(msg, problem)
-                    continue
-                self.received[msg.src].append(
-                    {c: a.copy() for c, a in zip(self.columns, msg.arrays, strict=True)})
-                self.counters["chunks"] += 1
-                self.counters["bytes"] += msg.nbytes
-            elif msg.type == END:
-                rows = sum(len(p[self.columns[0]]) for p in self.received[msg.src])
-                pending.discard(msg.src)
-                await self.ep.send(msg.src, ACK, meta={"rows": rows})
-            else:
-                self._refuse(msg, f"unexpected frame type {msg.type!r}")
+            try:
+                await dispatch(self._handlers, msg, "a collector")
+            except UnknownFrame as exc:
+                self._refuse(msg, str(exc))
         return self.received
+
+    async def _on_chunk(self, msg: Message) -> None:
+        problem = self._check_chunk(msg)
+        if problem:
+            self._refuse(msg, problem)
+            return
+        self.received[msg.src].append(
+            {c: a.copy() for c, a in zip(self.columns, msg.arrays, strict=True)})
+        self.counters["chunks"] += 1
+        self.counters["bytes"] += msg.nbytes
+
+    async def _on_end(self, msg: Message) -> None:
+        rows = sum(len(p[self.columns[0]]) for p in self.received[msg.src])
+        self._pending.discard(msg.src)
+        await self.ep.send(msg.src, ACK, meta={"rows": rows})
 
     def _check_chunk(self, msg: Message) -> str | None:
         if not msg.raw:

@@ -1,223 +1,35 @@
 """`geoml cartel`: Cartel against isolated, centralized and fedavg on the same edge streams.
 
-Every system runs on its own fresh all-in-one network over the same topology (one site per
-edge region, the cloud roles in the hub region) and the same seeded streams, paced on the
-loop's clock (real or virtual time, whichever runs the comparison). The comparison writes
-cartel.json and two plots (accuracy around the drift point, WAN bytes per system).
+The systems and their shared drive loop are in geoml.systems.edge. Every system runs on
+its own fresh all-in-one network over the same topology (one site per edge region, the
+cloud roles in the hub region) and the same seeded streams, paced on the loop's clock
+(real or virtual time, whichever runs the comparison). The comparison writes cartel.json
+and two plots (accuracy around the drift point, WAN bytes per system).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from geoml.bus import Network, Topology, load_topology
+from geoml.bus import Topology, load_topology
 from geoml.bus.vclock import is_virtual
-from geoml.roles.cartel import CartelConfig, CartelPeer
-from geoml.roles.edge_baselines import CentralizedSite, CentralTrainer, FedShapes, FedStreamSite
-from geoml.roles.fedavg import FedAggregator, FedAvgConfig
-from geoml.roles.metadata import MetadataService, MetadataTable
-from geoml.roles.stream_site import StreamConfig, StreamSite
-from geoml.workloads.online import OnlineSoftmax
-from geoml.workloads.streams import ClassPools, ScenarioConfig, SiteStream, load_pools, make_streams
+from geoml.workloads.streams import ScenarioConfig, SiteStream, load_pools, make_streams
 
 from .cartel_metrics import adaptation_records, mean_curve, mean_or_none, ratio
 from .results import json_default
-from .systems.harness import traffic_figures
+from .systems.edge import EDGE_SYSTEMS, CartelRunConfig, SystemRun, place, run_edge_system
 
-SYSTEMS = ("cartel", "isolated", "centralized", "fedavg")
+SYSTEMS = tuple(EDGE_SYSTEMS)  # cartel, isolated, centralized, fedavg
 
-
-@dataclass
-class CartelRunConfig:
-    """Everything one comparison needs."""
-
-    topology: str | Topology = "edge"
-    data: str = "nslkdd"  # or "synthetic"
-    scenario: ScenarioConfig = field(default_factory=ScenarioConfig)
-    stream: StreamConfig = field(default_factory=StreamConfig)
-    cartel: CartelConfig = field(default_factory=CartelConfig)
-    systems: Sequence[str] = SYSTEMS
-    fed_round_batches: int = 40  # fedavg: local batches per round
-    fed_deadline_s: float = 30.0
-    cloud: str | None = None  # default: the topology's hub, else its first region
-    peers: int | None = None  # default: every other region
-    accuracy_window: int = 200  # records in the rolling accuracy (adaptation time)
-    tolerance: float = 0.02  # "within 2 points"
-    out: Path | None = None
-    quiet: bool = False
-
-    def check(self) -> None:
-        """Refuse settings that cannot run."""
-        bad = [s for s in self.systems if s not in SYSTEMS]
-        if bad or not self.systems:
-            raise ValueError(f"unknown or no systems {bad} (choose from {', '.join(SYSTEMS)})")
-        if self.fed_round_batches < 1 or self.accuracy_window < 1:
-            raise ValueError("fed_round_batches and accuracy_window must be >= 1")
-
-
-@dataclass
-class SystemRun:
-    """What one system did, per site and in total."""
-
-    system: str
-    hits: dict[int, np.ndarray]
-    held_out_accuracy: dict[int, float]
-    compute_s: dict[str, float]  # per site, or the cloud trainer
-    model_bytes: dict[str, int]
-    wan_bytes: int
-    raw_wan_frames: int
-    wall_s: float
-    details: dict[str, Any]
-
-
-def place(topo: Topology, cloud: str | None, peers: int | None) -> tuple[str, list[str]]:
-    """(cloud region, edge regions hosting one site each)."""
-    cloud = cloud or topo.hub or topo.regions[0].name
-    if cloud not in topo.region_names:
-        raise ValueError(f"cloud region {cloud!r} is not in topology {topo.name!r}")
-    edges = [r for r in topo.region_names if r != cloud]
-    if peers is not None:
-        if not 2 <= peers <= len(edges):
-            raise ValueError(f"--peers {peers}: topology {topo.name!r} has {len(edges)} edge "
-                             f"regions (need 2 to {len(edges)})")
-        edges = edges[:peers]
-    if len(edges) < 2:
-        raise ValueError(f"topology {topo.name!r} needs at least two regions besides the "
-                         f"cloud region {cloud!r}")
-    return cloud, edges
-
-
-def _held_out(model: OnlineSoftmax, pools: ClassPools, stream: SiteStream) -> float:
-    return float((model.predict(pools.encoder(stream.held_out_raw))
-                  == stream.held_out_label).mean())
-
-
-async def run_system(system: str, cfg: CartelRunConfig, topo: Topology, pools: ClassPools,
-                     streams: list[SiteStream], cloud: str, edges: list[str]) -> SystemRun:
-    """One system over a fresh network; returns its per-site results."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    rounds_stop = asyncio.Event()  # fedavg: no new round (the clients still answer)
-    rounds_task: asyncio.Task[int] | None = None
-    wall = time.perf_counter()
-    args = (pools.encoder, pools.n_classes, pools.feature_dim, cfg.stream)
-    async with Network(topo) as net:
-        background: list[asyncio.Task[Any]] = []
-        sites: list[StreamSite]
-        if system in ("cartel", "isolated"):
-            service = MetadataService(await net.connect(f"{cloud}/metadata/0"),
-                                      MetadataTable(pools.n_classes,
-                                                    min_class_samples=cfg.cartel.teach_min_samples))
-            collaborate = system == "cartel"
-            ccfg = CartelConfig(**{**asdict(cfg.cartel), "collaborate": collaborate})
-            peers = [CartelPeer(await net.connect(f"{r}/peer/0"), s, *args, ccfg,
-                                service.ep.address, speed=topo.region(r).speed)
-                     for r, s in zip(edges, streams, strict=True)]
-            sites = list(peers)
-            background = [loop.create_task(service.run(stop))]
-            background += [loop.create_task(p.serve(stop)) for p in peers]
-        elif system == "centralized":
-            trainer = CentralTrainer(await net.connect(f"{cloud}/trainer/0"), streams, *args,
-                                     speed=topo.region(cloud).speed)
-            sites = [CentralizedSite(await net.connect(f"{r}/site/0"), s, *args,
-                                     trainer.ep.address, speed=topo.region(r).speed)
-                     for r, s in zip(edges, streams, strict=True)]
-            background = [loop.create_task(trainer.run(stop))]
-        else:
-            agg_ep = await net.connect(f"{cloud}/aggregator/0")
-            fed_sites = [FedStreamSite(await net.connect(f"{r}/site/0"), s, *args,
-                                       agg_ep.address, cfg.fed_round_batches,
-                                       speed=topo.region(r).speed)
-                         for r, s in zip(edges, streams, strict=True)]
-            sites = list(fed_sites)
-            shapes = FedShapes(pools.n_classes, pools.feature_dim)
-            aggregator = FedAggregator(agg_ep, shapes, [s.ep.address for s in fed_sites],
-                                       shapes.init_params(),
-                                       FedAvgConfig(deadline_s=cfg.fed_deadline_s),
-                                       stop=rounds_stop)
-            rounds_task = loop.create_task(aggregator.run())
-            background = [rounds_task, *(loop.create_task(s.serve(stop)) for s in fed_sites)]
-        t0 = loop.time() + 0.05
-        progress = loop.create_task(_progress(system, sites, cfg.quiet))
-        try:
-            await asyncio.gather(*(s.run_stream(t0) for s in sites))
-            if system == "centralized":
-                await _wait_scored(trainer, timeout=60.0)
-            for s in sites:
-                if isinstance(s, CartelPeer):
-                    await s.wait_transfers(cfg.cartel.pull_timeout_s * 2)
-            if rounds_task is not None:
-                rounds_stop.set()
-                await asyncio.wait({rounds_task}, timeout=cfg.fed_deadline_s + 5)
-        finally:
-            rounds_stop.set()
-            progress.cancel()
-            stop.set()
-            await asyncio.wait(background, timeout=30.0)
-        traffic = traffic_figures(net)
-    wall_s = time.perf_counter() - wall
-    for task in background:
-        if task.done() and not task.cancelled() and task.exception() is not None:
-            raise task.exception()  # type: ignore[misc]
-    if system == "centralized":
-        hits = dict(trainer.correct)
-        held = {s.site: _held_out(trainer.model, pools, s) for s in streams}
-        compute = {f"{cloud}/trainer/0": trainer.compute_s}
-        model_bytes = {f"{cloud}/trainer/0": trainer.model.nbytes()}
-        details = {"records_scored": int(trainer.counters["records"]),
-                   "refused": int(trainer.counters["refused"]),
-                   "mean_delivery_s": mean_or_none(trainer.delay_s),
-                   "max_delivery_s": max(trainer.delay_s, default=None)}
-    else:
-        hits = {s.stream.site: s.correct for s in sites}
-        models = {s.ep.address: s.model for s in sites}  # type: ignore[attr-defined]
-        held = {s.stream.site: _held_out(models[s.ep.address], pools, s.stream) for s in sites}
-        compute = {s.ep.address: s.compute_s for s in sites}
-        model_bytes = {a: m.nbytes() for a, m in models.items()}
-        details = {"sites": {s.ep.address: s.summary() for s in sites}}  # type: ignore
-        if system == "cartel":
-            details["metadata"] = dict(service.counters)
-        if system == "fedavg":
-            details["rounds"] = aggregator.round
-            details["aggregator"] = dict(aggregator.counters)
-    return SystemRun(system, hits, held, compute, model_bytes, traffic["wan_bytes"],
-                     traffic["raw_wan_frames"], wall_s, details)
-
-
-async def _wait_scored(trainer: CentralTrainer, timeout: float) -> None:
-    try:
-        await asyncio.wait_for(trainer.complete.wait(), timeout)
-    except TimeoutError:
-        raise TimeoutError(f"the cloud trainer is still missing {trainer.missing} shipped "
-                           f"records {timeout:.0f}s after the streams ended") from None
-
-
-async def _progress(system: str, sites: list[StreamSite], quiet: bool) -> None:
-    if quiet:
-        return
-    total = sum(len(s.stream) for s in sites)
-    loop = asyncio.get_running_loop()
-    virtual = is_virtual(loop)
-    t0, last = loop.time(), time.perf_counter()
-    while True:
-        # a line every 2 s of wall time; under virtual time, looked at every 0.1 s of it
-        await asyncio.sleep(0.1 if virtual else 2.0)
-        if time.perf_counter() - last < 2.0 - 0.01:
-            continue
-        last = time.perf_counter()
-        done = sum(s.position for s in sites)
-        print(f"[cartel] {system}: {done}/{total} records ({100 * done / total:.0f}%)"
-              + (f", {loop.time() - t0:.1f} s of virtual time" if virtual else ""),
-              file=sys.stderr, flush=True)
+__all__ = ["SYSTEMS", "CartelRunConfig", "SystemRun", "compare_async", "headline", "place",
+           "run_edge_system", "write_cartel_results"]
 
 
 def _system_figures(run: SystemRun, streams: list[SiteStream], cfg: CartelRunConfig
@@ -271,7 +83,8 @@ async def compare_async(cfg: CartelRunConfig) -> dict[str, Any]:
         if not cfg.quiet:
             print(f"[cartel] {system}: {len(edges)} sites x {len(streams[0])} records at "
                   f"{cfg.stream.rate:g}/s on {topo.name}", file=sys.stderr, flush=True)
-        runs[system] = await run_system(system, cfg, topo, pools, streams, cloud, edges)
+        runs[system] = await run_edge_system(system, cfg, topo, pools, streams, cloud,
+                                             edges)
     figures = {name: _system_figures(run, streams, cfg) for name, run in runs.items()}
     global_bytes = pools.n_classes * (pools.feature_dim + 1) * 4
     result = {

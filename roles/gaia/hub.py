@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from geoml.bus import Endpoint, Message
 
 from ..delivery import SeqWindow
+from ..dispatch import dispatch
 from ..sparse_codec import Update, decode
 from .wire import (
     ACK,
@@ -54,6 +55,8 @@ class GaiaHub:
         self._seq_map: dict[tuple[str, int], dict[str, int]] = {}
         self._received: dict[str, SeqWindow] = {}
         self._by_address = {a: r for r, a in self.members.items()}
+        self._handlers = {UPDATE: self._on_update, BARRIER: self._on_barrier,
+                          ACK: self._on_ack, RESTARTED: self._on_restarted}
 
     async def run(self) -> None:
         """Serve until every member and every other group is final, and all is acked."""
@@ -69,28 +72,35 @@ class GaiaHub:
         raise ValueError(f"{src} is neither a member mirror nor a hub")
 
     async def _handle(self, msg: Message) -> None:
-        if msg.type not in (UPDATE, BARRIER, ACK, RESTARTED):
-            raise ValueError(f"a hub does not take {msg.type!r} frames")
-        targets = self._targets(msg.src)
-        if msg.type == ACK:
-            self.sender.acked(msg)
+        self._targets(msg.src)  # a frame from neither a member nor a hub is refused
+        await dispatch(self._handlers, msg, "a hub")
+
+    async def _on_ack(self, msg: Message) -> None:
+        self.sender.acked(msg)
+
+    async def _on_restarted(self, msg: Message) -> None:
+        self.counters["peer_restarts"] += 1
+        await self.sender.resend(msg.src)
+
+    @staticmethod
+    def _encoded(msg: Message) -> tuple[dict[str, object], list[object]]:
+        return {"tables": msg.meta["tables"], "enc": msg.meta["enc"]}, list(msg.arrays)
+
+    async def _on_barrier(self, msg: Message) -> None:
+        seq = int(msg.meta["seq"])
+        if seq in self._received.setdefault(msg.src, SeqWindow()):
+            self.counters["late_barriers"] += 1
             return
-        if msg.type == RESTARTED:
-            self.counters["peer_restarts"] += 1
-            await self.sender.resend(msg.src)
-            return
+        relayed = {dst: self.sender.next_seq(dst) for dst in self._targets(msg.src)}
+        self._seq_map[(msg.src, seq)] = relayed
+        encoded = self._encoded(msg)
+        for dst, out_seq in relayed.items():
+            await self.sender.send_barrier(dst, out_seq, encoded)
+
+    async def _on_update(self, msg: Message) -> None:
         seq = int(msg.meta["seq"])
         received = self._received.setdefault(msg.src, SeqWindow())
-        encoded = ({"tables": msg.meta["tables"], "enc": msg.meta["enc"]}, list(msg.arrays))
-        if msg.type == BARRIER:
-            if seq in received:
-                self.counters["late_barriers"] += 1
-                return
-            relayed = {dst: self.sender.next_seq(dst) for dst in targets}
-            self._seq_map[(msg.src, seq)] = relayed
-            for dst, out_seq in relayed.items():
-                await self.sender.send_barrier(dst, out_seq, encoded)
-            return
+        encoded = self._encoded(msg)
         _, clocks, final = peer_meta(msg)
         # A member's update is merged here (decoded, so a bad one is refused before its
         # seq counts); another hub's is only relayed, and its receivers decode it.
@@ -102,7 +112,8 @@ class GaiaHub:
             self.counters["duplicate_updates"] += 1
             return
         relayed = self._seq_map.pop((msg.src, seq), {})
-        seqs = {dst: relayed.get(dst) or self.sender.next_seq(dst) for dst in targets}
+        seqs = {dst: relayed.get(dst) or self.sender.next_seq(dst)
+                for dst in self._targets(msg.src)}
         self.sender.record(seqs, clocks, final, encoded)
         for dst, out_seq in seqs.items():
             await self.sender.send_update(dst, out_seq, clocks, final, encoded)

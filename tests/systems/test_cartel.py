@@ -10,10 +10,11 @@ import pytest
 
 from geoml.bus import Network, parse_topology
 from geoml.bus.vclock import run_virtual
-from geoml.cartel import CartelRunConfig, compare_async, place, run_system
+from geoml.cartel import CartelRunConfig, compare_async, place
 from geoml.roles.cartel import PULL, ROWS, CartelConfig, CartelPeer
 from geoml.roles.metadata import LOOKUP, NEIGHBOURS, REPORT, MetadataService, MetadataTable
 from geoml.roles.stream_site import StreamConfig
+from geoml.systems.edge import run_edge_system as run_system
 from geoml.workloads.online import OnlineSoftmax
 from geoml.workloads.streams import ScenarioConfig, make_streams, synthetic_pools
 
