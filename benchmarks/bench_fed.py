@@ -25,7 +25,7 @@ import uvloop
 from geoml.bus import load_topology
 from geoml.compare import compare
 from geoml.roles.fedavg import FedAvgConfig
-from geoml.systems import RunConfig
+from geoml.systems import GaiaOptions, RunConfig
 
 #: The PS papers add every worker's dense update (sum); these figures were measured so
 #: and stay comparable (geoml's default, mean, is for any worker count at the default lr).
@@ -55,7 +55,7 @@ async def one_topology(topology: str, out: Path, quick: bool) -> dict[str, Any]:
     cfg = RunConfig(topology=topo, system="lan", workload=WORKLOAD, workload_options=OPTIONS,
                     aggregation=PAPERS_AGGREGATION,
                     iterations=clocks, seconds=30.0 if quick else CAP_S, quiet=True,
-                    gaia_v=GAIA_V, gaia_hubs=topology == "ec2_all", fed=FED)
+                    gaia=GaiaOptions(v=GAIA_V, hubs=topology == "ec2_all"), fed=FED)
     t0 = time.perf_counter()
     report = await compare(cfg, SYSTEMS, out / topology)
     systems = {}

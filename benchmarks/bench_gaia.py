@@ -30,7 +30,7 @@ from geoml.bus import Topology, load_topology
 from geoml.bus.vclock import CLOCKS, run_with_clock
 from geoml.compare import CLOCK_SLACK, compare
 from geoml.roles.compute import ComputeCost
-from geoml.systems import RunConfig
+from geoml.systems import GaiaOptions, RunConfig
 from geoml.workloads import make_workload
 
 #: The PS papers add every worker's dense update (sum); these figures were measured so
@@ -78,9 +78,10 @@ async def one_case(kind: str, topology: str, out: Path, quick: bool,
     cfg = RunConfig(compute=compute, topology=topo, system="lan", workload=spec["name"],
                     aggregation=PAPERS_AGGREGATION,
                     workload_options=spec["options"], iterations=clocks,
-                    seconds=BASELINE_CAP_S, quiet=True, gaia_v=spec["v"],
-                    gaia_absolute=absolute if absolute is not None else spec.get("absolute"),
-                    gaia_hubs=topology == "ec2_all", eval_every=1)
+                    seconds=BASELINE_CAP_S, quiet=True, eval_every=1,
+                    gaia=GaiaOptions(v=spec["v"], hubs=topology == "ec2_all",
+                                     absolute=absolute if absolute is not None
+                                     else spec.get("absolute")))
     t0 = time.perf_counter()
     report = await compare(cfg, ["lan", "baseline", "gaia"], out / f"{kind}-{topology}")
     rows = report["systems"]
@@ -92,8 +93,8 @@ async def one_case(kind: str, topology: str, out: Path, quick: bool,
     case = {
         "workload": spec["name"], "topology": topology,
         "workers_per_region": TOPOLOGIES[topology], "gaia_v": spec["v"],
-        "gaia_absolute": cfg.gaia_absolute,
-        "hubs": cfg.gaia_hubs, "lan_clocks": clocks, "compute": compute.describe(),
+        "gaia_absolute": cfg.gaia.absolute,
+        "hubs": cfg.gaia.hubs, "lan_clocks": clocks, "compute": compute.describe(),
         "target": report["target"],
         "lan_time_s": lan["time_to_target_s"], "baseline_time_s": base["time_to_target_s"],
         "gaia_time_s": gaia["time_to_target_s"],

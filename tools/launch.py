@@ -40,7 +40,7 @@ from .ps_roles import (
 )
 from .results import cost_usd, write_results
 from .role_main import check_process_system
-from .systems.config import check_gaia_options
+from .systems.config import GaiaOptions
 from .systems.harness import score_models, traffic_from_stats
 from .systems.isolated import isolated_summary
 
@@ -72,23 +72,13 @@ class LaunchConfig:
     status_every: float = 5.0
     start_timeout: float = 60.0
     keys: Path | None = None  # CurveZMQ keys (None: made for this run in out/keys)
-    gaia_v: float = 0.01
-    gaia_ds: int = 2
-    gaia_hubs: bool = False
-    gaia_barrier: str = "auto"
+    gaia: GaiaOptions = field(default_factory=GaiaOptions)
     restarts: int = 2  # per process of a restartable kind
-    gaia_absolute: float | None = None
     aggregation: str = "mean"
 
     def gaia_args(self) -> list[str]:
         """The gaia options as role arguments (none for the other systems)."""
-        if self.system != "gaia":
-            return []
-        absolute = [] if self.gaia_absolute is None else ["--gaia-absolute",
-                                                          str(self.gaia_absolute)]
-        return ["--gaia-v", str(self.gaia_v), "--gaia-ds", str(self.gaia_ds),
-                "--gaia-barrier", self.gaia_barrier, *(["--gaia-hubs"] * self.gaia_hubs),
-                *absolute]
+        return self.gaia.args() if self.system == "gaia" else []
 
 
 class LaunchFailed(GeomlError):
@@ -421,8 +411,8 @@ async def launch(cfg: LaunchConfig, topo: Topology, stop: asyncio.Event) -> dict
     """Run `cfg` as processes; returns the summary (also written to cfg.out)."""
     check_process_system(cfg.system)
     try:
-        check_gaia_options(cfg.gaia_v, cfg.gaia_ds, cfg.gaia_absolute)
-        plan = plan_ps(topo, cfg.system, hubs=cfg.gaia_hubs and cfg.system == "gaia")
+        cfg.gaia.check()
+        plan = plan_ps(topo, cfg.system, hubs=cfg.gaia.hubs and cfg.system == "gaia")
         workload = make_workload(cfg.workload, dict(o.split("=", 1) for o in cfg.options))
     except ValueError as exc:
         raise GeomlError(str(exc)) from None

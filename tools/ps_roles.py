@@ -83,8 +83,8 @@ def make_shard(ep: Endpoint, cfg: RunConfig, plan: PSPlan, group: ReplicaGroup, 
         return PSShard(ep, index, group.ranges, init, users, staleness=cfg.staleness,
                        dense_scale=scale, **common)
     return GaiaShard(ep, index, group.ranges, init, plan.in_region(plan.workers, region),
-                     plan.mirrors[region], v=cfg.gaia_v,
-                     absolute=cfg.gaia_absolute, ds=cfg.gaia_ds,
+                     plan.mirrors[region], v=cfg.gaia.v,
+                     absolute=cfg.gaia.absolute, ds=cfg.gaia.ds,
                      staleness=cfg.staleness, dense_scale=scale, **common)
 
 
@@ -105,7 +105,7 @@ def make_mirror(ep: Endpoint, cfg: RunConfig, topo: Topology, plan: PSPlan,
     """Gaia's mirror of `group.region`."""
     assert plan.mirrors is not None
     return GaiaMirror(ep, group.region, group.shards, group.ranges, plan.mirrors,
-                      ds=cfg.gaia_ds, hub=plan.hub_of(group.region), barrier=cfg.gaia_barrier,
+                      ds=cfg.gaia.ds, hub=plan.hub_of(group.region), barrier=cfg.gaia.barrier,
                       rates=path_rates(topo, group.region, _gaia_peers(plan)), **common)
 
 
@@ -117,7 +117,7 @@ def make_hub(ep: Endpoint, cfg: RunConfig, topo: Topology, plan: PSPlan,
     return GaiaHub(ep, {r: plan.mirrors[r] for r in members},
                    {g: h for g, (h, _) in plan.hubs.items()}, shapes,
                    [r for r in plan.data_regions if r not in members],
-                   barrier=cfg.gaia_barrier, retain=retain,
+                   barrier=cfg.gaia.barrier, retain=retain,
                    rates=path_rates(topo, region_of(ep.address), _gaia_peers(plan)))
 
 
@@ -126,9 +126,9 @@ def gaia_summary(cfg: Any, evaluated: str, updated: int, sent: int,
     """The gaia fields of a run's summary (`cfg`: a RunConfig or LaunchConfig): its
     options, what the significance filters saw and sent, and the mirrors' and hubs'
     counters."""
-    return {"gaia": {"v": cfg.gaia_v, "absolute": cfg.gaia_absolute, "ds": cfg.gaia_ds,
-                     "hubs": cfg.gaia_hubs,
-                     "barrier": cfg.gaia_barrier, "elements_updated": updated,
+    return {"gaia": {"v": cfg.gaia.v, "absolute": cfg.gaia.absolute, "ds": cfg.gaia.ds,
+                     "hubs": cfg.gaia.hubs,
+                     "barrier": cfg.gaia.barrier, "elements_updated": updated,
                      "elements_sent": sent, "evaluated_replica": evaluated, "roles": roles},
             "filtered_fraction": 1 - sent / updated if updated else 0.0}
 

@@ -60,7 +60,7 @@ async def ps_role_main(cfg: RunConfig, address: str, kind: str,
     try:
         workload = (cfg.workload if isinstance(cfg.workload, Workload)
                     else make_workload(cfg.workload, cfg.workload_options))
-        plan = plan_ps(topo, cfg.system, cfg.home, hubs=cfg.gaia_hubs and cfg.system == "gaia")
+        plan = plan_ps(topo, cfg.system, cfg.home, hubs=cfg.gaia.hubs and cfg.system == "gaia")
         groups = replica_groups(plan, workload.table_shapes())
     except ValueError as exc:
         raise GeomlError(str(exc)) from None

@@ -14,7 +14,7 @@ from geoml.roles.gaia import BARRIER, UPDATE, GaiaMirror, GaiaShard
 from geoml.roles.ps import DONE, READ, VALUE
 from geoml.roles.ps_plan import KeyRanges
 from geoml.roles.sparse_codec import encode, encode_indices
-from geoml.systems import LinkFault, RunConfig, RunResult, run_system
+from geoml.systems import GaiaOptions, LinkFault, RunConfig, RunResult, run_system
 from geoml.systems.ps import assemble
 from geoml.workloads import IntegerUpdates, Params
 
@@ -50,7 +50,7 @@ async def test_every_replica_ends_exactly_at_init_plus_all_updates(
     workers of the 4 regions (each region's mirror carries its already-scaled share)."""
     topo, wl, clocks = _four_regions(), IntegerUpdates(), 7
     result = await asyncio.wait_for(run_system(RunConfig(
-        topo, "gaia", wl, iterations=clocks, quiet=True, gaia_v=0.5, gaia_hubs=hubs,
+        topo, "gaia", wl, iterations=clocks, quiet=True, gaia=GaiaOptions(v=0.5, hubs=hubs),
         aggregation=aggregation)), 60)
     expected = _expected(wl, topo, clocks)
     if aggregation == "mean":  # eighths of integers: exact in float32
@@ -73,7 +73,7 @@ async def test_the_absolute_threshold_holds_back_small_updates_and_loses_none() 
     runs = {}
     for absolute in (0.5, 50.0):  # below and above most updates (-3..3, a few x100)
         runs[absolute] = await asyncio.wait_for(run_system(RunConfig(
-            topo, "gaia", wl, iterations=clocks, quiet=True, gaia_absolute=absolute,
+            topo, "gaia", wl, iterations=clocks, quiet=True, gaia=GaiaOptions(absolute=absolute),
             aggregation="sum")), 60)
     expected = _expected(wl, topo, clocks)
     for absolute, result in runs.items():
@@ -90,7 +90,7 @@ async def test_hubs_carry_fewer_wan_bytes_than_all_to_all_on_ec2_all() -> None:
     runs = {}
     for hubs in (False, True):
         result = await asyncio.wait_for(run_system(RunConfig(
-            topo, "gaia", wl, iterations=3, quiet=True, gaia_v=0.5, gaia_hubs=hubs,
+            topo, "gaia", wl, iterations=3, quiet=True, gaia=GaiaOptions(v=0.5, hubs=hubs),
             aggregation="sum")), 90)
         expected = _expected(wl, topo, 3)
         for region, params in _replicas(result).items():
@@ -158,7 +158,7 @@ def test_a_partitioned_region_runs_ds_clocks_ahead_blocks_then_catches_up() -> N
         "links": [{"between": ["a", "b"], "rate_mbps": 50, "latency_ms": 10}]})
     wl, clocks, ds, outage = IntegerUpdates(), 8, 2, 1.0
     result = run_virtual(run_system(RunConfig(
-        topo, "gaia", wl, iterations=clocks, quiet=True, gaia_v=0.5, gaia_ds=ds,
+        topo, "gaia", wl, iterations=clocks, quiet=True, gaia=GaiaOptions(v=0.5, ds=ds),
         faults=(LinkFault("a", "b", 0.0, outage),), aggregation="sum")))
     for worker in result.workers:
         during = [t for t in worker.clock_done_at if t < result.t0 + outage]
@@ -240,7 +240,7 @@ def test_the_default_barrier_goes_only_ahead_of_updates_that_would_queue(
         "regions": [{"name": "a"}, {"name": "b", "lon": 20.0}],
         "links": [{"between": ["a", "b"], "rate_mbps": rate_mbps, "latency_ms": 20}]})
     result = run_virtual(run_system(RunConfig(
-        topo, "gaia", "softmax-digits", iterations=6, quiet=True, gaia_ds=6,
+        topo, "gaia", "softmax-digits", iterations=6, quiet=True, gaia=GaiaOptions(ds=6),
         compute=ComputeCost.parse("example:1e-3"))))
     for name, link in result.summary["wan_links"].items():
         frames = link["frames_by_type"]

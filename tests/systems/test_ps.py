@@ -9,7 +9,7 @@ import pytest
 
 from geoml.bus import load_topology, parse_topology
 from geoml.roles.ps_plan import KeyRanges, plan_ps
-from geoml.systems import RunConfig, run_system
+from geoml.systems import GaiaOptions, RunConfig, run_system
 from geoml.workloads import make_workload, take_rows
 
 from ..conftest import SlowPasses
@@ -174,8 +174,8 @@ async def test_gaia_replicas_agree_and_only_filtered_updates_cross_the_wan() -> 
                            "regions": [{"name": "a"}, {"name": "b", "lon": 20.0},
                                        {"name": "c", "lon": 40.0, "ps_shards": 1}]})
     result = await asyncio.wait_for(run_system(RunConfig(
-        topo, "gaia", "softmax-digits", iterations=6, quiet=True, gaia_v=0.05,
-        gaia_barrier="always", aggregation="sum")), 60)
+        topo, "gaia", "softmax-digits", iterations=6, quiet=True,
+        gaia=GaiaOptions(v=0.05, barrier="always"), aggregation="sum")), 60)
     s = result.summary
     by_region: dict[str, list] = {}
     for shard in result.shards:

@@ -18,7 +18,7 @@ from geoml.bus.vclock import is_virtual, run_virtual, run_with_clock
 from geoml.cli import main
 from geoml.results import time_to_target
 from geoml.roles.compute import Compute, ComputeCost
-from geoml.systems import RunConfig, run_system
+from geoml.systems import GaiaOptions, RunConfig, run_system
 from geoml.workloads import make_workload
 
 
@@ -162,7 +162,7 @@ def test_real_and_virtual_time_agree_on_a_wan_bound_run(system: str, iterations:
     # real-time workers compute in a process each: in threads they would take turns
     runs = {clock: run_with_clock(run_system(RunConfig(
         topology=topo, system=system, workload=workload, iterations=iterations, quiet=True,
-        gaia_ds=ds, compute_in="processes" if clock == "real" else "threads")), clock)
+        gaia=GaiaOptions(ds=ds), compute_in="processes" if clock == "real" else "threads")), clock)
         for clock in ("real", "virtual")}
     real, virtual = runs["real"], runs["virtual"]
     target = real.curve[len(real.curve) * 3 // 4]["objective"]

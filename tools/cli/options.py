@@ -36,6 +36,7 @@ def run_config(args: argparse.Namespace, check: bool = True,
     from geoml.workloads import make_workload
 
     from ..systems import RunConfig, parse_fault, parse_sync, parse_until
+    from ..systems.config import GaiaOptions
 
     try:
         options = parse_options(args.opt)
@@ -52,10 +53,7 @@ def run_config(args: argparse.Namespace, check: bool = True,
             out=getattr(args, "out", None), home=getattr(args, "home", None),
             eval_every=getattr(args, "eval_every", 1),
             inspect=getattr(args, "inspect", False), record=getattr(args, "record", None),
-            gaia_v=getattr(args, "gaia_v", 0.01), gaia_ds=getattr(args, "gaia_ds", 2),
-            gaia_absolute=getattr(args, "gaia_absolute", None),
-            gaia_hubs=getattr(args, "gaia_hubs", False),
-            gaia_barrier=getattr(args, "gaia_barrier", "auto"),
+            gaia=GaiaOptions.from_args(args),
             faults=tuple(parse_fault(f) for f in getattr(args, "link_down", [])),
             compute=ComputeCost.parse(getattr(args, "compute", "cpu")),
             compute_in=getattr(args, "compute_in", "threads"),

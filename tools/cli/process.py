@@ -173,6 +173,7 @@ async def role_main(topo: Topology, address: str, kind: str, args: argparse.Name
 
 def launch_main(args: argparse.Namespace) -> int:
     from geoml.launch import LaunchConfig, LaunchInterrupted, launch
+    from geoml.systems.config import GaiaOptions
 
     topo = load_topology(args.topology)
     parse_options(args.opt)
@@ -183,8 +184,7 @@ def launch_main(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / f"launch-{args.system}-{topo.name}-{args.workload}"
     cfg = LaunchConfig(str(args.topology), args.system, args.workload, args.iterations, out,
                        args.opt, args.sync, args.status_every, args.start_timeout, args.keys,
-                       args.gaia_v, args.gaia_ds, args.gaia_hubs, args.gaia_barrier,
-                       args.restarts, gaia_absolute=args.gaia_absolute,
+                       GaiaOptions.from_args(args), args.restarts,
                        aggregation=args.aggregation)
     try:
         summary = run_with_clock(until_signal(lambda stop: launch(cfg, topo, stop)))

@@ -7,10 +7,11 @@ gaia, fedavg, centralized, isolated), and the edge family's stream systems in `e
 from . import ps, gaia, isolated, centralized, fedavg  # noqa: F401, I001  (they register, in this order)
 from . import cartel, edge_baselines  # noqa: F401  (the edge family registers in edge)
 from ..results import write_results
-from .config import LinkFault, RunConfig, RunResult, parse_fault, parse_sync, parse_until
+from .config import (GaiaOptions, LinkFault, RunConfig, RunResult, parse_fault, parse_sync,
+                     parse_until)
 from .registry import System, get_system, names, problems, process_systems, register
 
-__all__ = ["LinkFault", "RunConfig", "RunResult", "System", "get_system", "names",
+__all__ = ["GaiaOptions", "LinkFault", "RunConfig", "RunResult", "System", "get_system", "names",
            "parse_fault", "parse_sync", "parse_until", "problems", "process_systems",
            "register", "run_system"]
 

@@ -90,6 +90,38 @@ def check_gaia_options(v: float, ds: int, absolute: float | None) -> None:
         raise ValueError(f"--gaia-absolute must be a number > 0, got {absolute}")
 
 
+@dataclass(frozen=True)
+class GaiaOptions:
+    """Gaia's knobs, in one place for `run`, `compare`, `role` and `launch`."""
+
+    v: float = 0.01  # initial significance threshold (decays as v / sqrt(t))
+    absolute: float | None = None  # instead: |accumulated| > this (no decay)
+    ds: int = 2  # mirror clock: clocks a region may lead the slowest other region
+    hubs: bool = False  # exchange updates through the overlay groups' hubs
+    barrier: str = "auto"  # selective barrier: auto (WAN backlogged), always or off
+
+    def check(self) -> None:
+        """Raise ValueError for options that cannot work."""
+        check_gaia_options(self.v, self.ds, self.absolute)
+        if self.barrier not in BARRIER_MODES:
+            raise ValueError(f"--gaia-barrier must be one of {', '.join(BARRIER_MODES)}, "
+                             f"got {self.barrier!r}")
+
+    def args(self) -> list[str]:
+        """The same options as command-line arguments (for a role process)."""
+        absolute = [] if self.absolute is None else ["--gaia-absolute", str(self.absolute)]
+        return ["--gaia-v", str(self.v), "--gaia-ds", str(self.ds), "--gaia-barrier",
+                self.barrier, *(["--gaia-hubs"] * self.hubs), *absolute]
+
+    @classmethod
+    def from_args(cls, args: Any) -> GaiaOptions:
+        """From parsed `--gaia-*` arguments (defaults where a command has none)."""
+        d = cls()
+        return cls(getattr(args, "gaia_v", d.v), getattr(args, "gaia_absolute", d.absolute),
+                   getattr(args, "gaia_ds", d.ds), getattr(args, "gaia_hubs", d.hubs),
+                   getattr(args, "gaia_barrier", d.barrier))
+
+
 @dataclass
 class RunConfig:
     """What to run; at least one of iterations, seconds, target must bound the run."""
@@ -108,11 +140,7 @@ class RunConfig:
     quiet: bool = False
     record_reads: bool = False
     eval_every: int = 1
-    gaia_v: float = 0.01  # initial significance threshold (decays as v / sqrt(t))
-    gaia_absolute: float | None = None  # instead: |accumulated| > this (no decay)
-    gaia_ds: int = 2  # mirror clock: clocks a region may lead the slowest other region
-    gaia_hubs: bool = False  # exchange updates through the overlay groups' hubs
-    gaia_barrier: str = "auto"  # selective barrier: auto (WAN backlogged), always or off
+    gaia: GaiaOptions = field(default_factory=GaiaOptions)
     faults: tuple[LinkFault, ...] = ()  # WAN links taken down for a while (fault injection)
     fed: FedAvgConfig = field(default_factory=FedAvgConfig)  # fedavg's C, E, round deadline
     inspect: bool = False  # live traffic view instead of progress lines (real time only)
@@ -130,16 +158,13 @@ class RunConfig:
             raise ValueError("--seconds must be > 0")
         if self.eval_every < 1:
             raise ValueError("eval_every must be >= 1")
-        check_gaia_options(self.gaia_v, self.gaia_ds, self.gaia_absolute)
+        self.gaia.check()
         if self.aggregation not in AGGREGATIONS:
             raise ValueError(f"--aggregation must be one of {', '.join(AGGREGATIONS)}, "
                              f"got {self.aggregation!r}")
         if self.compute_in not in COMPUTE_IN:
             raise ValueError(f"--compute-in must be one of {', '.join(COMPUTE_IN)}, "
                              f"got {self.compute_in!r}")
-        if self.gaia_barrier not in BARRIER_MODES:
-            raise ValueError(f"--gaia-barrier must be one of {', '.join(BARRIER_MODES)}, "
-                             f"got {self.gaia_barrier!r}")
 
 
 @dataclass

@@ -47,7 +47,7 @@ class PSSystem:
 def ps_plan(topo: Topology, cfg: RunConfig) -> PSPlan:
     """The plan of `cfg.system` on `topo` (ValueError if it cannot run there)."""
     plan = plan_ps(topo, cfg.system, cfg.home,
-                   hubs=cfg.gaia_hubs and cfg.system == "gaia")  # gaia_* options: gaia only
+                   hubs=cfg.gaia.hubs and cfg.system == "gaia")  # gaia options: gaia only
     if not plan.workers or not plan.shards:
         raise ValueError(f"topology {topo.name!r} gives {len(plan.workers)} workers and "
                          f"{len(plan.shards)} PS shards; need at least one of each")
