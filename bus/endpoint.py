@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -15,6 +15,8 @@ import zmq
 from . import frame as fr
 from . import security
 from .address import is_valid_address, region_of, router_address
+from .endpoint_recv import EndpointReceiving
+from .endpoint_reliable import EndpointReliability
 from .errors import BusClosed, FrameError, HandshakeRefused, HandshakeTimeout
 from .reliable import Kept, ReceiveOrder, SendLog, new_incarnation
 from .security import CurveKeys
@@ -22,7 +24,6 @@ from .zio import ZIO
 
 log = logging.getLogger("geoml.bus.endpoint")
 
-_BATCH = 512
 #: A sender yields to the event loop after a quantum of bytes, so that its router runs and
 #: flow control (bus.pause) reaches it. A pause takes a few loop iterations to come back, and
 #: the sender sends one quantum per iteration, so the overshoot past a link's queue limit is
@@ -46,18 +47,11 @@ CREDIT_WAIT_S = 2.0
 #: Default inbox size (bytes) above which the endpoint stops reading its socket, so that
 #: a role that does not read pushes back on its senders instead of growing without bound.
 INBOX_LIMIT_BYTES = 256 << 20
-#: Most numbers one bus.ack carries (it is a control frame: at most 64 KiB).
-_ACKS_PER_FRAME = 4096
-#: Retry delay for acks that could not be sent (the pipe to the router was full).
-_ACK_RETRY_S = 0.05
-#: A frame still unacknowledged this long after a later one of its class was acknowledged
-#: is sent again (it fills a gap its receiver waits on; see SendLog.gaps).
-GAP_RESEND_S = 2.0
 #: A hello not answered this long is said again (see Endpoint._handshake).
 HELLO_RETRY_S = 1.0
 
 
-class Endpoint:
+class Endpoint(EndpointReliability, EndpointReceiving):
     """Send and receive frames as one role (`region/role/index`).
 
     Use as ``async with Endpoint(...) as ep:``. `send` honours the router's flow control
@@ -211,110 +205,6 @@ class Endpoint:
                     raise
                 self.counters["hello_retries"] += 1
 
-    # -- surviving a router restart (reliable mode) -----------------------------------
-
-    async def _watch_router(self) -> None:
-        """Reconnect whenever the connection to the router drops (its process died)."""
-        while not self._closed and self._failure is None:
-            io = self._io
-            assert io is not None
-            monitor = io.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-            watch = ZIO(monitor, asyncio.get_running_loop())
-            try:
-                await watch.recv()
-            finally:
-                watch.close()
-                with contextlib.suppress(zmq.ZMQError):
-                    io.sock.disable_monitor()
-            if self._closed:
-                return
-            await self._reconnect()
-
-    async def _reconnect(self) -> None:
-        self._up.clear()
-        self.counters["reconnects"] += 1
-        log.warning("%s: lost router %s at %s; reconnecting (up to %ss)", self.address,
-                    self.region, self._router_endpoint, self._reconnect_timeout)
-        old, self._io = self._io, self._open()
-        if old is not None:
-            old.close()  # the reader moves to the new socket
-        # a new router knows nothing of the old one's pauses and credits
-        self._window_sent = self._window_acked = 0
-        self._paused.clear()
-        self._resumed.set()
-        self._credit.set()
-        try:
-            await self._handshake(self._reconnect_timeout)
-        except (TimeoutError, HandshakeRefused) as exc:
-            self._fail(f"{self.address}: router {self.region} at {self._router_endpoint} "
-                       f"did not take it back within {self._reconnect_timeout}s"
-                       + (f": {exc}" if str(exc) else ""))
-            return
-        log.warning("%s: reconnected to router %s; sending again the %d frame(s) not yet "
-                    "acknowledged", self.address, self.region, self.unacknowledged)
-        # New frames may now overtake the resent ones: the receivers put them back in order.
-        self._up.set()
-        await self._resend_all()
-
-    def _resend_gaps(self, seen: list[Kept]) -> None:
-        """Send again the gap frames that were already gaps `GAP_RESEND_S` ago."""
-        self._gap_check = None
-        if self._closed or self._log is None:
-            return
-        still = [item for item in seen if self._log.is_kept(item)]
-        if still:
-            log.warning("%s: %d frame(s) still unacknowledged below acknowledged ones; "
-                        "sending them again", self.address, len(still))
-            self._spawn(self._resend(still))
-        self._watch_gaps()
-
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        """Run `work` beside the caller; aclose cancels it if it is still running."""
-        task = asyncio.get_running_loop().create_task(work)
-        self._side_tasks.add(task)
-        task.add_done_callback(self._side_tasks.discard)
-
-    def _watch_gaps(self) -> None:
-        """Check again in `GAP_RESEND_S` whether today's gap frames are still gaps."""
-        assert self._log is not None
-        gaps = self._log.gaps()
-        if gaps:
-            self._gap_check = asyncio.get_running_loop().call_later(
-                GAP_RESEND_S, self._resend_gaps, gaps)
-
-    def _fail(self, reason: str) -> None:
-        """The router did not come back: every send and recv now raises BusClosed."""
-        log.error("%s", reason)
-        self._failure = reason
-        self._up.set()
-        self._resumed.set()
-        self._credit.set()
-        self._inbox.put_nowait(None)  # wakes a recv
-
-    async def _resend_all(self) -> None:
-        """Send again every frame not yet acknowledged (copies are dropped at the other
-        end), each class of each destination in order."""
-        if self._log is not None:
-            await self._resend(list(self._log.all_kept()))
-
-    async def _resend(self, items: list[Kept]) -> None:
-        assert self._log is not None
-        async with self._resend_turn:
-            for item in items:
-                if self._closed or self._failure is not None:
-                    return
-                if not self._log.is_kept(item):
-                    continue
-                if item.cls == fr.DATA:
-                    await self._wait_to_send(item.dst)
-                try:
-                    await self._io_send(item.parts, item.size)
-                except zmq.ZMQError:
-                    return  # the socket was replaced: the next reconnect resends it all
-                except BusClosed:
-                    return  # the router did not come back: send and recv say so
-                self.counters["resent_frames"] += 1
-
     async def aclose(self, timeout: float = 5.0) -> None:
         """Say goodbye, wait until the router has everything we sent, close (linger 0)."""
         if self._closed:
@@ -356,6 +246,10 @@ class Endpoint:
         return self._seq
 
     # -- sending ---------------------------------------------------------------------------
+
+    def _on_congestion(self) -> None:
+        """A bus.pause came: the quantum starts again from its smallest."""
+        self._quantum = _QUANTUM_MIN
 
     def _blocked(self, dst: str) -> bool:
         return dst in self._paused or region_of(dst) in self._paused
@@ -466,246 +360,3 @@ class Endpoint:
                 return
             if self._closed:
                 raise BusClosed(f"{self.address}: endpoint closed while waiting for credit")
-
-    # -- receiving ---------------------------------------------------------------------------
-
-    async def recv(self, timeout: float | None = None) -> fr.Message:
-        """The next application message (TimeoutError after `timeout` seconds)."""
-        if self._closed and self._inbox.empty():
-            raise BusClosed(f"{self.address}: endpoint is closed")
-        if timeout is None:
-            msg = await self._inbox.get()
-        else:
-            msg = await asyncio.wait_for(self._inbox.get(), timeout)
-        return self._took(msg)
-
-    def recv_nowait(self) -> fr.Message | None:
-        """The next message if one is waiting, else None."""
-        try:
-            msg = self._inbox.get_nowait()
-        except asyncio.QueueEmpty:
-            return None
-        return self._took(msg)
-
-    def _took(self, msg: fr.Message | None) -> fr.Message:
-        if msg is None:  # the endpoint failed (its router did not come back)
-            self._inbox.put_nowait(None)  # for the next recv too
-            raise BusClosed(self._failure or f"{self.address}: endpoint failed")
-        self._inbox_bytes -= msg.nbytes
-        if self._inbox_bytes <= self._inbox_limit // 2:
-            self._inbox_drained.set()
-        return msg
-
-    @property
-    def closed(self) -> bool:
-        """True once `aclose` has begun."""
-        return self._closed
-
-    @property
-    def pending(self) -> int:
-        """Messages received and not yet taken with recv."""
-        return self._inbox.qsize()
-
-    @property
-    def unacknowledged(self) -> int:
-        """Frames a reliable endpoint still keeps for their destination's bus.ack (0 when
-        not reliable)."""
-        return self._log.kept if self._log is not None else 0
-
-    async def _read_loop(self) -> None:
-        while True:
-            io = self._io
-            assert io is not None
-            try:
-                await self._read_from(io)
-            except zmq.ZMQError:
-                if self._closed or self._io is io:
-                    raise
-                # a reconnect replaced the socket: read the new one
-
-    async def _read_from(self, io: ZIO) -> None:
-        while True:
-            if self._inbox_bytes > self._inbox_limit:
-                self.counters["inbox_full"] += 1
-                log.warning("%s: %d bytes received and not read; not reading until the role "
-                            "catches up (its senders will be paused)", self.address,
-                            self._inbox_bytes)
-                self._inbox_drained.clear()
-                await self._inbox_drained.wait()
-            parts: list[zmq.Frame] | None = await io.recv()
-            handled = 0
-            while parts is not None:
-                self._on_parts(parts)
-                if self._inbox_bytes > self._inbox_limit:
-                    break
-                handled += 1
-                if handled >= _BATCH:
-                    self._send_acks()
-                    await asyncio.sleep(0)  # let the role read what we queued
-                    handled = 0
-                parts = io.recv_nowait()
-            self._send_acks()
-
-    def _on_parts(self, parts: list[zmq.Frame]) -> None:
-        sizes = [len(p) for p in parts[1:]]
-        nbytes = len(parts[0]) + sum(sizes)
-        try:
-            header = fr.decode_header(parts[0].buffer, sizes)
-        except FrameError as exc:
-            self.counters["bad_frames"] += 1
-            log.warning("%s: dropped a bad frame from the router: %s", self.address, exc)
-            return
-        ftype = header["t"]
-        if ftype in fr.BUS_TYPES:
-            self._on_bus(header)
-            return
-        if ftype == fr.ACK:
-            self._on_ack(header)
-            return
-        self.counters["recv_frames"] += 1
-        self.counters["recv_bytes"] += nbytes
-        msg = fr.Message.from_wire(header, parts[1:], nbytes)
-        rel = header.get("rel")
-        if rel is None:
-            self._deliver(msg)
-            return
-        incarnation, seq, floor = rel
-        src, cls = header["src"], header["pri"]
-        self._acks_due.setdefault(src, {}).setdefault(cls, []).append(seq)
-        ready = self._order.accept(src, cls, incarnation, seq, floor, msg)
-        if ready is None:
-            self.counters["duplicates"] += 1
-            return
-        for m in ready:
-            self._deliver(m)
-
-    def _deliver(self, msg: fr.Message) -> None:
-        self._inbox_bytes += msg.nbytes
-        self._inbox.put_nowait(msg)
-
-    # -- acknowledgements (numbered frames) ---------------------------------------------
-
-    def _send_acks(self) -> None:
-        """Acknowledge the numbered frames read so far, one bus.ack per sender (retried
-        shortly for a sender whose ack the socket would not take now)."""
-        if not self._acks_due or self._io is None:
-            return
-        due, self._acks_due = self._acks_due, {}
-        for src, by_cls in due.items():
-            pairs = [[cls, seqs[i:i + _ACKS_PER_FRAME]] for cls, seqs in by_cls.items()
-                     for i in range(0, len(seqs), _ACKS_PER_FRAME)]
-            # both classes in one frame when they fit
-            frames = [pairs] if sum(len(p[1]) for p in pairs) <= _ACKS_PER_FRAME else [
-                [p] for p in pairs]
-            for i, frame in enumerate(frames):
-                if not self._send_bus_ack(src, {"acks": frame}):
-                    for unsent in frames[i:]:
-                        for cls, seqs in unsent:
-                            self._acks_due.setdefault(src, {}).setdefault(cls, []).extend(
-                                seqs)
-                    break
-        if self._acks_due and not self._ack_retry_armed and not self._closed:
-            self._ack_retry_armed = True
-            asyncio.get_running_loop().call_later(_ACK_RETRY_S, self._retry_acks)
-
-    def _retry_acks(self) -> None:
-        self._ack_retry_armed = False
-        if not self._closed:
-            self._send_acks()
-
-    def _send_bus_ack(self, dst: str, meta: dict[str, Any]) -> bool:
-        """A bus.ack to endpoint `dst` (acks of its frames, or floors of ours) if the socket
-        takes it now."""
-        header = fr.make_header(fr.ACK, self.address, dst, 0, priority=fr.CONTROL,
-                                meta={"inc": self.incarnation, **meta})
-        hb = fr.encode_header(header)
-        assert self._io is not None
-        try:
-            if not self._io.send_nowait([hb]):
-                return False
-        except zmq.ZMQError:
-            return False
-        self._window_sent += len(hb)
-        self.counters["acks_sent"] += 1
-        return True
-
-    def _tell_floor(self, dst: str, cls: int, floor: int) -> None:
-        if not self._send_bus_ack(dst, {"floor": [[cls, floor]]}):
-            # the pipe is full: the floor also rides on our next frame to dst
-            log.debug("%s: floor %d to %s not sent now", self.address, floor, dst)
-
-    def _on_ack(self, header: dict[str, Any]) -> None:
-        meta, src = header["meta"], header["src"]
-        incarnation = meta.get("inc")
-        acks, floors = meta.get("acks", []), meta.get("floor", [])
-        if not (type(incarnation) is int and _pairs(acks, list) and _pairs(floors, int)
-                and all(type(x) is int for _, seqs in acks for x in seqs)):
-            self.counters["bad_frames"] += 1
-            log.warning("%s: dropped a malformed bus.ack from %s", self.address, src)
-            return
-        if acks and self._log is not None:
-            for cls, floor in self._log.acked(src, incarnation, acks):
-                self._tell_floor(src, cls, floor)
-            if self._gap_check is None:
-                self._watch_gaps()
-        for cls, floor in floors:
-            for m in self._order.raise_floor(src, cls, incarnation, floor):
-                self._deliver(m)
-
-    def _on_bus(self, header: dict[str, Any]) -> None:
-        ftype, meta = header["t"], header["meta"]
-        if ftype == fr.WELCOME:
-            if self._welcome is not None and not self._welcome.done():
-                self._welcome.set_result(meta)
-        elif ftype == fr.BYE:
-            if self._bye_ack is not None and not self._bye_ack.done():
-                self._bye_ack.set_result(None)
-        elif ftype == fr.PAUSE:
-            keys = meta.get("keys", [])
-            self.counters["pauses"] += 1
-            self._quantum = _QUANTUM_MIN
-            self._paused.update(k for k in keys if isinstance(k, str))
-            self._resumed.clear()
-        elif ftype == fr.CREDIT:
-            credited = meta.get("bytes")
-            if isinstance(credited, int) and credited > self._window_acked:
-                self._window_acked = credited
-                self._credit.set()
-        elif ftype == fr.RESUME:
-            self._paused.difference_update(meta.get("keys", []))
-            self._resumed.set()
-            if self._paused:
-                self._resumed = asyncio.Event()
-        elif ftype == fr.RESEND:
-            if self._log is not None and self._log.kept:
-                log.warning("%s: router %s says the router of %s restarted; sending again "
-                            "the %d frame(s) not yet acknowledged", self.address, self.region,
-                            meta.get("region"), self._log.kept)
-                self._spawn(self._resend_all())
-        elif ftype == fr.ERROR:
-            if self._welcome is not None and not self._welcome.done():
-                self._welcome.set_exception(HandshakeRefused(
-                    f"{self.address}: router {self.region} refused the hello: "
-                    f"{meta.get('detail', meta)}"))
-                return
-            self.counters["errors"] += 1
-            self.errors.append(dict(meta))
-            refused = meta.get("seq")
-            # not_registered: a frame that reached a new router before our hello; it is
-            # still kept, and the reconnect sends it again
-            if (self._log is not None and type(refused) is int
-                    and meta.get("reason") != "not_registered"):
-                settled = self._log.refused(refused)
-                if settled is not None:
-                    self._tell_floor(*settled)
-            log.warning("%s: router %s refused a frame: %s", self.address, self.region,
-                        meta.get("detail", meta))
-            if self._on_error is not None:
-                self._on_error(dict(meta))
-
-
-def _pairs(value: Any, second: type) -> bool:
-    """A list of [class, X] pairs, X of type `second`."""
-    return isinstance(value, list) and all(
-        isinstance(p, list) and len(p) == 2 and p[0] in (fr.CONTROL, fr.DATA)
-        and type(p[1]) is second for p in value)

@@ -23,10 +23,12 @@ import zmq
 
 from . import frame as fr
 from . import security
-from .address import is_valid_address, region_of, role_of, router_address
+from .address import region_of, role_of, router_address
 from .errors import FrameError
 from .link import Link, Pending
 from .reliable import new_incarnation
+from .router_control import CREDIT_STEP_BYTES, LOG_FIRST, RouterControl
+from .router_tap import TAP_TOPIC, RouterTap
 from .security import CurveKeys
 from .tasks import cancel_and_wait
 from .topology import Topology
@@ -34,21 +36,12 @@ from .zio import ZIO
 
 log = logging.getLogger("geoml.bus.router")
 
-TAP_TOPIC = b"geoml.tap.1"
+__all__ = ["CREDIT_STEP_BYTES", "TAP_TOPIC", "Router"]
+
 _REFUSED_EVENTS = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 _BATCH = 512
-#: A role's connection gets a bus.credit after every this many bytes the router has read
-#: from it (the endpoint's send window, see Endpoint).
-CREDIT_STEP_BYTES = 2 << 20
-#: Retry delay for a bus.credit that could not be sent (the role's pipe was full).
-_CREDIT_RETRY_S = 0.05
-_LOG_FIRST = 5
-_LOG_EVERY = 1000
 _MAX_LOCAL_DESTINATIONS = 10_000
-#: Tap events are published in batches (one message per loop iteration, or per this many
-#: events): a socket operation per event cost the router ~20% of its small-frame rate.
-_TAP_BATCH = 256
 
 
 class _LocalDeliverer:
@@ -110,7 +103,7 @@ def _any_port(endpoint: str) -> str:
     return endpoint.rsplit(":", 1)[0] + ":*"
 
 
-class Router:
+class Router(RouterControl, RouterTap):
     """Router of one region (same class in-process over inproc and per-process over tcp)."""
 
     def __init__(
@@ -276,7 +269,7 @@ class Router:
                 event = int.from_bytes(parts[0].bytes[:2], "little")
                 if event & _REFUSED_EVENTS:
                     self.auth_refused += 1
-                    if self.auth_refused <= _LOG_FIRST:
+                    if self.auth_refused <= LOG_FIRST:
                         log.warning("router %s refused a connection: CURVE handshake failed "
                                     "(event %d)", self.region, event)
         finally:
@@ -350,29 +343,6 @@ class Router:
         """No frame queued or in flight on any link of this router."""
         return all(link.idle for link in self._links.values())
 
-    # -- registration ------------------------------------------------------------------
-
-    async def wait_registered(self, address: str) -> bool:
-        """Wait (bounded) for a local role to connect; False on timeout."""
-        if address in self.local_addresses:
-            return True
-        ev = self._registered.setdefault(address, asyncio.Event())
-        try:
-            await asyncio.wait_for(ev.wait(), self.unreachable_timeout_s)
-            return True
-        except TimeoutError:
-            return False
-
-    def forget_local(self, address: str) -> None:
-        """A local role went away (disconnect detected on send)."""
-        ident = self.local_addresses.pop(address, None)
-        if ident is not None:
-            self._consumed.pop(ident, None)
-            self._credited.pop(ident, None)
-        ev = self._registered.get(address)
-        if ev is not None:
-            ev.clear()
-
     # -- ingress -------------------------------------------------------------------------
 
     async def _ingress_loop(self) -> None:
@@ -443,18 +413,6 @@ class Router:
         link.offer(Pending(parts[1:], ftype, src, dst, total, header["pri"] == fr.CONTROL,
                            ident, header.get("raw", False), header["seq"]))
 
-    def _known_peer(self, ident: bytes) -> bool:
-        """A neighbouring router's connection that has not said hello to this process: it
-        did to the process before a restart, and ZeroMQ reconnected it on its own."""
-        name = ident.decode("utf-8", "replace")
-        if not is_valid_address(name) or role_of(name) != "router":
-            return False
-        peer = region_of(name)
-        if peer not in self._wan or name != router_address(peer):
-            return False
-        self._peers_in[ident] = peer
-        return True
-
     def _route(self, dst: str) -> Link | None:
         region = region_of(dst)
         if region == self.region:
@@ -475,184 +433,6 @@ class Router:
             link = self._wan[self.topology.next_hop(self.region, region)]
         self._route_cache[dst] = link
         return link
-
-    def _handle_bus(self, ident: bytes, header: dict[str, Any]) -> None:
-        ftype, src = header["t"], header["src"]
-        if ftype == fr.HELLO:
-            if role_of(src) != "router" and region_of(src) != self.region:
-                self._drop(ident, "wrong_region",
-                           f"{src} must connect to the router of its own region "
-                           f"({region_of(src)}), not to the router of {self.region}", header)
-                return
-            if header["dst"] != self.address:
-                self._drop(ident, "bad_hello", f"hello addressed to {header['dst']}", header)
-                return
-            problem = fr.hello_problem(src, header["meta"])
-            if problem is not None:
-                self._drop(ident, "bad_hello", problem, header)
-                return
-            if src.encode() != ident:
-                self._drop(ident, "spoofed_source", "hello source differs from routing id",
-                           header)
-                return
-            if role_of(src) == "router":
-                peer = region_of(src)
-                if peer not in self.topology.region_names or peer == self.region:
-                    self._drop(ident, "unknown_peer", f"{peer} is not a peer region", header)
-                    return
-                self._peers_in[ident] = peer
-                incarnation = header["meta"].get("inc")
-                if type(incarnation) is int:
-                    known = self._peer_incarnation.get(peer)
-                    self._peer_incarnation[peer] = incarnation
-                    if known is not None and known != incarnation:
-                        self._peer_restarted(peer, incarnation, via=peer)
-            else:
-                self.local_addresses[src] = ident
-                if header["meta"].get("credit") is True:
-                    self._consumed[ident] = self._credited[ident] = 0
-                else:
-                    self._consumed.pop(ident, None)
-                ev = self._registered.setdefault(src, asyncio.Event())
-                ev.set()
-            self._send_control(ident, fr.WELCOME, src, {
-                "region": self.region, "max_frame_bytes": self.max_frame_bytes})
-        elif ftype == fr.BYE:
-            if self.local_addresses.get(src) == ident:
-                self.forget_local(src)
-            # Frames on one connection arrive in order: this ack tells the sender that
-            # everything it sent before has reached the router.
-            self._send_control(ident, fr.BYE, src, {})
-        elif ftype == fr.RESTARTED and (ident in self._peers_in or self._known_peer(ident)):
-            region, incarnation = header["meta"].get("region"), header["meta"].get("inc")
-            if region in self.topology.region_names and type(incarnation) is int:
-                self._peer_restarted(region, incarnation, via=self._peers_in[ident])
-            else:
-                self._drop(ident, "bad_field", f"bus.restarted with meta {header['meta']}",
-                           header)
-        else:
-            self._drop(ident, "reserved_type", f"{ftype} is not accepted from a sender", header)
-
-    def _peer_restarted(self, region: str, incarnation: int, via: str) -> None:
-        """The router of `region` restarted (its hello came with a new incarnation, or a
-        peer passed the news on): every frame in its queues died with it. Forget the pauses
-        it had asked for, have every local role send again what it has not had
-        acknowledged, and pass the news on to the other neighbours (each router once)."""
-        if region == self.region or (region, incarnation) in self._restarts_seen:
-            return
-        self._restarts_seen.add((region, incarnation))
-        self.peer_restarts += 1
-        log.warning("router %s: the router of %s restarted; its queued frames are lost, "
-                    "so the roles here send again what they keep", self.region, region)
-        if region in self._wan:
-            self._wan[region].release_all()
-        for address, ident in list(self.local_addresses.items()):
-            self._send_control(ident, fr.RESEND, address, {"region": region})
-        news = fr.encode_header(fr.make_header(
-            fr.RESTARTED, self.address, self.address, 0, priority=fr.CONTROL,
-            meta={"region": region, "inc": incarnation}))
-        for peer, io in self._peer_io.items():
-            if peer not in (via, region) and not io.send_nowait([news]):
-                self.dropped["restart_news_undeliverable"] += 1
-                log.warning("router %s: could not pass on to %s that %s restarted",
-                            self.region, peer, region)
-
-    # -- egress helpers ----------------------------------------------------------------------
-
-    def _send_control(self, ident: bytes, ftype: str, dst: str, meta: dict[str, Any]) -> None:
-        """Send a bus control frame straight back on the ROUTER socket (not shaped)."""
-        if not is_valid_address(dst):
-            log.error("router %s: not sending %s to invalid address %r", self.region, ftype, dst)
-            return
-        if not self._try_control(ident, ftype, dst, meta):
-            self.dropped["control_undeliverable"] += 1
-            log.debug("router %s: could not send %s to %r", self.region, ftype, ident)
-
-    def _try_control(self, ident: bytes, ftype: str, dst: str, meta: dict[str, Any]) -> bool:
-        """Send a bus control frame on the ROUTER socket if its pipe takes it now."""
-        header = fr.make_header(ftype, self.address, dst, 0, priority=fr.CONTROL, meta=meta)
-        try:
-            return bool(self.io.send_nowait([ident, fr.encode_header(header)]))
-        except zmq.ZMQError:  # the connection is gone: nobody left to tell
-            return False
-
-    def _send_credit(self, ident: bytes) -> None:
-        """Tell a role how many bytes of its frames this router has read (cumulative, so a
-        late or repeated credit is harmless); retried shortly if its pipe is full."""
-        consumed = self._consumed.get(ident)
-        if consumed is None:
-            return
-        if self._try_control(ident, fr.CREDIT, ident.decode("utf-8", "replace"),
-                             {"bytes": consumed}):
-            self._credited[ident] = consumed
-            return
-        if not self._credit_retry:
-            asyncio.get_running_loop().call_later(_CREDIT_RETRY_S, self._retry_credits)
-        self._credit_retry.add(ident)
-
-    def _retry_credits(self) -> None:
-        retry, self._credit_retry = self._credit_retry, set()
-        if self._closed:
-            return
-        for ident in retry:
-            self._send_credit(ident)
-
-    def _drop(self, ident: bytes, reason: str, detail: str, header: dict[str, Any] | None) -> None:
-        self.dropped[reason] += 1
-        if header is None or header["t"] not in fr.BUS_TYPES:
-            self.rejected += 1
-        n = self.dropped[reason]
-        sender = ident.decode("utf-8", "replace")[:80]
-        if n <= _LOG_FIRST or n % _LOG_EVERY == 0:
-            log.warning("router %s dropped a frame from %r (%s, #%d of this reason): %s",
-                        self.region, sender, reason, n, detail)
-        src = header["src"] if header else sender
-        meta: dict[str, Any] = {"reason": reason, "detail": detail}
-        if header is not None:
-            meta.update(seq=header["seq"], type=header["t"], dst=header["dst"])
-        self._send_control(ident, fr.ERROR, src, meta)
-
-    def drop_unreachable(self, item: Pending) -> None:
-        """A local destination never connected within the timeout."""
-        detail = (f"{item.dst} did not connect to router {self.region} within "
-                  f"{self.unreachable_timeout_s}s; {item.ftype} frame from {item.src} dropped")
-        self.dropped["unreachable"] += 1
-        log.warning("router %s: %s", self.region, detail)
-        if item.sender is not None:
-            self._send_control(item.sender, fr.ERROR, item.src,
-                               {"reason": "unreachable", "detail": detail, "type": item.ftype,
-                                "dst": item.dst, "seq": item.seq})
-
-    def _pause_keys(self, link: Link) -> list[str]:
-        if link.spec.kind == "lan":
-            return [link.name.split("->", 1)[1]]
-        peer = link.name.split("->", 1)[1]
-        return [r for r in self.topology.region_names
-                if r != self.region and self.topology.next_hop(self.region, r) == peer]
-
-    def _sender_address(self, sender: bytes) -> str | None:
-        """The bus address to send flow control to for a connection, if still known."""
-        peer = self._peers_in.get(sender)
-        if peer is not None:
-            return router_address(peer)
-        name = sender.decode("utf-8", "replace")
-        return name if self.local_addresses.get(name) == sender else None
-
-    def _on_congested(self, link: Link, sender: bytes) -> None:
-        paused = self._paused.setdefault(link, set())
-        if sender in paused:
-            return
-        paused.add(sender)
-        target = self._sender_address(sender)
-        if target is not None:
-            self._send_control(sender, fr.PAUSE, target, {"keys": self._pause_keys(link)})
-
-    def _on_drained(self, link: Link) -> None:
-        keys = self._pause_keys(link)
-        for sender in self._paused.pop(link, set()):
-            target = self._sender_address(sender)
-            if target is not None:
-                self._send_control(sender, fr.RESUME, target, {"keys": keys})
 
     # -- peers -----------------------------------------------------------------------------
 
@@ -680,48 +460,3 @@ class Router:
                             header["meta"])
             else:
                 self.dropped["unexpected_type"] += 1
-
-    # -- tap ---------------------------------------------------------------------------------
-
-    async def _tap_loop(self) -> None:
-        """Track whether anyone subscribes, so that the tap costs nothing otherwise."""
-        assert self._tap_io is not None
-        while True:
-            msg = (await self._tap_io.recv())[0].bytes
-            if msg[:1] == b"\x01":
-                self._tap_topics += 1
-                self._tap_subscribed.set()
-            elif msg[:1] == b"\x00":
-                self._tap_topics = max(0, self._tap_topics - 1)
-                if not self._tap_topics:
-                    self._tap_subscribed.clear()
-
-    async def wait_tap_subscribed(self, timeout: float = 10.0) -> None:
-        """Wait until a subscriber's subscription has reached this router's tap."""
-        await asyncio.wait_for(self._tap_subscribed.wait(), timeout)
-
-    def _on_delivered(self, link: Link, item: Pending, now: float) -> None:
-        if not self._tap_topics:
-            return
-        self._tap_batch.append(self._tap_packer.pack(
-            [now, link.name, link.spec.kind, item.src, item.dst, item.ftype, item.size,
-             item.started - item.enqueued, link.queued_bytes]))
-        if len(self._tap_batch) >= _TAP_BATCH:
-            self.flush_tap()
-        elif not self._tap_flush_scheduled:
-            self._tap_flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush_tap)
-
-    def flush_tap(self) -> None:
-        """Publish the tap events gathered so far (normally done at the end of each loop
-        iteration; call it before reading a tap for the last time)."""
-        self._tap_flush_scheduled = False
-        batch = self._tap_batch
-        if not batch or self._tap_io is None or self._closed:
-            return
-        self._tap_batch = []
-        if self._tap_io.send_nowait([TAP_TOPIC, len(batch).to_bytes(4, "little"),
-                                     b"".join(batch)]):
-            self.tap_events += len(batch)
-        else:
-            self.tap_dropped += len(batch)

@@ -235,7 +235,7 @@ async def test_frames_that_died_with_a_destination_that_never_acked_are_sent_aga
     """A destination process takes frames and dies before acknowledging any: its successor
     acknowledges a later frame, and the sender fills the gap below it by sending again
     (rather than leave the successor waiting)."""
-    from geoml.bus import endpoint as endpoint_module
+    from geoml.bus import endpoint_reliable as endpoint_module
     from geoml.bus import frame as fr
 
     monkeypatch.setattr(endpoint_module, "GAP_RESEND_S", 0.2)

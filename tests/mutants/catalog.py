@@ -69,7 +69,7 @@ MUTANTS: tuple[Mutant, ...] = (
            "if origin in self._sovereign and target == origin:",
            ("tests/bus/test_sovereignty.py",)),
     Mutant("reliable_forgets_resend", "a reliable endpoint that forgets to resend on "
-           "reconnect", "bus/endpoint.py",
+           "reconnect", "bus/endpoint_reliable.py",
            "await self._resend(list(self._log.all_kept()))", "await self._resend([])",
            ("tests/bus/test_router_restart.py",)),
     Mutant("ssp_off_by_one", "the SSP gate lets a worker run one clock further than S",

@@ -1,0 +1,275 @@
+"""The router's control plane: the bus frames it answers itself (hello, bye, restarted),
+the registration of local roles, credits, flow control (pause and resume) and the one way
+it refuses a frame (a counted reason, a log line, a bus.error to the sender).
+
+`RouterControl` is a part of `Router` (bus.router), which holds the sockets and the state
+these methods read; it is split out so that each module has one job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from typing import Any
+
+import zmq
+
+from . import frame as fr
+from .address import is_valid_address, region_of, role_of, router_address
+from .link import Link, Pending
+from .topology import Topology
+from .zio import ZIO
+
+log = logging.getLogger("geoml.bus.router")
+
+#: A role's connection gets a bus.credit after every this many bytes the router has read
+#: from it (the endpoint's send window, see Endpoint).
+CREDIT_STEP_BYTES = 2 << 20
+#: Retry delay for a bus.credit that could not be sent (the role's pipe was full).
+_CREDIT_RETRY_S = 0.05
+#: A refusal reason is logged its first LOG_FIRST times, then every LOG_EVERY-th time.
+LOG_FIRST = 5
+LOG_EVERY = 1000
+
+
+class RouterControl:
+    """Bus frames, registration, credits, flow control and refusals of a Router."""
+
+    # state kept by Router
+    topology: Topology
+    region: str
+    address: str
+    io: ZIO
+    max_frame_bytes: int
+    unreachable_timeout_s: float
+    local_addresses: dict[str, bytes]
+    dropped: Counter[str]
+    rejected: int
+    peer_restarts: int
+    _closed: bool
+    _peers_in: dict[bytes, str]
+    _registered: dict[str, asyncio.Event]
+    _wan: dict[str, Link]
+    _paused: dict[Link, set[bytes]]
+    _consumed: dict[bytes, int]
+    _credited: dict[bytes, int]
+    _credit_retry: set[bytes]
+    _peer_io: dict[str, ZIO]
+    _peer_incarnation: dict[str, int]
+    _restarts_seen: set[tuple[str, int]]
+
+    # -- registration ------------------------------------------------------------------
+
+    async def wait_registered(self, address: str) -> bool:
+        """Wait (bounded) for a local role to connect; False on timeout."""
+        if address in self.local_addresses:
+            return True
+        ev = self._registered.setdefault(address, asyncio.Event())
+        try:
+            await asyncio.wait_for(ev.wait(), self.unreachable_timeout_s)
+            return True
+        except TimeoutError:
+            return False
+
+    def forget_local(self, address: str) -> None:
+        """A local role went away (disconnect detected on send)."""
+        ident = self.local_addresses.pop(address, None)
+        if ident is not None:
+            self._consumed.pop(ident, None)
+            self._credited.pop(ident, None)
+        ev = self._registered.get(address)
+        if ev is not None:
+            ev.clear()
+
+    def _known_peer(self, ident: bytes) -> bool:
+        """A neighbouring router's connection that has not said hello to this process: it
+        did to the process before a restart, and ZeroMQ reconnected it on its own."""
+        name = ident.decode("utf-8", "replace")
+        if not is_valid_address(name) or role_of(name) != "router":
+            return False
+        peer = region_of(name)
+        if peer not in self._wan or name != router_address(peer):
+            return False
+        self._peers_in[ident] = peer
+        return True
+
+    # -- bus frames -----------------------------------------------------------------------
+
+    def _handle_bus(self, ident: bytes, header: dict[str, Any]) -> None:
+        ftype, src = header["t"], header["src"]
+        if ftype == fr.HELLO:
+            if role_of(src) != "router" and region_of(src) != self.region:
+                self._drop(ident, "wrong_region",
+                           f"{src} must connect to the router of its own region "
+                           f"({region_of(src)}), not to the router of {self.region}", header)
+                return
+            if header["dst"] != self.address:
+                self._drop(ident, "bad_hello", f"hello addressed to {header['dst']}", header)
+                return
+            problem = fr.hello_problem(src, header["meta"])
+            if problem is not None:
+                self._drop(ident, "bad_hello", problem, header)
+                return
+            if src.encode() != ident:
+                self._drop(ident, "spoofed_source", "hello source differs from routing id",
+                           header)
+                return
+            if role_of(src) == "router":
+                peer = region_of(src)
+                if peer not in self.topology.region_names or peer == self.region:
+                    self._drop(ident, "unknown_peer", f"{peer} is not a peer region", header)
+                    return
+                self._peers_in[ident] = peer
+                incarnation = header["meta"].get("inc")
+                if type(incarnation) is int:
+                    known = self._peer_incarnation.get(peer)
+                    self._peer_incarnation[peer] = incarnation
+                    if known is not None and known != incarnation:
+                        self._peer_restarted(peer, incarnation, via=peer)
+            else:
+                self.local_addresses[src] = ident
+                if header["meta"].get("credit") is True:
+                    self._consumed[ident] = self._credited[ident] = 0
+                else:
+                    self._consumed.pop(ident, None)
+                ev = self._registered.setdefault(src, asyncio.Event())
+                ev.set()
+            self._send_control(ident, fr.WELCOME, src, {
+                "region": self.region, "max_frame_bytes": self.max_frame_bytes})
+        elif ftype == fr.BYE:
+            if self.local_addresses.get(src) == ident:
+                self.forget_local(src)
+            # Frames on one connection arrive in order: this ack tells the sender that
+            # everything it sent before has reached the router.
+            self._send_control(ident, fr.BYE, src, {})
+        elif ftype == fr.RESTARTED and (ident in self._peers_in or self._known_peer(ident)):
+            region, incarnation = header["meta"].get("region"), header["meta"].get("inc")
+            if region in self.topology.region_names and type(incarnation) is int:
+                self._peer_restarted(region, incarnation, via=self._peers_in[ident])
+            else:
+                self._drop(ident, "bad_field", f"bus.restarted with meta {header['meta']}",
+                           header)
+        else:
+            self._drop(ident, "reserved_type", f"{ftype} is not accepted from a sender", header)
+
+    def _peer_restarted(self, region: str, incarnation: int, via: str) -> None:
+        """The router of `region` restarted (its hello came with a new incarnation, or a
+        peer passed the news on): every frame in its queues died with it. Forget the pauses
+        it had asked for, have every local role send again what it has not had
+        acknowledged, and pass the news on to the other neighbours (each router once)."""
+        if region == self.region or (region, incarnation) in self._restarts_seen:
+            return
+        self._restarts_seen.add((region, incarnation))
+        self.peer_restarts += 1
+        log.warning("router %s: the router of %s restarted; its queued frames are lost, "
+                    "so the roles here send again what they keep", self.region, region)
+        if region in self._wan:
+            self._wan[region].release_all()
+        for address, ident in list(self.local_addresses.items()):
+            self._send_control(ident, fr.RESEND, address, {"region": region})
+        news = fr.encode_header(fr.make_header(
+            fr.RESTARTED, self.address, self.address, 0, priority=fr.CONTROL,
+            meta={"region": region, "inc": incarnation}))
+        for peer, io in self._peer_io.items():
+            if peer not in (via, region) and not io.send_nowait([news]):
+                self.dropped["restart_news_undeliverable"] += 1
+                log.warning("router %s: could not pass on to %s that %s restarted",
+                            self.region, peer, region)
+
+    # -- egress helpers ----------------------------------------------------------------------
+
+    def _send_control(self, ident: bytes, ftype: str, dst: str, meta: dict[str, Any]) -> None:
+        """Send a bus control frame straight back on the ROUTER socket (not shaped)."""
+        if not is_valid_address(dst):
+            log.error("router %s: not sending %s to invalid address %r", self.region, ftype, dst)
+            return
+        if not self._try_control(ident, ftype, dst, meta):
+            self.dropped["control_undeliverable"] += 1
+            log.debug("router %s: could not send %s to %r", self.region, ftype, ident)
+
+    def _try_control(self, ident: bytes, ftype: str, dst: str, meta: dict[str, Any]) -> bool:
+        """Send a bus control frame on the ROUTER socket if its pipe takes it now."""
+        header = fr.make_header(ftype, self.address, dst, 0, priority=fr.CONTROL, meta=meta)
+        try:
+            return bool(self.io.send_nowait([ident, fr.encode_header(header)]))
+        except zmq.ZMQError:  # the connection is gone: nobody left to tell
+            return False
+
+    def _send_credit(self, ident: bytes) -> None:
+        """Tell a role how many bytes of its frames this router has read (cumulative, so a
+        late or repeated credit is harmless); retried shortly if its pipe is full."""
+        consumed = self._consumed.get(ident)
+        if consumed is None:
+            return
+        if self._try_control(ident, fr.CREDIT, ident.decode("utf-8", "replace"),
+                             {"bytes": consumed}):
+            self._credited[ident] = consumed
+            return
+        if not self._credit_retry:
+            asyncio.get_running_loop().call_later(_CREDIT_RETRY_S, self._retry_credits)
+        self._credit_retry.add(ident)
+
+    def _retry_credits(self) -> None:
+        retry, self._credit_retry = self._credit_retry, set()
+        if self._closed:
+            return
+        for ident in retry:
+            self._send_credit(ident)
+
+    def _drop(self, ident: bytes, reason: str, detail: str, header: dict[str, Any] | None) -> None:
+        self.dropped[reason] += 1
+        if header is None or header["t"] not in fr.BUS_TYPES:
+            self.rejected += 1
+        n = self.dropped[reason]
+        sender = ident.decode("utf-8", "replace")[:80]
+        if n <= LOG_FIRST or n % LOG_EVERY == 0:
+            log.warning("router %s dropped a frame from %r (%s, #%d of this reason): %s",
+                        self.region, sender, reason, n, detail)
+        src = header["src"] if header else sender
+        meta: dict[str, Any] = {"reason": reason, "detail": detail}
+        if header is not None:
+            meta.update(seq=header["seq"], type=header["t"], dst=header["dst"])
+        self._send_control(ident, fr.ERROR, src, meta)
+
+    def drop_unreachable(self, item: Pending) -> None:
+        """A local destination never connected within the timeout."""
+        detail = (f"{item.dst} did not connect to router {self.region} within "
+                  f"{self.unreachable_timeout_s}s; {item.ftype} frame from {item.src} dropped")
+        self.dropped["unreachable"] += 1
+        log.warning("router %s: %s", self.region, detail)
+        if item.sender is not None:
+            self._send_control(item.sender, fr.ERROR, item.src,
+                               {"reason": "unreachable", "detail": detail, "type": item.ftype,
+                                "dst": item.dst, "seq": item.seq})
+
+    def _pause_keys(self, link: Link) -> list[str]:
+        if link.spec.kind == "lan":
+            return [link.name.split("->", 1)[1]]
+        peer = link.name.split("->", 1)[1]
+        return [r for r in self.topology.region_names
+                if r != self.region and self.topology.next_hop(self.region, r) == peer]
+
+    def _sender_address(self, sender: bytes) -> str | None:
+        """The bus address to send flow control to for a connection, if still known."""
+        peer = self._peers_in.get(sender)
+        if peer is not None:
+            return router_address(peer)
+        name = sender.decode("utf-8", "replace")
+        return name if self.local_addresses.get(name) == sender else None
+
+    def _on_congested(self, link: Link, sender: bytes) -> None:
+        paused = self._paused.setdefault(link, set())
+        if sender in paused:
+            return
+        paused.add(sender)
+        target = self._sender_address(sender)
+        if target is not None:
+            self._send_control(sender, fr.PAUSE, target, {"keys": self._pause_keys(link)})
+
+    def _on_drained(self, link: Link) -> None:
+        keys = self._pause_keys(link)
+        for sender in self._paused.pop(link, set()):
+            target = self._sender_address(sender)
+            if target is not None:
+                self._send_control(sender, fr.RESUME, target, {"keys": keys})
