@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import os
 import shutil
@@ -27,25 +26,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from geoml.bus import GeomlError, Topology, region_of
+from geoml.bus import GeomlError, Topology
 from geoml.bus.security import make_keys
 from geoml.roles.ps_plan import PSPlan, plan_ps
 from geoml.workloads import make_workload
 
+from .launch_child import Child, LaunchFailed, LaunchInterrupted, die_with_parent
+from .launch_summary import launch_summary
 from .ps_roles import (
-    gaia_summary,
-    load_shard_outputs,
-    replica_groups,
     role_addresses,
 )
-from .results import cost_usd, write_results
 from .role_main import check_process_system
 from .systems.config import GaiaOptions
-from .systems.harness import score_models, traffic_from_stats
-from .systems.isolated import isolated_summary
+
+__all__ = ["Child", "LaunchConfig", "LaunchFailed", "LaunchInterrupted", "Launcher", "launch"]
 
 _STOP_GRACE_S = 5.0
-_STDERR_TAIL = 40
 #: Role kinds the launcher restarts after a crash. A worker's state is its clock, which its
 #: shards keep: the new process asks them (ps.where), redoes the clock it was in, and the
 #: shards ignore the pushes they already have. A PS shard checkpoints its state at every
@@ -81,84 +77,6 @@ class LaunchConfig:
         return self.gaia.args() if self.system == "gaia" else []
 
 
-class LaunchFailed(GeomlError):
-    """A process of the run failed or did not start; every process has been stopped."""
-
-
-class LaunchInterrupted(GeomlError):
-    """Ctrl-C (or SIGTERM) stopped the run; every process has been stopped."""
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: SIGKILL when the launcher dies (Linux prctl)."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-@dataclass
-class Child:
-    """One process of the run: its command, output so far, and state."""
-
-    name: str  # "router east" or a role address
-    kind: str  # router, ps_shard, mirror, hub or worker
-    proc: asyncio.subprocess.Process
-    log: Any  # the open log file
-    lines: list[str] = field(default_factory=list)
-    stderr: list[str] = field(default_factory=list)
-    clock: int = 0
-    readers: list[asyncio.Task[None]] = field(default_factory=list)
-    seen: asyncio.Event = field(default_factory=asyncio.Event)
-    attempt: int = 0  # 0: the first process of this role; n: its n-th restart
-    replaced: bool = False  # crashed and restarted (a newer Child has its name)
-    first_clock_at: float | None = None  # monotonic time of its first "clock N" line
-    clock_times: list[float] = field(default_factory=list)  # of every "clock N" line
-    listening_at: float | None = None  # a router: when it said it listens
-
-    @property
-    def key(self) -> str:
-        """Unique among the run's processes (a restart gets #n)."""
-        return self.name if not self.attempt else f"{self.name}#{self.attempt}"
-
-    @property
-    def region(self) -> str:
-        """The region it serves ("router east" -> east; REGION/ROLE/INDEX -> REGION)."""
-        return self.name.split()[1] if self.kind == "router" else region_of(self.name)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    @property
-    def state(self) -> str:
-        return "restarted" if self.replaced else self.exit_state
-
-    @property
-    def exit_state(self) -> str:
-        """running, done, exit N or killed by SIGNAL."""
-        code = self.proc.returncode
-        if code is None:
-            return "running"
-        if code < 0:
-            return f"killed by {signal.Signals(-code).name}"
-        return "done" if code == 0 else f"exit {code}"
-
-    def report(self) -> dict[str, Any]:
-        """The JSON object the process printed last."""
-        for line in reversed(self.lines):
-            if line.startswith("{"):
-                return dict(json.loads(line))
-        raise LaunchFailed(f"{self.name} printed no report; its errors:\n{self.tail()}")
-
-    def tail(self) -> str:
-        return "".join(self.stderr[-_STDERR_TAIL:]) or "(nothing on stderr)"
-
-    async def drained(self, timeout: float = 10.0) -> None:
-        """Wait until all the exited process's output is read."""
-        for reader in self.readers:
-            await asyncio.wait_for(reader, timeout)
-
-
 class Launcher:
     """Starts, watches and stops the processes of one run."""
 
@@ -183,7 +101,7 @@ class Launcher:
             sys.executable, "-m", "geoml.cli", *args,
             stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            start_new_session=True, preexec_fn=_die_with_parent,
+            start_new_session=True, preexec_fn=die_with_parent,
             env={**os.environ, "PYTHONUNBUFFERED": "1"})
         child = Child(name, kind, proc, log, attempt=attempt)
         (self.cfg.out / "processes.json").write_text(json.dumps(
@@ -437,7 +355,7 @@ async def launch(cfg: LaunchConfig, topo: Topology, stop: asyncio.Event) -> dict
         stopper.cancel()
         await launcher.stop_all()
     routers = {c.region: c.report() for c in launcher.routers()}
-    return _summary(cfg, topo, plan, workload, launcher, elapsed, reports, routers,
+    return launch_summary(cfg, topo, plan, workload, launcher, elapsed, reports, routers,
                     time.perf_counter() - t_wall)
 
 
@@ -478,66 +396,3 @@ async def _run(launcher: Launcher) -> tuple[float, dict[str, dict[str, Any]]]:
     elapsed = max(sum(reports[w][k] for k in ("read_s", "compute_s", "push_s"))
                   for w in plan.workers)
     return elapsed, reports
-
-
-def _summary(cfg: LaunchConfig, topo: Topology, plan: PSPlan, workload: Any,
-             launcher: Launcher, elapsed: float, reports: dict[str, dict[str, Any]],
-             routers: dict[str, dict[str, Any]], wall: float) -> dict[str, Any]:
-    # gaia: each region holds a replica; the first data region's is the one reported, as
-    # in the all-in-one run; isolated: every region's model is scored, as there.
-    groups = replica_groups(plan, workload.table_shapes())
-    evaluated = groups[0]
-    isolated = plan.system == "isolated"
-    scored = groups if isolated else groups[:1]
-    tests = workload.test_regions(list(plan.data_regions)) if isolated else None
-    init = workload.init_params()
-    start = score_models(workload, {g.region: init for g in scored}, tests)
-    final = score_models(workload, {g.region: load_shard_outputs(cfg.out / "shards", g.shards)
-                                    for g in scored}, tests)
-    traffic = traffic_from_stats(routers)
-    wan_link_bytes = {name: link["bytes"] for name, link in traffic["wan_links"].items()}
-    clock = min(r["clock"] for a, r in reports.items() if a in plan.workers)
-    # One process per role has no monitor scoring the model as it trains: the curve is the
-    # starting model and the final one.
-    curve = [{"time_s": 0.0, "clock": 0, **start},
-             {"time_s": elapsed, "clock": clock, **final}]
-    summary = {
-        "system": cfg.system,
-        "topology": topo.name,
-        "mode": "processes",
-        "clock": "real",
-        "wall_s": wall,
-        "workload": workload.describe(),
-        "objective_name": workload.objective_name,
-        "iterations": clock,
-        "elapsed_s": elapsed,
-        "final_objective": final["objective"],
-        "final_metrics": final,
-        **traffic,
-        **cost_usd(topo, plan.machines_per_region(), elapsed, wan_link_bytes),
-        "sync": cfg.sync,
-        "workers": len(plan.workers),
-        "ps_shards": len(plan.shards),
-        "worker_times_s": {a: {k: reports[a][k] for k in ("compute_s", "read_s", "push_s")}
-                           for a in plan.workers},
-        "shard_counters": {a: {k: v for k, v in reports[a].items()
-                               if k not in ("role", "kind", "wrote")} for a in plan.shards},
-        "processes": {c.key: {"kind": c.kind, "pid": c.pid, "exit": c.proc.returncode}
-                      for c in launcher.children},
-        "restarts": [{"role": r["role"], "kind": r["kind"], "failure": r["failure"],
-                      "recovery_s": launcher.recovery_s(r)} for r in launcher.recoveries],
-    }
-    restarted = sorted({r["process"].region for r in launcher.recoveries
-                        if r["kind"] == "router"})
-    if restarted:
-        summary["traffic_counted_since_restart"] = restarted  # a dead router's counts died
-    if tests is not None:
-        summary["isolated"] = isolated_summary(final, list(plan.data_regions))
-    if plan.mirrors is not None:
-        summary.update(gaia_summary(
-            cfg, evaluated.region, sum(reports[a]["elements_updated"] for a in plan.shards),
-            sum(reports[a]["elements_sent"] for a in plan.shards),
-            {a: {k: v for k, v in r.items() if k not in ("role", "kind")}
-             for a, r in reports.items() if r["kind"] in ("mirror", "hub")}))
-    write_results(cfg.out, summary, curve, f"{cfg.system} on {topo.name} (processes)")
-    return summary

@@ -166,7 +166,7 @@ MUTANTS: tuple[Mutant, ...] = (
            "bus/frame.py", "        if expected != size:", "        if expected < size:",
            ("tests/bus/test_frame.py",)),
     Mutant("launcher_no_parent_death", "children outlive a killed launcher",
-           "tools/launch.py", "libc.prctl(1, signal.SIGKILL)", "libc.prctl(1, 0)",
+           "tools/launch_child.py", "libc.prctl(1, signal.SIGKILL)", "libc.prctl(1, 0)",
            ("tests/deploy/test_launch.py::test_killing_the_launcher_takes_every_child_with_it",)),
     Mutant("launcher_no_grace", "stopping kills at once instead of SIGTERM, then SIGKILL "
            "after the grace", "tools/launch.py", "timeout=_STOP_GRACE_S)", "timeout=0)",

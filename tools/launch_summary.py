@@ -1,0 +1,81 @@
+"""The summary of a `geoml launch` run: the same summary.json as the all-in-one run, from
+the processes' reports, the routers' counters and the shards' final models."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from geoml.bus import Topology
+from geoml.roles.ps_plan import PSPlan
+
+from .ps_roles import gaia_summary, load_shard_outputs, replica_groups
+from .results import cost_usd, write_results
+from .systems.harness import score_models, traffic_from_stats
+from .systems.isolated import isolated_summary
+
+if TYPE_CHECKING:
+    from .launch import LaunchConfig, Launcher
+
+
+def launch_summary(cfg: LaunchConfig, topo: Topology, plan: PSPlan, workload: Any,
+             launcher: Launcher, elapsed: float, reports: dict[str, dict[str, Any]],
+             routers: dict[str, dict[str, Any]], wall: float) -> dict[str, Any]:
+    """summary.json (and curve.csv, curve.png) of the run, written to cfg.out; returns it."""
+    # gaia: each region holds a replica; the first data region's is the one reported, as
+    # in the all-in-one run; isolated: every region's model is scored, as there.
+    groups = replica_groups(plan, workload.table_shapes())
+    evaluated = groups[0]
+    isolated = plan.system == "isolated"
+    scored = groups if isolated else groups[:1]
+    tests = workload.test_regions(list(plan.data_regions)) if isolated else None
+    init = workload.init_params()
+    start = score_models(workload, {g.region: init for g in scored}, tests)
+    final = score_models(workload, {g.region: load_shard_outputs(cfg.out / "shards", g.shards)
+                                    for g in scored}, tests)
+    traffic = traffic_from_stats(routers)
+    wan_link_bytes = {name: link["bytes"] for name, link in traffic["wan_links"].items()}
+    clock = min(r["clock"] for a, r in reports.items() if a in plan.workers)
+    # One process per role has no monitor scoring the model as it trains: the curve is the
+    # starting model and the final one.
+    curve = [{"time_s": 0.0, "clock": 0, **start},
+             {"time_s": elapsed, "clock": clock, **final}]
+    summary = {
+        "system": cfg.system,
+        "topology": topo.name,
+        "mode": "processes",
+        "clock": "real",
+        "wall_s": wall,
+        "workload": workload.describe(),
+        "objective_name": workload.objective_name,
+        "iterations": clock,
+        "elapsed_s": elapsed,
+        "final_objective": final["objective"],
+        "final_metrics": final,
+        **traffic,
+        **cost_usd(topo, plan.machines_per_region(), elapsed, wan_link_bytes),
+        "sync": cfg.sync,
+        "workers": len(plan.workers),
+        "ps_shards": len(plan.shards),
+        "worker_times_s": {a: {k: reports[a][k] for k in ("compute_s", "read_s", "push_s")}
+                           for a in plan.workers},
+        "shard_counters": {a: {k: v for k, v in reports[a].items()
+                               if k not in ("role", "kind", "wrote")} for a in plan.shards},
+        "processes": {c.key: {"kind": c.kind, "pid": c.pid, "exit": c.proc.returncode}
+                      for c in launcher.children},
+        "restarts": [{"role": r["role"], "kind": r["kind"], "failure": r["failure"],
+                      "recovery_s": launcher.recovery_s(r)} for r in launcher.recoveries],
+    }
+    restarted = sorted({r["process"].region for r in launcher.recoveries
+                        if r["kind"] == "router"})
+    if restarted:
+        summary["traffic_counted_since_restart"] = restarted  # a dead router's counts died
+    if tests is not None:
+        summary["isolated"] = isolated_summary(final, list(plan.data_regions))
+    if plan.mirrors is not None:
+        summary.update(gaia_summary(
+            cfg, evaluated.region, sum(reports[a]["elements_updated"] for a in plan.shards),
+            sum(reports[a]["elements_sent"] for a in plan.shards),
+            {a: {k: v for k, v in r.items() if k not in ("role", "kind")}
+             for a, r in reports.items() if r["kind"] in ("mirror", "hub")}))
+    write_results(cfg.out, summary, curve, f"{cfg.system} on {topo.name} (processes)")
+    return summary
