@@ -15,7 +15,8 @@ from .frame import CONTROL, DATA, PROTOCOL_VERSION, Message
 from .link import Link, LinkSpec
 from .network import Network
 from .router import Router
-from .topology import Region, Topology, load_topology, parse_topology
+from .topology import Region, Topology
+from .topology_file import load_topology, parse_topology
 
 __all__ = [
     "CONTROL",
