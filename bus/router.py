@@ -28,6 +28,7 @@ from .errors import FrameError
 from .link import Link, Pending
 from .reliable import new_incarnation
 from .router_control import CREDIT_STEP_BYTES, LOG_FIRST, RouterControl
+from .router_delivery import LocalDeliverer, PeerDeliverer
 from .router_tap import TAP_TOPIC, RouterTap
 from .security import CurveKeys
 from .tasks import cancel_and_wait
@@ -42,58 +43,6 @@ _REFUSED_EVENTS = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_
                    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 _BATCH = 512
 _MAX_LOCAL_DESTINATIONS = 10_000
-
-
-class _LocalDeliverer:
-    """Next hop = a role of this region, through the ROUTER socket."""
-
-    __slots__ = ("dst", "ident", "router")
-
-    def __init__(self, router: Router, dst: str) -> None:
-        self.router = router
-        self.dst = dst
-        self.ident = dst.encode()
-
-    def try_send(self, item: Pending) -> bool:
-        if self.dst not in self.router.local_addresses:
-            return False
-        try:
-            return self.router.io.send_nowait([self.ident, *item.parts])
-        except zmq.ZMQError as exc:
-            if exc.errno == zmq.EHOSTUNREACH:
-                self.router.forget_local(self.dst)
-                return False
-            raise
-
-    async def send(self, item: Pending) -> bool:
-        backoff = 0.0005
-        while True:
-            if (self.dst not in self.router.local_addresses
-                    and not await self.router.wait_registered(self.dst)):
-                self.router.drop_unreachable(item)
-                return False
-            if self.try_send(item):
-                return True
-            if self.dst in self.router.local_addresses:
-                # The role's pipe is full: it is not reading. Poll again shortly.
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 0.02)
-
-
-class _PeerDeliverer:
-    """Next hop = another region's router, through our DEALER to it."""
-
-    __slots__ = ("io",)
-
-    def __init__(self, io: ZIO) -> None:
-        self.io = io
-
-    def try_send(self, item: Pending) -> bool:
-        return self.io.send_nowait(item.parts)
-
-    async def send(self, item: Pending) -> bool:
-        await self.io.send(item.parts)
-        return True
 
 
 def _any_port(endpoint: str) -> str:
@@ -241,7 +190,7 @@ class Router(RouterControl, RouterTap):
             self._peer_ready[peer] = asyncio.Event()
             link = Link(
                 self.topology.wan_spec(self.region, peer),
-                _PeerDeliverer(peer_io),
+                PeerDeliverer(peer_io),
                 on_delivered=self._on_delivered,
                 on_congested=self._on_congested,
                 on_drained=self._on_drained,
@@ -420,7 +369,7 @@ class Router(RouterControl, RouterTap):
                 return None
             link = Link(
                 self.topology.lan_spec(self.region, dst),
-                _LocalDeliverer(self, dst),
+                LocalDeliverer(self, dst),
                 on_delivered=self._on_delivered,
                 on_congested=self._on_congested,
                 on_drained=self._on_drained,
@@ -433,30 +382,3 @@ class Router(RouterControl, RouterTap):
             link = self._wan[self.topology.next_hop(self.region, region)]
         self._route_cache[dst] = link
         return link
-
-    # -- peers -----------------------------------------------------------------------------
-
-    async def _peer_loop(self, peer: str, io: ZIO) -> None:
-        """Frames a neighbouring router sends back on our DEALER: welcome, pause, resume."""
-        while True:
-            parts = await io.recv()
-            try:
-                header = fr.decode_header(parts[0].buffer, [len(p) for p in parts[1:]])
-            except FrameError as exc:
-                self.dropped[exc.reason] += 1
-                log.warning("router %s: bad frame from router of %s: %s", self.region, peer, exc)
-                continue
-            ftype = header["t"]
-            keys = header["meta"].get("keys", [])
-            if ftype == fr.WELCOME:
-                self._peer_ready[peer].set()
-            elif ftype == fr.PAUSE and isinstance(keys, list):
-                self._wan[peer].hold([k for k in keys if isinstance(k, str)])
-            elif ftype == fr.RESUME and isinstance(keys, list):
-                self._wan[peer].release([k for k in keys if isinstance(k, str)])
-            elif ftype == fr.ERROR:
-                self.dropped["peer_error"] += 1
-                log.warning("router %s: router of %s reported: %s", self.region, peer,
-                            header["meta"])
-            else:
-                self.dropped["unexpected_type"] += 1

@@ -17,6 +17,7 @@ import zmq
 
 from . import frame as fr
 from .address import is_valid_address, region_of, role_of, router_address
+from .errors import FrameError
 from .link import Link, Pending
 from .topology import Topology
 from .zio import ZIO
@@ -34,7 +35,8 @@ LOG_EVERY = 1000
 
 
 class RouterControl:
-    """Bus frames, registration, credits, flow control and refusals of a Router."""
+    """Bus frames, registration, credits, flow control and refusals of a Router, and the
+    bus frames neighbouring routers send back."""
 
     # state kept by Router
     topology: Topology
@@ -57,6 +59,7 @@ class RouterControl:
     _credit_retry: set[bytes]
     _peer_io: dict[str, ZIO]
     _peer_incarnation: dict[str, int]
+    _peer_ready: dict[str, asyncio.Event]
     _restarts_seen: set[tuple[str, int]]
 
     # -- registration ------------------------------------------------------------------
@@ -273,3 +276,30 @@ class RouterControl:
             target = self._sender_address(sender)
             if target is not None:
                 self._send_control(sender, fr.RESUME, target, {"keys": keys})
+
+    # -- peers' frames -----------------------------------------------------------------------------
+
+    async def _peer_loop(self, peer: str, io: ZIO) -> None:
+        """Frames a neighbouring router sends back on our DEALER: welcome, pause, resume."""
+        while True:
+            parts = await io.recv()
+            try:
+                header = fr.decode_header(parts[0].buffer, [len(p) for p in parts[1:]])
+            except FrameError as exc:
+                self.dropped[exc.reason] += 1
+                log.warning("router %s: bad frame from router of %s: %s", self.region, peer, exc)
+                continue
+            ftype = header["t"]
+            keys = header["meta"].get("keys", [])
+            if ftype == fr.WELCOME:
+                self._peer_ready[peer].set()
+            elif ftype == fr.PAUSE and isinstance(keys, list):
+                self._wan[peer].hold([k for k in keys if isinstance(k, str)])
+            elif ftype == fr.RESUME and isinstance(keys, list):
+                self._wan[peer].release([k for k in keys if isinstance(k, str)])
+            elif ftype == fr.ERROR:
+                self.dropped["peer_error"] += 1
+                log.warning("router %s: router of %s reported: %s", self.region, peer,
+                            header["meta"])
+            else:
+                self.dropped["unexpected_type"] += 1
