@@ -66,13 +66,29 @@ WORKLOADS: dict[str, tuple[dict[str, Any], Callable[..., Workload]]] = {
         lambda samples, features, classes, spread, **kw: Classifier(
             synthetic_clusters(samples, features, classes, spread, kw["seed"]),
             name="mlp-synthetic", **kw)),
+    # PyTorch (the torch extra; imported only when built). A user's own model is
+    # torch:PATH.py[:FUNCTION], see torch_model.py.
+    "cnn-digits": ({"channels": 16, "hidden": 128, "lr": 0.05, "momentum": 0.9, "batch": 32,
+                    "seed": 0, "clock_fraction": 1.0},
+                   lambda **kw: _torch_examples().digits_cnn(**kw)),
     # A check, not a learning problem: its final model is known exactly (see check.py).
     "integer-updates": ({"rows": 12, "cols": 5}, lambda **kw: IntegerUpdates(**kw)),
 }
 
 
+def _torch_examples() -> Any:
+    from . import torch_examples
+
+    return torch_examples
+
+
 def make_workload(name: str, options: Mapping[str, Any] | None = None) -> Workload:
-    """Build a workload by name; unknown names or options raise ValueError."""
+    """Build a workload by name (or `torch:PATH.py[:FUNCTION]`, a user's PyTorch model);
+    unknown names or options raise ValueError."""
+    if name.startswith("torch:"):
+        from .torch_model import user_workload
+
+        return user_workload(name, options or {})
     if name not in WORKLOADS:
         raise ValueError(f"unknown workload {name!r}; choose from {', '.join(WORKLOADS)}")
     defaults, build = WORKLOADS[name]
