@@ -3,6 +3,7 @@ seed's image-classification case in miniature."""
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from typing import Any
 
@@ -39,7 +40,7 @@ def digits_cnn_task(channels: int = 16, hidden: int = 128, lr: float = 0.05,
         ("fc1", nn.Linear(2 * channels * 16, hidden)), ("relu3", nn.ReLU()),
         ("fc2", nn.Linear(hidden, data.n_classes))]))
     return TorchTask(model, nn.functional.cross_entropy,
-                     lambda params: torch.optim.SGD(params, lr=lr, momentum=momentum),
+                     functools.partial(torch.optim.SGD, lr=lr, momentum=momentum),
                      (x[train], y[train]), (x[test], y[test]), batch_size=batch)
 
 

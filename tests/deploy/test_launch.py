@@ -358,3 +358,19 @@ def test_stopping_sends_sigterm_then_sigkill_after_the_grace(tmp_path: Path) -> 
     codes, took = asyncio.run(main())
     assert codes == [-signal.SIGTERM, -signal.SIGKILL]
     assert 5.0 <= took < 15.0  # the whole grace was given, then no more than a kill takes
+
+
+def test_a_torch_model_runs_one_process_per_role(tmp_path: Path) -> None:
+    out = tmp_path / "cnn"
+    proc = subprocess.run(
+        [sys.executable, "-m", "geoml.cli", "launch", "--topology", "tiny", "--system",
+         "gaia", "--workload", "cnn-digits", "--opt", "channels=2", "--opt", "hidden=8",
+         "--iterations", "3", "--out", str(out), "--status-every", "5"],
+        capture_output=True, text=True, timeout=PROCESS_TEST_BUDGET_S)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["mode"] == "processes" and summary["iterations"] == 3
+    assert list(summary["workload"]["tables"])[:2] == ["conv1.weight", "conv1.bias"]
+    start = float((out / "curve.csv").read_text().splitlines()[1].split(",")[2])
+    assert summary["final_objective"] < start
+    assert 0.0 < summary["filtered_fraction"] < 1.0

@@ -11,7 +11,7 @@ from pathlib import Path
 from geoml.bus import GeomlError, Topology, load_topology
 from geoml.bus.vclock import run_with_clock
 
-from .options import check_clock_args, parse_options, run_config
+from .options import check_clock_args, parse_options, run_config, workload_slug
 
 log = logging.getLogger("geoml")
 
@@ -149,7 +149,7 @@ def run_command(args: argparse.Namespace) -> None:
     check_clock_args(args)
     cfg = run_config(args)
     if cfg.out is None:
-        cfg.out = Path("runs") / f"{args.system}-{cfg.topology.name}-{args.workload}"
+        cfg.out = Path("runs") / f"{args.system}-{cfg.topology.name}-{workload_slug(args.workload)}"
     try:
         result = run_with_clock(run_system(cfg), args.clock)
     except ValueError as exc:  # a plan the topology cannot hold

@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="run several systems on one workload and target; "
                        "writes compare.json, compare.png and each run's results")
     c.add_argument("--topology", required=True)
-    c.add_argument("--workload", required=True, choices=workload_names())
+    c.add_argument("--workload", required=True, type=workload_name,
+                   help=WORKLOAD_HELP.format(names=", ".join(workload_names())))
     from ..systems import names, process_systems
 
     c.add_argument("--systems", default="lan,baseline,gaia",
@@ -110,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     fr = sub.add_parser("filter-replay", help="Gaia's significance filter replayed in one "
                         "process without the bus: how much of a workload's updates it would "
                         "keep off the WAN, and why (prints JSON)")
-    fr.add_argument("--workload", required=True, choices=workload_names())
+    fr.add_argument("--workload", required=True, type=workload_name,
+                   help=WORKLOAD_HELP.format(names=", ".join(workload_names())))
     fr.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                     help="workload option, e.g. rank=50 (repeatable)")
     fr.add_argument("--regions", type=int, default=2, help="regions (default 2)")
@@ -213,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     la.add_argument("--topology", required=True)
     la.add_argument("--system", required=True, help=f"{', '.join(process_systems())} (the "
                     "others: `geoml run` for now)")
-    la.add_argument("--workload", required=True, choices=workload_names())
+    la.add_argument("--workload", required=True, type=workload_name,
+                   help=WORKLOAD_HELP.format(names=", ".join(workload_names())))
     la.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                     help="workload option, e.g. rank=50 (repeatable)")
     _sync_args(la)
@@ -339,12 +342,36 @@ def workload_names() -> list[str]:
     return list(WORKLOADS)
 
 
+def workload_name(text: str) -> str:
+    """--workload: a shipped workload's name, or torch:PATH.py[:FUNCTION] (a user's
+    PyTorch model, checked when it is built)."""
+    if text in workload_names() or text.startswith("torch:"):
+        return text
+    raise argparse.ArgumentTypeError(
+        f"unknown workload {text!r}; choose from {', '.join(workload_names())}, or give "
+        f"torch:PATH.py[:FUNCTION] for your own PyTorch model")
+
+
+def workload_slug(name: str) -> str:
+    """A workload's name as one path component (torch:dir/model.py:make -> torch-model-make)."""
+    if not name.startswith("torch:"):
+        return name
+    rest = name.partition(":")[2]
+    path, _, function = rest.rpartition(":") if ":" in rest else (rest, "", "make")
+    return f"torch-{Path(path).stem}-{function}"
+
+
+WORKLOAD_HELP = ("a shipped workload (" + "{names}" + ") or torch:PATH.py[:FUNCTION], "
+                 "a file whose FUNCTION(options) (default make) returns a TorchTask")
+
+
 def _ps_args(p: argparse.ArgumentParser, role: bool) -> None:
     from ..systems import get_system, names
 
     p.add_argument("--system", required=not role, choices=names(),
                    help="; ".join(f"{n}: {get_system(n).summary}" for n in names()))
-    p.add_argument("--workload", required=not role, choices=workload_names())
+    p.add_argument("--workload", required=not role, type=workload_name,
+                   help=WORKLOAD_HELP.format(names=", ".join(workload_names())))
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="workload option, e.g. rank=50 (repeatable)")
     _sync_args(p)

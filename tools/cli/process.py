@@ -22,7 +22,7 @@ from geoml.bus.endpoint import Endpoint
 from geoml.bus.vclock import run_with_clock
 from geoml.ps_roles import PS_KINDS
 
-from .options import ROLE_KINDS, parse_options, run_config
+from .options import ROLE_KINDS, parse_options, run_config, workload_slug
 
 log = logging.getLogger("geoml")
 
@@ -181,7 +181,8 @@ def launch_main(args: argparse.Namespace) -> int:
         raise GeomlError("--iterations must be >= 1")
     if args.restarts < 0:
         raise GeomlError("--restarts must be >= 0")
-    out = args.out or Path("runs") / f"launch-{args.system}-{topo.name}-{args.workload}"
+    slug = workload_slug(args.workload)
+    out = args.out or Path("runs") / f"launch-{args.system}-{topo.name}-{slug}"
     cfg = LaunchConfig(str(args.topology), args.system, args.workload, args.iterations, out,
                        args.opt, args.sync, args.status_every, args.start_timeout, args.keys,
                        GaiaOptions.from_args(args), args.restarts,
