@@ -69,7 +69,7 @@ WORKLOADS: dict[str, tuple[dict[str, Any], Callable[..., Workload]]] = {
     # PyTorch (the torch extra; imported only when built). A user's own model is
     # torch:PATH.py[:FUNCTION], see torch_model.py.
     "cnn-digits": ({"channels": 16, "hidden": 128, "lr": 0.05, "momentum": 0.9, "batch": 32,
-                    "seed": 0, "clock_fraction": 1.0},
+                    "seed": 0, "clock_fraction": 1.0, "torch_threads": 1},
                    lambda **kw: _torch_examples().digits_cnn(**kw)),
     # A check, not a learning problem: its final model is known exactly (see check.py).
     "integer-updates": ({"rows": 12, "cols": 5}, lambda **kw: IntegerUpdates(**kw)),

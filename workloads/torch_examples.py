@@ -44,7 +44,9 @@ def digits_cnn_task(channels: int = 16, hidden: int = 128, lr: float = 0.05,
                      (x[train], y[train]), (x[test], y[test]), batch_size=batch)
 
 
-def digits_cnn(clock_fraction: float = 1.0, **options: Any) -> TorchWorkload:
+def digits_cnn(clock_fraction: float = 1.0, torch_threads: int = 1,
+               **options: Any) -> TorchWorkload:
     """The `cnn-digits` workload."""
     return TorchWorkload(digits_cnn_task(**options), name="cnn-digits",
-                         seed=options.get("seed", 0), clock_fraction=clock_fraction)
+                         seed=options.get("seed", 0), clock_fraction=clock_fraction,
+                         threads=torch_threads)

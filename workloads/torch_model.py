@@ -98,9 +98,15 @@ class TorchWorkload(Workload):
     objective_name = "loss"
 
     def __init__(self, task: TorchTask, *, name: str = "torch", seed: int = 0,
-                 clock_fraction: float = 1.0, spec: tuple[str, dict[str, Any]] | None = None
-                 ) -> None:
+                 clock_fraction: float = 1.0, spec: tuple[str, dict[str, Any]] | None = None,
+                 threads: int | None = 1) -> None:
         torch = require_torch()
+        if threads is not None:
+            if threads < 1:
+                raise ValueError("torch workload: torch_threads must be >= 1")
+            # A worker computes in a thread of its own; there torch's two-thread pool ran
+            # at less than half the speed of one thread (benchmarks/bench_torch.py).
+            torch.set_num_threads(threads)
         if not isinstance(task, TorchTask):
             raise ValueError(f"torch workload: expected a TorchTask, got {type(task).__name__}")
         if not isinstance(task.model, torch.nn.Module):
@@ -270,6 +276,7 @@ class TorchWorkload(Workload):
     def describe(self) -> dict[str, Any]:
         out = super().describe()
         out["framework"] = "torch"
+        out["torch_threads"] = require_torch().get_num_threads()
         out["parameters"] = {n: list(s) for n, s in self._shapes.items()}
         return out
 
@@ -313,7 +320,8 @@ def load_user_task(path: str, function: str, options: Mapping[str, str]) -> Torc
 
 def user_workload(spec: str, options: Mapping[str, Any]) -> TorchWorkload:
     """`torch:PATH.py[:FUNCTION]` with `--opt` options (FUNCTION defaults to make). The
-    options seed and clock_fraction are geoml's; every option reaches FUNCTION as text."""
+    options seed, clock_fraction and torch_threads (per process, default 1) are geoml's;
+    every option reaches FUNCTION as text."""
     rest = spec.partition(":")[2]
     path, _, function = rest.rpartition(":") if ":" in rest else (rest, "", "make")
     if not path or not function:
@@ -322,9 +330,11 @@ def user_workload(spec: str, options: Mapping[str, Any]) -> TorchWorkload:
     try:
         seed = int(opts.get("seed", "0"))
         clock_fraction = float(opts.get("clock_fraction", "1.0"))
+        threads = int(opts.get("torch_threads", "1"))
     except ValueError:
-        raise ValueError("torch workload: seed must be an integer and clock_fraction a "
-                         "number") from None
+        raise ValueError("torch workload: seed and torch_threads must be integers and "
+                         "clock_fraction a number") from None
     task = load_user_task(path, function, opts)
     return TorchWorkload(task, name=f"torch:{Path(path).name}", seed=seed,
-                         clock_fraction=clock_fraction, spec=(spec, dict(options)))
+                         clock_fraction=clock_fraction, spec=(spec, dict(options)),
+                         threads=threads)

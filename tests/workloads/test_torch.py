@@ -172,3 +172,16 @@ def test_without_torch_the_workload_says_how_to_install_it(
         require_torch()
     with pytest.raises(ValueError, match=r"needs PyTorch"):
         make_workload("cnn-digits")
+
+
+def test_a_torch_workload_sets_its_process_to_the_threads_it_is_given() -> None:
+    before = torch.get_num_threads()
+    try:
+        w = make_workload("cnn-digits", {"channels": 2, "hidden": 4, "torch_threads": 2})
+        assert torch.get_num_threads() == 2 and w.describe()["torch_threads"] == 2
+        make_workload("cnn-digits", {"channels": 2, "hidden": 4})
+        assert torch.get_num_threads() == 1  # the default: a worker is one core
+        with pytest.raises(ValueError, match="torch_threads must be >= 1"):
+            make_workload("cnn-digits", {"torch_threads": 0})
+    finally:
+        torch.set_num_threads(before)
