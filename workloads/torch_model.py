@@ -304,7 +304,11 @@ def load_user_task(path: str, function: str, options: Mapping[str, str]) -> Torc
         raise ValueError(f"torch workload: {path} has no function {function!r} "
                          f"(it defines: {', '.join(defined) or 'none'})")
     torch.manual_seed(int(options.get("seed", 0)))  # every process builds the same model
-    task = make(dict(options))
+    try:
+        task = make(dict(options))
+    except Exception as exc:  # the user's code: one line, with where to look
+        raise ValueError(f"torch workload: {function}(options) in {path} raised "
+                         f"{type(exc).__name__}: {exc}") from None
     if isinstance(task, Mapping):
         try:
             task = TorchTask(**task)

@@ -133,6 +133,10 @@ def make(options):
 
 def not_a_task(options):
     return 42
+
+
+def needs_width(options):
+    return int(options["width"])
 '''
 
 
@@ -154,11 +158,14 @@ def test_a_users_file_becomes_a_workload_and_its_mistakes_get_one_line(tmp_path:
     with pytest.raises(ValueError, match=r"no file '.*nope\.py'"):
         make_workload(f"torch:{tmp_path / 'nope.py'}")
     with pytest.raises(ValueError, match=r"has no function 'build' \(it defines: make, "
-                                         r"not_a_task\)"):
+                                         r"needs_width, not_a_task\)"):
         make_workload(f"torch:{f}:build")
     with pytest.raises(ValueError, match=r"must return a geoml.workloads.torch_model."
                                          r"TorchTask .* got int"):
         make_workload(f"torch:{f}:not_a_task")
+    with pytest.raises(ValueError, match=r"needs_width\(options\) in .*mine.py raised "
+                                         r"KeyError: 'width'"):
+        make_workload(f"torch:{f}:needs_width")
     bad = tmp_path / "broken.py"
     bad.write_text("import torch\nraise RuntimeError('no GPU here')\n")
     with pytest.raises(ValueError, match=r"broken.py failed to load: RuntimeError: no GPU"):
