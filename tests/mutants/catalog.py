@@ -194,4 +194,18 @@ MUTANTS: tuple[Mutant, ...] = (
            "        except TimeoutError:\n            report.idle_timeout = True",
            "        except ZeroDivisionError:\n            report.idle_timeout = True",
            ("tests/deploy/test_multiprocess.py::test_router_and_role_warn_of_plain_text_without_keys",)),
+    Mutant("curve_goes_back", "the run's last row takes a clock below one already scored",
+           "tools/systems/harness.py", "    clock = max(clock, monitor.evaluated)\n",
+           "    clock = clock\n", ("tests/systems/test_harness.py",)),
+    Mutant("torch_optimizer_forgotten", "a torch worker makes a new optimizer (and "
+           "replica) every clock, losing its momentum", "workloads/torch_model.py",
+           "            if key not in self._replicas:", "            if True:",
+           ("tests/workloads/test_torch.py::"
+            "test_a_pass_trains_a_replica_whose_optimizer_state_stays_with_its_worker",)),
+    Mutant("torch_delta_not_applied_as_read", "a torch worker ignores the parameters it "
+           "read and trains on from its own replica", "workloads/torch_model.py",
+           "        self._load(params, trainable)\n        model.train()",
+           "        model.train()",
+           ("tests/systems/test_torch_systems.py::"
+            "test_lan_with_one_worker_is_a_plain_torch_loop_bit_for_bit",)),
 )
