@@ -189,3 +189,22 @@ def split_region_first(region_of_example: np.ndarray, regions: Sequence[str],
         for w in range(n):
             out[(region, w)] = np.sort(mine[w::n])
     return out
+
+
+def labelled_partitions(records: Sequence[Mapping[str, np.ndarray]], region: str,
+                        workers: int, seed: int, tables: Sequence[str]
+                        ) -> dict[tuple[str, int], Partition]:
+    """`partition_records` of a workload whose records are (x, y) examples and whose
+    tables are dense: every record dealt to one of `region`'s workers, round-robin in a
+    seeded order."""
+    if workers < 1:
+        raise ValueError("partition_records needs at least one worker")
+    x = np.concatenate([r["x"] for r in records])
+    y = np.concatenate([r["y"] for r in records])
+    order = np.random.default_rng(seed).permutation(len(y))
+    rows = dict.fromkeys(tables)
+    return {(region, w): Partition(region, w, dict(rows),
+                                   {"x": x[np.sort(order[w::workers])],
+                                    "y": y[np.sort(order[w::workers])]})
+            for w in range(workers)}
+

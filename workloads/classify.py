@@ -12,6 +12,7 @@ from .base import (
     Partition,
     Schedule,
     Workload,
+    labelled_partitions,
     split_region_first,
 )
 from .datasets import Labelled
@@ -134,16 +135,8 @@ class Classifier(Workload):
 
     def partition_records(self, records: Sequence[Mapping[str, np.ndarray]], region: str,
                           workers: int) -> dict[tuple[str, int], Partition]:
-        if workers < 1:
-            raise ValueError("partition_records needs at least one worker")
-        x = np.concatenate([r["x"] for r in records])
-        y = np.concatenate([r["y"] for r in records])
-        order = np.random.default_rng(self.seed + 4).permutation(len(y))
-        rows = dict.fromkeys(self.table_shapes())
-        return {(region, w): Partition(region, w, dict(rows),
-                                       {"x": x[np.sort(order[w::workers])],
-                                        "y": y[np.sort(order[w::workers])]})
-                for w in range(workers)}
+        return labelled_partitions(records, region, workers, self.seed + 4,
+                                   list(self.table_shapes()))
 
     def evaluate(self, params: Params, subset: np.ndarray | None = None) -> dict[str, float]:
         test = self.test if subset is None else self.test[subset]

@@ -30,7 +30,15 @@ from typing import Any
 
 import numpy as np
 
-from .base import DTYPE, Params, Partition, Schedule, Workload, split_region_first
+from .base import (
+    DTYPE,
+    Params,
+    Partition,
+    Schedule,
+    Workload,
+    labelled_partitions,
+    split_region_first,
+)
 
 INSTALL_HINT = ("PyTorch is an optional extra of geoml: pip install 'geoml[torch]' "
                 "(CPU build: pip install torch --index-url https://download.pytorch.org/whl/cpu)")
@@ -210,16 +218,8 @@ class TorchWorkload(Workload):
 
     def partition_records(self, records: Sequence[Mapping[str, np.ndarray]], region: str,
                           workers: int) -> dict[tuple[str, int], Partition]:
-        if workers < 1:
-            raise ValueError("partition_records needs at least one worker")
-        x = np.concatenate([r["x"] for r in records])
-        y = np.concatenate([r["y"] for r in records])
-        order = np.random.default_rng(self.seed + 4).permutation(len(y))
-        rows = dict.fromkeys(self._shapes)
-        return {(region, w): Partition(region, w, dict(rows),
-                                       {"x": x[np.sort(order[w::workers])],
-                                        "y": y[np.sort(order[w::workers])]})
-                for w in range(workers)}
+        return labelled_partitions(records, region, workers, self.seed + 4,
+                                   list(self._shapes))
 
     # -- training and evaluation ----------------------------------------------------------
 
