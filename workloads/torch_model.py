@@ -322,14 +322,20 @@ def load_user_task(path: str, function: str, options: Mapping[str, str]) -> Torc
     return task
 
 
-def user_workload(spec: str, options: Mapping[str, Any]) -> TorchWorkload:
-    """`torch:PATH.py[:FUNCTION]` with `--opt` options (FUNCTION defaults to make). The
-    options seed, clock_fraction and torch_threads (per process, default 1) are geoml's;
-    every option reaches FUNCTION as text."""
+def parse_torch_spec(spec: str) -> tuple[str, str]:
+    """`torch:PATH.py[:FUNCTION]` -> (PATH.py, FUNCTION, by default make)."""
     rest = spec.partition(":")[2]
     path, _, function = rest.rpartition(":") if ":" in rest else (rest, "", "make")
     if not path or not function:
         raise ValueError(f"torch workload {spec!r}: give torch:PATH.py[:FUNCTION]")
+    return path, function
+
+
+def user_workload(spec: str, options: Mapping[str, Any]) -> TorchWorkload:
+    """`torch:PATH.py[:FUNCTION]` with `--opt` options (FUNCTION defaults to make). The
+    options seed, clock_fraction and torch_threads (per process, default 1) are geoml's;
+    every option reaches FUNCTION as text."""
+    path, function = parse_torch_spec(spec)
     opts = {k: str(v) for k, v in options.items()}
     try:
         seed = int(opts.get("seed", "0"))

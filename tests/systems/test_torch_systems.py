@@ -146,3 +146,7 @@ def test_a_users_model_runs_from_the_command_line_and_its_mistakes_get_one_line(
         main(["run", "--system", "lan", "--topology", "tiny", "--workload", "tourch:x",
               "--iterations", "1"])
     assert "or give torch:PATH.py[:FUNCTION]" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # refused while parsing, before any process starts
+        main(["launch", "--system", "lan", "--topology", "tiny", "--workload", "torch:",
+              "--iterations", "1", "--out", str(tmp_path / "y")])
+    assert "torch workload 'torch:': give torch:PATH.py[:FUNCTION]" in capsys.readouterr().err

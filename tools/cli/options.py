@@ -345,7 +345,15 @@ def workload_names() -> list[str]:
 def workload_name(text: str) -> str:
     """--workload: a shipped workload's name, or torch:PATH.py[:FUNCTION] (a user's
     PyTorch model, checked when it is built)."""
-    if text in workload_names() or text.startswith("torch:"):
+    if text in workload_names():
+        return text
+    if text.startswith("torch:"):
+        from geoml.workloads.torch_model import parse_torch_spec
+
+        try:
+            parse_torch_spec(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
         return text
     raise argparse.ArgumentTypeError(
         f"unknown workload {text!r}; choose from {', '.join(workload_names())}, or give "
@@ -356,8 +364,9 @@ def workload_slug(name: str) -> str:
     """A workload's name as one path component (torch:dir/model.py:make -> torch-model-make)."""
     if not name.startswith("torch:"):
         return name
-    rest = name.partition(":")[2]
-    path, _, function = rest.rpartition(":") if ":" in rest else (rest, "", "make")
+    from geoml.workloads.torch_model import parse_torch_spec
+
+    path, function = parse_torch_spec(name)
     return f"torch-{Path(path).stem}-{function}"
 
 
