@@ -39,7 +39,7 @@ class CartelRunConfig:
     scenario: ScenarioConfig = field(default_factory=ScenarioConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
     cartel: CartelConfig = field(default_factory=CartelConfig)
-    systems: Sequence[str] = ("cartel", "isolated", "centralized", "fedavg")
+    systems: Sequence[str] = field(default_factory=lambda: tuple(EDGE_SYSTEMS))  # all
     fed_round_batches: int = 40  # fedavg: local batches per round
     fed_deadline_s: float = 30.0
     cloud: str | None = None  # default: the topology's hub, else its first region
