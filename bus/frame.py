@@ -30,7 +30,9 @@ CONTROL_MAX_BYTES = 64 * 1024
 HEADER_MAX_BYTES = 64 * 1024
 #: Default largest frame (header plus buffers) a router or endpoint accepts.
 DEFAULT_MAX_FRAME_BYTES = 512 * 1024 * 1024
-MAX_BUFFERS = 64
+#: Largest number of buffers in one frame. A push carries up to two per table (rows and
+#: values), so a model may have up to 512 parameter tensors (see check_tables_fit).
+MAX_BUFFERS = 1024
 MAX_DIMS = 8
 
 #: dtypes allowed for buffers: explicit byte order, no objects, no pickles.
@@ -202,6 +204,20 @@ def decode_header(buf: bytes | memoryview, buffer_sizes: Sequence[int]) -> dict[
         if total > CONTROL_MAX_BYTES:
             raise FrameError("too_large", f"control frame of {total} bytes > {CONTROL_MAX_BYTES}")
     return header
+
+
+def check_tables_fit(names: Sequence[str], buffers_per_table: int = 2) -> None:
+    """ValueError, saying why, when a frame carrying every table (`buffers_per_table` arrays
+    each, their names in its meta) would exceed MAX_BUFFERS or HEADER_MAX_BYTES."""
+    buffers = buffers_per_table * len(names)
+    # a buffer's description (["<f4", [rows, cols]]) is at most ~24 bytes of msgpack
+    header = sum(len(n.encode()) + 2 for n in names) + 24 * buffers + 1024
+    if buffers > MAX_BUFFERS or header > HEADER_MAX_BYTES:
+        raise ValueError(
+            f"the model has {len(names)} tables (parameter tensors); a frame carrying all "
+            f"of them would need {buffers} buffers (at most {MAX_BUFFERS}) and a header of "
+            f"~{header} bytes (at most {HEADER_MAX_BYTES}): merge parameters (e.g. one "
+            f"tensor per layer) or use shorter names")
 
 
 def _check_buffers(bufs: list[Any], sizes: Sequence[int]) -> None:

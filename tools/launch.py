@@ -29,7 +29,6 @@ from typing import Any
 from geoml.bus import GeomlError, Topology
 from geoml.bus.security import make_keys
 from geoml.roles.ps_plan import PSPlan, plan_ps
-from geoml.workloads import make_workload
 
 from .launch_child import Child, LaunchFailed, LaunchInterrupted, die_with_parent
 from .launch_summary import launch_summary
@@ -37,7 +36,7 @@ from .ps_roles import (
     role_addresses,
 )
 from .role_main import check_process_system
-from .systems.config import GaiaOptions
+from .systems.config import GaiaOptions, bus_workload
 
 __all__ = ["Child", "LaunchConfig", "LaunchFailed", "LaunchInterrupted", "Launcher", "launch"]
 
@@ -331,7 +330,7 @@ async def launch(cfg: LaunchConfig, topo: Topology, stop: asyncio.Event) -> dict
     try:
         cfg.gaia.check()
         plan = plan_ps(topo, cfg.system, hubs=cfg.gaia.hubs and cfg.system == "gaia")
-        workload = make_workload(cfg.workload, dict(o.split("=", 1) for o in cfg.options))
+        workload = bus_workload(cfg.workload, dict(o.split("=", 1) for o in cfg.options))
     except ValueError as exc:
         raise GeomlError(str(exc)) from None
     cfg.out.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,6 @@ from geoml.roles.gaia import GaiaShard
 from geoml.roles.ps import PSWorker
 from geoml.roles.ps_plan import plan_ps
 from geoml.roles.ssp import FINISHED
-from geoml.workloads import Workload, make_workload
 
 from .ps_roles import (
     checkpoint_file,
@@ -28,6 +27,7 @@ from .ps_roles import (
     shard_file,
 )
 from .systems import RunConfig, get_system, process_systems
+from .systems.config import bus_workload
 
 
 def check_process_system(system: str) -> None:
@@ -58,8 +58,7 @@ async def ps_role_main(cfg: RunConfig, address: str, kind: str,
         raise GeomlError("a hub cannot resume after a crash: it keeps no checkpoint")
     topo = cfg.topology if isinstance(cfg.topology, Topology) else load_topology(cfg.topology)
     try:
-        workload = (cfg.workload if isinstance(cfg.workload, Workload)
-                    else make_workload(cfg.workload, cfg.workload_options))
+        workload = bus_workload(cfg.workload, cfg.workload_options)
         plan = plan_ps(topo, cfg.system, cfg.home, hubs=cfg.gaia.hubs and cfg.system == "gaia")
         groups = replica_groups(plan, workload.table_shapes())
     except ValueError as exc:

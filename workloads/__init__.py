@@ -71,6 +71,10 @@ WORKLOADS: dict[str, tuple[dict[str, Any], Callable[..., Workload]]] = {
     "cnn-digits": ({"channels": 16, "hidden": 128, "lr": 0.05, "momentum": 0.9, "batch": 32,
                     "seed": 0, "clock_fraction": 1.0, "torch_threads": 1},
                    lambda **kw: _torch_examples().digits_cnn(**kw)),
+    "lm-shakespeare": ({"d_model": 64, "layers": 2, "heads": 4, "context": 64, "lr": 1e-3,
+                        "batch": 16, "test_windows": 256, "train_windows": 0, "seed": 0,
+                        "clock_fraction": 1.0, "torch_threads": 1},
+                       lambda **kw: _torch_examples().shakespeare_lm(**kw)),
     # A check, not a learning problem: its final model is known exactly (see check.py).
     "integer-updates": ({"rows": 12, "cols": 5}, lambda **kw: IntegerUpdates(**kw)),
 }

@@ -1,4 +1,5 @@
-"""Data sets: the shipped MovieLens and digits files, and seeded synthetic generators."""
+"""Data sets: the shipped MovieLens, digits and Shakespeare files, and seeded synthetic
+generators."""
 
 from __future__ import annotations
 
@@ -48,6 +49,19 @@ def load_digits(path: Path | None = None) -> Labelled:
     with gzip.open(path, "rt") as f:
         table = np.loadtxt(f, delimiter=",", dtype=np.float32)
     return Labelled(table[:, :-1] / 16.0, table[:, -1].astype(np.int64), 10)
+
+
+def load_plays(folder: Path | None = None) -> dict[str, str]:
+    """The shipped Shakespeare plays (data/shakespeare/), play name -> text, by name."""
+    folder = folder or DATA_DIR / "shakespeare"
+    plays = {f.name.removesuffix(".txt.gz"): f for f in sorted(folder.glob("*.txt.gz"))}
+    if not plays:
+        raise ValueError(f"no plays (*.txt.gz) in {folder}")
+    out = {}
+    for name, f in plays.items():
+        with gzip.open(f, "rt", encoding="ascii", newline="") as g:
+            out[name] = g.read()
+    return out
 
 
 def synthetic_ratings(n_users: int, n_items: int, rank: int, n_ratings: int,

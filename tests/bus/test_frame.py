@@ -90,3 +90,21 @@ def test_garbage_headers(raw: bytes, reason: str) -> None:
     with pytest.raises(FrameError) as info:
         fr.decode_header(raw, [])
     assert info.value.reason == reason
+
+
+def test_a_frame_may_carry_up_to_max_buffers() -> None:
+    arrays = [np.zeros(1, dtype=np.float32)] * fr.MAX_BUFFERS
+    h = fr.make_header("ps.push", "a/worker/0", "b/ps/0", 1, arrays=arrays)
+    assert len(fr.decode_header(*_wire(h, arrays))["bufs"]) == fr.MAX_BUFFERS
+    h["bufs"].append(["<f4", [1]])
+    with pytest.raises(FrameError) as info:
+        fr.decode_header(fr.encode_header(h), [4] * (fr.MAX_BUFFERS + 1))
+    assert info.value.reason == "buffer_mismatch"
+
+
+def test_a_model_whose_tables_cannot_fit_in_a_frame_is_refused_before_it_runs() -> None:
+    fr.check_tables_fit([f"blocks.{i}.weight" for i in range(fr.MAX_BUFFERS // 2)])
+    with pytest.raises(ValueError, match=r"513 tables .* 1026 buffers"):
+        fr.check_tables_fit([f"t{i}" for i in range(fr.MAX_BUFFERS // 2 + 1)])
+    with pytest.raises(ValueError, match="header"):
+        fr.check_tables_fit(["x" * 200 + str(i) for i in range(300)])

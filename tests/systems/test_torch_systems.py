@@ -90,6 +90,46 @@ def test_every_system_trains_the_cnn_over_the_bus(system: str) -> None:
         assert s["wan_bytes"] < make_workload("cnn-digits", SMALL).model_bytes() * 3 * 2
 
 
+@pytest.mark.parametrize("system", ["gaia", "fedavg"])
+def test_the_language_model_trains_over_the_bus(system: str) -> None:
+    """Three blocks: 42 parameter tensors, so a push carries 84 buffers. (A fedavg round
+    is an epoch: 2,000 windows keep it short.)"""
+    topo = load_topology("tiny")
+    options = {"d_model": 16, "layers": 3, "heads": 2, "context": 16, "test_windows": 32,
+               "train_windows": 2000, "clock_fraction": 0.25}
+    w = make_workload("lm-shakespeare", options)
+    result = run_virtual(run_system(RunConfig(topo, system, w, iterations=3, quiet=True,
+                                              gaia=GaiaOptions(v=0.01))))
+    s = result.summary
+    assert s["workload"]["name"] == "lm-shakespeare"
+    assert "blocks.2.ff1.weight" in s["workload"]["tables"]
+    assert len(s["workload"]["tables"]) == 42
+    assert s["final_metrics"]["loss"] < result.curve[0]["loss"] - 0.3
+    assert s["wan_bytes"] > 0
+
+
+def test_a_model_with_more_tensors_than_a_frame_carries_is_refused_in_one_line() -> None:
+    from geoml.workloads.torch_model import TorchTask, TorchWorkload
+
+    class Many(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.p = torch.nn.ParameterList(torch.nn.Parameter(torch.zeros(1))
+                                            for _ in range(600))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * sum(self.p)
+
+    x = torch.zeros(4, 1)
+    w = TorchWorkload(TorchTask(Many(), torch.nn.functional.mse_loss,
+                                lambda ps: torch.optim.SGD(ps, lr=0.1), (x, x), (x, x),
+                                classify=False))
+    for system in ("lan", "fedavg"):
+        with pytest.raises(ValueError, match=r"600 tables.*at most 1024"):
+            run_virtual(run_system(RunConfig(load_topology("tiny"), system, w,
+                                             iterations=1, quiet=True)))
+
+
 def test_the_cnn_runs_with_compute_charged_in_virtual_time() -> None:
     topo = parse_topology({"name": "two", "defaults": {"workers": 1, "ps_shards": 1},
                            "regions": [{"name": "a"}, {"name": "b", "lon": 1.0, "speed": 0.5}],

@@ -192,3 +192,43 @@ def test_a_torch_workload_sets_its_process_to_the_threads_it_is_given() -> None:
             make_workload("cnn-digits", {"torch_threads": 0})
     finally:
         torch.set_num_threads(before)
+
+
+TINY_LM = {"d_model": 16, "layers": 1, "heads": 2, "context": 16, "test_windows": 32}
+
+
+def test_the_language_model_learns_next_characters_of_the_shipped_plays() -> None:
+    w = make_workload("lm-shakespeare", {**TINY_LM, "clock_fraction": 0.02})
+    names = list(w.table_shapes())
+    assert names[:2] == ["tok.weight", "pos.weight"] and "blocks.0.qkv.weight" in names
+    assert w.table_shapes()["tok.weight"] == (76, 16)  # 76 distinct characters
+    x, y = w.train_x, w.train_y
+    assert x.shape[1] == y.shape[1] == 16 and x.dtype == y.dtype == np.int64
+    assert np.array_equal(x[:, 1:], y[:, :-1])  # the target is the next character
+    assert np.array_equal(y[:99, -1], x[1:100, 0])  # windows of one play follow on
+    assert len(w.test_y) == 32
+    # held out: no validation window is also a training window
+    train = {row.tobytes() for row in x}
+    assert not any(row.tobytes() in train for row in w.test_x)
+    part = w.partition({"a": 1})[("a", 0)]
+    params = w.init_params()
+    before = w.evaluate(params)
+    assert before["loss"] > 4.0  # about ln(76) = 4.33 untrained
+    for clock in range(4):
+        params = w.local_pass(params, part, clock)
+    after = w.evaluate(params)
+    assert after["loss"] < before["loss"] - 0.5
+    assert after["accuracy"] > before["accuracy"]
+
+
+def test_the_language_model_is_causal() -> None:
+    """A character's logits do not depend on the characters after it."""
+    w = make_workload("lm-shakespeare", TINY_LM)
+    model = w.task.model.eval()
+    x = torch.from_numpy(w.test_x[:2].copy())
+    changed = x.clone()
+    changed[:, 10:] = (changed[:, 10:] + 1) % 76
+    with torch.no_grad():
+        a, b = model(x), model(changed)
+    assert torch.equal(a[:, :10], b[:, :10])
+    assert not torch.equal(a[:, 10:], b[:, 10:])

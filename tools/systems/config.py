@@ -7,11 +7,22 @@ from pathlib import Path
 from typing import Any
 
 from geoml.bus import Topology
+from geoml.bus.frame import check_tables_fit
 from geoml.roles.compute import ComputeCost
 from geoml.roles.fedavg import FedAvgConfig
 from geoml.roles.gaia import BARRIER_MODES
 from geoml.roles.ps import PSShard, PSWorker
-from geoml.workloads import Params, Workload
+from geoml.workloads import Params, Workload, make_workload
+
+
+def bus_workload(workload: str | Workload, options: dict[str, Any] | None = None
+                 ) -> Workload:
+    """The workload a run trains (built by name if need be), checked to fit the bus's
+    frames; ValueError saying why not."""
+    if not isinstance(workload, Workload):
+        workload = make_workload(workload, options)
+    check_tables_fit(list(workload.table_shapes()))
+    return workload
 
 
 def parse_sync(text: str) -> int:

@@ -10,9 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 from geoml.bus import Network, Topology, load_topology
 from geoml.roles.fedavg import FedAggregator, FedClient
 from geoml.roles.ssp import FINISHED
-from geoml.workloads import Workload, make_workload
 
-from .config import RunConfig, RunResult
+from .config import RunConfig, RunResult, bus_workload
 from .harness import Monitor, check_clock, drive, finish, region_compute, start_tap, summary_head
 from .registry import System, register
 
@@ -43,8 +42,7 @@ async def run_fedavg(cfg: RunConfig) -> RunResult:
     cfg.check()
     check_clock(cfg)
     topo = cfg.topology if isinstance(cfg.topology, Topology) else load_topology(cfg.topology)
-    workload = (cfg.workload if isinstance(cfg.workload, Workload)
-                else make_workload(cfg.workload, cfg.workload_options))
+    workload = bus_workload(cfg.workload, cfg.workload_options)
     home, data_regions, addresses = fed_plan(topo, cfg)
     parts = workload.partition(data_regions)
     loop = asyncio.get_running_loop()

@@ -15,10 +15,10 @@ from geoml.bus import Network, Topology, load_topology
 from geoml.roles.gaia import GaiaHub, GaiaMirror
 from geoml.roles.ps import PSShard, PSWorker
 from geoml.roles.ps_plan import KeyRanges, PSPlan, plan_ps
-from geoml.workloads import Params, Partition, Workload, make_workload
+from geoml.workloads import Params, Partition, Workload
 
 from ..ps_roles import PS_KINDS, make_hub, make_mirror, make_shard, replica_groups
-from .config import RunConfig, RunResult
+from .config import RunConfig, RunResult, bus_workload
 from .harness import Monitor, check_clock, drive, finish, region_compute, start_tap, summary_head
 from .registry import System, register
 
@@ -79,8 +79,7 @@ async def run_ps(cfg: RunConfig, system: PSSystem) -> RunResult:
     cfg.check()
     check_clock(cfg)
     topo = cfg.topology if isinstance(cfg.topology, Topology) else load_topology(cfg.topology)
-    workload = (cfg.workload if isinstance(cfg.workload, Workload)
-                else make_workload(cfg.workload, cfg.workload_options))
+    workload = bus_workload(cfg.workload, cfg.workload_options)
     plan = ps_plan(topo, cfg)
     init = workload.init_params()
     region_tests = system.region_tests(workload, plan)
