@@ -23,6 +23,7 @@ from geoml.bus import Endpoint, GeomlError, Message
 from geoml.workloads import Params, Partition, Workload, take_rows
 
 from .compute import Compute
+from .outer import OuterOptimizer
 from .ps import unpack_deltas
 
 log = logging.getLogger("geoml.roles.fedavg")
@@ -87,7 +88,8 @@ class FedAggregator:
     def __init__(self, endpoint: Endpoint, workload: Workload, clients: Sequence[str],
                  init: Params, config: FedAvgConfig, *, rounds: int | None = None,
                  stop: asyncio.Event | None = None,
-                 on_round: Callable[[int], None] | None = None) -> None:
+                 on_round: Callable[[int], None] | None = None,
+                 outer: OuterOptimizer | None = None) -> None:
         if not clients:
             raise ValueError("fedavg needs at least one client")
         self.ep = endpoint
@@ -98,6 +100,8 @@ class FedAggregator:
         self.rounds = rounds
         self.stop = stop or asyncio.Event()
         self.on_round = on_round
+        #: How the round's mean delta is applied (None: added, as FedAvg does).
+        self.outer = outer
         self.round = 0
         self.counters: Counter[str] = Counter()
         #: Per round: (clients asked, clients averaged).
@@ -143,8 +147,11 @@ class FedAggregator:
                         ", ".join(sorted(waiting)))
         if not acc.clients:
             self.counters["empty_rounds"] += 1
-        for table, d in acc.mean().items():
-            self.params[table] += d
+        if self.outer is None:
+            for table, d in acc.mean().items():
+                self.params[table] += d
+        elif acc.clients:
+            self.outer.apply(self.params, acc.mean())
         self.history.append((len(chosen), acc.clients))
         self.round += 1
         if self.on_round is not None:
@@ -257,14 +264,23 @@ class FedClient:
                             self.ep.address, sorted(model))
                 continue
             start = loop.time()
-            passes = self.epochs * self.passes_per_epoch
-            new, old = await self.compute.run(local_epochs, self.workload, self.part, model,
-                                              self._next_pass, passes,
-                                              examples=self._round_examples())
-            self._next_pass += passes
+            new, old = await self._train(model)
             self.times["compute_s"] += loop.time() - start
             await self._reply(int(msg.meta["round"]), old, new)
             self.counters["rounds"] += 1
+
+    async def _train(self, model: Params) -> tuple[Params, Params]:
+        """This round's E local epochs: (trained rows, rows it started from)."""
+        passes = self.epochs * self.passes_per_epoch
+        new, old = await self.compute.run(local_epochs, self.workload, self.part, model,
+                                          self._next_pass, passes,
+                                          examples=self._round_examples())
+        self._next_pass += passes
+        return new, old
+
+    def _weight(self) -> int:
+        """What the aggregator weighs this client's delta by: its training examples."""
+        return self.part.size
 
     def _round_examples(self) -> int:
         """Examples the next round's local passes visit."""
@@ -281,5 +297,5 @@ class FedClient:
                 arrays.append(rows)
             arrays.append(new[table] - old[table])
         await self.ep.send(self.aggregator, UPDATE, arrays=arrays,
-                           meta={"round": round_, "samples": self.part.size, "tables": tables,
+                           meta={"round": round_, "samples": self._weight(), "tables": tables,
                                  "sparse": sparse})

@@ -187,8 +187,8 @@ MUTANTS: tuple[Mutant, ...] = (
            "loop.call_later(max(0.0, 2 * cfg.seconds - (loop.time() - t_start))",
            ("tests/systems/test_ps.py",)),
     Mutant("fedavg_client_samples_wrong", "a FedAvg client reports one sample, whatever its "
-           "partition holds", "roles/fedavg.py", "\"samples\": self.part.size,",
-           "\"samples\": 1,", ("tests/systems/test_fedavg.py",)),
+           "partition holds", "roles/fedavg.py", "        return self.part.size\n",
+           "        return 1\n", ("tests/systems/test_fedavg.py",)),
     Mutant("sink_idle_crash", "a sink dies with its idle timeout instead of reporting",
            "roles/traffic.py",
            "        except TimeoutError:\n            report.idle_timeout = True",
@@ -208,4 +208,14 @@ MUTANTS: tuple[Mutant, ...] = (
            "        model.train()",
            ("tests/systems/test_torch_systems.py::"
             "test_lan_with_one_worker_is_a_plain_torch_loop_bit_for_bit",)),
+    Mutant("diloco_no_nesterov_lookahead", "the outer step uses the momentum buffer but "
+           "not Nesterov's look-ahead", "roles/outer.py",
+           "                grad = grad + self.momentum * buf\n",
+           "                grad = buf\n", ("tests/systems/test_diloco.py",)),
+    Mutant("diloco_inner_sum", "a region adds its workers' deltas instead of their mean",
+           "roles/diloco.py", "    share = 1.0 / len(parts)\n", "    share = 1.0\n",
+           ("tests/systems/test_diloco.py",)),
+    Mutant("lm_not_causal", "the language model's attention sees the characters ahead",
+           "workloads/torch_lm.py", "is_causal=True", "is_causal=False",
+           ("tests/workloads/test_torch.py::test_the_language_model_is_causal",)),
 )

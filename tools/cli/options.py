@@ -36,7 +36,7 @@ def run_config(args: argparse.Namespace, check: bool = True,
     from geoml.workloads import make_workload
 
     from ..systems import RunConfig, parse_fault, parse_sync, parse_until
-    from ..systems.config import GaiaOptions
+    from ..systems.config import DiLoCoOptions, GaiaOptions
 
     try:
         options = parse_options(args.opt)
@@ -53,7 +53,7 @@ def run_config(args: argparse.Namespace, check: bool = True,
             out=getattr(args, "out", None), home=getattr(args, "home", None),
             eval_every=getattr(args, "eval_every", 1),
             inspect=getattr(args, "inspect", False), record=getattr(args, "record", None),
-            gaia=GaiaOptions.from_args(args),
+            gaia=GaiaOptions.from_args(args), diloco=DiLoCoOptions.from_args(args),
             faults=tuple(parse_fault(f) for f in getattr(args, "link_down", [])),
             compute=ComputeCost.parse(getattr(args, "compute", "cpu")),
             compute_in=getattr(args, "compute_in", "threads"),
@@ -304,6 +304,15 @@ def _training_args(p: argparse.ArgumentParser) -> None:
                    help="fedavg: a client that has not answered by then is left out of the "
                    "round (counted)")
     _gaia_args(p)
+    p.add_argument("--diloco-h", type=int, default=10, metavar="H",
+                   help="diloco: inner clocks per round (default 10)")
+    p.add_argument("--diloco-outer", choices=("nesterov", "sgd"), default="nesterov",
+                   help="diloco: the outer optimizer (sgd with --diloco-outer-lr 1 is "
+                   "federated averaging of the regions)")
+    p.add_argument("--diloco-outer-lr", type=float, default=0.7, metavar="LR",
+                   help="diloco: outer learning rate (default 0.7)")
+    p.add_argument("--diloco-momentum", type=float, default=0.9, metavar="MU",
+                   help="diloco: outer Nesterov momentum (default 0.9)")
     p.add_argument("--link-down", action="append", default=[], metavar="A-B@T+S",
                    help="fault injection: the WAN link between regions A and B (A->B: one "
                    "direction) has rate 0 from T to T+S seconds into the run (repeatable)")

@@ -11,6 +11,7 @@ from geoml.bus.frame import check_tables_fit
 from geoml.roles.compute import ComputeCost
 from geoml.roles.fedavg import FedAvgConfig
 from geoml.roles.gaia import BARRIER_MODES
+from geoml.roles.outer import OuterOptimizer
 from geoml.roles.ps import PSShard, PSWorker
 from geoml.workloads import Params, Workload, make_workload
 
@@ -133,6 +134,35 @@ class GaiaOptions:
                    getattr(args, "gaia_barrier", d.barrier))
 
 
+@dataclass(frozen=True)
+class DiLoCoOptions:
+    """diloco's knobs: inner clocks per round and the outer optimizer."""
+
+    h: int = 10  # inner clocks per round (H)
+    outer: str = "nesterov"  # nesterov or sgd (OUTER_KINDS)
+    outer_lr: float = 0.7
+    momentum: float = 0.9  # the outer Nesterov momentum (ignored by sgd)
+
+    def check(self) -> None:
+        """Raise ValueError for options that cannot work."""
+        if self.h < 1:
+            raise ValueError(f"--diloco-h must be >= 1, got {self.h}")
+        self.optimizer()
+
+    def optimizer(self) -> OuterOptimizer:
+        """A fresh outer optimizer with these options."""
+        return OuterOptimizer(self.outer, self.outer_lr,
+                              self.momentum if self.outer == "nesterov" else 0.0)
+
+    @classmethod
+    def from_args(cls, args: Any) -> DiLoCoOptions:
+        """From parsed `--diloco-*` arguments (defaults where a command has none)."""
+        d = cls()
+        return cls(getattr(args, "diloco_h", d.h), getattr(args, "diloco_outer", d.outer),
+                   getattr(args, "diloco_outer_lr", d.outer_lr),
+                   getattr(args, "diloco_momentum", d.momentum))
+
+
 @dataclass
 class RunConfig:
     """What to run; at least one of iterations, seconds, target must bound the run."""
@@ -154,6 +184,7 @@ class RunConfig:
     gaia: GaiaOptions = field(default_factory=GaiaOptions)
     faults: tuple[LinkFault, ...] = ()  # WAN links taken down for a while (fault injection)
     fed: FedAvgConfig = field(default_factory=FedAvgConfig)  # fedavg's C, E, round deadline
+    diloco: DiLoCoOptions = field(default_factory=DiLoCoOptions)
     inspect: bool = False  # live traffic view instead of progress lines (real time only)
     compute: ComputeCost = field(default_factory=ComputeCost)  # charge under virtual time
     compute_in: str = "threads"  # real time: workers compute in threads or processes
@@ -170,6 +201,7 @@ class RunConfig:
         if self.eval_every < 1:
             raise ValueError("eval_every must be >= 1")
         self.gaia.check()
+        self.diloco.check()
         if self.aggregation not in AGGREGATIONS:
             raise ValueError(f"--aggregation must be one of {', '.join(AGGREGATIONS)}, "
                              f"got {self.aggregation!r}")

@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
-from geoml.bus import Network, Topology, load_topology
+from geoml.bus import Endpoint, Network, Topology, load_topology
+from geoml.roles.compute import Compute
 from geoml.roles.fedavg import FedAggregator, FedClient
+from geoml.roles.outer import OuterOptimizer
 from geoml.roles.ssp import FINISHED
+from geoml.workloads import Partition, Workload
 
 from .config import RunConfig, RunResult, bus_workload
 from .harness import Monitor, check_clock, drive, finish, region_compute, start_tap, summary_head
@@ -39,15 +44,53 @@ async def run_fedavg(cfg: RunConfig) -> RunResult:
     """Federated averaging: an aggregator in the home region (`cfg.home`, default the
     topology's first region) and one client per worker of every region, each on its own
     region's data. `cfg.iterations` counts rounds."""
+
+    def clients(net_clients: Clients) -> None:
+        for addr, key in net_clients.addresses.items():
+            net_clients.add(addr, key[0], (net_clients.parts[key],),
+                            lambda ep, compute, key=key: FedClient(
+                                ep, net_clients.workload, net_clients.parts[key],
+                                net_clients.aggregator, cfg.fed.epochs, compute=compute))
+
+    return await run_rounds(cfg, clients, details=lambda w: {
+        "epochs": cfg.fed.epochs, "batch": getattr(w, "batch", None)})
+
+
+class Clients:
+    """What a run's client maker needs (the plan, the partitions, the aggregator's
+    address), and where it adds each client: add(address, region, resident, make)."""
+
+    def __init__(self, workload: Workload, parts: dict[tuple[str, int], Partition],
+                 addresses: dict[str, tuple[str, int]], aggregator: str) -> None:
+        self.workload, self.parts, self.addresses = workload, parts, addresses
+        self.aggregator = aggregator
+        self.wanted: list[tuple[str, str, tuple[Any, ...], Callable[..., FedClient]]] = []
+
+    def add(self, address: str, region: str, resident: tuple[Any, ...],
+            make: Callable[[Endpoint, Compute], FedClient]) -> None:
+        self.wanted.append((address, region, resident, make))
+
+
+async def run_rounds(cfg: RunConfig, make_clients: Callable[[Clients], None], *,
+                     sync: str = "fedavg", outer: OuterOptimizer | None = None,
+                     clocks_per_round: int = 1,
+                     details: Callable[[Workload], dict[str, Any]] | None = None
+                     ) -> RunResult:
+    """An aggregator in the home region running rounds with the clients `make_clients`
+    adds; the curve's clock of round r is r * clocks_per_round. `cfg.iterations` counts
+    rounds. `details(workload)` adds to the summary's `sync` section. Shared by fedavg
+    and diloco."""
     cfg.check()
     check_clock(cfg)
     topo = cfg.topology if isinstance(cfg.topology, Topology) else load_topology(cfg.topology)
     workload = bus_workload(cfg.workload, cfg.workload_options)
     home, data_regions, addresses = fed_plan(topo, cfg)
     parts = workload.partition(data_regions)
+    plan = Clients(workload, parts, addresses, f"{home}/aggregator/0")
+    make_clients(plan)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    executor = ThreadPoolExecutor(max_workers=len(addresses) + 1,
+    executor = ThreadPoolExecutor(max_workers=len(plan.wanted) + 1,
                                   thread_name_prefix="geoml-compute")
     try:
         async with Network(topo) as net:
@@ -56,16 +99,16 @@ async def run_fedavg(cfg: RunConfig) -> RunResult:
             # The monitor scores the aggregator's model (bound below, read at each round).
             monitor = Monitor(workload, lambda: {home: {t: v.copy() for t, v in
                                                          aggregator.params.items()}},
-                               net, executor, cfg, stop, n_clocks=1)
+                              net, executor, cfg, stop, n_clocks=1)
             aggregator = FedAggregator(
-                await net.connect(f"{home}/aggregator/0"), workload, list(addresses),
+                await net.connect(plan.aggregator), workload, [w[0] for w in plan.wanted],
                 workload.init_params(), cfg.fed, rounds=cfg.iterations, stop=stop,
-                on_round=lambda r: monitor.on_min_clock(0, r))
-            clients = [FedClient(await net.connect(addr), workload, parts[key],
-                                 aggregator.ep.address, cfg.fed.epochs,
-                                 compute=region_compute(cfg, topo, key[0], executor,
-                                                        (workload, parts[key]), addr))
-                       for addr, key in addresses.items()]
+                on_round=lambda r: monitor.on_min_clock(0, r * clocks_per_round),
+                outer=outer)
+            clients = [make(await net.connect(addr),
+                            region_compute(cfg, topo, region, executor, (workload, *res),
+                                           addr))
+                       for addr, region, res, make in plan.wanted]
             monitor.t0 = t_start
 
             async def aggregate() -> int:
@@ -78,27 +121,28 @@ async def run_fedavg(cfg: RunConfig) -> RunResult:
                                         [[aggregate], [c.run for c in clients]],
                                         [c.compute for c in clients])
             rounds = aggregator.round
-            traffic = await finish(monitor, rounds, net, tap, view)
+            traffic = await finish(monitor, rounds * clocks_per_round, net, tap, view)
     finally:
         executor.shutdown(wait=True)
     machines = dict(data_regions)
     machines[home] = machines.get(home, 0) + 1
-    summary = summary_head(cfg, topo, workload, monitor, rounds, elapsed, machines, traffic)
+    summary = summary_head(cfg, topo, workload, monitor, rounds * clocks_per_round, elapsed,
+                           machines, traffic)
     summary.update({
-        "sync": "fedavg",
-        "workers": len(clients),
+        "sync": sync,
+        "workers": sum(data_regions.values()),
         "ps_shards": 0,
         "worker_times_s": {c.ep.address: c.times for c in clients},
-        "fedavg": {"aggregator": aggregator.ep.address, "fraction": cfg.fed.fraction,
-                   "epochs": cfg.fed.epochs, "batch": getattr(workload, "batch", None),
-                   "deadline_s": cfg.fed.deadline_s, "rounds": rounds,
-                   **{k: aggregator.counters[k] for k in (
-                       "asked", "averaged", "missed_deadline", "late_updates",
-                       "empty_rounds", "refused")},
-                   "client_rounds": {c.ep.address: c.counters["rounds"] for c in clients}},
+        sync: {"aggregator": aggregator.ep.address, "fraction": cfg.fed.fraction,
+               **(details(workload) if details else {}),
+               "deadline_s": cfg.fed.deadline_s, "rounds": rounds,
+               **{k: aggregator.counters[k] for k in (
+                   "asked", "averaged", "missed_deadline", "late_updates",
+                   "empty_rounds", "refused")},
+               "client_rounds": {c.ep.address: c.counters["rounds"] for c in clients}},
     })
     if not cfg.quiet and aggregator.counters["missed_deadline"]:
-        print(f"[fedavg] {aggregator.counters['missed_deadline']} client answers missed "
+        print(f"[{sync}] {aggregator.counters['missed_deadline']} client answers missed "
               f"their round's {cfg.fed.deadline_s:.0f}s deadline", file=sys.stderr)
     params = {t: v.copy() for t, v in aggregator.params.items()}
     return RunResult(summary, monitor.curve, params, [], [], monitor.t0,
