@@ -82,3 +82,27 @@ def test_diloco_trains_a_model_and_crosses_the_wan_once_a_round() -> None:
     model = w.model_bytes()
     # two rounds: per region one model down and one pseudo-gradient up, plus framing
     assert 2 * 2 * model <= s["wan_bytes"] < 2 * 2 * model * 1.2 + 20_000
+
+
+def test_diloco_from_the_command_line_and_its_mistakes_in_one_line(
+        tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from geoml.cli import main
+
+    out = tmp_path / "run"
+    assert main(["run", "--system", "diloco", "--topology", "tiny", "--workload",
+                 "softmax-digits", "--iterations", "4", "--diloco-h", "2",
+                 "--diloco-outer", "sgd", "--diloco-outer-lr", "1", "--clock", "virtual",
+                 "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["sync"] == "diloco" and summary["iterations"] == 4
+    assert summary["diloco"]["h"] == 2 and summary["diloco"]["rounds"] == 2
+    assert summary["diloco"]["outer"] == "sgd"
+    capsys.readouterr()
+    for args, said in [(["--diloco-h", "0"], "--diloco-h must be >= 1"),
+                       (["--diloco-momentum", "1.5"], "--diloco-momentum must be in [0, 1)")]:
+        assert main(["run", "--system", "diloco", "--topology", "tiny", "--workload",
+                     "softmax-digits", "--iterations", "2", *args]) == 2
+        err = capsys.readouterr().err
+        assert said in err and len(err.strip().splitlines()) == 1, err

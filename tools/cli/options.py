@@ -305,14 +305,11 @@ def _training_args(p: argparse.ArgumentParser) -> None:
                    "round (counted)")
     _gaia_args(p)
     p.add_argument("--diloco-h", type=int, default=10, metavar="H",
-                   help="diloco: inner clocks per round (default 10)")
+                   help="diloco: inner clocks per round")
     p.add_argument("--diloco-outer", choices=("nesterov", "sgd"), default="nesterov",
-                   help="diloco: the outer optimizer (sgd with --diloco-outer-lr 1 is "
-                   "federated averaging of the regions)")
-    p.add_argument("--diloco-outer-lr", type=float, default=0.7, metavar="LR",
-                   help="diloco: outer learning rate (default 0.7)")
-    p.add_argument("--diloco-momentum", type=float, default=0.9, metavar="MU",
-                   help="diloco: outer Nesterov momentum (default 0.9)")
+                   help="diloco: outer optimizer (sgd at lr 1: averaging of the regions)")
+    p.add_argument("--diloco-outer-lr", type=float, default=0.7, metavar="LR")
+    p.add_argument("--diloco-momentum", type=float, default=0.9, metavar="MU")
     p.add_argument("--link-down", action="append", default=[], metavar="A-B@T+S",
                    help="fault injection: the WAN link between regions A and B (A->B: one "
                    "direction) has rate 0 from T to T+S seconds into the run (repeatable)")
