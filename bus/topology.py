@@ -162,6 +162,16 @@ class Topology:
             ps_shards=r.ps_shards if ps_shards is None else ps_shards) for r in self.regions)
         return dataclasses.replace(self, regions=regions)
 
+    def with_wan_scaled(self, factor: float) -> Topology:
+        """A copy whose WAN links run at `factor` times their rate (latency unchanged;
+        the token bucket's burst scales with the rate)."""
+        if not factor > 0:
+            raise ValueError(f"a WAN rate factor must be > 0, got {factor}")
+        wan = {pair: dataclasses.replace(spec, rate_bps=spec.rate_bps * factor,
+                                         burst_bytes=max(1, int(spec.burst_bytes * factor)))
+               for pair, spec in self.wan.items()}
+        return dataclasses.replace(self, wan=wan)
+
     def with_endpoints(self, endpoints: Mapping[str, Mapping[str, Any]]) -> Topology:
         """A copy whose listed regions' routers listen elsewhere: {region: {"host": H,
         "port": P, "tap_port": T}} (what `geoml launch` learns from routers it started on

@@ -87,3 +87,17 @@ def test_every_problem_is_reported_at_once_with_the_file_name() -> None:
         assert sum(m in problem for m in mistakes) == 1, problem
     for mistake, times in mistakes.items():
         assert sum(mistake in p for p in err.problems) == times, mistake
+
+
+def test_a_topology_with_its_wan_scaled_keeps_latency_and_scales_rate_and_burst() -> None:
+    from geoml.bus import load_topology
+
+    topo = load_topology("ss_wan")
+    slow = topo.with_wan_scaled(0.1)
+    for pair, spec in topo.wan.items():
+        assert slow.wan[pair].rate_bps == pytest.approx(spec.rate_bps * 0.1)
+        assert slow.wan[pair].latency_s == spec.latency_s
+        assert slow.wan[pair].burst_bytes == max(1, int(spec.burst_bytes * 0.1))
+    assert slow.regions == topo.regions
+    with pytest.raises(ValueError, match="factor"):
+        topo.with_wan_scaled(0)
