@@ -14,7 +14,9 @@ from geoml.bus import Topology
 
 #: Systems built from parameter-server roles (plan_ps plans them; geoml.systems lists
 #: every system).
-PS_SYSTEMS = ("lan", "baseline", "gaia", "isolated", "centralized")
+PS_SYSTEMS = ("lan", "baseline", "gaia", "isolated", "centralized", "topk")
+#: Systems with a replica and a mirror per region (Gaia's shape).
+MIRRORED = ("gaia", "topk")
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,7 @@ class PSPlan:
     @property
     def replica_per_region(self) -> bool:
         """Each region's workers use a model of their own on their region's shards."""
-        return self.system in ("gaia", "isolated")
+        return self.system in (*MIRRORED, "isolated")
 
     @property
     def home(self) -> str:
@@ -101,7 +103,7 @@ def plan_ps(topology: Topology, system: str, home: str | None = None,
     shards = tuple(f"{r.name}/ps/{i}" for r in regions for i in range(r.ps_shards))
     workers = tuple(f"{r.name}/worker/{i}" for r in regions for i in range(r.workers))
     data_regions = {r.name: r.workers for r in regions if r.workers}
-    mirrors = {r: f"{r}/mirror/0" for r in data_regions} if system == "gaia" else None
+    mirrors = {r: f"{r}/mirror/0" for r in data_regions} if system in MIRRORED else None
     hub_plan = None
     if hubs:
         if system != "gaia":

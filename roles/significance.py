@@ -89,6 +89,30 @@ class SignificanceFilter:
         return sum(int(np.count_nonzero(a)) for a in self.accum.values())
 
 
+class TopKFilter(SignificanceFilter):
+    """Compressed per-step sync (top-k with error feedback, as in DGC): once per local
+    clock, hand out the `share` of each table's elements with the largest accumulated
+    update (at least one, if any is nonzero); the rest stay accumulated (the residual)."""
+
+    def __init__(self, shapes: Mapping[str, tuple[int, int]], *, share: float = 0.01,
+                 dtype: type = np.float64) -> None:
+        if not 0 < share <= 1:
+            raise ValueError(f"--topk-share must be in (0, 1], got {share}")
+        super().__init__(shapes, dtype=dtype)
+        self.share = share
+
+    def select(self, values: Mapping[str, np.ndarray], clock: int) -> Significant:
+        """Hand out and reset each table's top `share` of accumulated elements by size."""
+        out: Significant = {}
+        for name, acc in self.accum.items():
+            flat = np.abs(acc.reshape(-1))
+            k = min(int(np.count_nonzero(flat)), max(1, math.ceil(self.share * flat.size)))
+            idx = np.sort(np.argpartition(flat, flat.size - k)[flat.size - k:]) if k else \
+                np.zeros(0, np.int64)
+            out[name] = self._take(acc, idx)
+        return out
+
+
 def apply_significant(tables: Mapping[str, np.ndarray], update: Significant) -> None:
     """Add received significant updates to a replica's tables, in place."""
     for name, (idx, vals) in update.items():

@@ -85,6 +85,7 @@ def make_shard(ep: Endpoint, cfg: RunConfig, plan: PSPlan, group: ReplicaGroup, 
     return GaiaShard(ep, index, group.ranges, init, plan.in_region(plan.workers, region),
                      plan.mirrors[region], v=cfg.gaia.v,
                      absolute=cfg.gaia.absolute, ds=cfg.gaia.ds,
+                     topk=cfg.gaia.topk if plan.system == "topk" else None,
                      staleness=cfg.staleness, dense_scale=scale, **common)
 
 
@@ -129,6 +130,7 @@ def gaia_summary(cfg: Any, evaluated: str, updated: int, sent: int,
     return {"gaia": {"v": cfg.gaia.v, "absolute": cfg.gaia.absolute, "ds": cfg.gaia.ds,
                      "hubs": cfg.gaia.hubs,
                      "barrier": cfg.gaia.barrier, "elements_updated": updated,
+                     "topk_share": cfg.gaia.topk if cfg.system == "topk" else None,
                      "elements_sent": sent, "evaluated_replica": evaluated, "roles": roles},
             "filtered_fraction": 1 - sent / updated if updated else 0.0}
 

@@ -15,7 +15,7 @@ from ..delivery import Encoded
 from ..dispatch import dispatch
 from ..ps import PSShard
 from ..ps_plan import KeyRanges
-from ..significance import SignificanceFilter
+from ..significance import SignificanceFilter, TopKFilter
 from ..sparse_codec import Update, decode, decode_indices, encode
 from .wire import (
     ALLOW,
@@ -36,11 +36,14 @@ class GaiaShard(PSShard):
 
     def __init__(self, endpoint: Endpoint, index: int, ranges: KeyRanges, init: Params,
                  workers: Sequence[str], mirror: str, *, v: float = 0.01,
-                 absolute: float | None = None, ds: int = 2, **kw: Any) -> None:
+                 absolute: float | None = None, ds: int = 2, topk: float | None = None,
+                 **kw: Any) -> None:
         super().__init__(endpoint, index, ranges, init, workers, **kw)
         self.mirror = mirror
-        self.filter = SignificanceFilter({t: a.shape for t, a in self.tables.items()}, v=v,
-                                         absolute=absolute)
+        shapes = {t: a.shape for t, a in self.tables.items()}
+        # topk: the same shape, but each clock sends the top-k share, not what is significant
+        self.filter = (SignificanceFilter(shapes, v=v, absolute=absolute) if topk is None
+                       else TopKFilter(shapes, share=topk))
         self.gate.limit = ds
         self._stopped = False
         self._sent_final = False

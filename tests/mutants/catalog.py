@@ -218,4 +218,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("lm_not_causal", "the language model's attention sees the characters ahead",
            "workloads/torch_lm.py", "is_causal=True", "is_causal=False",
            ("tests/workloads/test_torch.py::test_the_language_model_is_causal",)),
+    Mutant("topk_sends_the_smallest", "topk hands out the smallest accumulated updates "
+           "instead of the largest", "roles/significance.py",
+           "[flat.size - k:]) if k", "[:k]) if k", ("tests/systems/test_topk.py",)),
 )

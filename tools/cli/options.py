@@ -340,6 +340,8 @@ def _gaia_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gaia-barrier", default="auto", choices=("auto", "always", "off"),
                    help="gaia: selective barrier ahead of an update when earlier ones are "
                    "still queued on the WAN (auto), ahead of every update, or never")
+    p.add_argument("--topk-share", type=float, default=0.01, metavar="K",
+                   help="topk: share of each table's accumulated update sent per clock")
 
 
 def workload_names() -> list[str]:

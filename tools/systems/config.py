@@ -111,10 +111,13 @@ class GaiaOptions:
     ds: int = 2  # mirror clock: clocks a region may lead the slowest other region
     hubs: bool = False  # exchange updates through the overlay groups' hubs
     barrier: str = "auto"  # selective barrier: auto (WAN backlogged), always or off
+    topk: float = 0.01  # the topk system: share of each table's elements sent per clock
 
     def check(self) -> None:
         """Raise ValueError for options that cannot work."""
         check_gaia_options(self.v, self.ds, self.absolute)
+        if not 0 < self.topk <= 1:
+            raise ValueError(f"--topk-share must be in (0, 1], got {self.topk}")
         if self.barrier not in BARRIER_MODES:
             raise ValueError(f"--gaia-barrier must be one of {', '.join(BARRIER_MODES)}, "
                              f"got {self.barrier!r}")
@@ -123,7 +126,8 @@ class GaiaOptions:
         """The same options as command-line arguments (for a role process)."""
         absolute = [] if self.absolute is None else ["--gaia-absolute", str(self.absolute)]
         return ["--gaia-v", str(self.v), "--gaia-ds", str(self.ds), "--gaia-barrier",
-                self.barrier, *(["--gaia-hubs"] * self.hubs), *absolute]
+                self.barrier, "--topk-share", str(self.topk),
+                *(["--gaia-hubs"] * self.hubs), *absolute]
 
     @classmethod
     def from_args(cls, args: Any) -> GaiaOptions:
@@ -131,7 +135,7 @@ class GaiaOptions:
         d = cls()
         return cls(getattr(args, "gaia_v", d.v), getattr(args, "gaia_absolute", d.absolute),
                    getattr(args, "gaia_ds", d.ds), getattr(args, "gaia_hubs", d.hubs),
-                   getattr(args, "gaia_barrier", d.barrier))
+                   getattr(args, "gaia_barrier", d.barrier), getattr(args, "topk_share", d.topk))
 
 
 @dataclass(frozen=True)

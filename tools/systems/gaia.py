@@ -31,3 +31,8 @@ class Gaia(PSSystem):
 GAIA = register(ps_system(
     "gaia", "a model replica per region; only significant updates cross the WAN, under a "
     "mirror clock", Gaia(), guide="docs/systems-gaia.md"))
+
+TOPK = register(ps_system(
+    "topk", "Gaia's shape, but each clock a mirror sends the top-k share of its region's "
+    "accumulated update (error feedback keeps the rest), not what is significant", Gaia(),
+    processes=False, guide="docs/systems-diloco.md"))
