@@ -2,10 +2,10 @@
 
 `geoml compare` of lan, baseline, gaia, fedavg, diloco (H = DILOCO_H inner clocks,
 outer Nesterov lr 0.7 momentum 0.9, DiLoCo's defaults) and topk (share 0.01) in virtual
-time, every worker's clock priced at CLOCK_S seconds of work (as bench_gaia), on ss_wan and ec2_all, at the
-topology's WAN bandwidth and at a tenth of it. Per case and system: time to LAN's target,
-WAN bytes, final quality, cost, and `compute_utilisation`: the mean over a system's
-workers (diloco: its region roles) of compute seconds / run seconds.
+time, every worker's clock priced at CLOCK_S seconds of work (as bench_gaia), on ss_wan
+and ec2_all, at the topology's WAN bandwidth and at a tenth of it. Per case and system:
+time to LAN's target, WAN bytes, final quality, cost, and `compute_utilisation`: the mean
+over a system's workers (diloco: its region roles) of compute seconds / run seconds.
 
 `diloco_wan_bytes_vs_baseline`: baseline's WAN bytes / diloco's, both run until LAN's
 target (so at equal quality); null where one of them did not reach it.
