@@ -15,6 +15,7 @@ from geoml.bus import load_topology, parse_topology
 from geoml.bus.vclock import run_virtual
 from geoml.cli import main
 from geoml.systems import GaiaOptions, RunConfig, run_system
+from geoml.systems.config import DiLoCoOptions
 from geoml.workloads import make_workload
 
 from .test_ps import one_region
@@ -66,12 +67,13 @@ async def test_lan_with_one_worker_is_a_plain_torch_loop_bit_for_bit() -> None:
 
 
 @pytest.mark.parametrize("system", ["lan", "baseline", "gaia", "fedavg", "centralized",
-                                    "isolated"])
+                                    "isolated", "diloco", "topk"])
 def test_every_system_trains_the_cnn_over_the_bus(system: str) -> None:
     topo = load_topology("tiny")
     w = make_workload("cnn-digits", SMALL)
     result = run_virtual(run_system(RunConfig(topo, system, w, iterations=3, quiet=True,
-                                              gaia=GaiaOptions(v=0.05))))
+                                              gaia=GaiaOptions(v=0.05, topk=0.05),
+                                              diloco=DiLoCoOptions(h=3))))
     s = result.summary
     assert s["iterations"] == 3
     assert s["workload"]["framework"] == "torch"
@@ -84,7 +86,9 @@ def test_every_system_trains_the_cnn_over_the_bus(system: str) -> None:
         assert s["wan_bytes"] == 0
     elif system in ("baseline", "fedavg"):
         assert s["wan_bytes"] > 2 * model  # models or updates cross every clock
-    if system == "gaia":
+    if system == "diloco":  # one round: each remote region gets the model, sends a delta
+        assert model * 2 <= s["wan_bytes"] < model * 2 * 1.1 + 20_000
+    if system in ("gaia", "topk"):
         # the significance filter works on parameter tensors: some elements stay home
         assert 0.0 < s["filtered_fraction"] < 1.0
         assert s["wan_bytes"] < make_workload("cnn-digits", SMALL).model_bytes() * 3 * 2
