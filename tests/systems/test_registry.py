@@ -127,7 +127,8 @@ def test_the_registry_refuses_a_second_system_of_one_name_and_names_the_known_on
     with pytest.raises(ValueError, match="already registered"):
         register(relay)
     with pytest.raises(GeomlError, match=r"unknown system 'oracle'; choose from lan, "
-                                         r"baseline, gaia, isolated, centralized, fedavg"):
+                                         r"baseline, gaia, topk, isolated, centralized, "
+                                         r"fedavg, diloco"):
         get_system("oracle")
 
 

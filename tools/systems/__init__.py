@@ -1,8 +1,9 @@
 """The systems geoml runs, one file each, over one harness; `registry` lists them.
 
-Importing this package registers the built-in systems (lan and baseline in `ps`, then
-gaia, fedavg, centralized, isolated, diloco), and the edge family's stream systems in `edge`
-(cartel and isolated in `cartel`, centralized and fedavg in `edge_baselines`)."""
+Importing this package registers the built-in systems (lan and baseline in `ps`, gaia
+and topk in `gaia`, then isolated, centralized, fedavg, diloco), and the edge family's
+stream systems in `edge` (cartel and isolated in `cartel`, centralized and fedavg in
+`edge_baselines`)."""
 
 from . import ps, gaia, isolated, centralized, fedavg, diloco  # noqa: F401, I001  (they register, in this order)
 from . import cartel, edge_baselines  # noqa: F401  (the edge family registers in edge)
