@@ -28,7 +28,7 @@ from typing import Any
 
 from geoml.bus import GeomlError, Topology
 from geoml.bus.security import make_keys
-from geoml.roles.ps_plan import PSPlan, plan_ps
+from geoml.roles.ps_plan import MIRRORED, PSPlan, plan_ps
 
 from .launch_child import Child, LaunchFailed, LaunchInterrupted, die_with_parent
 from .launch_summary import launch_summary
@@ -72,8 +72,8 @@ class LaunchConfig:
     aggregation: str = "mean"
 
     def gaia_args(self) -> list[str]:
-        """The gaia options as role arguments (none for the other systems)."""
-        return self.gaia.args() if self.system == "gaia" else []
+        """The gaia options as role arguments (gaia and topk; none for the others)."""
+        return self.gaia.args() if self.system in MIRRORED else []
 
 
 class Launcher:

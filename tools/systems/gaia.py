@@ -35,4 +35,4 @@ GAIA = register(ps_system(
 TOPK = register(ps_system(
     "topk", "Gaia's shape, but each clock a mirror sends the top-k share of its region's "
     "accumulated update (error feedback keeps the rest), not what is significant", Gaia(),
-    processes=False, guide="docs/systems-diloco.md"))
+    guide="docs/systems-diloco.md"))
