@@ -40,9 +40,7 @@ class OuterOptimizer:
               ) -> None:
         """One outer step, in place: `mean_delta` is the regions' mean of (new - start)."""
         for table, delta in mean_delta.items():
-            if self.kind == "sgd" and self.lr == 1.0:
-                params[table] += delta  # exactly federated averaging's step
-                continue
+            # float32 -> float64 and back is exact, so SGD at lr 1 adds `delta` bit for bit
             grad = -delta.astype(np.float64)
             if self.kind == "nesterov":
                 buf = self.buffers.get(table)

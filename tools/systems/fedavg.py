@@ -45,12 +45,12 @@ async def run_fedavg(cfg: RunConfig) -> RunResult:
     topology's first region) and one client per worker of every region, each on its own
     region's data. `cfg.iterations` counts rounds."""
 
-    def clients(net_clients: Clients) -> None:
-        for addr, key in net_clients.addresses.items():
-            net_clients.add(addr, key[0], (net_clients.parts[key],),
-                            lambda ep, compute, key=key: FedClient(
-                                ep, net_clients.workload, net_clients.parts[key],
-                                net_clients.aggregator, cfg.fed.epochs, compute=compute))
+    def clients(plan: Clients) -> None:
+        for addr, key in plan.addresses.items():
+            plan.add(addr, key[0], (plan.parts[key],),
+                     lambda ep, compute, key=key: FedClient(
+                         ep, plan.workload, plan.parts[key], plan.aggregator,
+                         cfg.fed.epochs, compute=compute))
 
     return await run_rounds(cfg, clients, details=lambda w: {
         "epochs": cfg.fed.epochs, "batch": getattr(w, "batch", None)})
