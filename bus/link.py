@@ -91,6 +91,17 @@ class LinkStats:
     #: Seconds of capacity lost while bytes waited: the event loop woke the link later
     #: than its burst covers (a loaded machine), so tokens beyond the cap were not kept.
     late_s: float = 0.0
+    #: Bytes the link finished transmitting in each whole second of the loop's clock.
+    sent_by_second: dict[int, int] = field(default_factory=dict)
+
+    def count_sent(self, at: float, nbytes: int) -> None:
+        """Count `nbytes` transmitted by time `at` (for the peak 1 s rate)."""
+        second = int(at)
+        self.sent_by_second[second] = self.sent_by_second.get(second, 0) + nbytes
+
+    def peak_1s_bytes(self) -> int:
+        """The most bytes transmitted in one whole second of the loop's clock."""
+        return max(self.sent_by_second.values(), default=0)
 
     def achieved_bps(self) -> float:
         """Delivered rate between the first and the last delivery (first frame excluded)."""
@@ -123,6 +134,7 @@ class LinkStats:
             "dropped": self.dropped,
             "achieved_mbps": self.achieved_bps() / 1e6,
             "late_ms": self.late_s * 1e3,
+            "peak_1s_bytes": self.peak_1s_bytes(),
         }
 
 
@@ -245,6 +257,7 @@ class Link:
             item.started = now
             item.sent = item.size
             self._bucket.reserve(item.size, now)
+            self.stats.count_sent(now, item.size)
             if self._deliverer.try_send(item):
                 self._delivered(item, now)
             else:
@@ -300,6 +313,7 @@ class Link:
                 if item.started < 0:
                     item.started = max(now, bucket.busy_until)
                 depart = bucket.reserve(nbytes, now)
+                self.stats.count_sent(depart, nbytes)
                 item.sent += nbytes
                 if item.sent >= item.size:
                     (self._control if item.control else self._data).popleft()

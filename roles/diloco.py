@@ -1,24 +1,71 @@
-"""DiLoCo's region role: a region's workers train its replica for H inner clocks
-(synchronously, the mean of their deltas each clock), then the region sends its
-pseudo-gradient over the WAN to the aggregator (roles/fedavg.FedAggregator with an
-OuterOptimizer), which averages the regions' and takes the outer step.
+"""DiLoCo's roles: a region role per data region and an aggregator in the home region.
 
-The region answers fed.model with a fed.update whose delta is (replica after H clocks) -
-(model received), every table dense, and `samples` 1, so the aggregator's mean is the
-regions' plain mean, as in DiLoCo.
+A region's workers train its replica with BSP clocks (the mean of their deltas each
+clock). Plain DiLoCo (one fragment): after H inner clocks the region sends its
+pseudo-gradient, the aggregator averages the regions' and takes the outer step, and
+sends the new global model back, which replaces the replica. Streaming DiLoCo
+(roles/streaming.py): the model is cut into F fragments synced in turn, one every H / F
+clocks; a result may be applied `overlap` clocks after its fragment was sent; what
+crosses the WAN may be quantised to 8 or 4 bits.
+
+Frames (docs/PROTOCOL.md, "DiLoCo"):
+  dl.delta   region -> aggregator  meta {sync, fragment, scale}; one array: the
+             fragment's (replica - global at its last sync), float32 or codes.
+  dl.global  aggregator -> region  meta {sync, fragment, scale, last}; one array: the
+             fragment's new global values (float32), or the codes of its outer step.
+  dl.done    aggregator -> region  no more syncs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
-from geoml.bus import Endpoint
+from geoml.bus import Endpoint, GeomlError, Message
 from geoml.workloads import Params, Partition, Workload, apply_delta, take_rows
 
 from .compute import Compute
-from .fedavg import FedClient
+from .outer import OuterOptimizer
+from .streaming import (
+    Fragment,
+    StreamSchedule,
+    check_bits,
+    gather,
+    merge,
+    read_values,
+    scatter,
+    split_fragments,
+    wire_values,
+)
+
+log = logging.getLogger("geoml.roles.diloco")
+
+DELTA, GLOBAL, DONE = "dl.delta", "dl.global", "dl.done"
+
+
+@dataclass(frozen=True)
+class StreamPlan:
+    """What every role of a diloco run agrees on: schedule, fragments, code width, mix."""
+
+    schedule: StreamSchedule
+    fragments: tuple[Fragment, ...]
+    bits: int = 0
+    mix: float = 0.5
+
+    @classmethod
+    def build(cls, workload: Workload, h: int, fragments: int = 1, overlap: int = 0,
+              bits: int = 0, mix: float = 0.5) -> StreamPlan:
+        """The plan for `workload`'s tables (ValueError for options that cannot work)."""
+        check_bits(bits)
+        if not 0 <= mix < 1:
+            raise ValueError(f"--diloco-mix must be in [0, 1), got {mix}")
+        return cls(StreamSchedule(h, fragments, overlap),
+                   tuple(split_fragments(workload.table_shapes(), fragments)), bits, mix)
 
 
 def inner_clocks(workload: Workload, parts: Sequence[Partition], model: Params,
@@ -41,32 +88,227 @@ def inner_clocks(workload: Workload, parts: Sequence[Partition], model: Params,
     return replica, start
 
 
-class DiLoCoRegion(FedClient):
-    """One region of a diloco run: its workers' partitions and H inner clocks per round.
+class RegionFailed(GeomlError):
+    """A diloco region cannot go on."""
+
+
+class DiLoCoRegion:
+    """One region of a diloco run: its workers' partitions, trained clock by clock, and
+    its fragments sent and merged on the plan's schedule.
 
     Its machines run in parallel: a clock is charged as the largest of its workers'
     passes (in real time they run one after the other in this role's thread)."""
 
     def __init__(self, endpoint: Endpoint, workload: Workload, parts: Sequence[Partition],
-                 aggregator: str, inner: int, *, compute: Compute | None = None,
+                 aggregator: str, plan: StreamPlan, *, compute: Compute | None = None,
                  idle_timeout_s: float = 3600.0) -> None:
         if not parts:
             raise ValueError("a diloco region needs at least one worker")
-        if inner < 1:
-            raise ValueError(f"--diloco-h must be >= 1, got {inner}")
-        whole = Partition(parts[0].region, 0, dict.fromkeys(workload.table_shapes()), {})
-        super().__init__(endpoint, workload, whole, aggregator, 1, compute=compute,
-                         idle_timeout_s=idle_timeout_s)
+        self.ep = endpoint
+        self.workload = workload
         self.parts = list(parts)
-        self.inner = inner
+        self.aggregator = aggregator
+        self.plan = plan
+        self.compute = compute or Compute()
+        self.idle_timeout_s = idle_timeout_s
+        self.params = {t: v.copy() for t, v in workload.init_params().items()}
+        #: The global model as of each fragment's last sync (what deltas are taken from).
+        self.global_ = {t: v.copy() for t, v in self.params.items()}
+        self.clock = 0  # inner clocks done
+        self.counters: Counter[str] = Counter()
+        self.times = {"compute_s": 0.0}
 
-    async def _train(self, model: Params) -> tuple[Params, Params]:
-        examples = sum(max(self.workload.pass_examples(p, self._next_pass + k)
-                           for p in self.parts) for k in range(self.inner))
-        new, old = await self.compute.run(inner_clocks, self.workload, self.parts, model,
-                                          self._next_pass, self.inner, examples=examples)
-        self._next_pass += self.inner
-        return new, old
+    async def run(self) -> int:
+        """Train and sync until the aggregator says it was the last; returns syncs done."""
+        schedule = self.plan.schedule
+        sync = 0
+        while True:
+            await self._train_until(schedule.send_at(sync))
+            await self._send(sync)
+            await self._train_until(schedule.apply_at(sync))
+            last = await self._apply(sync)
+            self.counters["rounds"] += 1
+            if last:
+                return self.counters["rounds"]
+            sync += 1
 
-    def _weight(self) -> int:
-        return 1  # the regions' plain mean
+    async def _train_until(self, clock: int) -> None:
+        if clock <= self.clock:
+            return
+        clocks = clock - self.clock
+        examples = sum(max(self.workload.pass_examples(p, self.clock + k) for p in self.parts)
+                       for k in range(clocks))
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        self.params, _ = await self.compute.run(inner_clocks, self.workload, self.parts,
+                                                self.params, self.clock, clocks,
+                                                examples=examples)
+        self.times["compute_s"] += loop.time() - start
+        self.clock = clock
+
+    async def _send(self, sync: int) -> None:
+        fragment = self.plan.fragments[self.plan.schedule.fragment(sync)]
+        delta = gather(self.params, fragment) - gather(self.global_, fragment)
+        array, scale = wire_values(delta, self.plan.bits)
+        await self.ep.send(self.aggregator, DELTA, arrays=[array],
+                           meta={"sync": sync, "fragment": fragment.index, "scale": scale})
+
+    async def _apply(self, sync: int) -> bool:
+        """Wait for sync `sync`'s result and merge it; True if it was the last."""
+        fragment = self.plan.fragments[self.plan.schedule.fragment(sync)]
+        while True:
+            try:
+                msg = await self.ep.recv(timeout=self.idle_timeout_s)
+            except TimeoutError:
+                raise RegionFailed(f"{self.ep.address}: no result of sync {sync} from "
+                                   f"{self.aggregator} for {self.idle_timeout_s:.0f}s"
+                                   ) from None
+            if msg.src != self.aggregator:
+                self._refuse(msg, "not from the aggregator")
+                continue
+            if msg.type == DONE:
+                return True
+            if msg.type != GLOBAL or msg.meta.get("sync") != sync or len(msg.arrays) != 1:
+                self._refuse(msg, f"not the one array of sync {sync}'s result")
+                continue
+            try:
+                values = read_values(msg.arrays[0], msg.meta.get("scale"), self.plan.bits,
+                                     fragment.size)
+            except ValueError as exc:
+                self._refuse(msg, str(exc))
+                continue
+            new_global = (values if self.plan.bits == 0
+                          else gather(self.global_, fragment) + values)
+            scatter(self.global_, fragment, new_global)
+            scatter(self.params, fragment,
+                    merge(gather(self.params, fragment), new_global, self.plan.mix,
+                          self.plan.schedule.overlap > 0))
+            return bool(msg.meta.get("last"))
+
+    def _refuse(self, msg: Message, why: str) -> None:
+        self.counters["refused"] += 1
+        log.warning("%s ignored %s from %s: %s", self.ep.address, msg.type, msg.src, why)
+
+
+class DiLoCoAggregator:
+    """Runs the syncs: waits for every region's delta of the sync's fragment, averages
+    them, takes the outer step on that fragment and sends the result to every region.
+
+    A region more than `deadline_s` behind the first of a sync to report is left out of
+    it (counted `missed_deadline`; its delta, when it comes, `late_updates`); it still
+    gets the result."""
+
+    def __init__(self, endpoint: Endpoint, workload: Workload, regions: Sequence[str],
+                 init: Params, plan: StreamPlan, outer: OuterOptimizer, *,
+                 deadline_s: float = 60.0, syncs: int | None = None,
+                 stop: asyncio.Event | None = None,
+                 on_round: Callable[[int], None] | None = None,
+                 idle_timeout_s: float = 3600.0) -> None:
+        if not regions:
+            raise ValueError("diloco needs at least one region")
+        self.ep = endpoint
+        self.regions = list(regions)
+        self.params = {t: v.copy() for t, v in init.items()}
+        self.plan = plan
+        self.outer = outer
+        self.deadline_s = deadline_s
+        self.rounds = syncs
+        self.stop = stop or asyncio.Event()
+        self.on_round = on_round
+        self.idle_timeout_s = idle_timeout_s
+        self.round = 0  # syncs done
+        self.counters: Counter[str] = Counter()
+        #: Per sync: (regions expected, regions averaged).
+        self.history: list[tuple[int, int]] = []
+
+    async def run(self) -> int:
+        """Run until `syncs` syncs are done or `stop` is set; returns syncs done."""
+        last = False
+        try:
+            while not last:
+                last = await self._one_sync()
+        finally:
+            if not self.ep.closed and not last:
+                for region in self.regions:
+                    await self.ep.send(region, DONE)
+        return self.round
+
+    async def _one_sync(self) -> bool:
+        sync = self.round
+        fragment = self.plan.fragments[self.plan.schedule.fragment(sync)]
+        total = np.zeros(fragment.size, np.float64)
+        waiting = set(self.regions)
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None
+        while waiting:
+            left = self.idle_timeout_s if deadline is None else deadline - loop.time()
+            if left <= 0:
+                break
+            try:
+                msg = await self.ep.recv(timeout=left)
+            except TimeoutError:
+                if deadline is None:
+                    raise RegionFailed(f"{self.ep.address}: no region reported sync {sync} "
+                                       f"for {self.idle_timeout_s:.0f}s") from None
+                break
+            values = self._take(msg, sync, fragment, waiting)
+            if values is not None:
+                total += values
+                waiting.discard(msg.src)
+                if deadline is None:
+                    deadline = loop.time() + self.deadline_s
+        averaged = len(self.regions) - len(waiting)
+        self.counters["asked"] += len(self.regions)
+        self.counters["averaged"] += averaged
+        self.counters["missed_deadline"] += len(waiting)
+        if waiting:
+            log.warning("%s: sync %d closed %.1fs after its first delta without %s",
+                        self.ep.address, sync, self.deadline_s, ", ".join(sorted(waiting)))
+        old = gather(self.params, fragment)
+        key = f"fragment{fragment.index}"
+        work = {key: old.copy()}
+        self.outer.apply(work, {key: (total / averaged).astype(np.float32)})
+        array, scale = wire_values(work[key] - old, self.plan.bits)
+        if self.plan.bits == 0:
+            new = array = work[key]
+        else:  # everyone applies the same decoded step, so the replicas stay equal
+            new = old + read_values(array, scale, self.plan.bits, fragment.size)
+        scatter(self.params, fragment, new)
+        self.history.append((len(self.regions), averaged))
+        self.round += 1
+        if self.on_round is not None:
+            self.on_round(self.round)
+        last = self.stop.is_set() or (self.rounds is not None and self.round >= self.rounds)
+        for region in self.regions:
+            await self.ep.send(region, GLOBAL, arrays=[array],
+                               meta={"sync": sync, "fragment": fragment.index,
+                                     "scale": scale, "last": last})
+        return last
+
+    def _take(self, msg: Message, sync: int, fragment: Fragment, waiting: set[str]
+              ) -> np.ndarray | None:
+        if msg.type != DELTA:
+            self._refuse(msg, f"unexpected frame type {msg.type!r}")
+            return None
+        got = msg.meta.get("sync")
+        if got != sync or msg.src not in waiting:
+            if isinstance(got, int) and got < sync and msg.src in self.regions:
+                self.counters["late_updates"] += 1
+                log.info("%s: dropped %s's delta for closed sync %d", self.ep.address,
+                         msg.src, got)
+            else:
+                self._refuse(msg, f"delta for sync {got!r} from a region not waited for")
+            return None
+        if msg.meta.get("fragment") != fragment.index or len(msg.arrays) != 1:
+            self._refuse(msg, f"sync {sync} carries fragment {fragment.index} in one array")
+            return None
+        try:
+            return read_values(msg.arrays[0], msg.meta.get("scale"), self.plan.bits,
+                               fragment.size).astype(np.float64)
+        except ValueError as exc:
+            self._refuse(msg, str(exc))
+            return None
+
+    def _refuse(self, msg: Message, why: str) -> None:
+        self.counters["refused"] += 1
+        log.warning("%s refused %s from %s: %s", self.ep.address, msg.type, msg.src, why)

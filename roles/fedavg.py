@@ -23,7 +23,6 @@ from geoml.bus import Endpoint, GeomlError, Message
 from geoml.workloads import Params, Partition, Workload, take_rows
 
 from .compute import Compute
-from .outer import OuterOptimizer
 from .ps import unpack_deltas
 
 log = logging.getLogger("geoml.roles.fedavg")
@@ -88,8 +87,7 @@ class FedAggregator:
     def __init__(self, endpoint: Endpoint, workload: Workload, clients: Sequence[str],
                  init: Params, config: FedAvgConfig, *, rounds: int | None = None,
                  stop: asyncio.Event | None = None,
-                 on_round: Callable[[int], None] | None = None,
-                 outer: OuterOptimizer | None = None) -> None:
+                 on_round: Callable[[int], None] | None = None) -> None:
         if not clients:
             raise ValueError("fedavg needs at least one client")
         self.ep = endpoint
@@ -100,8 +98,6 @@ class FedAggregator:
         self.rounds = rounds
         self.stop = stop or asyncio.Event()
         self.on_round = on_round
-        #: How the round's mean delta is applied (None: added, as FedAvg does).
-        self.outer = outer
         self.round = 0
         self.counters: Counter[str] = Counter()
         #: Per round: (clients asked, clients averaged).
@@ -147,11 +143,8 @@ class FedAggregator:
                         ", ".join(sorted(waiting)))
         if not acc.clients:
             self.counters["empty_rounds"] += 1
-        if self.outer is None:
-            for table, d in acc.mean().items():
-                self.params[table] += d
-        elif acc.clients:
-            self.outer.apply(self.params, acc.mean())
+        for table, d in acc.mean().items():
+            self.params[table] += d
         self.history.append((len(chosen), acc.clients))
         self.round += 1
         if self.on_round is not None:

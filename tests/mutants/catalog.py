@@ -215,6 +215,17 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("diloco_inner_sum", "a region adds its workers' deltas instead of their mean",
            "roles/diloco.py", "    share = 1.0 / len(parts)\n", "    share = 1.0\n",
            ("tests/systems/test_diloco.py",)),
+    Mutant("streaming_one_momentum_buffer", "the outer optimizer keeps one momentum buffer "
+           "for all fragments", "roles/diloco.py", 'key = f"fragment{fragment.index}"',
+           'key = "fragments"', ("tests/systems/test_streaming_diloco.py",)),
+    Mutant("streaming_overlap_replaces", "an overlapped result replaces the local fragment "
+           "instead of mixing with it", "roles/streaming.py",
+           "if not overlapped or mix == 0:", "if True:",
+           ("tests/systems/test_streaming_diloco.py", "tests/roles/test_streaming_core.py")),
+    Mutant("streaming_4bit_nibbles_swapped", "4-bit codes unpacked high nibble first",
+           "roles/streaming.py", "both[0::2] = codes & 0x0F\n        both[1::2] = codes >> 4",
+           "both[1::2] = codes & 0x0F\n        both[0::2] = codes >> 4",
+           ("tests/roles/test_streaming_core.py",)),
     Mutant("lm_not_causal", "the language model's attention sees the characters ahead",
            "workloads/torch_lm.py", "is_causal=True", "is_causal=False",
            ("tests/workloads/test_torch.py::test_the_language_model_is_causal",)),

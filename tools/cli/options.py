@@ -310,6 +310,17 @@ def _training_args(p: argparse.ArgumentParser) -> None:
                    help="diloco: outer optimizer (sgd at lr 1: averaging of the regions)")
     p.add_argument("--diloco-outer-lr", type=float, default=0.7, metavar="LR")
     p.add_argument("--diloco-momentum", type=float, default=0.9, metavar="MU")
+    p.add_argument("--diloco-fragments", type=int, default=1, metavar="F",
+                   help="streaming diloco: fragments synced in turn, one every H/F clocks")
+    p.add_argument("--diloco-overlap", type=int, default=0, metavar="TAU",
+                   help="streaming diloco: inner clocks trained while a fragment's sync is "
+                   "on the WAN (< H/F)")
+    p.add_argument("--diloco-bits", type=int, choices=(0, 4, 8), default=0,
+                   help="streaming diloco: quantise what crosses the WAN to 8 or 4 bits "
+                   "(0: float32)")
+    p.add_argument("--diloco-mix", type=float, default=0.5, metavar="ALPHA",
+                   help="streaming diloco with overlap: the local share of a merged "
+                   "fragment")
     p.add_argument("--link-down", action="append", default=[], metavar="A-B@T+S",
                    help="fault injection: the WAN link between regions A and B (A->B: one "
                    "direction) has rate 0 from T to T+S seconds into the run (repeatable)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from geoml.roles.fedavg import FedAvgConfig
 from geoml.roles.gaia import BARRIER_MODES
 from geoml.roles.outer import OuterOptimizer
 from geoml.roles.ps import PSShard, PSWorker
+from geoml.roles.streaming import StreamSchedule, check_bits
 from geoml.workloads import Params, Workload, make_workload
 
 
@@ -140,18 +142,30 @@ class GaiaOptions:
 
 @dataclass(frozen=True)
 class DiLoCoOptions:
-    """diloco's knobs: inner clocks per round and the outer optimizer."""
+    """diloco's knobs: inner clocks per round, the outer optimizer, and Streaming
+    DiLoCo's fragments, overlap, code width and mix (roles/streaming.py)."""
 
     h: int = 10  # inner clocks per round (H)
     outer: str = "nesterov"  # nesterov or sgd (OUTER_KINDS)
     outer_lr: float = 0.7
     momentum: float = 0.9  # the outer Nesterov momentum (ignored by sgd)
+    fragments: int = 1  # F: fragments synced in turn, one every H / F clocks
+    overlap: int = 0  # tau: inner clocks trained before a sync's result is applied
+    bits: int = 0  # 0 (float32), 8 or 4: the code width of what crosses the WAN
+    mix: float = 0.5  # with overlap: local share of a merged fragment (the paper's alpha)
 
     def check(self) -> None:
         """Raise ValueError for options that cannot work."""
-        if self.h < 1:
-            raise ValueError(f"--diloco-h must be >= 1, got {self.h}")
+        StreamSchedule(self.h, self.fragments, self.overlap)
+        check_bits(self.bits)
+        if not 0 <= self.mix < 1:
+            raise ValueError(f"--diloco-mix must be in [0, 1), got {self.mix}")
         self.optimizer()
+
+    @property
+    def streaming(self) -> bool:
+        """Any of Streaming DiLoCo's options set."""
+        return self.fragments > 1 or self.overlap > 0 or self.bits > 0
 
     def optimizer(self) -> OuterOptimizer:
         """A fresh outer optimizer with these options."""
@@ -162,9 +176,8 @@ class DiLoCoOptions:
     def from_args(cls, args: Any) -> DiLoCoOptions:
         """From parsed `--diloco-*` arguments (defaults where a command has none)."""
         d = cls()
-        return cls(getattr(args, "diloco_h", d.h), getattr(args, "diloco_outer", d.outer),
-                   getattr(args, "diloco_outer_lr", d.outer_lr),
-                   getattr(args, "diloco_momentum", d.momentum))
+        return cls(*(getattr(args, f"diloco_{f.name}", getattr(d, f.name))
+                     for f in dataclasses.fields(cls)))
 
 
 @dataclass

@@ -12,7 +12,6 @@ from typing import Any
 from geoml.bus import Endpoint, Network, Topology, load_topology
 from geoml.roles.compute import Compute
 from geoml.roles.fedavg import FedAggregator, FedClient
-from geoml.roles.outer import OuterOptimizer
 from geoml.roles.ssp import FINISHED
 from geoml.workloads import Partition, Workload
 
@@ -56,6 +55,11 @@ async def run_fedavg(cfg: RunConfig) -> RunResult:
         "epochs": cfg.fed.epochs, "batch": getattr(w, "batch", None)})
 
 
+#: (endpoint, workload, client addresses, stop, on_round) -> an aggregator role
+MakeAggregator = Callable[[Endpoint, Workload, list[str], asyncio.Event,
+                           Callable[[int], None]], Any]
+
+
 class Clients:
     """What a run's client maker needs (the plan, the partitions, the aggregator's
     address), and where it adds each client: add(address, region, resident, make)."""
@@ -64,22 +68,23 @@ class Clients:
                  addresses: dict[str, tuple[str, int]], aggregator: str) -> None:
         self.workload, self.parts, self.addresses = workload, parts, addresses
         self.aggregator = aggregator
-        self.wanted: list[tuple[str, str, tuple[Any, ...], Callable[..., FedClient]]] = []
+        self.wanted: list[tuple[str, str, tuple[Any, ...], Callable[..., Any]]] = []
 
     def add(self, address: str, region: str, resident: tuple[Any, ...],
-            make: Callable[[Endpoint, Compute], FedClient]) -> None:
+            make: Callable[[Endpoint, Compute], Any]) -> None:
         self.wanted.append((address, region, resident, make))
 
 
 async def run_rounds(cfg: RunConfig, make_clients: Callable[[Clients], None], *,
-                     sync: str = "fedavg", outer: OuterOptimizer | None = None,
+                     sync: str = "fedavg",
                      clocks_per_round: int = 1,
-                     details: Callable[[Workload], dict[str, Any]] | None = None
-                     ) -> RunResult:
+                     details: Callable[[Workload], dict[str, Any]] | None = None,
+                     make_aggregator: MakeAggregator | None = None) -> RunResult:
     """An aggregator in the home region running rounds with the clients `make_clients`
     adds; the curve's clock of round r is r * clocks_per_round. `cfg.iterations` counts
     rounds. `details(workload)` adds to the summary's `sync` section. Shared by fedavg
-    and diloco."""
+    and diloco: `make_aggregator(endpoint, workload, clients, stop, on_round)` replaces
+    fedavg's FedAggregator."""
     cfg.check()
     check_clock(cfg)
     topo = cfg.topology if isinstance(cfg.topology, Topology) else load_topology(cfg.topology)
@@ -100,11 +105,13 @@ async def run_rounds(cfg: RunConfig, make_clients: Callable[[Clients], None], *,
             monitor = Monitor(workload, lambda: {home: {t: v.copy() for t, v in
                                                          aggregator.params.items()}},
                               net, executor, cfg, stop, n_clocks=1)
-            aggregator = FedAggregator(
-                await net.connect(plan.aggregator), workload, [w[0] for w in plan.wanted],
-                workload.init_params(), cfg.fed, rounds=cfg.iterations, stop=stop,
-                on_round=lambda r: monitor.on_min_clock(0, r * clocks_per_round),
-                outer=outer)
+            on_round = lambda r: monitor.on_min_clock(0, r * clocks_per_round)  # noqa: E731
+            names = [w[0] for w in plan.wanted]
+            ep = await net.connect(plan.aggregator)
+            aggregator = (
+                make_aggregator(ep, workload, names, stop, on_round) if make_aggregator
+                else FedAggregator(ep, workload, names, workload.init_params(), cfg.fed,
+                                   rounds=cfg.iterations, stop=stop, on_round=on_round))
             clients = [make(await net.connect(addr),
                             region_compute(cfg, topo, region, executor, (workload, *res),
                                            addr))
