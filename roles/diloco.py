@@ -1,5 +1,10 @@
 """DiLoCo's roles: a region role per data region and an aggregator in the home region.
 
+The average is formed at one aggregator, or (`average="hubs"`) through the topology's
+overlay hubs: each group's hub sums its members' deltas and sends the aggregator one sum,
+then relays the result to its members, so an inter-group link carries one fragment each
+way per sync instead of one per member.
+
 A region's workers train its replica with BSP clocks (the mean of their deltas each
 clock). Plain DiLoCo (one fragment): after H inner clocks the region sends its
 pseudo-gradient, the aggregator averages the regions' and takes the outer step, and
@@ -11,6 +16,7 @@ crosses the WAN may be quantised to 8 or 4 bits.
 Frames (docs/PROTOCOL.md, "DiLoCo"):
   dl.delta   region -> aggregator  meta {sync, fragment, scale}; one array: the
              fragment's (replica - global at its last sync), float32 or codes.
+             hub -> aggregator: the same with meta count, the sum of `count` members'.
   dl.global  aggregator -> region  meta {sync, fragment, scale, last}; one array: the
              fragment's new global values (float32), or the codes of its outer step.
   dl.done    aggregator -> region  no more syncs.
@@ -193,6 +199,8 @@ class DiLoCoRegion:
 class DiLoCoAggregator:
     """Runs the syncs: waits for every region's delta of the sync's fragment, averages
     them, takes the outer step on that fragment and sends the result to every region.
+    With hubs its sources are the hubs (`members`: regions behind each), whose deltas are
+    sums of that many regions'.
 
     A region more than `deadline_s` behind the first of a sync to report is left out of
     it (counted `missed_deadline`; its delta, when it comes, `late_updates`); it still
@@ -203,11 +211,14 @@ class DiLoCoAggregator:
                  deadline_s: float = 60.0, syncs: int | None = None,
                  stop: asyncio.Event | None = None,
                  on_round: Callable[[int], None] | None = None,
+                 members: dict[str, int] | None = None,
                  idle_timeout_s: float = 3600.0) -> None:
         if not regions:
             raise ValueError("diloco needs at least one region")
         self.ep = endpoint
         self.regions = list(regions)
+        #: Regions behind each source: 1 for a region, its members for a hub.
+        self.members = {r: (members or {}).get(r, 1) for r in self.regions}
         self.params = {t: v.copy() for t, v in init.items()}
         self.plan = plan
         self.outer = outer
@@ -240,6 +251,7 @@ class DiLoCoAggregator:
         waiting = set(self.regions)
         loop = asyncio.get_running_loop()
         deadline: float | None = None
+        averaged = 0
         while waiting:
             left = self.idle_timeout_s if deadline is None else deadline - loop.time()
             if left <= 0:
@@ -251,16 +263,17 @@ class DiLoCoAggregator:
                     raise RegionFailed(f"{self.ep.address}: no region reported sync {sync} "
                                        f"for {self.idle_timeout_s:.0f}s") from None
                 break
-            values = self._take(msg, sync, fragment, waiting)
-            if values is not None:
-                total += values
+            taken = self._take(msg, sync, fragment, waiting)
+            if taken is not None:
+                total += taken[0]
+                averaged += taken[1]
                 waiting.discard(msg.src)
                 if deadline is None:
                     deadline = loop.time() + self.deadline_s
-        averaged = len(self.regions) - len(waiting)
-        self.counters["asked"] += len(self.regions)
+        asked = sum(self.members.values())
+        self.counters["asked"] += asked
         self.counters["averaged"] += averaged
-        self.counters["missed_deadline"] += len(waiting)
+        self.counters["missed_deadline"] += asked - averaged
         if waiting:
             log.warning("%s: sync %d closed %.1fs after its first delta without %s",
                         self.ep.address, sync, self.deadline_s, ", ".join(sorted(waiting)))
@@ -286,29 +299,156 @@ class DiLoCoAggregator:
         return last
 
     def _take(self, msg: Message, sync: int, fragment: Fragment, waiting: set[str]
-              ) -> np.ndarray | None:
-        if msg.type != DELTA:
-            self._refuse(msg, f"unexpected frame type {msg.type!r}")
-            return None
-        got = msg.meta.get("sync")
-        if got != sync or msg.src not in waiting:
-            if isinstance(got, int) and got < sync and msg.src in self.regions:
+              ) -> tuple[np.ndarray, int] | None:
+        got = take_delta(msg, sync, fragment, self.plan.bits, waiting, self.regions)
+        if isinstance(got, str):
+            if got == LATE:
                 self.counters["late_updates"] += 1
-                log.info("%s: dropped %s's delta for closed sync %d", self.ep.address,
-                         msg.src, got)
+                log.info("%s: dropped %s's late delta", self.ep.address, msg.src)
             else:
-                self._refuse(msg, f"delta for sync {got!r} from a region not waited for")
+                self._refuse(msg, got)
             return None
-        if msg.meta.get("fragment") != fragment.index or len(msg.arrays) != 1:
-            self._refuse(msg, f"sync {sync} carries fragment {fragment.index} in one array")
+        values, count = got
+        if count > self.members[msg.src]:
+            self._refuse(msg, f"a sum of {count} regions' deltas from a source of "
+                         f"{self.members[msg.src]}")
             return None
-        try:
-            return read_values(msg.arrays[0], msg.meta.get("scale"), self.plan.bits,
-                               fragment.size).astype(np.float64)
-        except ValueError as exc:
-            self._refuse(msg, str(exc))
-            return None
+        return values, count
 
     def _refuse(self, msg: Message, why: str) -> None:
         self.counters["refused"] += 1
         log.warning("%s refused %s from %s: %s", self.ep.address, msg.type, msg.src, why)
+
+
+LATE = "late"
+
+
+def take_delta(msg: Message, sync: int, fragment: Fragment, bits: int, waiting: set[str],
+               sources: Sequence[str]) -> tuple[np.ndarray, int] | str:
+    """(decoded float64 values, regions summed) of a dl.delta for `sync` from a source
+    still waited for; else LATE (an earlier sync's, from a known source) or why not."""
+    if msg.type != DELTA:
+        return f"unexpected frame type {msg.type!r}"
+    got = msg.meta.get("sync")
+    if got != sync or msg.src not in waiting:
+        if isinstance(got, int) and got < sync and msg.src in sources:
+            return LATE
+        return f"delta for sync {got!r} from a source not waited for"
+    count = msg.meta.get("count", 1)
+    if msg.meta.get("fragment") != fragment.index or len(msg.arrays) != 1 or (
+            type(count) is not int or count < 1):
+        return f"sync {sync} carries fragment {fragment.index} in one array, count >= 1"
+    try:
+        return read_values(msg.arrays[0], msg.meta.get("scale"), bits,
+                           fragment.size).astype(np.float64), count
+    except ValueError as exc:
+        return str(exc)
+
+
+class DiLoCoHub:
+    """An overlay group's hub of a diloco run with `average="hubs"`: per sync it sums its
+    members' deltas (one float64 sum, sent as float32 or codes with `count`), sends the
+    sum to the aggregator, and relays the aggregator's result to its members.
+
+    A member more than `deadline_s` behind the first of the sync is left out of the sum
+    (`missed_deadline`); the hub then sends the sum of the others with their count."""
+
+    def __init__(self, endpoint: Endpoint, members: Sequence[str], aggregator: str,
+                 plan: StreamPlan, *, deadline_s: float = 60.0,
+                 idle_timeout_s: float = 3600.0) -> None:
+        if not members:
+            raise ValueError("a diloco hub needs at least one member region")
+        self.ep = endpoint
+        self.members = list(members)
+        self.aggregator = aggregator
+        self.plan = plan
+        self.deadline_s = deadline_s
+        self.idle_timeout_s = idle_timeout_s
+        self.counters: Counter[str] = Counter(dict.fromkeys(
+            ("missed_deadline", "late_updates", "refused"), 0))
+        self.round = 0
+        self._ended = False  # the members have the last result, or dl.done
+
+    async def run(self) -> int:
+        """Sum and relay until the aggregator's last result or dl.done; returns syncs."""
+        try:
+            while not await self._one_sync():
+                pass
+        finally:
+            if not self.ep.closed and not self._ended:
+                for member in self.members:
+                    await self.ep.send(member, DONE)
+        return self.round
+
+    async def _one_sync(self) -> bool:
+        sync = self.round
+        fragment = self.plan.fragments[self.plan.schedule.fragment(sync)]
+        total = np.zeros(fragment.size, np.float64)
+        waiting, count = set(self.members), 0
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None
+        result: Message | None = None
+        while waiting and result is None:
+            left = self.idle_timeout_s if deadline is None else deadline - loop.time()
+            if left <= 0:
+                break
+            try:
+                msg = await self.ep.recv(timeout=left)
+            except TimeoutError:
+                if deadline is None:
+                    raise RegionFailed(f"{self.ep.address}: no member reported sync {sync} "
+                                       f"for {self.idle_timeout_s:.0f}s") from None
+                break
+            if msg.src == self.aggregator:
+                result = msg  # the aggregator closed the sync without us (or stopped)
+                break
+            got = take_delta(msg, sync, fragment, self.plan.bits, waiting, self.members)
+            if isinstance(got, str):
+                self.counters["late_updates" if got == LATE else "refused"] += 1
+                if got != LATE:
+                    log.warning("%s refused %s from %s: %s", self.ep.address, msg.type,
+                                msg.src, got)
+                continue
+            total += got[0]
+            count += got[1]
+            waiting.discard(msg.src)
+            if deadline is None:
+                deadline = loop.time() + self.deadline_s
+        self.counters["missed_deadline"] += len(waiting)
+        if result is None and count:
+            array, scale = wire_values(total.astype(np.float32), self.plan.bits)
+            await self.ep.send(self.aggregator, DELTA, arrays=[array],
+                               meta={"sync": sync, "fragment": fragment.index,
+                                     "scale": scale, "count": count})
+        return await self._relay(sync, result)
+
+    async def _relay(self, sync: int, msg: Message | None) -> bool:
+        """Pass the aggregator's result of `sync` to every member; True if it was the last."""
+        while True:
+            if msg is None:
+                try:
+                    msg = await self.ep.recv(timeout=self.idle_timeout_s)
+                except TimeoutError:
+                    raise RegionFailed(f"{self.ep.address}: no result of sync {sync} from "
+                                       f"{self.aggregator}") from None
+            if msg.src != self.aggregator:
+                if msg.type == DELTA and isinstance(msg.meta.get("sync"), int) \
+                        and msg.meta["sync"] <= sync and msg.src in self.members:
+                    self.counters["late_updates"] += 1
+                else:
+                    self.counters["refused"] += 1
+                    log.warning("%s ignored %s from %s while waiting for the aggregator",
+                                self.ep.address, msg.type, msg.src)
+                msg = None
+                continue
+            if msg.type == DONE or (msg.type == GLOBAL and msg.meta.get("sync") == sync):
+                break
+            self.counters["refused"] += 1
+            log.warning("%s ignored %s for sync %r from the aggregator", self.ep.address,
+                        msg.type, msg.meta.get("sync"))
+            msg = None
+        for member in self.members:
+            await self.ep.send(member, msg.type, arrays=list(msg.arrays), meta=dict(msg.meta))
+        self.round += 1
+        self._ended = msg.type == DONE or bool(msg.meta.get("last"))
+        return self._ended

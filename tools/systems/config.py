@@ -140,6 +140,10 @@ class GaiaOptions:
                    getattr(args, "gaia_barrier", d.barrier), getattr(args, "topk_share", d.topk))
 
 
+#: Where diloco forms the regions' mean: one aggregator, or through the overlay hubs.
+AVERAGE_FORMS = ("aggregator", "hubs")
+
+
 @dataclass(frozen=True)
 class DiLoCoOptions:
     """diloco's knobs: inner clocks per round, the outer optimizer, and Streaming
@@ -153,6 +157,7 @@ class DiLoCoOptions:
     overlap: int = 0  # tau: inner clocks trained before a sync's result is applied
     bits: int = 0  # 0 (float32), 8 or 4: the code width of what crosses the WAN
     mix: float = 0.5  # with overlap: local share of a merged fragment (the paper's alpha)
+    average: str = "aggregator"  # AVERAGE_FORMS: where the regions' mean is formed
 
     def check(self) -> None:
         """Raise ValueError for options that cannot work."""
@@ -160,6 +165,9 @@ class DiLoCoOptions:
         check_bits(self.bits)
         if not 0 <= self.mix < 1:
             raise ValueError(f"--diloco-mix must be in [0, 1), got {self.mix}")
+        if self.average not in AVERAGE_FORMS:
+            raise ValueError(f"--diloco-average must be one of {', '.join(AVERAGE_FORMS)}, "
+                             f"got {self.average!r}")
         self.optimizer()
 
     @property

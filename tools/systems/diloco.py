@@ -9,12 +9,36 @@ from __future__ import annotations
 
 import dataclasses
 
-from geoml.roles.diloco import DiLoCoAggregator, DiLoCoRegion, StreamPlan
+from geoml.bus import Topology, load_topology
+from geoml.roles.diloco import DiLoCoAggregator, DiLoCoHub, DiLoCoRegion, StreamPlan
 from geoml.workloads import Workload
 
 from .config import RunConfig, RunResult
 from .fedavg import Clients, check_fedavg, run_rounds
 from .registry import System, register
+
+
+def hub_plan(topo: Topology, data_regions: list[str]) -> dict[str, list[str]]:
+    """Hub address -> its members' region roles, one hub per overlay group with data
+    regions (ValueError if the topology has no overlay groups, or misses a region)."""
+    if not topo.overlay:
+        raise ValueError(f"--diloco-average hubs needs overlay groups, and topology "
+                         f"{topo.name!r} has none")
+    hubs: dict[str, list[str]] = {}
+    for region in data_regions:
+        group = topo.group_of(region)
+        if group is None:
+            raise ValueError(f"--diloco-average hubs: region {region!r} is in no overlay "
+                             f"group of {topo.name!r}")
+        hubs.setdefault(f"{group.hub}/hub/0", []).append(f"{region}/diloco/0")
+    return hubs
+
+
+def check_diloco(topo: Topology, cfg: RunConfig) -> None:
+    """Raise ValueError if diloco cannot run on `topo` with `cfg`'s options."""
+    check_fedavg(topo, cfg)
+    if cfg.diloco.average == "hubs":
+        hub_plan(topo, [r.name for r in topo.regions if r.workers])
 
 
 async def run_diloco(cfg: RunConfig) -> RunResult:
@@ -23,6 +47,8 @@ async def run_diloco(cfg: RunConfig) -> RunResult:
     whole syncs of H / F); the curve's clocks are inner clocks."""
     opts = cfg.diloco
     opts.check()
+    topo = cfg.topology if isinstance(cfg.topology, Topology) else load_topology(cfg.topology)
+    cfg = dataclasses.replace(cfg, topology=topo)
     plans: list[StreamPlan] = []
 
     def plan_for(workload: Workload) -> StreamPlan:
@@ -31,13 +57,24 @@ async def run_diloco(cfg: RunConfig) -> RunResult:
                                           opts.bits, opts.mix))
         return plans[0]
 
+    hubs: dict[str, list[str]] = {}  # hub address -> its member regions' role addresses
+
     def regions(plan: Clients) -> None:
-        for region in dict.fromkeys(key[0] for key in plan.addresses.values()):
+        data_regions = list(dict.fromkeys(key[0] for key in plan.addresses.values()))
+        hubs.update(hub_plan(topo, data_regions) if opts.average == "hubs" else {})
+        upstream = {m: hub for hub, members in hubs.items() for m in members}
+        for region in data_regions:
             parts = [plan.parts[key] for key in plan.addresses.values() if key[0] == region]
-            plan.add(f"{region}/diloco/0", region, tuple(parts),
-                     lambda ep, compute, parts=parts: DiLoCoRegion(
-                         ep, plan.workload, parts, plan.aggregator,
-                         plan_for(plan.workload), compute=compute))
+            address = f"{region}/diloco/0"
+            up = upstream.get(address, plan.aggregator)  # its hub, or the aggregator
+            plan.add(address, region, tuple(parts),
+                     lambda ep, compute, parts=parts, up=up: DiLoCoRegion(
+                         ep, plan.workload, parts, up, plan_for(plan.workload),
+                         compute=compute))
+        for hub, members in hubs.items():
+            plan.relays.append((hub, lambda ep, members=members: DiLoCoHub(
+                ep, members, plan.aggregator, plan_for(plan.workload),
+                deadline_s=cfg.fed.deadline_s)))
 
     step = opts.h // opts.fragments
     syncs = None if cfg.iterations is None else -(-cfg.iterations // step)
@@ -45,12 +82,13 @@ async def run_diloco(cfg: RunConfig) -> RunResult:
     return await run_rounds(
         per_sync, regions, sync="diloco", clocks_per_round=step,
         make_aggregator=lambda ep, workload, names, stop, on_round: DiLoCoAggregator(
-            ep, workload, names, workload.init_params(), plan_for(workload),
+            ep, workload, list(hubs) or names, workload.init_params(), plan_for(workload),
             opts.optimizer(), deadline_s=cfg.fed.deadline_s, syncs=syncs, stop=stop,
-            on_round=on_round),
+            on_round=on_round, members={h: len(m) for h, m in hubs.items()}),
         details=lambda w: {"h": opts.h, "outer": opts.outer, "outer_lr": opts.outer_lr,
                            "momentum": opts.momentum, "fragments": opts.fragments,
                            "overlap": opts.overlap, "bits": opts.bits,
+                           "average": opts.average, "hubs": hubs or None,
                            "mix": opts.mix if opts.overlap else None,
                            "fragment_elements": [f.size for f in plan_for(w).fragments]})
 
@@ -59,4 +97,4 @@ DILOCO = register(System(
     "diloco", "a replica per region trained H inner clocks by its workers; the regions' "
     "pseudo-gradients are averaged over the WAN and applied by an outer Nesterov step "
     "(streaming: F fragments in turn, overlapped, quantised)",
-    run_diloco, check_fedavg, guide="docs/systems-diloco.md"))
+    run_diloco, check_diloco, guide="docs/systems-diloco.md"))

@@ -69,6 +69,8 @@ class Clients:
         self.workload, self.parts, self.addresses = workload, parts, addresses
         self.aggregator = aggregator
         self.wanted: list[tuple[str, str, tuple[Any, ...], Callable[..., Any]]] = []
+        #: Roles that relay between clients and aggregator (diloco's hubs): (address, make).
+        self.relays: list[tuple[str, Callable[[Endpoint], Any]]] = []
 
     def add(self, address: str, region: str, resident: tuple[Any, ...],
             make: Callable[[Endpoint, Compute], Any]) -> None:
@@ -116,6 +118,7 @@ async def run_rounds(cfg: RunConfig, make_clients: Callable[[Clients], None], *,
                             region_compute(cfg, topo, region, executor, (workload, *res),
                                            addr))
                        for addr, region, res, make in plan.wanted]
+            relays = [make(await net.connect(addr)) for addr, make in plan.relays]
             monitor.t0 = t_start
 
             async def aggregate() -> int:
@@ -125,7 +128,8 @@ async def run_rounds(cfg: RunConfig, make_clients: Callable[[Clients], None], *,
                     monitor.on_min_clock(0, FINISHED)
 
             view, elapsed = await drive(cfg, net, tap, monitor, t_start, stop,
-                                        [[aggregate], [c.run for c in clients]],
+                                        [[aggregate], [c.run for c in clients],
+                                         [r.run for r in relays]],
                                         [c.compute for c in clients])
             rounds = aggregator.round
             traffic = await finish(monitor, rounds * clocks_per_round, net, tap, view)
@@ -146,7 +150,9 @@ async def run_rounds(cfg: RunConfig, make_clients: Callable[[Clients], None], *,
                **{k: aggregator.counters[k] for k in (
                    "asked", "averaged", "missed_deadline", "late_updates",
                    "empty_rounds", "refused")},
-               "client_rounds": {c.ep.address: c.counters["rounds"] for c in clients}},
+               "client_rounds": {c.ep.address: c.counters["rounds"] for c in clients},
+               **({"relays": {r.ep.address: dict(r.counters) for r in relays}}
+                  if relays else {})},
     })
     if not cfg.quiet and aggregator.counters["missed_deadline"]:
         print(f"[{sync}] {aggregator.counters['missed_deadline']} client answers missed "
@@ -154,7 +160,8 @@ async def run_rounds(cfg: RunConfig, make_clients: Callable[[Clients], None], *,
     params = {t: v.copy() for t, v in aggregator.params.items()}
     return RunResult(summary, monitor.curve, params, [], [], monitor.t0,
                      roles={aggregator.ep.address: aggregator,
-                            **{c.ep.address: c for c in clients}})
+                            **{c.ep.address: c for c in clients},
+                            **{r.ep.address: r for r in relays}})
 
 
 FEDAVG = register(System(
