@@ -23,6 +23,10 @@ system (the lowest bandwidth tried at which it and every higher one keep utilisa
 >= 0.9), and `streaming_peak_link_utilisation_vs_diloco`: streaming's peak / diloco's at
 the lowest bandwidth tried where both keep >= 0.9 (also without codes).
 
+`disruptions` (ss_wan x1, the MLP, LAN's target): every system's time to target
+undisturbed, with SaoPaulo computing at half speed (`speed` 0.5), and with the WAN link
+down from 3 s to 8 s (`--link-down`), and the delay each causes.
+
 The language model (LM: bench_torch's transformer) runs the same table at the topology's
 bandwidth on LM_TOPOLOGIES (`--lm-topologies ss_wan,ec2_all` adds ec2_all, about 10 min
 more): `lm_wan_bytes_vs_baseline` for diloco and streaming, and `lm_meets_100x`.
@@ -46,7 +50,7 @@ from geoml.compare import CLOCK_SLACK, compare
 from geoml.roles.compute import ComputeCost
 from geoml.roles.fedavg import FedAvgConfig
 from geoml.systems import RunConfig, run_system
-from geoml.systems.config import DiLoCoOptions
+from geoml.systems.config import DiLoCoOptions, LinkFault
 from geoml.workloads import make_workload
 
 #: The MLP of bench_gaia's classification case, at geoml's default (mean) aggregation:
@@ -74,6 +78,9 @@ LM = {"name": "lm-shakespeare",
                   "clock_fraction": 0.01}}
 LM_CLOCKS = 20
 LM_TOPOLOGIES = ("ss_wan",)
+#: The disruption story (ss_wan x1): a region at half speed; the WAN link down a while.
+SLOW_REGION, SLOW_SPEED = "SaoPaulo", 0.5
+LINK_DOWN_AT_S, LINK_DOWN_S = 3.0, 5.0
 SWEEP_FACTORS = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
 SWEEP_CLOCKS = 40
 CLOCK_S = 0.5
@@ -168,6 +175,43 @@ def sweep(clocks: int, factors: tuple[float, ...]) -> dict[str, Any]:
             "float32_peak_compared_at_mbps": at_f32}
 
 
+def disruptions(target: float, clocks: int, out: Path) -> dict[str, Any]:
+    """ss_wan x1: each system's time to `target` undisturbed, with SLOW_REGION computing
+    at SLOW_SPEED, and with the WAN link down for LINK_DOWN_S from LINK_DOWN_AT_S."""
+    topo, workload, cost = deployment("ss_wan", 1.0)
+    slow = dataclasses.replace(topo, regions=tuple(
+        dataclasses.replace(r, speed=SLOW_SPEED) if r.name == SLOW_REGION else r
+        for r in topo.regions))
+    a, b = topo.region_names
+    down = (LinkFault(a, b, LINK_DOWN_AT_S, LINK_DOWN_S),)
+    cases = {"undisturbed": (topo, ()), "slow_region": (slow, ()), "link_down": (topo, down)}
+    rows: dict[str, dict[str, Any]] = {}
+    for system in [s for s in SYSTEMS if s != "lan"] + ["streaming"]:
+        rows[system] = {}
+        for case, (where, faults) in cases.items():
+            cfg = RunConfig(topology=where, system=system if system != "streaming"
+                            else "diloco", workload=workload, iterations=clocks * CLOCK_SLACK,
+                            target=target, compute=cost, quiet=True, faults=faults,
+                            diloco=DiLoCoOptions(h=DILOCO_H, **(
+                                STREAMING if system == "streaming" else {})),
+                            fed=FedAvgConfig(deadline_s=ROUND_DEADLINE_S),
+                            out=out / system / case)
+            summary = run_virtual(run_system(cfg)).summary
+            rows[system][case] = summary["time_to_target_s"]
+        base = rows[system]["undisturbed"]
+        for case in ("slow_region", "link_down"):
+            t = rows[system][case]
+            rows[system][f"{case}_delay_s"] = (None if t is None or base is None
+                                               else t - base)
+        progress(f"disruptions {system}: " + json.dumps(
+            {k: None if v is None else round(v, 2) for k, v in rows[system].items()}))
+    return {"topology": "ss_wan", "target": target, "slow_region": SLOW_REGION,
+            "slow_speed": SLOW_SPEED, "link_down": {"link": f"{a}<->{b}",
+                                                   "at_s": LINK_DOWN_AT_S,
+                                                   "for_s": LINK_DOWN_S},
+            "time_to_target_s": rows}
+
+
 def one_case(topology: str, factor: float, clocks: int, out: Path,
              spec: dict[str, Any] = MLP) -> dict[str, Any]:
     topo, workload, cost = deployment(topology, factor, spec)
@@ -238,6 +282,8 @@ def main() -> None:
              for t in (["ss_wan"] if args.quick else TOPOLOGIES) for f in WAN_FACTORS]
     lm_cases = [] if args.quick else [
         one_case(t, 1.0, LM_CLOCKS, args.out, LM) for t in args.lm_topologies.split(",") if t]
+    disrupted = None if args.quick else disruptions(cases[0]["target"], clocks,
+                                                    args.out / "disruptions")
     swept = sweep(SWEEP_CLOCKS // 2 if args.quick else SWEEP_CLOCKS,
                   (1.0, 10.0) if args.quick else SWEEP_FACTORS)
     key = lambda c: f"{c['topology']}x{c['wan_factor']:g}"  # noqa: E731
@@ -266,6 +312,7 @@ def main() -> None:
               "streaming_savings": next((c["streaming_savings"] for c in cases
                                          if "streaming_savings" in c), None),
               "bandwidth_sweep": swept,
+              "disruptions": disrupted,
               "streaming_peak_link_utilisation_vs_diloco":
                   swept["streaming_peak_link_utilisation_vs_diloco"],
               "streaming_float32_peak_link_utilisation_vs_diloco":

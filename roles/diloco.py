@@ -94,6 +94,16 @@ def inner_clocks(workload: Workload, parts: Sequence[Partition], model: Params,
     return replica, start
 
 
+def outer_step(outer: OuterOptimizer, fragment: Fragment, old: np.ndarray,
+               mean_delta: np.ndarray) -> np.ndarray:
+    """The fragment's values after the outer step on the regions' mean delta (each
+    fragment keeps its own momentum buffer)."""
+    key = f"fragment{fragment.index}"
+    work = {key: old.copy()}
+    outer.apply(work, {key: mean_delta})
+    return work[key]
+
+
 class RegionFailed(GeomlError):
     """A diloco region cannot go on."""
 
@@ -107,9 +117,14 @@ class DiLoCoRegion:
 
     def __init__(self, endpoint: Endpoint, workload: Workload, parts: Sequence[Partition],
                  aggregator: str, plan: StreamPlan, *, compute: Compute | None = None,
+                 peers: Sequence[str] = (), outer: OuterOptimizer | None = None,
+                 syncs: int | None = None, stop: asyncio.Event | None = None,
+                 on_sync: Callable[[int], None] | None = None,
                  idle_timeout_s: float = 3600.0) -> None:
         if not parts:
             raise ValueError("a diloco region needs at least one worker")
+        if peers and outer is None:
+            raise ValueError("an all-to-all diloco region needs its outer optimizer")
         self.ep = endpoint
         self.workload = workload
         self.parts = list(parts)
@@ -123,20 +138,42 @@ class DiLoCoRegion:
         self.clock = 0  # inner clocks done
         self.counters: Counter[str] = Counter()
         self.times = {"compute_s": 0.0}
+        #: All-to-all: the other regions' roles (no aggregator), the outer optimizer this
+        #: region runs itself, and when to stop.
+        self.peers = sorted(peers)
+        self.outer = outer
+        self.syncs = syncs
+        self.stop = stop
+        self.on_sync = on_sync
+        self.done = asyncio.Event()
+        self._own = np.zeros(0)  # all-to-all: this region's decoded delta of the sync
+        self._stopping = False  # all-to-all: this region asked for the sync to be the last
+        self._early: dict[int, dict[str, Message]] = {}  # peers' deltas for later syncs
 
     async def run(self) -> int:
-        """Train and sync until the aggregator says it was the last; returns syncs done."""
+        """Train and sync until the aggregator (all-to-all: any region, or the sync
+        count) says it was the last; returns syncs done."""
         schedule = self.plan.schedule
         sync = 0
-        while True:
-            await self._train_until(schedule.send_at(sync))
-            await self._send(sync)
-            await self._train_until(schedule.apply_at(sync))
-            last = await self._apply(sync)
-            self.counters["rounds"] += 1
-            if last:
-                return self.counters["rounds"]
-            sync += 1
+        finished = False
+        try:
+            while True:
+                await self._train_until(schedule.send_at(sync))
+                await self._send(sync)
+                await self._train_until(schedule.apply_at(sync))
+                last = await (self._apply_peers(sync) if self.peers else self._apply(sync))
+                self.counters["rounds"] += 1
+                if self.on_sync is not None:
+                    self.on_sync(self.counters["rounds"])
+                if last:
+                    finished = True
+                    return self.counters["rounds"]
+                sync += 1
+        finally:
+            self.done.set()
+            if self.peers and not finished and not self.ep.closed:
+                for peer in self.peers:
+                    await self.ep.send(peer, DONE)
 
     async def _train_until(self, clock: int) -> None:
         if clock <= self.clock:
@@ -156,8 +193,68 @@ class DiLoCoRegion:
         fragment = self.plan.fragments[self.plan.schedule.fragment(sync)]
         delta = gather(self.params, fragment) - gather(self.global_, fragment)
         array, scale = wire_values(delta, self.plan.bits)
-        await self.ep.send(self.aggregator, DELTA, arrays=[array],
-                           meta={"sync": sync, "fragment": fragment.index, "scale": scale})
+        if not self.peers:
+            await self.ep.send(self.aggregator, DELTA, arrays=[array],
+                               meta={"sync": sync, "fragment": fragment.index, "scale": scale})
+            return
+        self._own = read_values(array, scale, self.plan.bits, fragment.size).astype(np.float64)
+        self._stopping = self.stop is not None and self.stop.is_set()
+        for peer in self.peers:
+            await self.ep.send(peer, DELTA, arrays=[array],
+                               meta={"sync": sync, "fragment": fragment.index, "scale": scale,
+                                     "last": self._stopping})
+
+    async def _apply_peers(self, sync: int) -> bool:
+        """All-to-all: wait for every peer's delta of `sync`, average them with this
+        region's in address order (so every region computes the same), take the outer
+        step here; True if it was the last sync (the count, or any region asked)."""
+        fragment = self.plan.fragments[self.plan.schedule.fragment(sync)]
+        got = {self.ep.address: self._own}
+        last = self._stopping or (self.syncs is not None and sync + 1 >= self.syncs)
+        queued = list(self._early.pop(sync, {}).values())
+        while len(got) <= len(self.peers):
+            if queued:
+                msg = queued.pop()
+            else:
+                try:
+                    msg = await self.ep.recv(timeout=self.idle_timeout_s)
+                except TimeoutError:
+                    missing = sorted(set(self.peers) - set(got))
+                    raise RegionFailed(f"{self.ep.address}: no delta of sync {sync} from "
+                                       f"{', '.join(missing)} for "
+                                       f"{self.idle_timeout_s:.0f}s") from None
+            if msg.src not in self.peers:
+                self._refuse(msg, "not from a peer region")
+                continue
+            if msg.type == DONE:
+                return True  # a peer stopped without finishing: nobody can average now
+            later = msg.meta.get("sync")
+            if msg.type == DELTA and isinstance(later, int) and later > sync:
+                self._early.setdefault(later, {})[msg.src] = msg
+                continue
+            taken = take_delta(msg, sync, fragment, self.plan.bits,
+                               set(self.peers) - set(got), self.peers)
+            if isinstance(taken, str):
+                self._refuse(msg, taken)
+                continue
+            got[msg.src] = taken[0]
+            last = last or bool(msg.meta.get("last"))
+        total = np.zeros(fragment.size, np.float64)
+        for address in sorted(got):
+            total += got[address]
+        self.counters["averaged"] += len(got)
+        assert self.outer is not None
+        new = outer_step(self.outer, fragment, gather(self.global_, fragment),
+                         (total / len(got)).astype(np.float32))
+        self._merge(fragment, new)
+        return last
+
+    def _merge(self, fragment: Fragment, new_global: np.ndarray) -> None:
+        """The fragment's new global values: kept, and merged into the replica."""
+        scatter(self.global_, fragment, new_global)
+        scatter(self.params, fragment,
+                merge(gather(self.params, fragment), new_global, self.plan.mix,
+                      self.plan.schedule.overlap > 0))
 
     async def _apply(self, sync: int) -> bool:
         """Wait for sync `sync`'s result and merge it; True if it was the last."""
@@ -183,12 +280,8 @@ class DiLoCoRegion:
             except ValueError as exc:
                 self._refuse(msg, str(exc))
                 continue
-            new_global = (values if self.plan.bits == 0
-                          else gather(self.global_, fragment) + values)
-            scatter(self.global_, fragment, new_global)
-            scatter(self.params, fragment,
-                    merge(gather(self.params, fragment), new_global, self.plan.mix,
-                          self.plan.schedule.overlap > 0))
+            self._merge(fragment, values if self.plan.bits == 0
+                        else gather(self.global_, fragment) + values)
             return bool(msg.meta.get("last"))
 
     def _refuse(self, msg: Message, why: str) -> None:
@@ -278,12 +371,10 @@ class DiLoCoAggregator:
             log.warning("%s: sync %d closed %.1fs after its first delta without %s",
                         self.ep.address, sync, self.deadline_s, ", ".join(sorted(waiting)))
         old = gather(self.params, fragment)
-        key = f"fragment{fragment.index}"
-        work = {key: old.copy()}
-        self.outer.apply(work, {key: (total / averaged).astype(np.float32)})
-        array, scale = wire_values(work[key] - old, self.plan.bits)
+        stepped = outer_step(self.outer, fragment, old, (total / averaged).astype(np.float32))
+        array, scale = wire_values(stepped - old, self.plan.bits)
         if self.plan.bits == 0:
-            new = array = work[key]
+            new = array = stepped
         else:  # everyone applies the same decoded step, so the replicas stay equal
             new = old + read_values(array, scale, self.plan.bits, fragment.size)
         scatter(self.params, fragment, new)
@@ -452,3 +543,47 @@ class DiLoCoHub:
         self.round += 1
         self._ended = msg.type == DONE or bool(msg.meta.get("last"))
         return self._ended
+
+
+class PeerWatch:
+    """Stands where the aggregator would be in an all-to-all run, which has none: the
+    harness scores the home region's copy of the global model (every region's is the
+    same) and waits for every region to finish. It is not on the bus."""
+
+    ep = None
+
+    def __init__(self) -> None:
+        self.home: DiLoCoRegion | None = None
+        self.regions: list[DiLoCoRegion] = []
+
+    def add(self, region: DiLoCoRegion, home: bool) -> DiLoCoRegion:
+        """Watch `region` (the one scored if `home`, else the first added)."""
+        self.regions.append(region)
+        if home or self.home is None:
+            self.home = region
+        return region
+
+    @property
+    def params(self) -> Params:
+        """The global model, as the home region holds it."""
+        assert self.home is not None
+        return self.home.global_
+
+    @property
+    def round(self) -> int:
+        """Syncs the home region has done."""
+        return self.home.counters["rounds"] if self.home is not None else 0
+
+    @property
+    def counters(self) -> Counter[str]:
+        """The aggregator's counters, summed from what the regions saw."""
+        rounds = self.round
+        averaged = self.home.counters["averaged"] if self.home is not None else 0
+        return Counter({"asked": rounds * len(self.regions), "averaged": averaged,
+                        "missed_deadline": rounds * len(self.regions) - averaged,
+                        "refused": sum(r.counters["refused"] for r in self.regions)})
+
+    async def run(self) -> int:
+        """Wait until every region has finished; returns the syncs done."""
+        await asyncio.gather(*(r.done.wait() for r in self.regions))
+        return self.round

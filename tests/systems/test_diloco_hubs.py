@@ -80,3 +80,45 @@ def test_hubs_need_overlay_groups_said_in_one_line(capsys) -> None:
     err = capsys.readouterr().err
     assert "--diloco-average hubs needs overlay groups" in err
     assert len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("options", [
+    DiLoCoOptions(h=2, outer="sgd", outer_lr=1.0),
+    DiLoCoOptions(h=4, fragments=2, overlap=1, outer_lr=0.5, momentum=0.5)],
+    ids=["sgd", "streaming-nesterov"])
+def test_all_to_all_is_the_aggregators_model_without_an_aggregator(options) -> None:
+    w, flat = _run(grouped(), options)
+    _, a2a = _run(grouped(), DiLoCoOptions(**{**options.__dict__, "average": "all-to-all"}),
+                  workload=w)
+    assert np.array_equal(a2a.params["W"], flat.params["W"])
+    section = a2a.summary["diloco"]
+    assert section["aggregator"] is None and section["rounds"] == flat.summary["diloco"][
+        "rounds"]
+    regions = [role for address, role in a2a.roles.items() if "/diloco/" in address]
+    assert len(regions) == 6
+    for role in regions:  # every region ran the same outer step on the same mean
+        assert np.array_equal(role.global_["W"], a2a.params["W"])
+        assert role.counters["refused"] == 0
+    # each region's delta goes to the five others: 30 fragments a sync, 5 x one
+    # aggregator's 5 up and 5 down; and no aggregator role is on the bus
+    deltas = sum(link["frames_by_type"].get("dl.delta", 0)
+                 for link in a2a.summary["wan_links"].values())
+    assert deltas == 30 * section["rounds"]
+    assert not any(link["frames_by_type"].get("dl.global")
+                   for link in a2a.summary["wan_links"].values())
+
+
+def test_all_to_all_with_codes_keeps_every_region_equal_and_halves_the_wait() -> None:
+    w = make_workload("softmax-digits")
+    tiny = "tiny"
+    from geoml.bus import load_topology
+
+    _, flat = _run(load_topology(tiny), DiLoCoOptions(h=2, bits=8), 6, w)
+    _, a2a = _run(load_topology(tiny), DiLoCoOptions(h=2, bits=8, average="all-to-all"),
+                  6, w)
+    east, west = (role for address, role in a2a.roles.items() if "/diloco/" in address)
+    for table in east.global_:
+        assert np.array_equal(east.global_[table], west.global_[table])
+    # one crossing of the WAN per sync instead of there and back
+    assert a2a.summary["elapsed_s"] < flat.summary["elapsed_s"]
+    assert a2a.summary["final_objective"] < a2a.curve[0]["objective"]

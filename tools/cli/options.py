@@ -318,9 +318,11 @@ def _training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--diloco-bits", type=int, choices=(0, 4, 8), default=0,
                    help="streaming diloco: quantise what crosses the WAN to 8 or 4 bits "
                    "(0: float32)")
-    p.add_argument("--diloco-average", choices=("aggregator", "hubs"), default="aggregator",
-                   help="diloco: the regions' mean is formed at one aggregator in --home, or "
-                   "through the topology's overlay hubs (each sums its group's)")
+    p.add_argument("--diloco-average", choices=("aggregator", "hubs", "all-to-all"),
+                   default="aggregator",
+                   help="diloco: the regions' mean is formed at one aggregator in --home, "
+                   "through the topology's overlay hubs (each sums its group's), or in "
+                   "every region from every other region's delta")
     p.add_argument("--diloco-mix", type=float, default=0.5, metavar="ALPHA",
                    help="streaming diloco with overlap: the local share of a merged "
                    "fragment")

@@ -140,8 +140,9 @@ class GaiaOptions:
                    getattr(args, "gaia_barrier", d.barrier), getattr(args, "topk_share", d.topk))
 
 
-#: Where diloco forms the regions' mean: one aggregator, or through the overlay hubs.
-AVERAGE_FORMS = ("aggregator", "hubs")
+#: Where diloco forms the regions' mean: one aggregator, through the overlay hubs, or in
+#: every region from every other's delta.
+AVERAGE_FORMS = ("aggregator", "hubs", "all-to-all")
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,13 @@ F fragments synced in turn, results applied `overlap` clocks late, 8- or 4-bit c
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-from geoml.bus import Topology, load_topology
-from geoml.roles.diloco import DiLoCoAggregator, DiLoCoHub, DiLoCoRegion, StreamPlan
+from geoml.bus import Endpoint, Topology, load_topology
+from geoml.roles.diloco import DiLoCoAggregator, DiLoCoHub, DiLoCoRegion, PeerWatch, StreamPlan
 from geoml.workloads import Workload
 
 from .config import RunConfig, RunResult
@@ -63,14 +66,24 @@ async def run_diloco(cfg: RunConfig) -> RunResult:
         data_regions = list(dict.fromkeys(key[0] for key in plan.addresses.values()))
         hubs.update(hub_plan(topo, data_regions) if opts.average == "hubs" else {})
         upstream = {m: hub for hub, members in hubs.items() for m in members}
-        for region in data_regions:
+        everyone = [f"{region}/diloco/0" for region in data_regions]
+        for region, address in zip(data_regions, everyone, strict=True):
             parts = [plan.parts[key] for key in plan.addresses.values() if key[0] == region]
-            address = f"{region}/diloco/0"
             up = upstream.get(address, plan.aggregator)  # its hub, or the aggregator
+            if opts.average != "all-to-all":
+                plan.add(address, region, tuple(parts),
+                         lambda ep, compute, parts=parts, up=up: DiLoCoRegion(
+                             ep, plan.workload, parts, up, plan_for(plan.workload),
+                             compute=compute))
+                continue
             plan.add(address, region, tuple(parts),
-                     lambda ep, compute, parts=parts, up=up: DiLoCoRegion(
-                         ep, plan.workload, parts, up, plan_for(plan.workload),
-                         compute=compute))
+                     lambda ep, compute, parts=parts, address=address: watch.add(
+                         DiLoCoRegion(ep, plan.workload, parts, plan.aggregator,
+                                      plan_for(plan.workload), compute=compute,
+                                      peers=[a for a in everyone if a != address],
+                                      outer=opts.optimizer(), syncs=syncs, stop=stop[0],
+                                      on_sync=on_sync[0] if address == home else None),
+                         home=address == home))
         for hub, members in hubs.items():
             plan.relays.append((hub, lambda ep, members=members: DiLoCoHub(
                 ep, members, plan.aggregator, plan_for(plan.workload),
@@ -78,13 +91,30 @@ async def run_diloco(cfg: RunConfig) -> RunResult:
 
     step = opts.h // opts.fragments
     syncs = None if cfg.iterations is None else -(-cfg.iterations // step)
+    data_regions = [r.name for r in topo.regions if r.workers]
+    home_region = cfg.home if cfg.home in data_regions else data_regions[0]
+    home = f"{home_region}/diloco/0"  # all-to-all: the region whose copy is scored
+    watch = PeerWatch()
+    # all-to-all: the run's stop and the monitor's hook, known once the harness has them
+    stop: list[asyncio.Event | None] = [None]
+    on_sync: list[Callable[[int], None] | None] = [None]
+
+    async def aggregator(connect: Callable[[], Awaitable[Endpoint]], workload: Workload,
+                         names: list[str], stop_event: asyncio.Event,
+                         on_round: Callable[[int], None]) -> Any:
+        if opts.average == "all-to-all":
+            stop[0], on_sync[0] = stop_event, on_round
+            return watch
+        return DiLoCoAggregator(
+            await connect(), workload, list(hubs) or names, workload.init_params(),
+            plan_for(workload), opts.optimizer(), deadline_s=cfg.fed.deadline_s,
+            syncs=syncs, stop=stop_event, on_round=on_round,
+            members={h: len(m) for h, m in hubs.items()})
+
     per_sync = dataclasses.replace(cfg, iterations=syncs)
     return await run_rounds(
         per_sync, regions, sync="diloco", clocks_per_round=step,
-        make_aggregator=lambda ep, workload, names, stop, on_round: DiLoCoAggregator(
-            ep, workload, list(hubs) or names, workload.init_params(), plan_for(workload),
-            opts.optimizer(), deadline_s=cfg.fed.deadline_s, syncs=syncs, stop=stop,
-            on_round=on_round, members={h: len(m) for h, m in hubs.items()}),
+        make_aggregator=aggregator,
         details=lambda w: {"h": opts.h, "outer": opts.outer, "outer_lr": opts.outer_lr,
                            "momentum": opts.momentum, "fragments": opts.fragments,
                            "overlap": opts.overlap, "bits": opts.bits,

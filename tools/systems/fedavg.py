@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -55,9 +55,10 @@ async def run_fedavg(cfg: RunConfig) -> RunResult:
         "epochs": cfg.fed.epochs, "batch": getattr(w, "batch", None)})
 
 
-#: (endpoint, workload, client addresses, stop, on_round) -> an aggregator role
-MakeAggregator = Callable[[Endpoint, Workload, list[str], asyncio.Event,
-                           Callable[[int], None]], Any]
+#: (connect, workload, client addresses, stop, on_round) -> an aggregator role, which
+#: calls `await connect()` for its endpoint if it has one (diloco all-to-all has none).
+MakeAggregator = Callable[[Callable[[], Awaitable[Endpoint]], Workload, list[str],
+                           asyncio.Event, Callable[[int], None]], Awaitable[Any]]
 
 
 class Clients:
@@ -109,11 +110,15 @@ async def run_rounds(cfg: RunConfig, make_clients: Callable[[Clients], None], *,
                               net, executor, cfg, stop, n_clocks=1)
             on_round = lambda r: monitor.on_min_clock(0, r * clocks_per_round)  # noqa: E731
             names = [w[0] for w in plan.wanted]
-            ep = await net.connect(plan.aggregator)
-            aggregator = (
-                make_aggregator(ep, workload, names, stop, on_round) if make_aggregator
-                else FedAggregator(ep, workload, names, workload.init_params(), cfg.fed,
-                                   rounds=cfg.iterations, stop=stop, on_round=on_round))
+            if make_aggregator is not None:
+                aggregator = await make_aggregator(lambda: net.connect(plan.aggregator),
+                                                   workload, names, stop, on_round)
+            else:
+                aggregator = FedAggregator(await net.connect(plan.aggregator), workload,
+                                           names, workload.init_params(), cfg.fed,
+                                           rounds=cfg.iterations, stop=stop,
+                                           on_round=on_round)
+            agg_address = aggregator.ep.address if aggregator.ep is not None else None
             clients = [make(await net.connect(addr),
                             region_compute(cfg, topo, region, executor, (workload, *res),
                                            addr))
@@ -144,7 +149,7 @@ async def run_rounds(cfg: RunConfig, make_clients: Callable[[Clients], None], *,
         "workers": sum(data_regions.values()),
         "ps_shards": 0,
         "worker_times_s": {c.ep.address: c.times for c in clients},
-        sync: {"aggregator": aggregator.ep.address, "fraction": cfg.fed.fraction,
+        sync: {"aggregator": agg_address, "fraction": cfg.fed.fraction,
                **(details(workload) if details else {}),
                "deadline_s": cfg.fed.deadline_s, "rounds": rounds,
                **{k: aggregator.counters[k] for k in (
@@ -159,7 +164,7 @@ async def run_rounds(cfg: RunConfig, make_clients: Callable[[Clients], None], *,
               f"their round's {cfg.fed.deadline_s:.0f}s deadline", file=sys.stderr)
     params = {t: v.copy() for t, v in aggregator.params.items()}
     return RunResult(summary, monitor.curve, params, [], [], monitor.t0,
-                     roles={aggregator.ep.address: aggregator,
+                     roles={**({agg_address: aggregator} if agg_address else {}),
                             **{c.ep.address: c for c in clients},
                             **{r.ep.address: r for r in relays}})
 
