@@ -12,6 +12,9 @@ compute seconds / run seconds.
 `diloco_wan_bytes_vs_baseline`: baseline's WAN bytes / diloco's, both run until LAN's
 target (so at equal quality); null where one of them did not reach it.
 
+Rows `diloco_all_to_all` and `diloco_hubs` (where the topology has overlay groups): diloco
+with its mean formed all-to-all and through the hubs, to the same target.
+
 `streaming_savings` (ss_wan x1): diloco, then one option of Streaming DiLoCo added at a
 time, each to LAN's target: what each saves in WAN bytes and time.
 
@@ -103,11 +106,25 @@ def utilisation(summary: dict[str, Any]) -> float | None:
     return sum(t["compute_s"] for t in times.values()) / len(times) / elapsed
 
 
-def streaming_run(cfg: RunConfig, options: dict[str, int], target: float | None,
+def row_of(summary: dict[str, Any], lan_s: float | None) -> dict[str, Any]:
+    """A table row from a run's summary (`lan_s`: LAN's time to the target)."""
+    t = summary["time_to_target_s"]
+    return {"time_to_target_s": t,
+            "ratio_vs_lan": t / lan_s if t is not None and lan_s else None,
+            "wan_bytes": summary["wan_bytes"], "cost_usd": summary["cost_usd"],
+            "final_objective": summary["final_objective"],
+            "final_accuracy": summary["final_metrics"].get("accuracy"),
+            "iterations": summary["iterations"],
+            "compute_utilisation": utilisation(summary)}
+
+
+def streaming_run(cfg: RunConfig, options: dict[str, Any], target: float | None,
                   clocks: int, out: Path | None) -> dict[str, Any]:
-    """diloco with Streaming DiLoCo's `options` on `cfg`'s deployment; its summary."""
+    """diloco with `options` (streaming, or where the mean is formed) on `cfg`'s
+    deployment; its summary."""
     run = dataclasses.replace(cfg, system="diloco", target=target, iterations=clocks,
                               out=out, diloco=dataclasses.replace(cfg.diloco, **options))
+    run.check()
     return run_virtual(run_system(run)).summary
 
 
@@ -241,15 +258,15 @@ def one_case(topology: str, factor: float, clocks: int, out: Path,
             continue
         summary = streaming_run(cfg, options, report["target"], clocks * CLOCK_SLACK,
                                 where / f"streaming{step}")
-        t = summary["time_to_target_s"]
-        savings[step] = {"time_to_target_s": t,
-                         "ratio_vs_lan": t / lan_s if t is not None and lan_s else None,
-                         "wan_bytes": summary["wan_bytes"], "cost_usd": summary["cost_usd"],
-                         "final_objective": summary["final_objective"],
-                         "final_accuracy": summary["final_metrics"].get("accuracy"),
-                         "iterations": summary["iterations"],
-                         "compute_utilisation": utilisation(summary)}
+        savings[step] = row_of(summary, lan_s)
     rows["streaming"] = savings["+4-bit"]
+    if spec is MLP:  # where the mean is formed (hubs: where the topology has groups)
+        for name, average in (("diloco_all_to_all", "all-to-all"), ("diloco_hubs", "hubs")):
+            if average == "hubs" and not topo.overlay:
+                continue
+            summary = streaming_run(cfg, {"average": average}, report["target"],
+                                    clocks * CLOCK_SLACK, where / name)
+            rows[name] = row_of(summary, lan_s)
     base, dil = rows["baseline"], rows["diloco"]
     both = base["time_to_target_s"] is not None and dil["time_to_target_s"] is not None
     case = {"topology": topology, "wan_factor": factor, "target": report["target"],
