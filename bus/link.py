@@ -99,10 +99,6 @@ class LinkStats:
         second = int(at)
         self.sent_by_second[second] = self.sent_by_second.get(second, 0) + nbytes
 
-    def peak_1s_bytes(self) -> int:
-        """The most bytes transmitted in one whole second of the loop's clock."""
-        return max(self.sent_by_second.values(), default=0)
-
     def achieved_bps(self) -> float:
         """Delivered rate between the first and the last delivery (first frame excluded)."""
         if self.first_at is None or self.last_at is None or self.last_at <= self.first_at:
@@ -134,7 +130,7 @@ class LinkStats:
             "dropped": self.dropped,
             "achieved_mbps": self.achieved_bps() / 1e6,
             "late_ms": self.late_s * 1e3,
-            "peak_1s_bytes": self.peak_1s_bytes(),
+            "peak_1s_bytes": max(self.sent_by_second.values(), default=0),
         }
 
 

@@ -1,4 +1,4 @@
-"""DiLoCo's roles: a region role per data region and an aggregator in the home region.
+"""DiLoCo's region role: one per data region (the aggregator, hubs: roles/diloco_average.py).
 
 The average is formed at one aggregator, or (`average="hubs"`) through the topology's
 overlay hubs: each group's hub sums its members' deltas and sends the aggregator one sum,
@@ -13,13 +13,9 @@ sends the new global model back, which replaces the replica. Streaming DiLoCo
 clocks; a result may be applied `overlap` clocks after its fragment was sent; what
 crosses the WAN may be quantised to 8 or 4 bits.
 
-Frames (docs/PROTOCOL.md, "DiLoCo"):
-  dl.delta   region -> aggregator  meta {sync, fragment, scale}; one array: the
-             fragment's (replica - global at its last sync), float32 or codes.
-             hub -> aggregator: the same with meta count, the sum of `count` members'.
-  dl.global  aggregator -> region  meta {sync, fragment, scale, last}; one array: the
-             fragment's new global values (float32), or the codes of its outer step.
-  dl.done    aggregator -> region  no more syncs.
+With all-to-all the regions average among themselves and each takes the outer step. The
+frames are in roles/diloco_wire.py; the aggregator, hub and all-to-all stand-in in
+roles/diloco_average.py.
 """
 
 from __future__ import annotations
@@ -28,50 +24,28 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
-from geoml.bus import Endpoint, GeomlError, Message
+from geoml.bus import Endpoint, Message
 from geoml.workloads import Params, Partition, Workload, apply_delta, take_rows
 
 from .compute import Compute
-from .outer import OuterOptimizer
-from .streaming import (
-    Fragment,
-    StreamSchedule,
-    check_bits,
-    gather,
-    merge,
-    read_values,
-    scatter,
-    split_fragments,
-    wire_values,
+from .diloco_wire import (
+    DELTA,
+    DONE,
+    GLOBAL,
+    RegionFailed,
+    StreamPlan,
+    outer_step,
+    take_delta,
 )
+from .outer import OuterOptimizer
+from .streaming import Fragment, gather, merge, read_values, scatter, wire_values
+
+__all__ = ["DiLoCoRegion", "RegionFailed", "StreamPlan", "inner_clocks"]
 
 log = logging.getLogger("geoml.roles.diloco")
-
-DELTA, GLOBAL, DONE = "dl.delta", "dl.global", "dl.done"
-
-
-@dataclass(frozen=True)
-class StreamPlan:
-    """What every role of a diloco run agrees on: schedule, fragments, code width, mix."""
-
-    schedule: StreamSchedule
-    fragments: tuple[Fragment, ...]
-    bits: int = 0
-    mix: float = 0.5
-
-    @classmethod
-    def build(cls, workload: Workload, h: int, fragments: int = 1, overlap: int = 0,
-              bits: int = 0, mix: float = 0.5) -> StreamPlan:
-        """The plan for `workload`'s tables (ValueError for options that cannot work)."""
-        check_bits(bits)
-        if not 0 <= mix < 1:
-            raise ValueError(f"--diloco-mix must be in [0, 1), got {mix}")
-        return cls(StreamSchedule(h, fragments, overlap),
-                   tuple(split_fragments(workload.table_shapes(), fragments)), bits, mix)
 
 
 def inner_clocks(workload: Workload, parts: Sequence[Partition], model: Params,
@@ -92,20 +66,6 @@ def inner_clocks(workload: Workload, parts: Sequence[Partition], model: Params,
         for rows, delta in deltas:
             apply_delta(replica, rows, delta)
     return replica, start
-
-
-def outer_step(outer: OuterOptimizer, fragment: Fragment, old: np.ndarray,
-               mean_delta: np.ndarray) -> np.ndarray:
-    """The fragment's values after the outer step on the regions' mean delta (each
-    fragment keeps its own momentum buffer)."""
-    key = f"fragment{fragment.index}"
-    work = {key: old.copy()}
-    outer.apply(work, {key: mean_delta})
-    return work[key]
-
-
-class RegionFailed(GeomlError):
-    """A diloco region cannot go on."""
 
 
 class DiLoCoRegion:
@@ -287,303 +247,3 @@ class DiLoCoRegion:
     def _refuse(self, msg: Message, why: str) -> None:
         self.counters["refused"] += 1
         log.warning("%s ignored %s from %s: %s", self.ep.address, msg.type, msg.src, why)
-
-
-class DiLoCoAggregator:
-    """Runs the syncs: waits for every region's delta of the sync's fragment, averages
-    them, takes the outer step on that fragment and sends the result to every region.
-    With hubs its sources are the hubs (`members`: regions behind each), whose deltas are
-    sums of that many regions'.
-
-    A region more than `deadline_s` behind the first of a sync to report is left out of
-    it (counted `missed_deadline`; its delta, when it comes, `late_updates`); it still
-    gets the result."""
-
-    def __init__(self, endpoint: Endpoint, workload: Workload, regions: Sequence[str],
-                 init: Params, plan: StreamPlan, outer: OuterOptimizer, *,
-                 deadline_s: float = 60.0, syncs: int | None = None,
-                 stop: asyncio.Event | None = None,
-                 on_round: Callable[[int], None] | None = None,
-                 members: dict[str, int] | None = None,
-                 idle_timeout_s: float = 3600.0) -> None:
-        if not regions:
-            raise ValueError("diloco needs at least one region")
-        self.ep = endpoint
-        self.regions = list(regions)
-        #: Regions behind each source: 1 for a region, its members for a hub.
-        self.members = {r: (members or {}).get(r, 1) for r in self.regions}
-        self.params = {t: v.copy() for t, v in init.items()}
-        self.plan = plan
-        self.outer = outer
-        self.deadline_s = deadline_s
-        self.rounds = syncs
-        self.stop = stop or asyncio.Event()
-        self.on_round = on_round
-        self.idle_timeout_s = idle_timeout_s
-        self.round = 0  # syncs done
-        self.counters: Counter[str] = Counter()
-        #: Per sync: (regions expected, regions averaged).
-        self.history: list[tuple[int, int]] = []
-
-    async def run(self) -> int:
-        """Run until `syncs` syncs are done or `stop` is set; returns syncs done."""
-        last = False
-        try:
-            while not last:
-                last = await self._one_sync()
-        finally:
-            if not self.ep.closed and not last:
-                for region in self.regions:
-                    await self.ep.send(region, DONE)
-        return self.round
-
-    async def _one_sync(self) -> bool:
-        sync = self.round
-        fragment = self.plan.fragments[self.plan.schedule.fragment(sync)]
-        total = np.zeros(fragment.size, np.float64)
-        waiting = set(self.regions)
-        loop = asyncio.get_running_loop()
-        deadline: float | None = None
-        averaged = 0
-        while waiting:
-            left = self.idle_timeout_s if deadline is None else deadline - loop.time()
-            if left <= 0:
-                break
-            try:
-                msg = await self.ep.recv(timeout=left)
-            except TimeoutError:
-                if deadline is None:
-                    raise RegionFailed(f"{self.ep.address}: no region reported sync {sync} "
-                                       f"for {self.idle_timeout_s:.0f}s") from None
-                break
-            taken = self._take(msg, sync, fragment, waiting)
-            if taken is not None:
-                total += taken[0]
-                averaged += taken[1]
-                waiting.discard(msg.src)
-                if deadline is None:
-                    deadline = loop.time() + self.deadline_s
-        asked = sum(self.members.values())
-        self.counters["asked"] += asked
-        self.counters["averaged"] += averaged
-        self.counters["missed_deadline"] += asked - averaged
-        if waiting:
-            log.warning("%s: sync %d closed %.1fs after its first delta without %s",
-                        self.ep.address, sync, self.deadline_s, ", ".join(sorted(waiting)))
-        old = gather(self.params, fragment)
-        stepped = outer_step(self.outer, fragment, old, (total / averaged).astype(np.float32))
-        array, scale = wire_values(stepped - old, self.plan.bits)
-        if self.plan.bits == 0:
-            new = array = stepped
-        else:  # everyone applies the same decoded step, so the replicas stay equal
-            new = old + read_values(array, scale, self.plan.bits, fragment.size)
-        scatter(self.params, fragment, new)
-        self.history.append((len(self.regions), averaged))
-        self.round += 1
-        if self.on_round is not None:
-            self.on_round(self.round)
-        last = self.stop.is_set() or (self.rounds is not None and self.round >= self.rounds)
-        for region in self.regions:
-            await self.ep.send(region, GLOBAL, arrays=[array],
-                               meta={"sync": sync, "fragment": fragment.index,
-                                     "scale": scale, "last": last})
-        return last
-
-    def _take(self, msg: Message, sync: int, fragment: Fragment, waiting: set[str]
-              ) -> tuple[np.ndarray, int] | None:
-        got = take_delta(msg, sync, fragment, self.plan.bits, waiting, self.regions)
-        if isinstance(got, str):
-            if got == LATE:
-                self.counters["late_updates"] += 1
-                log.info("%s: dropped %s's late delta", self.ep.address, msg.src)
-            else:
-                self._refuse(msg, got)
-            return None
-        values, count = got
-        if count > self.members[msg.src]:
-            self._refuse(msg, f"a sum of {count} regions' deltas from a source of "
-                         f"{self.members[msg.src]}")
-            return None
-        return values, count
-
-    def _refuse(self, msg: Message, why: str) -> None:
-        self.counters["refused"] += 1
-        log.warning("%s refused %s from %s: %s", self.ep.address, msg.type, msg.src, why)
-
-
-LATE = "late"
-
-
-def take_delta(msg: Message, sync: int, fragment: Fragment, bits: int, waiting: set[str],
-               sources: Sequence[str]) -> tuple[np.ndarray, int] | str:
-    """(decoded float64 values, regions summed) of a dl.delta for `sync` from a source
-    still waited for; else LATE (an earlier sync's, from a known source) or why not."""
-    if msg.type != DELTA:
-        return f"unexpected frame type {msg.type!r}"
-    got = msg.meta.get("sync")
-    if got != sync or msg.src not in waiting:
-        if isinstance(got, int) and got < sync and msg.src in sources:
-            return LATE
-        return f"delta for sync {got!r} from a source not waited for"
-    count = msg.meta.get("count", 1)
-    if msg.meta.get("fragment") != fragment.index or len(msg.arrays) != 1 or (
-            type(count) is not int or count < 1):
-        return f"sync {sync} carries fragment {fragment.index} in one array, count >= 1"
-    try:
-        return read_values(msg.arrays[0], msg.meta.get("scale"), bits,
-                           fragment.size).astype(np.float64), count
-    except ValueError as exc:
-        return str(exc)
-
-
-class DiLoCoHub:
-    """An overlay group's hub of a diloco run with `average="hubs"`: per sync it sums its
-    members' deltas (one float64 sum, sent as float32 or codes with `count`), sends the
-    sum to the aggregator, and relays the aggregator's result to its members.
-
-    A member more than `deadline_s` behind the first of the sync is left out of the sum
-    (`missed_deadline`); the hub then sends the sum of the others with their count."""
-
-    def __init__(self, endpoint: Endpoint, members: Sequence[str], aggregator: str,
-                 plan: StreamPlan, *, deadline_s: float = 60.0,
-                 idle_timeout_s: float = 3600.0) -> None:
-        if not members:
-            raise ValueError("a diloco hub needs at least one member region")
-        self.ep = endpoint
-        self.members = list(members)
-        self.aggregator = aggregator
-        self.plan = plan
-        self.deadline_s = deadline_s
-        self.idle_timeout_s = idle_timeout_s
-        self.counters: Counter[str] = Counter(dict.fromkeys(
-            ("missed_deadline", "late_updates", "refused"), 0))
-        self.round = 0
-        self._ended = False  # the members have the last result, or dl.done
-
-    async def run(self) -> int:
-        """Sum and relay until the aggregator's last result or dl.done; returns syncs."""
-        try:
-            while not await self._one_sync():
-                pass
-        finally:
-            if not self.ep.closed and not self._ended:
-                for member in self.members:
-                    await self.ep.send(member, DONE)
-        return self.round
-
-    async def _one_sync(self) -> bool:
-        sync = self.round
-        fragment = self.plan.fragments[self.plan.schedule.fragment(sync)]
-        total = np.zeros(fragment.size, np.float64)
-        waiting, count = set(self.members), 0
-        loop = asyncio.get_running_loop()
-        deadline: float | None = None
-        result: Message | None = None
-        while waiting and result is None:
-            left = self.idle_timeout_s if deadline is None else deadline - loop.time()
-            if left <= 0:
-                break
-            try:
-                msg = await self.ep.recv(timeout=left)
-            except TimeoutError:
-                if deadline is None:
-                    raise RegionFailed(f"{self.ep.address}: no member reported sync {sync} "
-                                       f"for {self.idle_timeout_s:.0f}s") from None
-                break
-            if msg.src == self.aggregator:
-                result = msg  # the aggregator closed the sync without us (or stopped)
-                break
-            got = take_delta(msg, sync, fragment, self.plan.bits, waiting, self.members)
-            if isinstance(got, str):
-                self.counters["late_updates" if got == LATE else "refused"] += 1
-                if got != LATE:
-                    log.warning("%s refused %s from %s: %s", self.ep.address, msg.type,
-                                msg.src, got)
-                continue
-            total += got[0]
-            count += got[1]
-            waiting.discard(msg.src)
-            if deadline is None:
-                deadline = loop.time() + self.deadline_s
-        self.counters["missed_deadline"] += len(waiting)
-        if result is None and count:
-            array, scale = wire_values(total.astype(np.float32), self.plan.bits)
-            await self.ep.send(self.aggregator, DELTA, arrays=[array],
-                               meta={"sync": sync, "fragment": fragment.index,
-                                     "scale": scale, "count": count})
-        return await self._relay(sync, result)
-
-    async def _relay(self, sync: int, msg: Message | None) -> bool:
-        """Pass the aggregator's result of `sync` to every member; True if it was the last."""
-        while True:
-            if msg is None:
-                try:
-                    msg = await self.ep.recv(timeout=self.idle_timeout_s)
-                except TimeoutError:
-                    raise RegionFailed(f"{self.ep.address}: no result of sync {sync} from "
-                                       f"{self.aggregator}") from None
-            if msg.src != self.aggregator:
-                if msg.type == DELTA and isinstance(msg.meta.get("sync"), int) \
-                        and msg.meta["sync"] <= sync and msg.src in self.members:
-                    self.counters["late_updates"] += 1
-                else:
-                    self.counters["refused"] += 1
-                    log.warning("%s ignored %s from %s while waiting for the aggregator",
-                                self.ep.address, msg.type, msg.src)
-                msg = None
-                continue
-            if msg.type == DONE or (msg.type == GLOBAL and msg.meta.get("sync") == sync):
-                break
-            self.counters["refused"] += 1
-            log.warning("%s ignored %s for sync %r from the aggregator", self.ep.address,
-                        msg.type, msg.meta.get("sync"))
-            msg = None
-        for member in self.members:
-            await self.ep.send(member, msg.type, arrays=list(msg.arrays), meta=dict(msg.meta))
-        self.round += 1
-        self._ended = msg.type == DONE or bool(msg.meta.get("last"))
-        return self._ended
-
-
-class PeerWatch:
-    """Stands where the aggregator would be in an all-to-all run, which has none: the
-    harness scores the home region's copy of the global model (every region's is the
-    same) and waits for every region to finish. It is not on the bus."""
-
-    ep = None
-
-    def __init__(self) -> None:
-        self.home: DiLoCoRegion | None = None
-        self.regions: list[DiLoCoRegion] = []
-
-    def add(self, region: DiLoCoRegion, home: bool) -> DiLoCoRegion:
-        """Watch `region` (the one scored if `home`, else the first added)."""
-        self.regions.append(region)
-        if home or self.home is None:
-            self.home = region
-        return region
-
-    @property
-    def params(self) -> Params:
-        """The global model, as the home region holds it."""
-        assert self.home is not None
-        return self.home.global_
-
-    @property
-    def round(self) -> int:
-        """Syncs the home region has done."""
-        return self.home.counters["rounds"] if self.home is not None else 0
-
-    @property
-    def counters(self) -> Counter[str]:
-        """The aggregator's counters, summed from what the regions saw."""
-        rounds = self.round
-        averaged = self.home.counters["averaged"] if self.home is not None else 0
-        return Counter({"asked": rounds * len(self.regions), "averaged": averaged,
-                        "missed_deadline": rounds * len(self.regions) - averaged,
-                        "refused": sum(r.counters["refused"] for r in self.regions)})
-
-    async def run(self) -> int:
-        """Wait until every region has finished; returns the syncs done."""
-        await asyncio.gather(*(r.done.wait() for r in self.regions))
-        return self.round

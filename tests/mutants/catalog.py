@@ -216,7 +216,7 @@ MUTANTS: tuple[Mutant, ...] = (
            "roles/diloco.py", "    share = 1.0 / len(parts)\n", "    share = 1.0\n",
            ("tests/systems/test_diloco.py",)),
     Mutant("streaming_one_momentum_buffer", "the outer optimizer keeps one momentum buffer "
-           "for all fragments", "roles/diloco.py", 'key = f"fragment{fragment.index}"',
+           "for all fragments", "roles/diloco_wire.py", 'key = f"fragment{fragment.index}"',
            'key = "fragments"', ("tests/systems/test_streaming_diloco.py",)),
     Mutant("streaming_overlap_replaces", "an overlapped result replaces the local fragment "
            "instead of mixing with it", "roles/streaming.py",
@@ -226,6 +226,13 @@ MUTANTS: tuple[Mutant, ...] = (
            "roles/streaming.py", "both[0::2] = codes & 0x0F\n        both[1::2] = codes >> 4",
            "both[1::2] = codes & 0x0F\n        both[0::2] = codes >> 4",
            ("tests/roles/test_streaming_core.py",)),
+    Mutant("diloco_hub_counts_one", "a diloco hub says its sum is of one region",
+           "roles/diloco_average.py", '"scale": scale, "count": count})',
+           '"scale": scale, "count": 1})', ("tests/systems/test_diloco_hubs.py",)),
+    Mutant("diloco_a2a_leaves_itself_out", "an all-to-all region averages its peers' "
+           "deltas without its own", "roles/diloco.py",
+           "got = {self.ep.address: self._own}", "got = {}",
+           ("tests/systems/test_diloco_hubs.py",)),
     Mutant("lm_not_causal", "the language model's attention sees the characters ahead",
            "workloads/torch_lm.py", "is_causal=True", "is_causal=False",
            ("tests/workloads/test_torch.py::test_the_language_model_is_causal",)),

@@ -13,7 +13,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from geoml.bus import Endpoint, Topology, load_topology
-from geoml.roles.diloco import DiLoCoAggregator, DiLoCoHub, DiLoCoRegion, PeerWatch, StreamPlan
+from geoml.roles.diloco import DiLoCoRegion, StreamPlan
+from geoml.roles.diloco_average import DiLoCoAggregator, DiLoCoHub, PeerWatch
 from geoml.workloads import Workload
 
 from .config import RunConfig, RunResult
