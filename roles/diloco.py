@@ -85,6 +85,7 @@ class DiLoCoRegion:
             raise ValueError("a diloco region needs at least one worker")
         if peers and outer is None:
             raise ValueError("an all-to-all diloco region needs its outer optimizer")
+        # (a lone all-to-all region has no peers, and averages its own delta)
         self.ep = endpoint
         self.workload = workload
         self.parts = list(parts)
@@ -98,8 +99,8 @@ class DiLoCoRegion:
         self.clock = 0  # inner clocks done
         self.counters: Counter[str] = Counter()
         self.times = {"compute_s": 0.0}
-        #: All-to-all: the other regions' roles (no aggregator), the outer optimizer this
-        #: region runs itself, and when to stop.
+        #: All-to-all (given `outer`): the other regions' roles (no aggregator), the outer
+        #: optimizer this region runs itself, and when to stop.
         self.peers = sorted(peers)
         self.outer = outer
         self.syncs = syncs
@@ -121,7 +122,8 @@ class DiLoCoRegion:
                 await self._train_until(schedule.send_at(sync))
                 await self._send(sync)
                 await self._train_until(schedule.apply_at(sync))
-                last = await (self._apply_peers(sync) if self.peers else self._apply(sync))
+                last = await (self._apply(sync) if self.outer is None
+                              else self._apply_peers(sync))
                 self.counters["rounds"] += 1
                 if self.on_sync is not None:
                     self.on_sync(self.counters["rounds"])
@@ -131,7 +133,7 @@ class DiLoCoRegion:
                 sync += 1
         finally:
             self.done.set()
-            if self.peers and not finished and not self.ep.closed:
+            if self.outer is not None and not finished and not self.ep.closed:
                 for peer in self.peers:
                     await self.ep.send(peer, DONE)
 
@@ -153,7 +155,7 @@ class DiLoCoRegion:
         fragment = self.plan.fragments[self.plan.schedule.fragment(sync)]
         delta = gather(self.params, fragment) - gather(self.global_, fragment)
         array, scale = wire_values(delta, self.plan.bits)
-        if not self.peers:
+        if self.outer is None:
             await self.ep.send(self.aggregator, DELTA, arrays=[array],
                                meta={"sync": sync, "fragment": fragment.index, "scale": scale})
             return

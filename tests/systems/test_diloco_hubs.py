@@ -122,3 +122,12 @@ def test_all_to_all_with_codes_keeps_every_region_equal_and_halves_the_wait() ->
     # one crossing of the WAN per sync instead of there and back
     assert a2a.summary["elapsed_s"] < flat.summary["elapsed_s"]
     assert a2a.summary["final_objective"] < a2a.curve[0]["objective"]
+
+
+def test_a_lone_region_all_to_all_averages_its_own_delta() -> None:
+    one = parse_topology({"name": "one", "defaults": {"workers": 2, "ps_shards": 1},
+                          "regions": [{"name": "home"}]})
+    w, flat = _run(one, DiLoCoOptions(h=2), 4)
+    _, a2a = _run(one, DiLoCoOptions(h=2, average="all-to-all"), 4, w)
+    assert np.array_equal(a2a.params["W"], flat.params["W"])
+    assert a2a.summary["diloco"]["rounds"] == 2
