@@ -188,3 +188,28 @@ def test_streaming_options_from_the_command_line_and_their_mistakes(
                      "softmax-digits", "--iterations", "2", "--diloco-h", "4", *args]) == 2
         err = capsys.readouterr().err
         assert said in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_region_behind_the_deadline_is_left_out_counted_and_still_gets_the_result() -> None:
+    import dataclasses
+
+    from geoml.roles.fedavg import FedAvgConfig
+
+    topo = load_topology("tiny")
+    slow = dataclasses.replace(topo, regions=tuple(
+        dataclasses.replace(r, speed=0.1) if r.name == "west" else r for r in topo.regions))
+    w = make_workload("mlp-synthetic", {"samples": 2000, "hidden": 64})
+    cost = ComputeCost.per_clock(w, WORKERS, 0.5, w.schedule.clock_fraction)  # mlp
+    result = run_virtual(run_system(RunConfig(
+        slow, "diloco", w, iterations=12, quiet=True, compute=cost,
+        diloco=DiLoCoOptions(h=2), fed=FedAvgConfig(deadline_s=1.0))))
+    section = result.summary["diloco"]
+    # west's clocks take 5 s: east's delta alone makes each of the six syncs, and west's
+    # deltas come in after their syncs closed
+    assert section["rounds"] == 6 and section["averaged"] == 6
+    assert section["missed_deadline"] == 6 and section["late_updates"] >= 1
+    assert section["refused"] == 0
+    west = result.roles["west/diloco/0"]
+    assert west.counters["rounds"] == 6  # it took every result
+    for table in west.global_:
+        assert np.array_equal(west.global_[table], result.params[table])
