@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -34,6 +35,58 @@ from .outer import OuterOptimizer
 from .streaming import Fragment, gather, read_values, scatter, wire_values
 
 log = logging.getLogger("geoml.roles.diloco")
+
+
+@dataclass
+class Collected:
+    """What came of one sync's deltas."""
+
+    total: np.ndarray  # float64 sum of the decoded deltas taken
+    count: int  # regions summed in it
+    waiting: set[str]  # sources that had not reported when the wait ended
+    interrupted: Message | None  # the frame from `upstream` that ended the wait
+
+
+async def collect_deltas(ep: Endpoint, sync: int, fragment: Fragment, bits: int,
+                         sources: Mapping[str, int], counters: Counter[str], *,
+                         deadline_s: float, idle_timeout_s: float, what: str,
+                         upstream: str | None = None) -> Collected:
+    """Wait for every source's dl.delta of `sync` (`sources`: the regions each may sum),
+    at most `deadline_s` after the first; a frame from `upstream` ends the wait at once.
+    Late deltas are counted `late_updates`, bad ones `refused`."""
+    total = np.zeros(fragment.size, np.float64)
+    waiting, count = set(sources), 0
+    loop = asyncio.get_running_loop()
+    deadline: float | None = None
+    while waiting:
+        left = idle_timeout_s if deadline is None else deadline - loop.time()
+        if left <= 0:
+            break
+        try:
+            msg = await ep.recv(timeout=left)
+        except TimeoutError:
+            if deadline is None:
+                raise RegionFailed(f"{ep.address}: no {what} reported sync {sync} "
+                                   f"for {idle_timeout_s:.0f}s") from None
+            break
+        if msg.src == upstream:
+            return Collected(total, count, waiting, msg)
+        got = take_delta(msg, sync, fragment, bits, waiting, list(sources))
+        if not isinstance(got, str) and got[1] > sources[msg.src]:
+            got = f"a sum of {got[1]} regions' deltas from a source of {sources[msg.src]}"
+        if got == LATE:
+            counters["late_updates"] += 1
+            log.info("%s: dropped %s's delta for a closed sync", ep.address, msg.src)
+        elif isinstance(got, str):
+            counters["refused"] += 1
+            log.warning("%s refused %s from %s: %s", ep.address, msg.type, msg.src, got)
+        else:
+            total += got[0]
+            count += got[1]
+            waiting.discard(msg.src)
+            if deadline is None:
+                deadline = loop.time() + deadline_s
+    return Collected(total, count, waiting, None)
 
 
 class DiLoCoAggregator:
@@ -69,8 +122,6 @@ class DiLoCoAggregator:
         self.idle_timeout_s = idle_timeout_s
         self.round = 0  # syncs done
         self.counters: Counter[str] = Counter()
-        #: Per sync: (regions expected, regions averaged).
-        self.history: list[tuple[int, int]] = []
 
     async def run(self) -> int:
         """Run until `syncs` syncs are done or `stop` is set; returns syncs done."""
@@ -87,36 +138,17 @@ class DiLoCoAggregator:
     async def _one_sync(self) -> bool:
         sync = self.round
         fragment = self.plan.fragments[self.plan.schedule.fragment(sync)]
-        total = np.zeros(fragment.size, np.float64)
-        waiting = set(self.regions)
-        loop = asyncio.get_running_loop()
-        deadline: float | None = None
-        averaged = 0
-        while waiting:
-            left = self.idle_timeout_s if deadline is None else deadline - loop.time()
-            if left <= 0:
-                break
-            try:
-                msg = await self.ep.recv(timeout=left)
-            except TimeoutError:
-                if deadline is None:
-                    raise RegionFailed(f"{self.ep.address}: no region reported sync {sync} "
-                                       f"for {self.idle_timeout_s:.0f}s") from None
-                break
-            taken = self._take(msg, sync, fragment, waiting)
-            if taken is not None:
-                total += taken[0]
-                averaged += taken[1]
-                waiting.discard(msg.src)
-                if deadline is None:
-                    deadline = loop.time() + self.deadline_s
+        got = await collect_deltas(self.ep, sync, fragment, self.plan.bits, self.members,
+                                   self.counters, deadline_s=self.deadline_s,
+                                   idle_timeout_s=self.idle_timeout_s, what="region")
+        total, averaged = got.total, got.count
         asked = sum(self.members.values())
         self.counters["asked"] += asked
         self.counters["averaged"] += averaged
         self.counters["missed_deadline"] += asked - averaged
-        if waiting:
+        if got.waiting:
             log.warning("%s: sync %d closed %.1fs after its first delta without %s",
-                        self.ep.address, sync, self.deadline_s, ", ".join(sorted(waiting)))
+                        self.ep.address, sync, self.deadline_s, ", ".join(sorted(got.waiting)))
         old = gather(self.params, fragment)
         stepped = outer_step(self.outer, fragment, old, (total / averaged).astype(np.float32))
         array, scale = wire_values(stepped - old, self.plan.bits)
@@ -125,7 +157,6 @@ class DiLoCoAggregator:
         else:  # everyone applies the same decoded step, so the replicas stay equal
             new = old + read_values(array, scale, self.plan.bits, fragment.size)
         scatter(self.params, fragment, new)
-        self.history.append((len(self.regions), averaged))
         self.round += 1
         if self.on_round is not None:
             self.on_round(self.round)
@@ -135,27 +166,6 @@ class DiLoCoAggregator:
                                meta={"sync": sync, "fragment": fragment.index,
                                      "scale": scale, "last": last})
         return last
-
-    def _take(self, msg: Message, sync: int, fragment: Fragment, waiting: set[str]
-              ) -> tuple[np.ndarray, int] | None:
-        got = take_delta(msg, sync, fragment, self.plan.bits, waiting, self.regions)
-        if isinstance(got, str):
-            if got == LATE:
-                self.counters["late_updates"] += 1
-                log.info("%s: dropped %s's late delta", self.ep.address, msg.src)
-            else:
-                self._refuse(msg, got)
-            return None
-        values, count = got
-        if count > self.members[msg.src]:
-            self._refuse(msg, f"a sum of {count} regions' deltas from a source of "
-                         f"{self.members[msg.src]}")
-            return None
-        return values, count
-
-    def _refuse(self, msg: Message, why: str) -> None:
-        self.counters["refused"] += 1
-        log.warning("%s refused %s from %s: %s", self.ep.address, msg.type, msg.src, why)
 
 
 class DiLoCoHub:
@@ -196,44 +206,18 @@ class DiLoCoHub:
     async def _one_sync(self) -> bool:
         sync = self.round
         fragment = self.plan.fragments[self.plan.schedule.fragment(sync)]
-        total = np.zeros(fragment.size, np.float64)
-        waiting, count = set(self.members), 0
-        loop = asyncio.get_running_loop()
-        deadline: float | None = None
-        result: Message | None = None
-        while waiting and result is None:
-            left = self.idle_timeout_s if deadline is None else deadline - loop.time()
-            if left <= 0:
-                break
-            try:
-                msg = await self.ep.recv(timeout=left)
-            except TimeoutError:
-                if deadline is None:
-                    raise RegionFailed(f"{self.ep.address}: no member reported sync {sync} "
-                                       f"for {self.idle_timeout_s:.0f}s") from None
-                break
-            if msg.src == self.aggregator:
-                result = msg  # the aggregator closed the sync without us (or stopped)
-                break
-            got = take_delta(msg, sync, fragment, self.plan.bits, waiting, self.members)
-            if isinstance(got, str):
-                self.counters["late_updates" if got == LATE else "refused"] += 1
-                if got != LATE:
-                    log.warning("%s refused %s from %s: %s", self.ep.address, msg.type,
-                                msg.src, got)
-                continue
-            total += got[0]
-            count += got[1]
-            waiting.discard(msg.src)
-            if deadline is None:
-                deadline = loop.time() + self.deadline_s
-        self.counters["missed_deadline"] += len(waiting)
-        if result is None and count:
-            array, scale = wire_values(total.astype(np.float32), self.plan.bits)
+        got = await collect_deltas(self.ep, sync, fragment, self.plan.bits,
+                                   dict.fromkeys(self.members, 1), self.counters,
+                                   deadline_s=self.deadline_s,
+                                   idle_timeout_s=self.idle_timeout_s, what="member",
+                                   upstream=self.aggregator)
+        self.counters["missed_deadline"] += len(got.waiting)
+        if got.interrupted is None and got.count:
+            array, scale = wire_values(got.total.astype(np.float32), self.plan.bits)
             await self.ep.send(self.aggregator, DELTA, arrays=[array],
                                meta={"sync": sync, "fragment": fragment.index,
-                                     "scale": scale, "count": count})
-        return await self._relay(sync, result)
+                                     "scale": scale, "count": got.count})
+        return await self._relay(sync, got.interrupted)
 
     async def _relay(self, sync: int, msg: Message | None) -> bool:
         """Pass the aggregator's result of `sync` to every member; True if it was the last."""
@@ -277,6 +261,9 @@ class PeerWatch:
     def __init__(self) -> None:
         self.home: DiLoCoRegion | None = None
         self.regions: list[DiLoCoRegion] = []
+        #: The run's stop and the monitor's hook, handed to the regions when they are made.
+        self.stop: asyncio.Event | None = None
+        self.on_round: Callable[[int], None] | None = None
 
     def add(self, region: DiLoCoRegion, home: bool) -> DiLoCoRegion:
         """Watch `region` (the one scored if `home`, else the first added)."""

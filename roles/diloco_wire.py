@@ -27,7 +27,7 @@ from .outer import OuterOptimizer
 from .streaming import (
     Fragment,
     StreamSchedule,
-    check_bits,
+    check_options,
     read_values,
     split_fragments,
 )
@@ -48,10 +48,7 @@ class StreamPlan:
     def build(cls, workload: Workload, h: int, fragments: int = 1, overlap: int = 0,
               bits: int = 0, mix: float = 0.5) -> StreamPlan:
         """The plan for `workload`'s tables (ValueError for options that cannot work)."""
-        check_bits(bits)
-        if not 0 <= mix < 1:
-            raise ValueError(f"--diloco-mix must be in [0, 1), got {mix}")
-        return cls(StreamSchedule(h, fragments, overlap),
+        return cls(check_options(h, fragments, overlap, bits, mix),
                    tuple(split_fragments(workload.table_shapes(), fragments)), bits, mix)
 
 

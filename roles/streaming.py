@@ -108,6 +108,15 @@ class StreamSchedule:
         return self.send_at(sync) + self.overlap
 
 
+def check_options(h: int, fragments: int, overlap: int, bits: int, mix: float
+                  ) -> StreamSchedule:
+    """The schedule of these options (ValueError, naming the option, if one cannot work)."""
+    check_bits(bits)
+    if not 0 <= mix < 1:
+        raise ValueError(f"--diloco-mix must be in [0, 1), got {mix}")
+    return StreamSchedule(h, fragments, overlap)
+
+
 def merge(local: np.ndarray, global_: np.ndarray, mix: float, overlapped: bool) -> np.ndarray:
     """The fragment after a result arrives: the global values, or with overlap
     mix * local + (1 - mix) * global."""

@@ -227,7 +227,7 @@ MUTANTS: tuple[Mutant, ...] = (
            "both[1::2] = codes & 0x0F\n        both[0::2] = codes >> 4",
            ("tests/roles/test_streaming_core.py",)),
     Mutant("diloco_hub_counts_one", "a diloco hub says its sum is of one region",
-           "roles/diloco_average.py", '"scale": scale, "count": count})',
+           "roles/diloco_average.py", '"scale": scale, "count": got.count})',
            '"scale": scale, "count": 1})', ("tests/systems/test_diloco_hubs.py",)),
     Mutant("diloco_a2a_leaves_itself_out", "an all-to-all region averages its peers' "
            "deltas without its own", "roles/diloco.py",

@@ -26,6 +26,13 @@ def grouped(routing: str = "direct"):
     })
 
 
+#: The options each average form is checked against one aggregator with.
+FORMS = pytest.mark.parametrize("options", [
+    DiLoCoOptions(h=2, outer="sgd", outer_lr=1.0),
+    DiLoCoOptions(h=4, fragments=2, overlap=1, outer_lr=0.5, momentum=0.5)],
+    ids=["sgd", "streaming-nesterov"])
+
+
 def _run(topo, options: DiLoCoOptions, clocks: int = 6, workload=None):
     w = workload or make_workload("integer-updates", {"rows": 6, "cols": 4})
     return w, run_virtual(run_system(RunConfig(topo, "diloco", w, iterations=clocks,
@@ -38,10 +45,7 @@ def _between_groups(summary) -> int:
                if len({group[r] for r in name.split("->")}) == 2)
 
 
-@pytest.mark.parametrize("options", [
-    DiLoCoOptions(h=2, outer="sgd", outer_lr=1.0),
-    DiLoCoOptions(h=4, fragments=2, overlap=1, outer_lr=0.5, momentum=0.5)],
-    ids=["sgd", "streaming-nesterov"])
+@FORMS
 def test_through_the_hubs_the_model_is_the_aggregators_bit_for_bit(options) -> None:
     w, flat = _run(grouped(), options)
     _, hubs = _run(grouped(), DiLoCoOptions(**{**options.__dict__, "average": "hubs"}),
@@ -82,10 +86,7 @@ def test_hubs_need_overlay_groups_said_in_one_line(capsys) -> None:
     assert len(err.strip().splitlines()) == 1, err
 
 
-@pytest.mark.parametrize("options", [
-    DiLoCoOptions(h=2, outer="sgd", outer_lr=1.0),
-    DiLoCoOptions(h=4, fragments=2, overlap=1, outer_lr=0.5, momentum=0.5)],
-    ids=["sgd", "streaming-nesterov"])
+@FORMS
 def test_all_to_all_is_the_aggregators_model_without_an_aggregator(options) -> None:
     w, flat = _run(grouped(), options)
     _, a2a = _run(grouped(), DiLoCoOptions(**{**options.__dict__, "average": "all-to-all"}),

@@ -14,7 +14,7 @@ from geoml.roles.fedavg import FedAvgConfig
 from geoml.roles.gaia import BARRIER_MODES
 from geoml.roles.outer import OuterOptimizer
 from geoml.roles.ps import PSShard, PSWorker
-from geoml.roles.streaming import StreamSchedule, check_bits
+from geoml.roles.streaming import check_options
 from geoml.workloads import Params, Workload, make_workload
 
 
@@ -162,19 +162,11 @@ class DiLoCoOptions:
 
     def check(self) -> None:
         """Raise ValueError for options that cannot work."""
-        StreamSchedule(self.h, self.fragments, self.overlap)
-        check_bits(self.bits)
-        if not 0 <= self.mix < 1:
-            raise ValueError(f"--diloco-mix must be in [0, 1), got {self.mix}")
+        check_options(self.h, self.fragments, self.overlap, self.bits, self.mix)
         if self.average not in AVERAGE_FORMS:
             raise ValueError(f"--diloco-average must be one of {', '.join(AVERAGE_FORMS)}, "
                              f"got {self.average!r}")
         self.optimizer()
-
-    @property
-    def streaming(self) -> bool:
-        """Any of Streaming DiLoCo's options set."""
-        return self.fragments > 1 or self.overlap > 0 or self.bits > 0
 
     def optimizer(self) -> OuterOptimizer:
         """A fresh outer optimizer with these options."""

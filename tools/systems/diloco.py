@@ -82,8 +82,9 @@ async def run_diloco(cfg: RunConfig) -> RunResult:
                          DiLoCoRegion(ep, plan.workload, parts, plan.aggregator,
                                       plan_for(plan.workload), compute=compute,
                                       peers=[a for a in everyone if a != address],
-                                      outer=opts.optimizer(), syncs=syncs, stop=stop[0],
-                                      on_sync=on_sync[0] if address == home else None),
+                                      outer=opts.optimizer(), syncs=syncs,
+                                      stop=watch.stop,
+                                      on_sync=watch.on_round if address == home else None),
                          home=address == home))
         for hub, members in hubs.items():
             plan.relays.append((hub, lambda ep, members=members: DiLoCoHub(
@@ -95,16 +96,13 @@ async def run_diloco(cfg: RunConfig) -> RunResult:
     data_regions = [r.name for r in topo.regions if r.workers]
     home_region = cfg.home if cfg.home in data_regions else data_regions[0]
     home = f"{home_region}/diloco/0"  # all-to-all: the region whose copy is scored
-    watch = PeerWatch()
-    # all-to-all: the run's stop and the monitor's hook, known once the harness has them
-    stop: list[asyncio.Event | None] = [None]
-    on_sync: list[Callable[[int], None] | None] = [None]
+    watch = PeerWatch()  # all-to-all: stands where the aggregator would be
 
     async def aggregator(connect: Callable[[], Awaitable[Endpoint]], workload: Workload,
                          names: list[str], stop_event: asyncio.Event,
                          on_round: Callable[[int], None]) -> Any:
         if opts.average == "all-to-all":
-            stop[0], on_sync[0] = stop_event, on_round
+            watch.stop, watch.on_round = stop_event, on_round  # before the regions are made
             return watch
         return DiLoCoAggregator(
             await connect(), workload, list(hubs) or names, workload.init_params(),

@@ -86,8 +86,8 @@ async def run_rounds(cfg: RunConfig, make_clients: Callable[[Clients], None], *,
     """An aggregator in the home region running rounds with the clients `make_clients`
     adds; the curve's clock of round r is r * clocks_per_round. `cfg.iterations` counts
     rounds. `details(workload)` adds to the summary's `sync` section. Shared by fedavg
-    and diloco: `make_aggregator(endpoint, workload, clients, stop, on_round)` replaces
-    fedavg's FedAggregator."""
+    and diloco: `make_aggregator(connect, workload, clients, stop, on_round)` replaces
+    fedavg's FedAggregator (MakeAggregator)."""
     cfg.check()
     check_clock(cfg)
     topo = cfg.topology if isinstance(cfg.topology, Topology) else load_topology(cfg.topology)
