@@ -70,6 +70,12 @@ class PSPlan:
         return out
 
 
+def wants_hubs(system: str, hubs: bool) -> bool:
+    """Does `--gaia-hubs` apply to `system` (a comparison passes it to every system; the
+    mirrored ones, gaia and topk, use it)?"""
+    return hubs and system in MIRRORED
+
+
 def plan_ps(topology: Topology, system: str, home: str | None = None,
             hubs: bool = False) -> PSPlan:
     """Roles for `system` on `topology`.
@@ -106,8 +112,9 @@ def plan_ps(topology: Topology, system: str, home: str | None = None,
     mirrors = {r: f"{r}/mirror/0" for r in data_regions} if system in MIRRORED else None
     hub_plan = None
     if hubs:
-        if system != "gaia":
-            raise ValueError(f"hubs are part of Gaia; system {system!r} has none")
+        if system not in MIRRORED:
+            raise ValueError(f"hubs are part of Gaia's shape (gaia, topk); system {system!r} "
+                             "has none")
         if not topology.overlay:
             raise ValueError(f"topology {topology.name!r} has no [[overlay]] groups, so "
                              "there are no hubs")

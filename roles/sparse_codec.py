@@ -8,6 +8,9 @@ summed first, so decoding always yields sorted, unique indices.
 An update is encoded as meta {"tables": [...], "enc": [[kind, base, span], ...]} plus two
 arrays per table (index part, values); `decode` validates everything it reads. Index sets
 alone (`encode_indices`) use the same meta with one array per table.
+
+With `bits` 8 or 4 the values are codes (`roles/quantise.py`, power-of-two scales) and meta
+also has "bits" and "scales" (one float per table); decoding gives code * scale in float32.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
+from .quantise import check_bits, check_scale, dequantise, quantise
 
 #: Per table: flat element indices (int64) and values.
 Update = dict[str, tuple[np.ndarray, np.ndarray]]
@@ -79,36 +84,78 @@ def _check_meta(meta: dict[str, Any], arrays: list[np.ndarray], per_table: int
     return tables, enc
 
 
-def encode(update: Update) -> tuple[dict[str, Any], list[np.ndarray]]:
-    """(meta, arrays) for the non-empty tables of `update`."""
+def encode(update: Update, bits: int = 0) -> tuple[dict[str, Any], list[np.ndarray]]:
+    """(meta, arrays) for the non-empty tables of `update` (values as `bits`-bit codes
+    unless `bits` is 0)."""
+    check_bits(bits, "--topk-bits")
     tables: list[str] = []
     enc: list[list[Any]] = []
     arrays: list[np.ndarray] = []
+    scales: list[float] = []
     for table in sorted(update):
         idx, vals = canonical(*update[table])
         if not len(idx):
             continue
         spec, part = encode_index(idx)
         enc.append(spec)
-        arrays += [part, np.asarray(vals, "<f4")]
+        if bits:
+            codes, scale = quantise(np.asarray(vals, np.float64), bits, pow2=True)
+            arrays += [part, codes]
+            scales.append(scale)
+        else:
+            arrays += [part, np.asarray(vals, "<f4")]
         tables.append(table)
-    return {"tables": tables, "enc": enc}, arrays
+    meta: dict[str, Any] = {"tables": tables, "enc": enc}
+    if bits:
+        meta.update(bits=bits, scales=scales)
+    return meta, arrays
 
 
 def decode(meta: dict[str, Any], arrays: list[np.ndarray]) -> Update:
     """The update `encode` made; ValueError for anything inconsistent."""
     tables, enc = _check_meta(meta, arrays, 2)
+    bits, scales = _codes_of(meta, len(tables))
     out: Update = {}
     for i, (table, spec) in enumerate(zip(tables, enc, strict=True)):
         vals = arrays[2 * i + 1]
         if vals.ndim != 1:
             raise ValueError(f"update: values of {table!r} are not one-dimensional")
         idx = decode_index(spec, arrays[2 * i], table)
+        if bits:
+            try:
+                vals = dequantise(vals, scales[i], bits, len(idx))
+            except ValueError as e:
+                raise ValueError(f"update: values of {table!r}: {e}") from None
         if len(idx) != len(vals):
             raise ValueError(f"update: {len(idx)} indices but {len(vals)} values for "
                              f"{table!r}")
         out[table] = (idx, vals)
     return out
+
+
+#: The meta fields an encoded update is made of (a relay passes exactly these on).
+ENCODING_FIELDS = ("tables", "enc", "bits", "scales")
+
+
+def encoding_of(meta: dict[str, Any]) -> dict[str, Any]:
+    """The fields of `meta` that describe an encoded update (what a relay passes on)."""
+    return {k: meta[k] for k in ENCODING_FIELDS if k in meta}
+
+
+def _codes_of(meta: dict[str, Any], n_tables: int) -> tuple[int, list[float]]:
+    """The code width and per-table scales of an update's values (0, [] for float32)."""
+    bits = meta.get("bits", 0)
+    if bits == 0 and "scales" not in meta:
+        return 0, []
+    if bits not in (4, 8) or isinstance(bits, bool):
+        raise ValueError(f"update: bits must be 4 or 8 with scales, got {bits!r}")
+    scales = meta.get("scales")
+    if not isinstance(scales, list) or len(scales) != n_tables:
+        raise ValueError(f"update: {n_tables} tables need {n_tables} scales, got {scales!r}")
+    try:
+        return bits, [check_scale(s) for s in scales]
+    except ValueError as e:
+        raise ValueError(f"update: {e}") from None
 
 
 def encode_indices(indices: dict[str, np.ndarray]) -> tuple[dict[str, Any], list[np.ndarray]]:

@@ -10,8 +10,9 @@ the quantisation of what crosses the WAN.
   (0 <= tau < H / F: at most one sync in flight).
 - Merge: a result applied without overlap replaces the fragment. With overlap the region's
   fragment becomes mix * local + (1 - mix) * global (the paper's alpha).
-- Quantisation: symmetric, uniform, one float32 scale per sync (max |x| / levels), codes
-  of 8 bits (levels 127) or 4 bits (levels 7, two per byte). No error feedback.
+- Quantisation (`roles/quantise.py`): symmetric, uniform, one float32 scale per sync
+  (max |x| / levels), codes of 8 bits (levels 127) or 4 bits (levels 7, two per byte). No
+  error feedback.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-BITS = (0, 4, 8)  # 0: float32, not quantised
+from .quantise import check_bits, check_scale, dequantise, quantise
 
 
 @dataclass(frozen=True)
@@ -125,45 +126,6 @@ def merge(local: np.ndarray, global_: np.ndarray, mix: float, overlapped: bool) 
     return (np.float32(mix) * local + np.float32(1 - mix) * global_).astype(np.float32)
 
 
-def check_bits(bits: int) -> None:
-    """Raise ValueError unless `bits` is a supported code width."""
-    if bits not in BITS:
-        raise ValueError(f"--diloco-bits must be one of {', '.join(map(str, BITS))} "
-                         f"(0: float32), got {bits}")
-
-
-def quantise(values: np.ndarray, bits: int) -> tuple[np.ndarray, float]:
-    """(codes as uint8, scale): symmetric uniform codes of `bits` bits for `values`."""
-    check_bits(bits)
-    levels = (1 << (bits - 1)) - 1
-    peak = float(np.max(np.abs(values))) if values.size else 0.0
-    scale = float(np.float32(peak / levels)) if peak > 0 else 1.0
-    q = np.clip(np.rint(values / np.float32(scale)), -levels, levels).astype(np.int8)
-    if bits == 8:
-        return q.view(np.uint8), scale
-    nibbles = (q + 8).astype(np.uint8)  # 1..15
-    if nibbles.size % 2:
-        nibbles = np.append(nibbles, np.uint8(8))
-    return (nibbles[0::2] | (nibbles[1::2] << 4)).astype(np.uint8), scale
-
-
-def dequantise(codes: np.ndarray, scale: float, bits: int, size: int) -> np.ndarray:
-    """The float32 values `codes` stand for (ValueError if they cannot be `size` values)."""
-    check_bits(bits)
-    want = size if bits == 8 else (size + 1) // 2
-    if codes.dtype != np.uint8 or codes.ndim != 1 or codes.size != want:
-        raise ValueError(f"expected {want} uint8 codes for {size} values at {bits} bits, "
-                         f"got {codes.dtype} {codes.shape}")
-    if bits == 8:
-        q = codes.view(np.int8).astype(np.float32)
-    else:
-        both = np.empty(codes.size * 2, np.int16)
-        both[0::2] = codes & 0x0F
-        both[1::2] = codes >> 4
-        q = (both[:size] - 8).astype(np.float32)
-    return q * np.float32(scale)
-
-
 def wire_values(values: np.ndarray, bits: int) -> tuple[np.ndarray, float | None]:
     """What goes on the wire for `values`: float32 as is (scale None), or codes and scale."""
     if bits == 0:
@@ -179,9 +141,7 @@ def read_values(array: np.ndarray, scale: object, bits: int, size: int) -> np.nd
                              f"{array.shape}")
         values = array
     else:
-        if not isinstance(scale, float) or not np.isfinite(scale) or scale <= 0:
-            raise ValueError(f"scale must be a positive float, got {scale!r}")
-        values = dequantise(array, scale, bits, size)
+        values = dequantise(array, check_scale(scale), bits, size)
     if not np.isfinite(values).all():
         raise ValueError("values are not finite")
     return values

@@ -28,7 +28,7 @@ from typing import Any
 
 from geoml.bus import GeomlError, Topology
 from geoml.bus.security import make_keys
-from geoml.roles.ps_plan import MIRRORED, PSPlan, plan_ps
+from geoml.roles.ps_plan import MIRRORED, PSPlan, plan_ps, wants_hubs
 
 from .launch_child import Child, LaunchFailed, LaunchInterrupted, die_with_parent
 from .launch_summary import launch_summary
@@ -329,7 +329,7 @@ async def launch(cfg: LaunchConfig, topo: Topology, stop: asyncio.Event) -> dict
     check_process_system(cfg.system)
     try:
         cfg.gaia.check()
-        plan = plan_ps(topo, cfg.system, hubs=cfg.gaia.hubs and cfg.system == "gaia")
+        plan = plan_ps(topo, cfg.system, hubs=wants_hubs(cfg.system, cfg.gaia.hubs))
         workload = bus_workload(cfg.workload, dict(o.split("=", 1) for o in cfg.options))
     except ValueError as exc:
         raise GeomlError(str(exc)) from None

@@ -107,7 +107,13 @@ def make_mirror(ep: Endpoint, cfg: RunConfig, topo: Topology, plan: PSPlan,
     assert plan.mirrors is not None
     return GaiaMirror(ep, group.region, group.shards, group.ranges, plan.mirrors,
                       ds=cfg.gaia.ds, hub=plan.hub_of(group.region), barrier=cfg.gaia.barrier,
-                      rates=path_rates(topo, group.region, _gaia_peers(plan)), **common)
+                      rates=path_rates(topo, group.region, _gaia_peers(plan)),
+                      bits=topk_bits(cfg, plan), **common)
+
+
+def topk_bits(cfg: Any, plan: PSPlan) -> int:
+    """The code width of what mirrors and hubs send (topk's `--topk-bits`; 0 for gaia)."""
+    return cfg.gaia.topk_bits if plan.system == "topk" else 0
 
 
 def make_hub(ep: Endpoint, cfg: RunConfig, topo: Topology, plan: PSPlan,
@@ -119,7 +125,8 @@ def make_hub(ep: Endpoint, cfg: RunConfig, topo: Topology, plan: PSPlan,
                    {g: h for g, (h, _) in plan.hubs.items()}, shapes,
                    [r for r in plan.data_regions if r not in members],
                    barrier=cfg.gaia.barrier, retain=retain,
-                   rates=path_rates(topo, region_of(ep.address), _gaia_peers(plan)))
+                   rates=path_rates(topo, region_of(ep.address), _gaia_peers(plan)),
+                   bits=topk_bits(cfg, plan))
 
 
 def gaia_summary(cfg: Any, evaluated: str, updated: int, sent: int,
@@ -131,6 +138,7 @@ def gaia_summary(cfg: Any, evaluated: str, updated: int, sent: int,
                      "hubs": cfg.gaia.hubs,
                      "barrier": cfg.gaia.barrier, "elements_updated": updated,
                      "topk_share": cfg.gaia.topk if cfg.system == "topk" else None,
+                     "topk_bits": cfg.gaia.topk_bits if cfg.system == "topk" else None,
                      "elements_sent": sent, "evaluated_replica": evaluated, "roles": roles},
             "filtered_fraction": 1 - sent / updated if updated else 0.0}
 

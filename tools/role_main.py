@@ -13,7 +13,7 @@ from geoml.bus import Endpoint, GeomlError, Topology, load_topology, region_of
 from geoml.bus.security import CurveKeys
 from geoml.roles.gaia import GaiaShard
 from geoml.roles.ps import PSWorker
-from geoml.roles.ps_plan import plan_ps
+from geoml.roles.ps_plan import plan_ps, wants_hubs
 from geoml.roles.ssp import FINISHED
 
 from .ps_roles import (
@@ -59,7 +59,7 @@ async def ps_role_main(cfg: RunConfig, address: str, kind: str,
     topo = cfg.topology if isinstance(cfg.topology, Topology) else load_topology(cfg.topology)
     try:
         workload = bus_workload(cfg.workload, cfg.workload_options)
-        plan = plan_ps(topo, cfg.system, cfg.home, hubs=cfg.gaia.hubs and cfg.system == "gaia")
+        plan = plan_ps(topo, cfg.system, cfg.home, hubs=wants_hubs(cfg.system, cfg.gaia.hubs))
         groups = replica_groups(plan, workload.table_shapes())
     except ValueError as exc:
         raise GeomlError(str(exc)) from None

@@ -7,9 +7,10 @@ from collections.abc import Mapping, Sequence
 
 from geoml.bus import Endpoint, Message
 
+from ..coded_updates import CodedUpdates
 from ..delivery import SeqWindow
 from ..dispatch import dispatch
-from ..sparse_codec import Update, decode
+from ..sparse_codec import Update, decode, encoding_of
 from .wire import (
     ACK,
     BARRIER,
@@ -31,6 +32,7 @@ class GaiaHub:
     A hub is not restarted, but the mirrors it serves may be: with `retain` it asks for
     acknowledgements, keeps what it sent until they come, and sends it again to a mirror
     that says it restarted; it drops updates it has had already and acknowledges at once.
+    With `bits` 8 or 4 its combined updates go as codes, with error feedback, as a mirror's.
 
     `run()` returns when every member and every other group has sent its final update
     (and, with `retain`, all it sent is acknowledged).
@@ -39,14 +41,16 @@ class GaiaHub:
     def __init__(self, endpoint: Endpoint, members: Mapping[str, str],
                  hubs: Mapping[str, str], shapes: Mapping[str, tuple[int, int]],
                  other_regions: Sequence[str], *, barrier: str = "auto",
-                 rates: Mapping[str, float] | None = None, retain: bool = False) -> None:
+                 rates: Mapping[str, float] | None = None, retain: bool = False,
+                 bits: int = 0) -> None:
         self.ep = endpoint
         self.members = dict(members)  # region -> mirror address
         self.hubs = [h for h in hubs.values() if h != endpoint.address]
         self.shapes = dict(shapes)
         self.other_regions = set(other_regions)
         self.counters: Counter[str] = Counter()
-        self.sender = Sender(endpoint, self.counters, barrier, rates, retain=retain)
+        self.sender = Sender(endpoint, self.counters, barrier, rates, retain=retain,
+                             coder=CodedUpdates(shapes, bits) if bits else None)
         self._acks = Acks()
         self._queues: dict[str, deque[tuple[int, bool, Update]]] = {
             r: deque() for r in self.members}
@@ -84,7 +88,7 @@ class GaiaHub:
 
     @staticmethod
     def _encoded(msg: Message) -> tuple[dict[str, object], list[object]]:
-        return {"tables": msg.meta["tables"], "enc": msg.meta["enc"]}, list(msg.arrays)
+        return encoding_of(msg.meta), list(msg.arrays)
 
     async def _on_barrier(self, msg: Message) -> None:
         seq = int(msg.meta["seq"])
@@ -146,6 +150,7 @@ class GaiaHub:
             merged = merge(updates)
             self.counters["combined"] += 1
             self.counters["elements_in"] += sum(len(i) for u in updates for i, _ in u.values())
-            encoded = await self.sender.send_to_all(self.hubs, merged, self.shapes, clocks,
-                                                    final)
+            encoded = await self.sender.send_to_all(
+                self.hubs, merged, self.shapes, clocks, final,
+                last=self._member_final == set(self.members))
             self.counters["elements_out"] += sum(len(a) for a in encoded[1][1::2])

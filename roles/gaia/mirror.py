@@ -13,6 +13,7 @@ import numpy as np
 from geoml.bus import Endpoint, GeomlError, Message
 
 from ..checkpoint import Checkpointed
+from ..coded_updates import CodedUpdates
 from ..delivery import Encoded, Outbox, SeqWindow
 from ..dispatch import UnknownFrame, dispatch
 from ..ps_plan import KeyRanges
@@ -50,6 +51,9 @@ class GaiaMirror(Checkpointed):
     inbox are handled), asks its peers to acknowledge its updates and keeps them until they
     do, and acknowledges a shard's update only once it has been forwarded.
 
+    With `bits` 8 or 4 (topk's `--topk-bits`) the values it sends to the other regions go
+    as codes, with error feedback (`roles/coded_updates.py`); the residual is checkpointed.
+
     `run()` returns when every region (this one included) has sent its final update, this
     region's shards have been told to stop, and (with `checkpoint`) every update it sent is
     acknowledged and its checkpointing shards have stopped.
@@ -61,7 +65,7 @@ class GaiaMirror(Checkpointed):
                  ranges: KeyRanges, mirrors: dict[str, str], *, ds: int = 2,
                  hub: str | None = None, barrier: str = "auto",
                  rates: Mapping[str, float] | None = None, checkpoint: Path | None = None,
-                 on_forward: Callable[[int], None] | None = None) -> None:
+                 on_forward: Callable[[int], None] | None = None, bits: int = 0) -> None:
         self.ep = endpoint
         self.region = region
         self.shards = list(shards)
@@ -78,7 +82,8 @@ class GaiaMirror(Checkpointed):
         self._send: Endpoint | Deferred = (endpoint if checkpoint is None
                                             else Deferred(endpoint))
         self.sender = Sender(self._send, self.counters, barrier, rates,
-                              retain=checkpoint is not None)
+                             retain=checkpoint is not None,
+                             coder=CodedUpdates(ranges.shapes, bits) if bits else None)
         self._acks = Acks()
         self._dirty = False
         self._pending: dict[int, list[Update]] = {}
@@ -294,7 +299,8 @@ class GaiaMirror(Checkpointed):
         merged = merge(self._pending.pop(key))
         self.counters["elements_sent"] += sum(len(i) for i, _ in merged.values())
         await self.sender.send_to_all(self.out, merged, self.ranges.shapes,
-                                      {self.region: clock}, [self.region] if final else [])
+                                      {self.region: clock}, [self.region] if final else [],
+                                      last=final)
         self._forwarded = clock
         self._forwarded_final = final
         self._dirty = True
@@ -381,6 +387,8 @@ class GaiaMirror(Checkpointed):
             opened.append([origin, seq, {s: [m, len(a)] for s, (m, a) in blocks.items()}])
             for shard, (_, a) in blocks.items():
                 arrays.update({f"block/{i}/{shard}/{j}": x for j, x in enumerate(a)})
+        if self.sender.coder is not None:
+            arrays.update(self.sender.coder.state("residual"))
         meta = {"region": self.region, "shards": self.shards, "seq": self.sender.seq,
                 "outbox": outbox, "forwarded": self._forwarded,
                 "forwarded_final": self._forwarded_final, "apply_n": self._apply_n,
@@ -397,6 +405,8 @@ class GaiaMirror(Checkpointed):
             raise ValueError(f"it is of {meta['region']} with shards {meta['shards']}")
         self.sender.seq = {d: int(s) for d, s in meta["seq"].items()}
         self.sender.outbox = Outbox.from_state(meta["outbox"], arrays, "outbox")
+        if self.sender.coder is not None:
+            self.sender.coder.load(arrays, "residual")
         self._forwarded = int(meta["forwarded"])
         self._forwarded_final = bool(meta["forwarded_final"])
         self._got = {s: SeqWindow(self._forwarded) for s in self.shards}

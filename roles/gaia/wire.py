@@ -14,6 +14,7 @@ import numpy as np
 from geoml.bus import Endpoint, Message
 from geoml.bus.frame import CONTROL_MAX_BYTES
 
+from ..coded_updates import CodedUpdates
 from ..delivery import Encoded, Outbox, Sent
 from ..significance import LinkBacklog
 from ..sparse_codec import Update, encode, encode_indices
@@ -63,15 +64,18 @@ class Sender:
     updates to that destination are estimated to be still queued on the path (`rates`:
     bytes/s per destination address); "always": ahead of every update; "off": never.
     With `retain`, each update asks for a gaia.ack and is kept (`outbox`) until it comes.
+    With `coder` (topk's `--topk-bits`) the values go as codes, with error feedback.
     """
 
     def __init__(self, ep: Sends, counters: Counter[str], barrier: str,
-                 rates: Mapping[str, float] | None = None, retain: bool = False) -> None:
+                 rates: Mapping[str, float] | None = None, retain: bool = False,
+                 coder: CodedUpdates | None = None) -> None:
         if barrier not in BARRIER_MODES:
             raise ValueError(f"barrier mode must be one of {', '.join(BARRIER_MODES)}, "
                              f"got {barrier!r}")
         self.ep, self.counters, self.barrier = ep, counters, barrier
         self.retain = retain
+        self.coder = coder
         self.seq: dict[str, int] = {}
         self.outbox = Outbox()
         self._backlog = {dst: LinkBacklog(rate) for dst, rate in (rates or {}).items()
@@ -100,10 +104,12 @@ class Sender:
 
     async def send_to_all(self, dsts: Sequence[str], update: Update,
                           shapes: Mapping[str, tuple[int, int]], clocks: dict[str, int],
-                          final: list[str]) -> Encoded:
+                          final: list[str], last: bool = False) -> Encoded:
         """Send `update` to each of `dsts`, each behind a barrier when it wants one (the
-        rows are worked out once, and only then); returns the encoded update."""
-        encoded = encode(update)
+        rows are worked out once, and only then); returns the encoded update. `last`: this
+        sender sends no update after it (it carries the coder's residual)."""
+        update, encoded = (self.coder.encode(update, last) if self.coder is not None
+                           else (update, encode(update)))
         seqs = {dst: self.next_seq(dst) for dst in dsts}
         self.record(seqs, clocks, final, encoded)
         rows = None

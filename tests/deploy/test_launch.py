@@ -376,17 +376,20 @@ def test_a_torch_model_runs_one_process_per_role(tmp_path: Path) -> None:
     assert 0.0 < summary["filtered_fraction"] < 1.0
 
 
-def test_topk_as_processes_ends_with_every_update_in_every_replica(tmp_path: Path) -> None:
+@pytest.mark.parametrize("bits", [0, 4])
+def test_topk_as_processes_ends_with_every_update_in_every_replica(tmp_path: Path,
+                                                                   bits: int) -> None:
     from geoml.ps_roles import load_shard_outputs
     from geoml.workloads import IntegerUpdates
 
     out, clocks = tmp_path / "run", 8
     proc = _launch(out, "--iterations", str(clocks), "--system", "topk", "--workload",
-                   "integer-updates", "--topk-share", "0.1", "--aggregation", "sum")
+                   "integer-updates", "--topk-share", "0.1", "--aggregation", "sum",
+                   "--topk-bits", str(bits))
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["gaia"]["topk_share"] == 0.1
+    assert summary["gaia"]["topk_share"] == 0.1 and summary["gaia"]["topk_bits"] == bits
     assert 0 < summary["filtered_fraction"] < 1
     expected = IntegerUpdates().expected({"east": 2, "west": 2}, clocks)
     for region in ("east", "west"):

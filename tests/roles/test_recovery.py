@@ -126,13 +126,16 @@ def _crashing_mirror(after_frames: int, point: str) -> type[GaiaMirror]:
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize(("point", "after_frames"), [("handled", 4), ("handled", 31),
-                                                     ("saved", 12), ("saved", 40)])
+@pytest.mark.parametrize(("point", "after_frames", "bits"), [
+    ("handled", 4, 0), ("handled", 31, 0), ("saved", 12, 0), ("saved", 40, 0),
+    ("handled", 31, 4), ("saved", 12, 4)])
 async def test_a_mirror_restarted_from_its_checkpoint_loses_and_repeats_nothing(
-        tmp_path: Path, point: str, after_frames: int) -> None:
+        tmp_path: Path, point: str, after_frames: int, bits: int) -> None:
     """Three regions, every shard and mirror checkpointing; region a's mirror dies with
     updates on their way in and out. Its shards, its peers and it replay what was not
-    acknowledged, and every replica ends at the initial model plus every update."""
+    acknowledged, and every replica ends at the initial model plus every update. With
+    `bits` (topk with 4-bit codes) the residual the codes left comes back from the
+    checkpoint too."""
     wl = IntegerUpdates(12, 4)
     ranges = KeyRanges(wl.table_shapes(), 2)
     regions = ["a", "b", "c"]
@@ -143,14 +146,15 @@ async def test_a_mirror_restarted_from_its_checkpoint_loses_and_repeats_nothing(
 
     def mirror(cls: type[GaiaMirror], ep: Any, r: str) -> GaiaMirror:
         return cls(ep, r, shard_names[r], ranges, mirrors, ds=2, barrier="always",
-                   checkpoint=tmp_path / f"{r}_mirror.npz")
+                   checkpoint=tmp_path / f"{r}_mirror.npz", bits=bits)
 
     topo = parse_topology({"name": "recovery", "defaults": {"workers": 2, "ps_shards": 2},
                            "regions": [{"name": r, "lon": 10.0 * i}
                                        for i, r in enumerate(regions)]})
     async with Network(topo) as net:
         shards = [GaiaShard(await net.connect(name), i, ranges, wl.init_params(), workers[r],
-                            mirrors[r], v=0.5, ds=2, checkpoint=tmp_path / f"{r}_{i}.npz")
+                            mirrors[r], v=0.5, ds=2, checkpoint=tmp_path / f"{r}_{i}.npz",
+                            topk=0.2 if bits else None)
                   for r in regions for i, name in enumerate(shard_names[r])]
         serving = [asyncio.ensure_future(s.run()) for s in shards]
         mirror_roles = {r: mirror(_crashing_mirror(after_frames, point) if r == "a"
@@ -178,6 +182,9 @@ async def test_a_mirror_restarted_from_its_checkpoint_loses_and_repeats_nothing(
     assert sum(mirror_roles[r].counters["peer_restarts"] for r in "bc") == 2
     assert not len(successor.sender.outbox)  # every update it sent was acknowledged
     assert all(s.counters["mirror_restarts"] == 1 for s in shards[:2])
+    if bits:  # the codes left residuals, and the last updates carried them
+        coders = [m.sender.coder for m in (successor, *(mirror_roles[r] for r in "bc"))]
+        assert all(c is not None and c.pending_elements == 0 for c in coders)
 
 
 @pytest.mark.asyncio

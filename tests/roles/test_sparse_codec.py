@@ -61,6 +61,25 @@ def test_any_update_survives_encoding_and_the_wire(indices: list[int], base: int
     assert got == pytest.approx(expect)
 
 
+@pytest.mark.parametrize("bits", [8, 4])
+def test_coded_values_take_a_byte_or_a_nibble_and_integers_stay_exact(bits: int) -> None:
+    idx = np.array([2, 5, 11, 40, 41])
+    small = np.array([3.0, -7.0, 1.0, 0.0, 6.0])  # 4-bit codes at scale 1, 8-bit at 1/16
+    meta, arrays = encode({"t": (idx, small)}, bits)
+    assert meta["bits"] == bits and meta["scales"] == [1.0 if bits == 4 else 1 / 16]
+    assert arrays[1].dtype == np.uint8 and arrays[1].nbytes == (5 if bits == 8 else 3)
+    got_idx, got = decode(meta, arrays)["t"]
+    assert list(got_idx) == list(idx) and list(got) == list(small)
+    # larger values: a power-of-two scale, every value within half a step
+    big = np.array([1000.0, -3.0, 250.5, 17.0, -999.0])
+    meta, arrays = encode({"t": (idx, big)}, bits)
+    scale = meta["scales"][0]
+    assert scale == 2.0 ** np.ceil(np.log2(1000 / (127 if bits == 8 else 7)))
+    assert np.abs(decode(meta, arrays)["t"][1] - big).max() <= scale / 2
+    with pytest.raises(ValueError, match="--topk-bits must be one of"):
+        encode({"t": (idx, big)}, 2)
+
+
 @pytest.mark.parametrize(("meta", "arrays", "error"), [
     ({"tables": ["t"]}, [], "equal-length 'tables' and 'enc'"),
     ({"tables": ["t"], "enc": [["u4", 0, 4]]}, [np.zeros(1, "<u4")], "need 2 arrays"),
@@ -74,6 +93,14 @@ def test_any_update_survives_encoding_and_the_wire(indices: list[int], base: int
      "2 indices but 1 values"),
     ({"tables": ["t"], "enc": [["u4", -1, 4]]}, [np.zeros(1, "<u4"), np.zeros(1, "<f4")],
      "bad encoding"),
+    ({"tables": ["t"], "enc": [["u4", 0, 4]], "bits": 3, "scales": [1.0]},
+     [np.zeros(1, "<u4"), np.zeros(1, np.uint8)], "bits must be 4 or 8"),
+    ({"tables": ["t"], "enc": [["u4", 0, 4]], "bits": 8},
+     [np.zeros(1, "<u4"), np.zeros(1, np.uint8)], "1 tables need 1 scales"),
+    ({"tables": ["t"], "enc": [["u4", 0, 4]], "bits": 8, "scales": [-0.5]},
+     [np.zeros(1, "<u4"), np.zeros(1, np.uint8)], "scale must be a positive float"),
+    ({"tables": ["t"], "enc": [["u4", 0, 4]], "bits": 4, "scales": [1.0]},
+     [np.array([0, 1, 2], "<u4"), np.zeros(1, np.uint8)], "expected 2 uint8 codes"),
 ])
 def test_malformed_updates_are_refused_with_the_reason(meta: dict[str, object],
                                                        arrays: list[np.ndarray],

@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from geoml.roles.quantise import dequantise, quantise
 from geoml.roles.streaming import (
     StreamSchedule,
-    dequantise,
     gather,
     merge,
-    quantise,
     read_values,
     scatter,
     split_fragments,

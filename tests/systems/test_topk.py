@@ -34,16 +34,23 @@ def test_the_filter_sends_the_largest_share_and_keeps_the_rest() -> None:
 
 
 @pytest.mark.asyncio
-async def test_every_replica_ends_exactly_at_init_plus_all_updates() -> None:
+@pytest.mark.parametrize(("bits", "hubs"), [(0, False), (8, False), (4, False), (4, True)])
+async def test_every_replica_ends_exactly_at_init_plus_all_updates(bits: int,
+                                                                   hubs: bool) -> None:
+    """With codes (8 or 4 bits), the mirrors and hubs keep what the codes lost and send it
+    later: still nothing lost, exactly."""
     topo, wl, clocks = _four_regions(), IntegerUpdates(), 6
     result = await asyncio.wait_for(run_system(RunConfig(
-        topo, "topk", wl, iterations=clocks, quiet=True, gaia=GaiaOptions(topk=0.1),
-        aggregation="sum")), 60)
+        topo, "topk", wl, iterations=clocks, quiet=True,
+        gaia=GaiaOptions(topk=0.1, topk_bits=bits, hubs=hubs), aggregation="sum")), 60)
     expected = _expected(wl, topo, clocks)
-    for region, params in _replicas(result).items():
+    replicas = _replicas(result)
+    assert set(replicas) == {"a", "b", "c", "d"}
+    for region, params in replicas.items():
         np.testing.assert_array_equal(params["W"], expected, err_msg=region)
     s = result.summary
-    assert s["gaia"]["topk_share"] == 0.1
+    assert s["gaia"]["topk_share"] == 0.1 and s["gaia"]["topk_bits"] == bits
+    assert ({"a/hub/0", "d/hub/0"} <= set(s["gaia"]["roles"])) == hubs
     # 6 of the 60 elements a clock per shard at most, the rest at the end's flush
     assert 0.3 < s["filtered_fraction"] < 1
 
@@ -59,3 +66,19 @@ def test_topk_trains_a_model_and_holds_back_more_the_smaller_k() -> None:
     # the end's flush sends every residual, so the bytes differ less than k does
     assert runs[0.01]["wan_bytes"] < runs[0.2]["wan_bytes"]
     assert runs[0.01]["filtered_fraction"] > runs[0.2]["filtered_fraction"] > 0
+
+
+def test_coded_values_cut_the_wan_bytes_and_still_train() -> None:
+    topo = load_topology("tiny")
+    runs = {bits: run_virtual(run_system(RunConfig(
+        topo, "topk", make_workload("softmax-digits"), iterations=30, quiet=True,
+        gaia=GaiaOptions(topk=0.2, topk_bits=bits)))) for bits in (0, 8, 4)}
+    for r in runs.values():
+        assert r.summary["final_objective"] < r.curve[0]["objective"] - 0.1
+    wan = {bits: r.summary["wan_bytes"] for bits, r in runs.items()}
+    # a value is 32 of an element's ~37 bits (a bitmap bit per element of the span beside
+    # it), 8 or 4 as codes; the end's float32 flush of every residual and the headers stay
+    assert wan[4] < wan[8] < 0.65 * wan[0]
+    for bits in (8, 4):  # error feedback: the codes cost (almost) nothing in quality
+        assert runs[bits].summary["final_objective"] == pytest.approx(
+            runs[0].summary["final_objective"], abs=1e-3)

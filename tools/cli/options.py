@@ -358,6 +358,9 @@ def _gaia_args(p: argparse.ArgumentParser) -> None:
                    "still queued on the WAN (auto), ahead of every update, or never")
     p.add_argument("--topk-share", type=float, default=0.01, metavar="K",
                    help="topk: share of each table's accumulated update sent per clock")
+    p.add_argument("--topk-bits", type=int, default=0, choices=(0, 4, 8), metavar="B",
+                   help="topk: send the values as 8- or 4-bit codes with error feedback "
+                        "(0: float32)")
 
 
 def workload_names() -> list[str]:

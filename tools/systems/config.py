@@ -14,6 +14,7 @@ from geoml.roles.fedavg import FedAvgConfig
 from geoml.roles.gaia import BARRIER_MODES
 from geoml.roles.outer import OuterOptimizer
 from geoml.roles.ps import PSShard, PSWorker
+from geoml.roles.quantise import check_bits
 from geoml.roles.streaming import check_options
 from geoml.workloads import Params, Workload, make_workload
 
@@ -114,12 +115,14 @@ class GaiaOptions:
     hubs: bool = False  # exchange updates through the overlay groups' hubs
     barrier: str = "auto"  # selective barrier: auto (WAN backlogged), always or off
     topk: float = 0.01  # the topk system: share of each table's elements sent per clock
+    topk_bits: int = 0  # the topk system: values sent as 8- or 4-bit codes (0: float32)
 
     def check(self) -> None:
         """Raise ValueError for options that cannot work."""
         check_gaia_options(self.v, self.ds, self.absolute)
         if not 0 < self.topk <= 1:
             raise ValueError(f"--topk-share must be in (0, 1], got {self.topk}")
+        check_bits(self.topk_bits, "--topk-bits")
         if self.barrier not in BARRIER_MODES:
             raise ValueError(f"--gaia-barrier must be one of {', '.join(BARRIER_MODES)}, "
                              f"got {self.barrier!r}")
@@ -128,7 +131,7 @@ class GaiaOptions:
         """The same options as command-line arguments (for a role process)."""
         absolute = [] if self.absolute is None else ["--gaia-absolute", str(self.absolute)]
         return ["--gaia-v", str(self.v), "--gaia-ds", str(self.ds), "--gaia-barrier",
-                self.barrier, "--topk-share", str(self.topk),
+                self.barrier, "--topk-share", str(self.topk), "--topk-bits", str(self.topk_bits),
                 *(["--gaia-hubs"] * self.hubs), *absolute]
 
     @classmethod
@@ -137,7 +140,8 @@ class GaiaOptions:
         d = cls()
         return cls(getattr(args, "gaia_v", d.v), getattr(args, "gaia_absolute", d.absolute),
                    getattr(args, "gaia_ds", d.ds), getattr(args, "gaia_hubs", d.hubs),
-                   getattr(args, "gaia_barrier", d.barrier), getattr(args, "topk_share", d.topk))
+                   getattr(args, "gaia_barrier", d.barrier), getattr(args, "topk_share", d.topk),
+                   getattr(args, "topk_bits", d.topk_bits))
 
 
 #: Where diloco forms the regions' mean: one aggregator, through the overlay hubs, or in

@@ -14,7 +14,7 @@ import numpy as np
 from geoml.bus import Network, Topology, load_topology
 from geoml.roles.gaia import GaiaHub, GaiaMirror
 from geoml.roles.ps import PSShard, PSWorker
-from geoml.roles.ps_plan import KeyRanges, PSPlan, plan_ps
+from geoml.roles.ps_plan import KeyRanges, PSPlan, plan_ps, wants_hubs
 from geoml.workloads import Params, Partition, Workload
 
 from ..ps_roles import PS_KINDS, make_hub, make_mirror, make_shard, replica_groups
@@ -47,7 +47,7 @@ class PSSystem:
 def ps_plan(topo: Topology, cfg: RunConfig) -> PSPlan:
     """The plan of `cfg.system` on `topo` (ValueError if it cannot run there)."""
     plan = plan_ps(topo, cfg.system, cfg.home,
-                   hubs=cfg.gaia.hubs and cfg.system == "gaia")  # gaia options: gaia only
+                   hubs=wants_hubs(cfg.system, cfg.gaia.hubs))
     if not plan.workers or not plan.shards:
         raise ValueError(f"topology {topo.name!r} gives {len(plan.workers)} workers and "
                          f"{len(plan.shards)} PS shards; need at least one of each")
