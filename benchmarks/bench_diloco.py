@@ -15,6 +15,10 @@ target (so at equal quality); null where one of them did not reach it.
 Rows `diloco_all_to_all` and `diloco_hubs` (where the topology has overlay groups): diloco
 with its mean formed all-to-all and through the hubs, to the same target.
 
+Rows `topk_8bit` (every case) and `topk_4bit` (ss_wan x1, the MLP): topk with its values
+sent as 8- or 4-bit codes (`--topk-bits`, error feedback at the mirrors), to the same
+target; `topk_wan_bytes_vs_baseline` per case for each topk form.
+
 `streaming_savings` (ss_wan x1): diloco, then one option of Streaming DiLoCo added at a
 time, each to LAN's target: what each saves in WAN bytes and time.
 
@@ -124,6 +128,15 @@ def streaming_run(cfg: RunConfig, options: dict[str, Any], target: float | None,
     deployment; its summary."""
     run = dataclasses.replace(cfg, system="diloco", target=target, iterations=clocks,
                               out=out, diloco=dataclasses.replace(cfg.diloco, **options))
+    run.check()
+    return run_virtual(run_system(run)).summary
+
+
+def topk_run(cfg: RunConfig, bits: int, target: float | None, clocks: int,
+             out: Path | None) -> dict[str, Any]:
+    """topk with its values as `bits`-bit codes on `cfg`'s deployment; its summary."""
+    run = dataclasses.replace(cfg, system="topk", target=target, iterations=clocks, out=out,
+                              gaia=dataclasses.replace(cfg.gaia, topk_bits=bits))
     run.check()
     return run_virtual(run_system(run)).summary
 
@@ -260,6 +273,10 @@ def one_case(topology: str, factor: float, clocks: int, out: Path,
                                 where / f"streaming{step}")
         savings[step] = row_of(summary, lan_s)
     rows["streaming"] = savings["+4-bit"]
+    for bits in (8, 4) if len(ladder) > 1 else (8,):
+        summary = topk_run(cfg, bits, report["target"], clocks * CLOCK_SLACK,
+                           where / f"topk_{bits}bit")
+        rows[f"topk_{bits}bit"] = row_of(summary, lan_s)
     if spec is MLP:  # where the mean is formed (hubs: where the topology has groups)
         for name, average in (("diloco_all_to_all", "all-to-all"), ("diloco_hubs", "hubs")):
             if average == "hubs" and not topo.overlay:
@@ -277,6 +294,11 @@ def one_case(topology: str, factor: float, clocks: int, out: Path,
                 base["wan_bytes"] / max(1, rows["streaming"]["wan_bytes"])
                 if base["time_to_target_s"] is not None
                 and rows["streaming"]["time_to_target_s"] is not None else None,
+            "topk_wan_bytes_vs_baseline": {
+                name: base["wan_bytes"] / max(1, rows[name]["wan_bytes"])
+                if base["time_to_target_s"] is not None
+                and rows[name]["time_to_target_s"] is not None else None
+                for name in rows if name.startswith("topk")},
             "wall_s": time.perf_counter() - t0}
     if len(savings) > 1:
         case["streaming_savings"] = savings
@@ -323,6 +345,8 @@ def main() -> None:
                   for c in lm_cases},
               "streaming_wan_bytes_vs_baseline": {
                   key(c): c["streaming_wan_bytes_vs_baseline"] for c in cases},
+              "topk_wan_bytes_vs_baseline": {
+                  key(c): c["topk_wan_bytes_vs_baseline"] for c in (*cases, *lm_cases)},
               "compute_utilisation": {
                   key(c): {s: r["compute_utilisation"] for s, r in c["systems"].items()}
                   for c in cases},
