@@ -17,7 +17,8 @@ with its mean formed all-to-all and through the hubs, to the same target.
 
 Rows `topk_8bit` (every case) and `topk_4bit` (ss_wan x1, the MLP): topk with its values
 sent as 8- or 4-bit codes (`--topk-bits`, error feedback at the mirrors), to the same
-target; `topk_wan_bytes_vs_baseline` per case for each topk form.
+target; `topk_wan_bytes_vs_baseline` per MLP case for each topk form (the language
+model's are in `lm_wan_bytes_vs_baseline`).
 
 `streaming_savings` (ss_wan x1): diloco, then one option of Streaming DiLoCo added at a
 time, each to LAN's target: what each saves in WAN bytes and time.
@@ -336,7 +337,8 @@ def main() -> None:
               "lm": {"workload": LM, "lan_clocks": LM_CLOCKS, "cases": lm_cases},
               "lm_wan_bytes_vs_baseline": {
                   key(c): {"diloco": c["diloco_wan_bytes_vs_baseline"],
-                           "streaming": c["streaming_wan_bytes_vs_baseline"]}
+                           "streaming": c["streaming_wan_bytes_vs_baseline"],
+                           **c["topk_wan_bytes_vs_baseline"]}
                   for c in lm_cases},
               "lm_meets_100x": {
                   key(c): {name: bool(v is not None and v >= 100) for name, v in (
@@ -346,7 +348,7 @@ def main() -> None:
               "streaming_wan_bytes_vs_baseline": {
                   key(c): c["streaming_wan_bytes_vs_baseline"] for c in cases},
               "topk_wan_bytes_vs_baseline": {
-                  key(c): c["topk_wan_bytes_vs_baseline"] for c in (*cases, *lm_cases)},
+                  key(c): c["topk_wan_bytes_vs_baseline"] for c in cases},
               "compute_utilisation": {
                   key(c): {s: r["compute_utilisation"] for s, r in c["systems"].items()}
                   for c in cases},
