@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import secrets
 
 from .errors import FrameError
 
@@ -43,3 +44,15 @@ def role_of(address: str) -> str:
 def router_address(region: str) -> str:
     """The address of a region's router."""
     return f"{region}/{ROUTER_ROLE}/0"
+
+
+def connection_id(address: str) -> bytes:
+    """A ZeroMQ routing id for one connection of `address`: the address, "#", and 16 hex
+    digits drawn afresh for every socket. Nobody else can present it, so no other
+    connection can take this one's place at the router (ZeroMQ's handover)."""
+    return f"{address}#{secrets.token_hex(8)}".encode()
+
+
+def address_of_connection(ident: bytes) -> str:
+    """The address part of a routing id (all of it if it has no "#")."""
+    return ident.decode("utf-8", "replace").split("#", 1)[0]

@@ -14,7 +14,7 @@ import zmq
 
 from . import frame as fr
 from . import security
-from .address import is_valid_address, region_of, router_address
+from .address import connection_id, is_valid_address, region_of, router_address
 from .endpoint_recv import EndpointReceiving
 from .endpoint_reliable import EndpointReliability
 from .errors import BusClosed, FrameError, HandshakeRefused, HandshakeTimeout
@@ -113,6 +113,7 @@ class Endpoint(EndpointReliability, EndpointReceiving):
         self._inbox: asyncio.Queue[fr.Message | None] = asyncio.Queue()
         self._inbox_bytes = 0
         self._welcome: asyncio.Future[dict[str, Any]] | None = None
+        self._hello_refusal: str | None = None  # why the last hello was refused (in use)
         self._bye_ack: asyncio.Future[None] | None = None
         self._welcomed = False
         self._reader: asyncio.Task[None] | None = None
@@ -128,7 +129,8 @@ class Endpoint(EndpointReliability, EndpointReceiving):
                          "bad_frames": 0, "errors": 0, "pauses": 0, "inbox_full": 0,
                          "window_waits": 0, "window_timeouts": 0, "reconnects": 0,
                          "resent_frames": 0, "duplicates": 0, "acks_sent": 0,
-                         "abandoned": 0, "unacked_at_close": 0, "hello_retries": 0}
+                         "abandoned": 0, "unacked_at_close": 0, "hello_retries": 0,
+                         "hello_in_use": 0, "pings": 0}
 
     async def __aenter__(self) -> Endpoint:
         await self.start()
@@ -166,7 +168,7 @@ class Endpoint(EndpointReliability, EndpointReceiving):
         """A new DEALER socket connected to the router."""
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.ROUTING_ID, self.address.encode())
+        sock.setsockopt(zmq.ROUTING_ID, connection_id(self.address))
         sock.setsockopt(zmq.SNDHWM, self._hwm)
         sock.setsockopt(zmq.RCVHWM, self._hwm)
         if self._router_endpoint.startswith("tcp://"):
@@ -182,8 +184,10 @@ class Endpoint(EndpointReliability, EndpointReceiving):
 
         The hello is repeated every HELLO_RETRY_S: a connection that a dying router's
         listener accepted is reset with the hello in it, and ZeroMQ's reconnect does not
-        send it again. Nothing else is sent before the welcome, so a repeated hello
-        reaches the router before any frame it would count."""
+        send it again; and a hello refused as address_in_use (our connection from before
+        a reconnect or restart is not closed at the router yet) may be taken later.
+        Nothing else is sent before the welcome, so a repeated hello reaches the router
+        before any frame it would count."""
         assert self._io is not None
         loop = asyncio.get_running_loop()
         self._welcome = welcome = loop.create_future()
@@ -192,6 +196,7 @@ class Endpoint(EndpointReliability, EndpointReceiving):
             meta={"role": self.address.split("/")[1], "credit": self._windowed,
                   "inc": self.incarnation}))
         deadline = loop.time() + timeout
+        self._hello_refusal = None
         while True:
             await asyncio.wait_for(self._io.send([hello]), max(0.0, deadline - loop.time()))
             left = deadline - loop.time()
@@ -202,6 +207,10 @@ class Endpoint(EndpointReliability, EndpointReceiving):
                 return
             except TimeoutError:
                 if loop.time() >= deadline:
+                    if self._hello_refusal is not None:
+                        raise HandshakeRefused(f"{self.address}: router {self.region} "
+                                               f"refused the hello: {self._hello_refusal}"
+                                               ) from None
                     raise
                 self.counters["hello_retries"] += 1
 

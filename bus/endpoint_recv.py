@@ -46,6 +46,7 @@ class EndpointReceiving:
     _inbox_drained: asyncio.Event
     _on_error: Callable[[dict[str, Any]], None] | None
     _welcome: asyncio.Future[dict[str, Any]] | None
+    _hello_refusal: str | None
     _bye_ack: asyncio.Future[None] | None
     _paused: set[str]
     _resumed: asyncio.Event
@@ -192,6 +193,8 @@ class EndpointReceiving:
             self._resumed.set()
             if self._paused:
                 self._resumed = asyncio.Event()
+        elif ftype == fr.PING:
+            self.counters["pings"] += 1  # the router checking this connection is open
         elif ftype == fr.RESEND:
             if self._log is not None and self._log.kept:
                 log.warning("%s: router %s says the router of %s restarted; sending again "
@@ -199,6 +202,13 @@ class EndpointReceiving:
                             meta.get("region"), self._log.kept)
                 self._spawn(self._resend_all())
         elif ftype == fr.ERROR:
+            if (self._welcome is not None and not self._welcome.done()
+                    and meta.get("reason") == "address_in_use"):
+                # our own earlier connection (or someone else's) still holds the address:
+                # the handshake says hello again until its timeout
+                self.counters["hello_in_use"] += 1
+                self._hello_refusal = str(meta.get("detail", meta))
+                return
             if self._welcome is not None and not self._welcome.done():
                 self._welcome.set_exception(HandshakeRefused(
                     f"{self.address}: router {self.region} refused the hello: "

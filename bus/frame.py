@@ -54,7 +54,10 @@ CREDIT = "bus.credit"
 RESEND = "bus.resend"
 #: Routers tell each other (flooded) that a router restarted.
 RESTARTED = "bus.restarted"
-BUS_TYPES = frozenset([HELLO, WELCOME, ERROR, PAUSE, RESUME, BYE, CREDIT, RESEND, RESTARTED])
+#: router -> role or router: is this connection still open? (the receiver ignores it)
+PING = "bus.ping"
+BUS_TYPES = frozenset([HELLO, WELCOME, ERROR, PAUSE, RESUME, BYE, CREDIT, RESEND, RESTARTED,
+                       PING])
 #: End-to-end reliability between endpoints (bus/reliable.py): routed like any frame.
 ACK = "bus.ack"
 ROUTED_BUS_TYPES = frozenset([ACK])

@@ -23,7 +23,7 @@ import zmq
 
 from . import frame as fr
 from . import security
-from .address import region_of, role_of, router_address
+from .address import connection_id, region_of, role_of, router_address
 from .errors import FrameError
 from .link import Link, Pending
 from .reliable import new_incarnation
@@ -106,6 +106,8 @@ class Router(RouterControl, RouterTap):
         self.received = 0  # frames read from the ROUTER socket...
         self.forwarded = 0  # ...of which handed to a link...
         self.rejected = 0  # ...or refused on arrival (counted by reason in `dropped`)
+        self.peer_hello_retries = 0  # hellos to a neighbour said again (address_in_use)
+        self.errors_relayed = 0  # bus.errors from routers further on, passed on to senders
         self.bus_frames = 0  # ...or bus frames (hello, bye) handled by the router itself
         self.tap_events = 0
         self.tap_dropped = 0
@@ -176,7 +178,7 @@ class Router(RouterControl, RouterTap):
         for peer in self.topology.neighbours(self.region):
             peer_sock = self._ctx.socket(zmq.DEALER)
             peer_sock.setsockopt(zmq.LINGER, 0)
-            peer_sock.setsockopt(zmq.ROUTING_ID, self.address.encode())
+            peer_sock.setsockopt(zmq.ROUTING_ID, connection_id(self.address))
             peer_sock.setsockopt(zmq.SNDHWM, self._hwm)
             peer_sock.setsockopt(zmq.RCVHWM, self._hwm)
             if self._transport == "tcp":
@@ -200,10 +202,7 @@ class Router(RouterControl, RouterTap):
             link.start()
             self._tasks.append(loop.create_task(self._peer_loop(peer, peer_io),
                                                 name=f"router-peer {self.region}->{peer}"))
-            hello = fr.make_header(fr.HELLO, self.address, router_address(peer), 0,
-                                   priority=fr.CONTROL,
-                                   meta={"role": "router", "inc": self.incarnation})
-            await peer_io.send([fr.encode_header(hello)])
+            await peer_io.send([self._peer_hello(peer)])
         self._tasks.append(loop.create_task(self._ingress_loop(), name=f"router {self.region}"))
         self._tasks.append(loop.create_task(self._tap_loop(), name=f"tap {self.region}"))
 
@@ -339,6 +338,10 @@ class Router(RouterControl, RouterTap):
             if ident not in self._peers_in and not self._known_peer(ident):
                 self._drop(ident, "not_registered",
                            "sender has not said bus.hello to this router", header)
+                return
+            if region_of(src) == self.region:
+                self._drop(ident, "spoofed_source", f"a neighbouring router's frame may not "
+                           f"come from this router's own region ({src})", header)
                 return
         elif registered != ident:
             self._drop(ident, "spoofed_source",

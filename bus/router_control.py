@@ -16,7 +16,13 @@ from typing import Any
 import zmq
 
 from . import frame as fr
-from .address import is_valid_address, region_of, role_of, router_address
+from .address import (
+    address_of_connection,
+    is_valid_address,
+    region_of,
+    role_of,
+    router_address,
+)
 from .errors import FrameError
 from .link import Link, Pending
 from .topology import Topology
@@ -32,6 +38,9 @@ _CREDIT_RETRY_S = 0.05
 #: A refusal reason is logged its first LOG_FIRST times, then every LOG_EVERY-th time.
 LOG_FIRST = 5
 LOG_EVERY = 1000
+#: A neighbour refused our hello because our connection from before a restart is still
+#: open there: say it again after this long.
+PEER_HELLO_RETRY_S = 0.2
 
 
 class RouterControl:
@@ -61,6 +70,9 @@ class RouterControl:
     _peer_incarnation: dict[str, int]
     _peer_ready: dict[str, asyncio.Event]
     _restarts_seen: set[tuple[str, int]]
+    incarnation: int
+    peer_hello_retries: int
+    errors_relayed: int
 
     # -- registration ------------------------------------------------------------------
 
@@ -88,14 +100,53 @@ class RouterControl:
     def _known_peer(self, ident: bytes) -> bool:
         """A neighbouring router's connection that has not said hello to this process: it
         did to the process before a restart, and ZeroMQ reconnected it on its own."""
-        name = ident.decode("utf-8", "replace")
+        name = address_of_connection(ident)
         if not is_valid_address(name) or role_of(name) != "router":
             return False
         peer = region_of(name)
         if peer not in self._wan or name != router_address(peer):
             return False
+        if any(p == peer and self._still_connected(i, name) for i, p in self._peers_in.items()):
+            return False  # that router is here on another connection: this one is not it
         self._peers_in[ident] = peer
         return True
+
+    def _peer_hello(self, peer: str) -> bytes:
+        """This router's bus.hello to the router of `peer`."""
+        return fr.encode_header(fr.make_header(
+            fr.HELLO, self.address, router_address(peer), 0, priority=fr.CONTROL,
+            meta={"role": "router", "inc": self.incarnation}))
+
+    def _still_connected(self, ident: bytes, address: str) -> bool:
+        """Is the connection `ident` still open? A bus.ping to it tells (ZeroMQ says
+        EHOSTUNREACH once it is gone); a full pipe counts as open."""
+        ping = fr.encode_header(fr.make_header(fr.PING, self.address, address, 0,
+                                               priority=fr.CONTROL))
+        try:
+            self.io.send_nowait([ident, ping])
+        except zmq.ZMQError as exc:
+            return exc.errno != zmq.EHOSTUNREACH
+        return True
+
+    def _claimed_elsewhere(self, ident: bytes, src: str, header: dict[str, Any]) -> bool:
+        """Refuse (address_in_use) a hello for `src` while another open connection holds
+        that address; a holder that is gone is forgotten. True if refused."""
+        if role_of(src) == "router":
+            held = [i for i, p in self._peers_in.items() if p == region_of(src) and i != ident]
+        else:
+            held = [i for i in (self.local_addresses.get(src),) if i not in (None, ident)]
+        for other in held:
+            if self._still_connected(other, src):
+                self._drop(ident, "address_in_use",
+                           f"{src} is registered on another open connection; a second one "
+                           "may not take its place (its own reconnection, once the first "
+                           "connection is closed, may)", header)
+                return True
+            if role_of(src) == "router":
+                del self._peers_in[other]
+            else:
+                self.forget_local(src)
+        return False
 
     # -- bus frames -----------------------------------------------------------------------
 
@@ -114,15 +165,18 @@ class RouterControl:
             if problem is not None:
                 self._drop(ident, "bad_hello", problem, header)
                 return
-            if src.encode() != ident:
+            if address_of_connection(ident) != src:
                 self._drop(ident, "spoofed_source", "hello source differs from routing id",
                            header)
                 return
+            if role_of(src) == "router" and region_of(src) not in self._wan:
+                self._drop(ident, "unknown_peer", f"{region_of(src)} is not a neighbour of "
+                           f"{self.region} in topology {self.topology.name!r}", header)
+                return
+            if self._claimed_elsewhere(ident, src, header):
+                return
             if role_of(src) == "router":
                 peer = region_of(src)
-                if peer not in self.topology.region_names or peer == self.region:
-                    self._drop(ident, "unknown_peer", f"{peer} is not a peer region", header)
-                    return
                 self._peers_in[ident] = peer
                 incarnation = header["meta"].get("inc")
                 if type(incarnation) is int:
@@ -153,8 +207,34 @@ class RouterControl:
             else:
                 self._drop(ident, "bad_field", f"bus.restarted with meta {header['meta']}",
                            header)
+        elif ftype == fr.ERROR and (ident in self._peers_in or self._known_peer(ident)):
+            self._relay_error(header)
         else:
             self._drop(ident, "reserved_type", f"{ftype} is not accepted from a sender", header)
+
+    def _relay_error(self, header: dict[str, Any]) -> None:
+        """A bus.error a router further on sent about a frame that came through here: pass
+        it on, unshaped, toward that frame's sender (the error's dst). An error that cannot
+        go on is counted (error_undeliverable), never answered with another error."""
+        dst = header["dst"]
+        region = region_of(dst) if is_valid_address(dst) else None
+        wire = fr.encode_header(header)
+        sent = False
+        if region == self.region:
+            ident = self.local_addresses.get(dst)
+            try:
+                sent = ident is not None and bool(self.io.send_nowait([ident, wire]))
+            except zmq.ZMQError:
+                sent = False
+        elif region in self.topology.region_names:
+            io = self._peer_io.get(self.topology.next_hop(self.region, region))
+            sent = io is not None and io.send_nowait([wire])
+        if sent:
+            self.errors_relayed += 1
+        else:
+            self.dropped["error_undeliverable"] += 1
+            log.warning("router %s: could not pass on to %s an error from %s: %s",
+                        self.region, dst, header["src"], header["meta"].get("detail"))
 
     def _peer_restarted(self, region: str, incarnation: int, via: str) -> None:
         """The router of `region` restarted (its hello came with a new incarnation, or a
@@ -205,7 +285,7 @@ class RouterControl:
         consumed = self._consumed.get(ident)
         if consumed is None:
             return
-        if self._try_control(ident, fr.CREDIT, ident.decode("utf-8", "replace"),
+        if self._try_control(ident, fr.CREDIT, address_of_connection(ident),
                              {"bytes": consumed}):
             self._credited[ident] = consumed
             return
@@ -229,7 +309,7 @@ class RouterControl:
         if n <= LOG_FIRST or n % LOG_EVERY == 0:
             log.warning("router %s dropped a frame from %r (%s, #%d of this reason): %s",
                         self.region, sender, reason, n, detail)
-        src = header["src"] if header else sender
+        src = header["src"] if header else address_of_connection(ident)
         meta: dict[str, Any] = {"reason": reason, "detail": detail}
         if header is not None:
             meta.update(seq=header["seq"], type=header["t"], dst=header["dst"])
@@ -258,7 +338,7 @@ class RouterControl:
         peer = self._peers_in.get(sender)
         if peer is not None:
             return router_address(peer)
-        name = sender.decode("utf-8", "replace")
+        name = address_of_connection(sender)
         return name if self.local_addresses.get(name) == sender else None
 
     def _on_congested(self, link: Link, sender: bytes) -> None:
@@ -297,6 +377,17 @@ class RouterControl:
                 self._wan[peer].hold([k for k in keys if isinstance(k, str)])
             elif ftype == fr.RESUME and isinstance(keys, list):
                 self._wan[peer].release([k for k in keys if isinstance(k, str)])
+            elif ftype == fr.PING:
+                pass  # the neighbour checking that this connection is still open
+            elif (ftype == fr.ERROR and header["meta"].get("reason") == "address_in_use"
+                  and not self._peer_ready[peer].is_set()):
+                # our previous connection (before a restart) is not closed there yet
+                self.peer_hello_retries += 1
+                asyncio.get_running_loop().call_later(
+                    PEER_HELLO_RETRY_S, lambda io=io, peer=peer: io.send_nowait(
+                        [self._peer_hello(peer)]))
+            elif ftype == fr.ERROR and header["meta"].get("type") != fr.HELLO:
+                self._relay_error(header)  # about a frame from here or through here
             elif ftype == fr.ERROR:
                 self.dropped["peer_error"] += 1
                 log.warning("router %s: router of %s reported: %s", self.region, peer,

@@ -19,18 +19,18 @@ if TYPE_CHECKING:
 class LocalDeliverer:
     """Next hop = a role of this region, through the ROUTER socket."""
 
-    __slots__ = ("dst", "ident", "router")
+    __slots__ = ("dst", "router")
 
     def __init__(self, router: Router, dst: str) -> None:
         self.router = router
         self.dst = dst
-        self.ident = dst.encode()
 
     def try_send(self, item: Pending) -> bool:
-        if self.dst not in self.router.local_addresses:
+        ident = self.router.local_addresses.get(self.dst)  # the connection its hello bound
+        if ident is None:
             return False
         try:
-            return self.router.io.send_nowait([self.ident, *item.parts])
+            return self.router.io.send_nowait([ident, *item.parts])
         except zmq.ZMQError as exc:
             if exc.errno == zmq.EHOSTUNREACH:
                 self.router.forget_local(self.dst)
