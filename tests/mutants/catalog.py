@@ -244,6 +244,14 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("topk_relay_drops_scales", "a hub relays a coded update without its scales",
            "roles/sparse_codec.py", 'ENCODING_FIELDS = ("tables", "enc", "bits", "scales")',
            'ENCODING_FIELDS = ("tables", "enc")', ("tests/systems/test_topk.py",)),
+    Mutant("harden_takeover_allowed", "a hello for an address open on another connection "
+           "takes it over", "bus/router_control.py",
+           "            if self._still_connected(other, src):",
+           "            if False:", ("tests/bus/test_harden.py",)),
+    Mutant("harden_errors_not_relayed", "a refusal at a router further on stops at the "
+           "router before it", "bus/router_control.py",
+           "                self._relay_error(header)  # about a frame from here or through here",
+           "                pass", ("tests/bus/test_harden.py",)),
     Mutant("lm_not_causal", "the language model's attention sees the characters ahead",
            "workloads/torch_lm.py", "is_causal=True", "is_causal=False",
            ("tests/workloads/test_torch.py::test_the_language_model_is_causal",)),
