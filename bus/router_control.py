@@ -106,7 +106,7 @@ class RouterControl:
         peer = region_of(name)
         if peer not in self._wan or name != router_address(peer):
             return False
-        if any(p == peer and self._still_connected(i, name) for i, p in self._peers_in.items()):
+        if self._open_holder(name, ident) is not None:
             return False  # that router is here on another connection: this one is not it
         self._peers_in[ident] = peer
         return True
@@ -128,25 +128,33 @@ class RouterControl:
             return exc.errno != zmq.EHOSTUNREACH
         return True
 
-    def _claimed_elsewhere(self, ident: bytes, src: str, header: dict[str, Any]) -> bool:
-        """Refuse (address_in_use) a hello for `src` while another open connection holds
-        that address; a holder that is gone is forgotten. True if refused."""
-        if role_of(src) == "router":
-            held = [i for i, p in self._peers_in.items() if p == region_of(src) and i != ident]
+    def _open_holder(self, address: str, ident: bytes) -> bytes | None:
+        """The open connection other than `ident` that holds `address` (a local role's,
+        or a neighbour router's), if any; holders that are gone are forgotten."""
+        if role_of(address) == "router":
+            held = [i for i, p in self._peers_in.items()
+                    if p == region_of(address) and i != ident]
         else:
-            held = [i for i in (self.local_addresses.get(src),) if i not in (None, ident)]
+            held = [i for i in (self.local_addresses.get(address),) if i not in (None, ident)]
         for other in held:
-            if self._still_connected(other, src):
-                self._drop(ident, "address_in_use",
-                           f"{src} is registered on another open connection; a second one "
-                           "may not take its place (its own reconnection, once the first "
-                           "connection is closed, may)", header)
-                return True
-            if role_of(src) == "router":
+            if self._still_connected(other, address):
+                return other
+            if role_of(address) == "router":
                 del self._peers_in[other]
             else:
-                self.forget_local(src)
-        return False
+                self.forget_local(address)
+        return None
+
+    def _claimed_elsewhere(self, ident: bytes, src: str, header: dict[str, Any]) -> bool:
+        """Refuse (address_in_use) a hello for `src` while another open connection holds
+        that address. True if refused."""
+        if self._open_holder(src, ident) is None:
+            return False
+        self._drop(ident, "address_in_use",
+                   f"{src} is registered on another open connection; a second one may not "
+                   "take its place (its own reconnection, once the first connection is "
+                   "closed, may)", header)
+        return True
 
     # -- bus frames -----------------------------------------------------------------------
 
@@ -222,10 +230,7 @@ class RouterControl:
         sent = False
         if region == self.region:
             ident = self.local_addresses.get(dst)
-            try:
-                sent = ident is not None and bool(self.io.send_nowait([ident, wire]))
-            except zmq.ZMQError:
-                sent = False
+            sent = ident is not None and self._send_on_router(ident, wire)
         elif region in self.topology.region_names:
             io = self._peer_io.get(self.topology.next_hop(self.region, region))
             sent = io is not None and io.send_nowait([wire])
@@ -274,8 +279,12 @@ class RouterControl:
     def _try_control(self, ident: bytes, ftype: str, dst: str, meta: dict[str, Any]) -> bool:
         """Send a bus control frame on the ROUTER socket if its pipe takes it now."""
         header = fr.make_header(ftype, self.address, dst, 0, priority=fr.CONTROL, meta=meta)
+        return self._send_on_router(ident, fr.encode_header(header))
+
+    def _send_on_router(self, ident: bytes, wire: bytes) -> bool:
+        """Send one encoded header to connection `ident` if its pipe takes it now."""
         try:
-            return bool(self.io.send_nowait([ident, fr.encode_header(header)]))
+            return bool(self.io.send_nowait([ident, wire]))
         except zmq.ZMQError:  # the connection is gone: nobody left to tell
             return False
 

@@ -44,11 +44,12 @@ class CodedUpdates:
         carried: Update = {}
         for table in sorted(set(update) | (set(self.residual) if last else set())):
             idx, vals = canonical(*update.get(table, (np.zeros(0, np.int64), np.zeros(0))))
+            vals = np.asarray(vals, np.float64)
             res = self._residual(table)
-            if last:
-                idx = np.union1d(idx, np.flatnonzero(res))
-                vals = _at(idx, *canonical(*update.get(table, (idx[:0], np.zeros(0)))))
-            carried[table] = (idx, np.asarray(vals, np.float64) + res[idx])
+            if last:  # every element with a residual, the update's values where it has one
+                every = np.union1d(idx, np.flatnonzero(res))
+                idx, vals = every, _at(every, idx, vals)
+            carried[table] = (idx, vals + res[idx])
             res[idx] = 0
         if last:
             return carried, encode(carried)

@@ -152,7 +152,7 @@ class DiLoCoRegion:
         self.clock = clock
 
     async def _send(self, sync: int) -> None:
-        fragment = self.plan.fragments[self.plan.schedule.fragment(sync)]
+        fragment = self.plan.fragment_of(sync)
         delta = gather(self.params, fragment) - gather(self.global_, fragment)
         array, scale = wire_values(delta, self.plan.bits)
         if self.outer is None:
@@ -170,7 +170,7 @@ class DiLoCoRegion:
         """All-to-all: wait for every peer's delta of `sync`, average them with this
         region's in address order (so every region computes the same), take the outer
         step here; True if it was the last sync (the count, or any region asked)."""
-        fragment = self.plan.fragments[self.plan.schedule.fragment(sync)]
+        fragment = self.plan.fragment_of(sync)
         got = {self.ep.address: self._own}
         last = self._stopping or (self.syncs is not None and sync + 1 >= self.syncs)
         queued = list(self._early.pop(sync, {}).values())
@@ -220,7 +220,7 @@ class DiLoCoRegion:
 
     async def _apply(self, sync: int) -> bool:
         """Wait for sync `sync`'s result and merge it; True if it was the last."""
-        fragment = self.plan.fragments[self.plan.schedule.fragment(sync)]
+        fragment = self.plan.fragment_of(sync)
         while True:
             try:
                 msg = await self.ep.recv(timeout=self.idle_timeout_s)

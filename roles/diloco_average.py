@@ -137,7 +137,7 @@ class DiLoCoAggregator:
 
     async def _one_sync(self) -> bool:
         sync = self.round
-        fragment = self.plan.fragments[self.plan.schedule.fragment(sync)]
+        fragment = self.plan.fragment_of(sync)
         got = await collect_deltas(self.ep, sync, fragment, self.plan.bits, self.members,
                                    self.counters, deadline_s=self.deadline_s,
                                    idle_timeout_s=self.idle_timeout_s, what="region")
@@ -205,7 +205,7 @@ class DiLoCoHub:
 
     async def _one_sync(self) -> bool:
         sync = self.round
-        fragment = self.plan.fragments[self.plan.schedule.fragment(sync)]
+        fragment = self.plan.fragment_of(sync)
         got = await collect_deltas(self.ep, sync, fragment, self.plan.bits,
                                    dict.fromkeys(self.members, 1), self.counters,
                                    deadline_s=self.deadline_s,

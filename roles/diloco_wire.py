@@ -51,6 +51,10 @@ class StreamPlan:
         return cls(check_options(h, fragments, overlap, bits, mix),
                    tuple(split_fragments(workload.table_shapes(), fragments)), bits, mix)
 
+    def fragment_of(self, sync: int) -> Fragment:
+        """The fragment sync `sync` sends."""
+        return self.fragments[self.schedule.fragment(sync)]
+
 
 def outer_step(outer: OuterOptimizer, fragment: Fragment, old: np.ndarray,
                mean_delta: np.ndarray) -> np.ndarray:

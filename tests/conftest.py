@@ -11,6 +11,7 @@ import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
 
 import msgpack
 import numpy as np
@@ -80,6 +81,12 @@ def free_base_port(ports: int = 8) -> int:
         if all(_bindable(base + i) for i in range(ports)):
             return base
     raise RuntimeError("no block of free ports below 32768 on 127.0.0.1")
+
+
+def topology_on_free_ports(path: Path, toml_text: str) -> Path:
+    """Write `toml_text` (with `{port}` for its base_port) to `path`, on free ports."""
+    path.write_text(toml_text.format(port=free_base_port()))
+    return path
 
 
 #: What one test may spend waiting on processes: below pytest-timeout's 120 s, so a test

@@ -15,7 +15,7 @@ from geoml.bus.errors import HandshakeTimeout
 from geoml.bus.security import CurveKeys, make_keys
 from geoml.cli import main
 
-from ..conftest import free_base_port
+from ..conftest import topology_on_free_ports
 
 TOPOLOGY = """
 name = "curve"
@@ -36,9 +36,7 @@ MARKER = "plain-text-marker-7f3a"
 
 @pytest.fixture
 def topo(tmp_path: Path) -> Topology:
-    path = tmp_path / "curve.toml"
-    path.write_text(TOPOLOGY.format(port=free_base_port()))
-    return load_topology(path)
+    return load_topology(topology_on_free_ports(tmp_path / "curve.toml", TOPOLOGY))
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from geoml.bus import Network, Topology, load_topology
 from geoml.bus import frame as fr
 from geoml.bus.zio import ZIO
 
-from ..conftest import free_base_port, wait_until
+from ..conftest import topology_on_free_ports, wait_until
 
 pytestmark = pytest.mark.asyncio
 
@@ -49,9 +49,7 @@ latency_ms = 2
 
 @pytest.fixture
 def topo(tmp_path: Path) -> Topology:
-    path = tmp_path / "harden.toml"
-    path.write_text(TOPOLOGY.format(port=free_base_port()))
-    return load_topology(path)
+    return load_topology(topology_on_free_ports(tmp_path / "harden.toml", TOPOLOGY))
 
 
 @pytest_asyncio.fixture

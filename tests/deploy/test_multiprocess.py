@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from ..conftest import Deadline, free_base_port, wait_for_line
+from ..conftest import Deadline, topology_on_free_ports, wait_for_line
 
 pytestmark = pytest.mark.multiprocess
 BURST_BYTES = 64 * 1024  # the default burst of the link below: one chunk
@@ -43,9 +43,7 @@ def _geoml(*args: str) -> subprocess.Popen[str]:
 
 @pytest.fixture
 def topology_file(tmp_path: Path) -> Path:
-    path = tmp_path / "mp.toml"
-    path.write_text(TOPOLOGY.format(port=free_base_port()))
-    return path
+    return topology_on_free_ports(tmp_path / "mp.toml", TOPOLOGY)
 
 
 def _source_to_sink(topology: Path, *source_args: str
@@ -196,9 +194,8 @@ def test_a_sender_faster_than_its_link_is_held_to_its_send_window(tmp_path: Path
     have in flight, so the router's queue stays near limit + window, and nothing is lost."""
     from geoml.bus.endpoint import SEND_WINDOW_BYTES
 
-    path = tmp_path / "window.toml"
-    path.write_text(TOPOLOGY.format(port=free_base_port())
-                    .replace("rate_mbps = 8", "rate_mbps = 80\nqueue_limit_bytes = 1048576"))
+    path = topology_on_free_ports(tmp_path / "window.toml", TOPOLOGY.replace(
+        "rate_mbps = 8", "rate_mbps = 80\nqueue_limit_bytes = 1048576"))
     frame = 256 * 1024
     sent, got, stats = _source_to_sink(path, "--seconds", "2", "--frame-bytes", str(frame))
     link = stats["east"]["links"]["east->west"]

@@ -246,7 +246,7 @@ MUTANTS: tuple[Mutant, ...] = (
            'ENCODING_FIELDS = ("tables", "enc")', ("tests/systems/test_topk.py",)),
     Mutant("harden_takeover_allowed", "a hello for an address open on another connection "
            "takes it over", "bus/router_control.py",
-           "            if self._still_connected(other, src):",
+           "            if self._still_connected(other, address):",
            "            if False:", ("tests/bus/test_harden.py",)),
     Mutant("harden_errors_not_relayed", "a refusal at a router further on stops at the "
            "router before it", "bus/router_control.py",
