@@ -45,6 +45,7 @@ class EndpointReceiving:
     _inbox_limit: int
     _inbox_drained: asyncio.Event
     _on_error: Callable[[dict[str, Any]], None] | None
+    max_frame_bytes: int
     _welcome: asyncio.Future[dict[str, Any]] | None
     _hello_refusal: str | None
     _bye_ack: asyncio.Future[None] | None
@@ -172,6 +173,9 @@ class EndpointReceiving:
     def _on_bus(self, header: dict[str, Any]) -> None:
         ftype, meta = header["t"], header["meta"]
         if ftype == fr.WELCOME:
+            limit = meta.get("max_frame_bytes")
+            if type(limit) is int and 0 < limit < self.max_frame_bytes:
+                self.max_frame_bytes = limit  # refuse here what the router would cut off
             if self._welcome is not None and not self._welcome.done():
                 self._welcome.set_result(meta)
         elif ftype == fr.BYE:

@@ -27,9 +27,10 @@ from .address import connection_id, region_of, role_of, router_address
 from .errors import FrameError
 from .link import Link, Pending
 from .reliable import new_incarnation
-from .router_control import CREDIT_STEP_BYTES, LOG_FIRST, RouterControl
+from .router_control import CREDIT_STEP_BYTES, RouterControl
 from .router_delivery import LocalDeliverer, PeerDeliverer
 from .router_tap import TAP_TOPIC, RouterTap
+from .router_watch import RouterWatch
 from .security import CurveKeys
 from .tasks import cancel_and_wait
 from .topology import Topology
@@ -39,8 +40,6 @@ log = logging.getLogger("geoml.bus.router")
 
 __all__ = ["CREDIT_STEP_BYTES", "TAP_TOPIC", "Router"]
 
-_REFUSED_EVENTS = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-                   | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 _BATCH = 512
 _MAX_LOCAL_DESTINATIONS = 10_000
 
@@ -52,7 +51,7 @@ def _any_port(endpoint: str) -> str:
     return endpoint.rsplit(":", 1)[0] + ":*"
 
 
-class Router(RouterControl, RouterTap):
+class Router(RouterControl, RouterTap, RouterWatch):
     """Router of one region (same class in-process over inproc and per-process over tcp)."""
 
     def __init__(
@@ -113,6 +112,9 @@ class Router(RouterControl, RouterTap):
         self.tap_dropped = 0
         #: CURVE handshakes refused (unknown key, or a client without CURVE).
         self.auth_refused = 0
+        self.disconnects = 0  # connections to the ROUTER socket closed (tcp)
+        self.lost_without_bye = 0  # ...of which registered roles' that never said bye
+        self._peer_down_since: dict[str, float] = {}
         self.io: ZIO
         self._tap_io: ZIO | None = None
         self._closed = False
@@ -144,7 +146,7 @@ class Router(RouterControl, RouterTap):
             sock.setsockopt(zmq.MAXMSGSIZE, self.max_frame_bytes)
         if self._keys is not None:
             own = self._keys.pair(f"{self.region}.router")
-            security.server(sock, own, self._keys)
+            security.server(sock, own, self._keys, security.BUS_DOMAIN)
         try:
             sock.bind(_any_port(self.endpoint) if any_port else self.endpoint)
         except zmq.ZMQError:
@@ -156,16 +158,16 @@ class Router(RouterControl, RouterTap):
         tap.setsockopt(zmq.LINGER, 0)
         tap.setsockopt(zmq.SNDHWM, 100_000)
         if self._keys is not None:
-            security.server(tap, own, self._keys)
+            security.server(tap, own, self._keys, security.TAP_DOMAIN)
         try:
             tap.bind(_any_port(self.tap_endpoint) if any_port else self.tap_endpoint)
         except zmq.ZMQError:
             tap.close(linger=0)
             self.io.close()  # all or nothing: bind may be tried again
             raise
-        if self._keys is not None:
-            self._tasks.append(loop.create_task(self._count_refusals(sock),
-                                                name=f"auth monitor {self.region}"))
+        if self._keys is not None or self._transport == "tcp":
+            self._tasks.append(loop.create_task(self._watch_connections(sock),
+                                                name=f"connection monitor {self.region}"))
         self.tap_endpoint = tap.getsockopt_string(zmq.LAST_ENDPOINT)
         self._tap_io = ZIO(tap, loop)
 
@@ -186,6 +188,9 @@ class Router(RouterControl, RouterTap):
             if self._keys is not None:
                 security.client(peer_sock, self._keys.pair(f"{self.region}.router"),
                                 self._keys.public(f"{peer}.router"))
+            if self._transport == "tcp":
+                self._tasks.append(loop.create_task(self._watch_peer(peer, peer_sock),
+                                                    name=f"peer monitor {self.region}->{peer}"))
             peer_sock.connect(self.topology.endpoints(peer, self._transport, self._run_id)[0])
             peer_io = ZIO(peer_sock, loop)
             self._peer_io[peer] = peer_io
@@ -205,23 +210,6 @@ class Router(RouterControl, RouterTap):
             await peer_io.send([self._peer_hello(peer)])
         self._tasks.append(loop.create_task(self._ingress_loop(), name=f"router {self.region}"))
         self._tasks.append(loop.create_task(self._tap_loop(), name=f"tap {self.region}"))
-
-    async def _count_refusals(self, sock: zmq.Socket[Any]) -> None:
-        """Count the CURVE handshakes the router socket refused (its monitor's events)."""
-        monitor = sock.get_monitor_socket(_REFUSED_EVENTS)
-        monitor.setsockopt(zmq.LINGER, 0)
-        io = ZIO(monitor, asyncio.get_running_loop())
-        try:
-            while True:
-                parts = await io.recv()
-                event = int.from_bytes(parts[0].bytes[:2], "little")
-                if event & _REFUSED_EVENTS:
-                    self.auth_refused += 1
-                    if self.auth_refused <= LOG_FIRST:
-                        log.warning("router %s refused a connection: CURVE handshake failed "
-                                    "(event %d)", self.region, event)
-        finally:
-            io.close()
 
     async def wait_ready(self, timeout: float = 10.0) -> None:
         """Wait until every neighbouring router has answered our hello."""
@@ -281,6 +269,9 @@ class Router(RouterControl, RouterTap):
             "tap_events": self.tap_events,
             "tap_dropped": self.tap_dropped,
             "auth_refused": self.auth_refused,
+            "disconnects": self.disconnects,
+            "lost_without_bye": self.lost_without_bye,
+            "peers_down": self.peers_down(),
             "peer_restarts": self.peer_restarts,
             "links": {name: {"kind": link.spec.kind, **link.stats.as_dict()}
                       for name, link in self._links.items()},
@@ -327,7 +318,7 @@ class Router(RouterControl, RouterTap):
         ftype = header["t"]
         if ftype in fr.BUS_TYPES:
             self.bus_frames += 1
-            self._handle_bus(ident, header)
+            self._handle_bus(ident, header, parts[1])
             return
         if ftype.startswith("bus.") and ftype not in fr.ROUTED_BUS_TYPES:
             self._drop(ident, "reserved_type", f"type {ftype!r} is reserved for the bus", header)
@@ -335,7 +326,7 @@ class Router(RouterControl, RouterTap):
         src = header["src"]
         registered = self.local_addresses.get(src)
         if registered is None:
-            if ident not in self._peers_in and not self._known_peer(ident):
+            if ident not in self._peers_in and not self._known_peer(ident, parts[1]):
                 self._drop(ident, "not_registered",
                            "sender has not said bus.hello to this router", header)
                 return

@@ -16,6 +16,7 @@ from typing import Any
 import zmq
 
 from . import frame as fr
+from . import security
 from .address import (
     address_of_connection,
     is_valid_address,
@@ -48,6 +49,7 @@ class RouterControl:
     bus frames neighbouring routers send back."""
 
     # state kept by Router
+    _keys: security.CurveKeys | None
     topology: Topology
     region: str
     address: str
@@ -97,11 +99,24 @@ class RouterControl:
         if ev is not None:
             ev.clear()
 
-    def _known_peer(self, ident: bytes) -> bool:
+    def _key_name(self, part: zmq.Frame) -> str | None:
+        """The name of the CURVE key the connection that sent `part` authenticated with
+        (its ZAP User-Id); None when this router runs without keys."""
+        if self._keys is None:
+            return None
+        try:
+            return part.get("User-Id") or ""
+        except zmq.ZMQError:  # a frame without the property: no identity
+            return ""
+
+    def _known_peer(self, ident: bytes, part: zmq.Frame) -> bool:
         """A neighbouring router's connection that has not said hello to this process: it
-        did to the process before a restart, and ZeroMQ reconnected it on its own."""
+        did to the process before a restart, and ZeroMQ reconnected it on its own. With
+        keys, only that router's key passes."""
         name = address_of_connection(ident)
         if not is_valid_address(name) or role_of(name) != "router":
+            return False
+        if security.key_problem(self._key_name(part), name) is not None:
             return False
         peer = region_of(name)
         if peer not in self._wan or name != router_address(peer):
@@ -158,7 +173,7 @@ class RouterControl:
 
     # -- bus frames -----------------------------------------------------------------------
 
-    def _handle_bus(self, ident: bytes, header: dict[str, Any]) -> None:
+    def _handle_bus(self, ident: bytes, header: dict[str, Any], part: zmq.Frame) -> None:
         ftype, src = header["t"], header["src"]
         if ftype == fr.HELLO:
             if role_of(src) != "router" and region_of(src) != self.region:
@@ -176,6 +191,10 @@ class RouterControl:
             if address_of_connection(ident) != src:
                 self._drop(ident, "spoofed_source", "hello source differs from routing id",
                            header)
+                return
+            problem = security.key_problem(self._key_name(part), src)
+            if problem is not None:
+                self._drop(ident, "key_not_allowed", problem, header)
                 return
             if role_of(src) == "router" and region_of(src) not in self._wan:
                 self._drop(ident, "unknown_peer", f"{region_of(src)} is not a neighbour of "
@@ -208,14 +227,14 @@ class RouterControl:
             # Frames on one connection arrive in order: this ack tells the sender that
             # everything it sent before has reached the router.
             self._send_control(ident, fr.BYE, src, {})
-        elif ftype == fr.RESTARTED and (ident in self._peers_in or self._known_peer(ident)):
+        elif ftype == fr.RESTARTED and (ident in self._peers_in or self._known_peer(ident, part)):
             region, incarnation = header["meta"].get("region"), header["meta"].get("inc")
             if region in self.topology.region_names and type(incarnation) is int:
                 self._peer_restarted(region, incarnation, via=self._peers_in[ident])
             else:
                 self._drop(ident, "bad_field", f"bus.restarted with meta {header['meta']}",
                            header)
-        elif ftype == fr.ERROR and (ident in self._peers_in or self._known_peer(ident)):
+        elif ftype == fr.ERROR and (ident in self._peers_in or self._known_peer(ident, part)):
             self._relay_error(header)
         else:
             self._drop(ident, "reserved_type", f"{ftype} is not accepted from a sender", header)

@@ -19,7 +19,7 @@ import pytest
 import pytest_asyncio
 import zmq
 
-from geoml.bus import Network, Topology, load_topology, parse_topology
+from geoml.bus import Network, Topology, load_topology, parse_topology, security
 from geoml.bus import frame as fr
 from geoml.bus.zio import ZIO
 from geoml.roles.compute import ComputeCost
@@ -135,11 +135,16 @@ def wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float) -> s
 @contextlib.asynccontextmanager
 async def raw_dealer(net: Network, address: str) -> AsyncIterator[ZIO]:
     """A bare DEALER socket whose routing id is `address`, connected to its region's router
-    and not yet registered (closed with linger 0 on the way out)."""
+    and not yet registered (closed with linger 0 on the way out). On a network with keys
+    it holds the key of its address's region and role."""
     sock = net.ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.ROUTING_ID, address.encode())
-    sock.connect(net.routers[address.split("/")[0]].endpoint)
+    region, role = address.split("#")[0].split("/")[:2]
+    if net.keys is not None:
+        security.client(sock, net.keys.pair(f"{region}.{role}"),
+                        net.keys.public(f"{region}.router"))
+    sock.connect(net.routers[region].endpoint)
     client = ZIO(sock)
     try:
         yield client

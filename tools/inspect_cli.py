@@ -14,6 +14,7 @@ import zmq
 
 from geoml.bus import GeomlError, load_topology
 
+from .cli.process import keys_of
 from .inspector import LiveView, TapSubscriber
 from .recording import Recorder, build_report, topology_header
 from .traffic import EventFilter, TrafficStats, capacities
@@ -49,7 +50,8 @@ async def _live(topo: Any, event_filter: EventFilter, args: argparse.Namespace) 
     ctx: zmq.Context[Any] = zmq.Context()
     recorder = (Recorder(args.record, topology_header(topo)) if args.record else None)
     endpoints = {r: topo.endpoints(r, "tcp")[1] for r in topo.region_names}
-    tap = TapSubscriber(ctx, endpoints, TrafficStats(event_filter), recorder)
+    tap = TapSubscriber(ctx, endpoints, TrafficStats(event_filter), recorder,
+                        keys=keys_of(args))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

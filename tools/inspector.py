@@ -10,7 +10,9 @@ from typing import Any, TextIO
 
 import zmq
 
+from geoml.bus import security
 from geoml.bus.router import TAP_TOPIC
+from geoml.bus.security import TAP_KIND, CurveKeys
 from geoml.bus.tasks import cancel_and_wait
 from geoml.bus.zio import ZIO
 
@@ -80,6 +82,12 @@ def render(stats: TrafficStats, caps: dict[str, float], reach: dict[str, str],
     return "\n".join(lines)
 
 
+_REFUSED_EVENTS = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                   | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+_WATCHED_EVENTS = (zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED
+                   | zmq.EVENT_HANDSHAKE_SUCCEEDED | _REFUSED_EVENTS)
+
+
 class TapSubscriber:
     """One SUB socket per router tap; events go to a TrafficStats and/or a Recorder.
 
@@ -88,8 +96,12 @@ class TapSubscriber:
     """
 
     def __init__(self, ctx: zmq.Context[Any], endpoints: dict[str, str],
-                 stats: TrafficStats | None, recorder: Recorder | None = None) -> None:
+                 stats: TrafficStats | None, recorder: Recorder | None = None,
+                 keys: CurveKeys | None = None) -> None:
         self.ctx = ctx
+        #: CurveZMQ: each tap is read with `keys.own`, else REGION.inspector (a tap
+        #: accepts inspector keys only).
+        self.keys = keys
         self.endpoints = endpoints
         self.stats = stats
         self.recorder = recorder
@@ -108,8 +120,11 @@ class TapSubscriber:
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.RCVHWM, 100_000)
             sock.setsockopt(zmq.SUBSCRIBE, TAP_TOPIC)
+            if self.keys is not None:
+                security.client(sock, self.keys.pair(self.keys.own or f"{region}.{TAP_KIND}"),
+                                self.keys.public(f"{region}.router"))
             if not ep.startswith("inproc://"):
-                monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+                monitor = sock.get_monitor_socket(_WATCHED_EVENTS)
                 self._tasks.append(loop.create_task(self._watch(region, ZIO(monitor, loop))))
             sock.connect(ep)
             io = ZIO(sock, loop)
@@ -121,9 +136,17 @@ class TapSubscriber:
             while True:
                 parts = await monitor.recv()
                 event = recv_monitor_message_from_parts(parts)
-                if event == zmq.EVENT_CONNECTED:
+                # with keys, only a finished CURVE handshake means the tap is readable
+                if event == zmq.EVENT_HANDSHAKE_SUCCEEDED or (
+                        event == zmq.EVENT_CONNECTED and self.keys is None):
                     self.reach[region] = "connected"
-                elif event == zmq.EVENT_DISCONNECTED:
+                elif event & _REFUSED_EVENTS:
+                    key = (self.keys.own or f"{region}.{TAP_KIND}") if self.keys else None
+                    self.reach[region] = (f"refused at {self.endpoints[region]}: CURVE "
+                                          f"handshake failed (key {key}; a tap lets in "
+                                          "inspector keys of its key directory only)")
+                elif (event == zmq.EVENT_DISCONNECTED
+                      and not self.reach[region].startswith("refused")):
                     self.reach[region] = (f"lost connection to {self.endpoints[region]} "
                                           "(retrying)")
         finally:

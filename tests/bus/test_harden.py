@@ -1,6 +1,7 @@
-"""Attacks on a live router over tcp: address takeover, router impersonation, frames
-injected through a neighbour's place, and refusals that must reach the sender. Each is
-refused and counted, and the victim's traffic is unharmed."""
+"""Attacks on a live router over tcp, without keys and with CurveZMQ keys (the attacker
+then holds a leaked key): address takeover, router impersonation, frames injected through
+a neighbour's place, and refusals that must reach the sender. Each is refused and
+counted, and the victim's traffic is unharmed."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ import pytest
 import pytest_asyncio
 import zmq
 
-from geoml.bus import Network, Topology, load_topology
+from geoml.bus import Network, Topology, load_topology, security
 from geoml.bus import frame as fr
+from geoml.bus.security import CurveKeys, make_keys
 from geoml.bus.zio import ZIO
 
 from ..conftest import topology_on_free_ports, wait_until
@@ -52,18 +54,33 @@ def topo(tmp_path: Path) -> Topology:
     return load_topology(topology_on_free_ports(tmp_path / "harden.toml", TOPOLOGY))
 
 
+@pytest.fixture(params=["plain", "curve"])
+def keys(request: pytest.FixtureRequest, topo: Topology, tmp_path: Path) -> CurveKeys | None:
+    if request.param == "plain":
+        return None
+    make_keys(topo, tmp_path / "keys")
+    return CurveKeys(tmp_path / "keys")
+
+
 @pytest_asyncio.fixture
-async def net(topo: Topology) -> AsyncIterator[Network]:
-    async with Network(topo, transport="tcp", unreachable_timeout_s=1.0) as network:
+async def net(topo: Topology, keys: CurveKeys | None) -> AsyncIterator[Network]:
+    async with Network(topo, transport="tcp", unreachable_timeout_s=1.0,
+                       keys=keys) as network:
         yield network
 
 
 @contextlib.asynccontextmanager
-async def intruder(net: Network, region: str, routing_id: str) -> AsyncIterator[ZIO]:
-    """A raw DEALER at `region`'s router, with any routing id it likes."""
+async def intruder(net: Network, region: str, routing_id: str,
+                   key: str | None = None) -> AsyncIterator[ZIO]:
+    """A raw DEALER at `region`'s router, with any routing id it likes; with keys it
+    holds the (leaked) key `key`, by default the one of its routing id's region and role."""
     sock = net.ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.ROUTING_ID, routing_id.encode())
+    if net.keys is not None:
+        claimed_region, role = routing_id.split("#")[0].split("/")[:2]
+        security.client(sock, net.keys.pair(key or f"{claimed_region}.{role}"),
+                        net.keys.public(f"{region}.router"))
     sock.connect(net.routers[region].endpoint)
     client = ZIO(sock)
     try:
@@ -111,12 +128,14 @@ async def test_a_role_that_died_takes_its_address_back(net: Network) -> None:
 
 
 async def test_a_live_router_cannot_be_impersonated(net: Network) -> None:
+    """With keys the attacker even holds that router's own key (test_keys tries a role's)."""
     east = await net.connect("east/worker/0")
     west = await net.connect("west/worker/0")
     restarts = net.routers["east"].peer_restarts
     async with intruder(net, "east", "west/router/0") as fake:
         answer = await say_hello(fake, "west/router/0", "east/router/0")
         assert answer["meta"]["reason"] == "address_in_use"
+        assert net.routers["east"].dropped["address_in_use"] == 1
         # frames it sends as if forwarded by west are refused, whatever their src
         await fake.send([fr.encode_header(fr.make_header("t.x", "west/worker/0",
                                                          "east/worker/0", 1))])

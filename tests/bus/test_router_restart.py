@@ -318,3 +318,35 @@ async def test_a_hello_that_is_lost_is_said_again_until_the_router_answers() -> 
         await asyncio.wait_for(ep.aclose(timeout=0.2), 10)
         rio.close()
         ctx.destroy(linger=0)
+
+
+@pytest.mark.asyncio
+async def test_frames_for_a_router_that_is_down_are_held_and_shown(routers: Routers) -> None:
+    """While b's router is down, a's stats say so and how much it holds for it; when b is
+    back the frames go on and the report clears."""
+    a = routers.live["a"]
+    ep = Endpoint("a/src/0", routers.endpoint("a"), ctx=routers.ctx, reliable=True)
+    await asyncio.wait_for(ep.start(), 10)
+    try:
+        await routers.live["b"].aclose()
+        await wait_until(lambda: "b" in a.peers_down(), 5)
+        payload = np.zeros(16 * 1024, np.uint8)
+        for i in range(100):  # the 20 Mbit/s link to b queues them
+            await asyncio.wait_for(ep.send("b/dst/0", "t.held", meta={"i": i},
+                                           arrays=[payload]), 10)
+        await wait_until(lambda: a.peers_down().get("b", {}).get("held_bytes", 0) > 0, 10)
+        assert a.stats()["peers_down"]["b"]["down_s"] >= 0
+        b = await routers.restart("b")
+        dst = Endpoint("b/dst/0", routers.endpoint("b"), ctx=routers.ctx, reliable=True)
+        await asyncio.wait_for(dst.start(), 10)
+        try:
+            got = set()
+            while len(got) < 100:
+                got.add((await dst.recv(timeout=10)).meta["i"])
+            assert got == set(range(100))
+        finally:
+            await asyncio.wait_for(dst.aclose(), 10)
+        await wait_until(lambda: not a.peers_down(), 5)
+        assert b.peers_down() == {}
+    finally:
+        await asyncio.wait_for(ep.aclose(), 10)

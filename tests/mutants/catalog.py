@@ -252,6 +252,16 @@ MUTANTS: tuple[Mutant, ...] = (
            "router before it", "bus/router_control.py",
            "                self._relay_error(header)  # about a frame from here or through here",
            "                pass", ("tests/bus/test_harden.py",)),
+    Mutant("keys_not_bound", "any listed key may say hello as any address", "bus/security.py",
+           "    if (region, kind) == (want_region, want_kind) and kind != TAP_KIND:",
+           "    if True:", ("tests/bus/test_keys.py",)),
+    Mutant("tap_key_on_the_bus", "an inspector key is let in on the bus socket, and a role's "
+           "on the tap", "bus/security.py",
+           "        if tap_key != (domain == TAP_DOMAIN):", "        if False:",
+           ("tests/bus/test_keys.py",)),
+    Mutant("lost_connection_uncounted", "a role cut off by ZeroMQ is neither found nor "
+           "counted", "bus/router_watch.py", "                        loop.call_later(delay, "
+           "self._find_lost)", "                        pass", ("tests/bus/test_corpus.py",)),
     Mutant("lm_not_causal", "the language model's attention sees the characters ahead",
            "workloads/torch_lm.py", "is_causal=True", "is_causal=False",
            ("tests/workloads/test_torch.py::test_the_language_model_is_causal",)),

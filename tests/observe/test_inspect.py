@@ -196,3 +196,34 @@ def test_inspector_names_a_router_it_cannot_reach(tmp_path: Path) -> None:
     finally:
         router.terminate()
         router.communicate(timeout=30)
+
+
+def test_inspector_reads_a_keyed_tap_with_an_inspector_key_only(tmp_path: Path) -> None:
+    """`geoml inspect --keys`: a router with CurveZMQ keys; the inspector key reaches its
+    tap, a worker's key is refused and the view says why."""
+    port = free_base_port()
+    topo = tmp_path / "one.toml"
+    topo.write_text(f'name = "one"\n[defaults]\nhost = "127.0.0.1"\nbase_port = {port}\n'
+                    '[[regions]]\nname = "east"\n')
+    keys = tmp_path / "keys"
+    subprocess.run([sys.executable, "-m", "geoml.cli", "keys", "--topology", str(topo),
+                    "--out", str(keys)], check=True, capture_output=True, timeout=60)
+    router = subprocess.Popen([sys.executable, "-m", "geoml.cli", "router", "--topology",
+                               str(topo), "--region", "east", "--keys", str(keys)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_line(router, "listening", 30)
+        views = {}
+        for key in ("east.inspector", "east.worker"):
+            inspect = subprocess.run(
+                [sys.executable, "-m", "geoml.cli", "inspect", "--topology", str(topo),
+                 "--keys", str(keys), "--key", key, "--seconds", "2.5"],
+                capture_output=True, text=True, timeout=60)
+            assert inspect.returncode == 0, inspect.stderr
+            views[key] = inspect.stdout.strip().split("-" * 40)[-2]
+        assert "router east" not in views["east.inspector"]
+        assert ("!! router east: refused at" in views["east.worker"]
+                and "key east.worker" in views["east.worker"])
+    finally:
+        router.terminate()
+        router.communicate(timeout=30)

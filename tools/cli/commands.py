@@ -174,9 +174,19 @@ def topo_command(args: argparse.Namespace) -> None:
 
 
 def keys_command(args: argparse.Namespace) -> None:
-    """`geoml keys`: a CurveZMQ key pair per router and role of the topology."""
-    from geoml.bus.security import make_keys
+    """`geoml keys`: a CurveZMQ key pair per router and role of the topology (or one more,
+    with --add). A key may be what its name says: REGION.KIND[.TAG]."""
+    from geoml.bus.security import add_key, make_keys
 
-    names = make_keys(load_topology(args.topology), args.out)
+    topology = load_topology(args.topology)
+    if args.add:
+        secret = add_key(topology, args.out, args.add)
+        print(f"wrote {secret} (copy it to the new machine only) and "
+              f"{args.out}/public/{args.add}.key (copy it to every router's host); "
+              f"start the role with --keys DIR --key {args.add}")
+        return
+    names = make_keys(topology, args.out)
     print(f"wrote {len(names)} key pairs to {args.out}: secret/ (keep each host's "
-          f"own) and public/ (copy to every host)")
+          f"own) and public/ (copy to every host). A key may be what its name says: "
+          f"REGION.KIND may only say hello as REGION/KIND/N, REGION.router only as that "
+          f"region's router, REGION.inspector may only read taps")

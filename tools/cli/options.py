@@ -165,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "region and role kind")
     k.add_argument("--topology", required=True)
     k.add_argument("--out", type=Path, required=True, help="directory (secret/ and public/)")
+    k.add_argument("--add", metavar="REGION.KIND.TAG", help="add one key pair to the "
+                   "directory --out (e.g. east.worker.gpu7 for a new machine); it may be "
+                   "what its name says, and routers take it without a restart")
 
     r = sub.add_parser("router", help="run one region's router (tcp, one process)")
     r.add_argument("--topology", required=True)
@@ -193,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     ro.add_argument("--connect-timeout", type=float, default=30.0)
     ro.add_argument("--keys", type=Path, help="CurveZMQ: directory from `geoml keys` (the "
                     "role's secret key and its router's public key)")
+    ro.add_argument("--key", metavar="NAME", help="CurveZMQ: the secret key to use (e.g. "
+                    "east.worker.gpu7; default REGION.KIND of --address)")
     ro.add_argument("--endpoints", type=Path, help="JSON file of the routers' endpoints, "
                     "overriding the topology's ports (written by `geoml launch`)")
     _ps_args(ro, role=True)
@@ -256,6 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--type", dest="ftype", help="only frame types starting with this")
     ins.add_argument("--seconds", type=float, help="live: stop after T seconds")
     ins.add_argument("--out", type=Path, help="report: output directory")
+    ins.add_argument("--keys", type=Path, help="live: CurveZMQ keys of the routers (taps are "
+                     "read with inspector keys)")
+    ins.add_argument("--key", metavar="NAME", help="live: the inspector key to use (default "
+                     "REGION.inspector per router)")
     return p
 
 

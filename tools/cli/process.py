@@ -94,8 +94,10 @@ async def router_main(topo: Topology, region: str, status_every: float,
                 peers = f"waiting for router(s) of {', '.join(waiting)}"
             wan = sum(link.stats.bytes for link in router.links.values()
                       if link.spec.kind == "wan")
+            held = "".join(f" held_for_{peer}={down['held_bytes']}B/{down['down_s']:.0f}s_down"
+                           for peer, down in router.peers_down().items())
             print(f"router {region} t={loop.time():.0f} received={router.received} "
-                  f"wan_bytes={wan} dropped={dict(router.dropped)} {peers}", flush=True)
+                  f"wan_bytes={wan} dropped={dict(router.dropped)} {peers}{held}", flush=True)
         ready.cancel()
         return router.stats()
 
@@ -117,7 +119,7 @@ def keys_of(args: argparse.Namespace) -> Any:
     if not (args.keys / "public").is_dir():
         raise GeomlError(f"--keys {args.keys}: no public/ directory there; make keys with "
                          "`geoml keys`")
-    return CurveKeys(args.keys)
+    return CurveKeys(args.keys, own=getattr(args, "key", None))
 
 
 def read_endpoints(path: Path) -> dict[str, Any]:

@@ -321,7 +321,7 @@ async def start_tap(net: Network, topo: Topology, cfg: RunConfig) -> TapSubscrib
     if cfg.record is not None:
         recorder = Recorder(cfg.record, {**topology_header(topo), "system": cfg.system})
     tap = TapSubscriber(net.ctx, {r: rt.tap_endpoint for r, rt in net.routers.items()},
-                        TrafficStats() if cfg.inspect else None, recorder)
+                        TrafficStats() if cfg.inspect else None, recorder, keys=net.keys)
     await tap.start()
     for router in net.routers.values():
         await router.wait_tap_subscribed()
