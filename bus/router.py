@@ -188,7 +188,8 @@ class Router(RouterControl, RouterTap, RouterWatch):
             if self._keys is not None:
                 security.client(peer_sock, self._keys.pair(f"{self.region}.router"),
                                 self._keys.public(f"{peer}.router"))
-            if self._transport == "tcp":
+            if self._transport == "tcp":  # down until its handshake succeeds
+                self._peer_down_since.setdefault(peer, loop.time())
                 self._tasks.append(loop.create_task(self._watch_peer(peer, peer_sock),
                                                     name=f"peer monitor {self.region}->{peer}"))
             peer_sock.connect(self.topology.endpoints(peer, self._transport, self._run_id)[0])

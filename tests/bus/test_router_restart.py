@@ -350,3 +350,18 @@ async def test_frames_for_a_router_that_is_down_are_held_and_shown(routers: Rout
         assert b.peers_down() == {}
     finally:
         await asyncio.wait_for(ep.aclose(), 10)
+
+
+@pytest.mark.asyncio
+async def test_a_neighbour_that_never_started_is_reported_down() -> None:
+    ctx: zmq.Context[Any] = zmq.Context()
+    net = Routers(make_topology(rate_mbps=20.0, latency_ms=40.0), ctx)
+    router = Router(net.topo, "a", ctx=ctx, transport="tcp")
+    try:
+        router.bind(any_port=True)
+        await router.connect_peers()
+        assert set(router.peers_down()) == {"b"}
+        assert router.peers_down()["b"]["held_bytes"] == 0
+    finally:
+        await router.aclose()
+        ctx.destroy(linger=0)
