@@ -24,9 +24,11 @@ from .classify import Classifier
 from .datasets import (
     load_digits,
     load_movielens,
+    load_plays,
     synthetic_clusters,
     synthetic_ratings,
 )
+from .lda import LDA, bag_of_words, synthetic_corpus
 from .mf import MatrixFactorization
 
 # lr and l2 picked by a short sweep with 4 and 22 parallel workers (summed deltas diverge
@@ -40,6 +42,10 @@ _MF = {"rank": 20, "lr": 0.015, "l2": 0.1, "batch": 256, "seed": 0, **_SCHEDULE}
 # label_skew: 0 spreads examples over regions at random (IID); s > 0 sends an example to
 # region (label mod regions) with probability s (regions see different class mixes).
 _CLS = {"lr": 0.02, "batch": 32, "l2": 1e-4, "seed": 0, "label_skew": 0.0, **_SCHEDULE}
+
+# batch: tokens resampled together (see lda.py); alpha, beta: the Dirichlet priors.
+_LDA = {"topics": 20, "alpha": 0.1, "beta": 0.01, "batch": 256, "test_fraction": 0.1,
+        "seed": 0, "clock_fraction": 1.0}
 
 #: name -> (defaults, builder). Every option a builder takes is listed with its default.
 WORKLOADS: dict[str, tuple[dict[str, Any], Callable[..., Workload]]] = {
@@ -75,9 +81,31 @@ WORKLOADS: dict[str, tuple[dict[str, Any], Callable[..., Workload]]] = {
                         "batch": 16, "test_windows": 256, "train_windows": 0, "seed": 0,
                         "clock_fraction": 1.0, "torch_threads": 1},
                        lambda **kw: _torch_examples().shakespeare_lm(**kw)),
+    # Topic modeling (lda.py): count tables, summed updates.
+    "lda-shakespeare": ({**_LDA, "vocab": 2000, "doc_words": 200},
+                        lambda vocab, doc_words, **kw: LDA(
+                            bag_of_words(load_plays(), doc_words=doc_words, vocab=vocab),
+                            name="lda-shakespeare", **kw)),
+    "lda-synthetic": ({**_LDA, "topics": 10, "docs": 400, "doc_length": 100,
+                       "true_topics": 10, "vocab": 500},
+                      lambda docs, doc_length, true_topics, vocab, **kw: LDA(
+                          synthetic_corpus(docs, doc_length, true_topics, vocab,
+                                           seed=kw["seed"]), name="lda-synthetic", **kw)),
     # A check, not a learning problem: its final model is known exactly (see check.py).
     "integer-updates": ({"rows": 12, "cols": 5}, lambda **kw: IntegerUpdates(**kw)),
 }
+
+
+#: Workloads whose updates are count deltas: summed, never averaged (fedavg and diloco
+#: average, so they refuse them).
+COUNT_WORKLOADS = frozenset({"lda-shakespeare", "lda-synthetic"})
+
+
+def counts_updates(workload: str | Workload) -> bool:
+    """Whether a workload's updates are count deltas that must be summed."""
+    if isinstance(workload, Workload):
+        return getattr(workload, "update_kind", "") == "counts"
+    return workload in COUNT_WORKLOADS
 
 
 def _torch_examples() -> Any:
@@ -111,6 +139,8 @@ def make_workload(name: str, options: Mapping[str, Any] | None = None) -> Worklo
 
 
 __all__ = [
+    "COUNT_WORKLOADS",
+    "LDA",
     "WORKLOADS",
     "Classifier",
     "IntegerUpdates",
@@ -120,12 +150,15 @@ __all__ = [
     "RowSet",
     "Workload",
     "apply_delta",
+    "bag_of_words",
     "clock_examples",
+    "counts_updates",
     "decayed_lr",
     "load_digits",
     "load_movielens",
     "make_workload",
     "synthetic_clusters",
+    "synthetic_corpus",
     "synthetic_ratings",
     "take_rows",
 ]

@@ -262,6 +262,12 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("lost_connection_uncounted", "a role cut off by ZeroMQ is neither found nor "
            "counted", "bus/router_watch.py", "                        loop.call_later(delay, "
            "self._find_lost)", "                        pass", ("tests/bus/test_corpus.py",)),
+    Mutant("lda_counts_not_added_back", "the sampler forgets to count a token's new topic",
+           "workloads/lda.py", "            np.add.at(nwk, (w, new), 1)\n", "\n",
+           ("tests/workloads/test_lda.py", "tests/systems/test_lda.py")),
+    Mutant("lda_fedavg_allowed", "fedavg averages count deltas", "tools/systems/fedavg.py",
+           "    if counts_updates(cfg.workload):", "    if False:",
+           ("tests/systems/test_lda.py",)),
     Mutant("lm_not_causal", "the language model's attention sees the characters ahead",
            "workloads/torch_lm.py", "is_causal=True", "is_causal=False",
            ("tests/workloads/test_torch.py::test_the_language_model_is_causal",)),

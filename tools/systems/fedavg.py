@@ -13,7 +13,7 @@ from geoml.bus import Endpoint, Network, Topology, load_topology
 from geoml.roles.compute import Compute
 from geoml.roles.fedavg import FedAggregator, FedClient
 from geoml.roles.ssp import FINISHED
-from geoml.workloads import Partition, Workload
+from geoml.workloads import Partition, Workload, counts_updates
 
 from .config import RunConfig, RunResult, bus_workload
 from .harness import Monitor, check_clock, drive, finish, region_compute, start_tap, summary_head
@@ -35,7 +35,13 @@ def fed_plan(topo: Topology, cfg: RunConfig
 
 
 def check_fedavg(topo: Topology, cfg: RunConfig) -> None:
-    """Raise ValueError if fedavg cannot run on `topo`."""
+    """Raise ValueError if fedavg cannot run on `topo` (or on the workload)."""
+    if counts_updates(cfg.workload):
+        name = cfg.workload if isinstance(cfg.workload, str) else cfg.workload.name
+        raise ValueError(f"{cfg.system} averages its clients' models, but {name}'s updates "
+                         "are count deltas that must be summed (an average of topic "
+                         "counts is no count); run it under lan, baseline, gaia, isolated "
+                         "or centralized")
     fed_plan(topo, cfg)
 
 
