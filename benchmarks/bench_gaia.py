@@ -71,9 +71,18 @@ def progress(msg: str) -> None:
 
 async def one_case(kind: str, topology: str, out: Path, quick: bool,
                    clock_s: float = CLOCK_S, absolute: float | None = None) -> dict[str, Any]:
-    spec = WORKLOADS[kind]
+    """The case of workload `kind` (WORKLOADS) on `topology`."""
+    return await spec_case(kind, WORKLOADS[kind], topology, TOPOLOGIES[topology], out, quick,
+                           clock_s, absolute)
+
+
+async def spec_case(kind: str, spec: dict[str, Any], topology: str, workers: int, out: Path,
+                    quick: bool, clock_s: float = CLOCK_S, absolute: float | None = None,
+                    ) -> dict[str, Any]:
+    """LAN vs baseline vs Gaia for one workload spec (name, clocks, v, options) on
+    `topology` with `workers` per region (also what bench_lda runs)."""
     clocks = max(4, spec["clocks"] // 6) if quick else spec["clocks"]
-    topo = load_topology(topology).with_roles(workers=TOPOLOGIES[topology])
+    topo = load_topology(topology).with_roles(workers=workers)
     compute = clock_pricing(spec, topo, clock_s) if clock_s else ComputeCost()
     cfg = RunConfig(compute=compute, topology=topo, system="lan", workload=spec["name"],
                     aggregation=PAPERS_AGGREGATION,
@@ -92,7 +101,7 @@ async def one_case(kind: str, topology: str, out: Path, quick: bool,
         lower_bound = base["elapsed_s"] / gaia["time_to_target_s"]  # baseline never got there
     case = {
         "workload": spec["name"], "topology": topology,
-        "workers_per_region": TOPOLOGIES[topology], "gaia_v": spec["v"],
+        "workers_per_region": workers, "gaia_v": spec["v"],
         "gaia_absolute": cfg.gaia.absolute,
         "hubs": cfg.gaia.hubs, "lan_clocks": clocks, "compute": compute.describe(),
         "target": report["target"],

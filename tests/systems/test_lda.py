@@ -78,7 +78,7 @@ async def test_lan_recovers_the_true_topics() -> None:
     np.testing.assert_array_equal(result.params["word_topic"], _final_counts(w, result))
 
 
-@pytest.mark.parametrize("system", ["baseline", "isolated", "centralized"])
+@pytest.mark.parametrize("system", ["baseline", "topk", "isolated", "centralized"])
 async def test_every_other_ps_system_trains_it_and_keeps_counts_whole(system: str) -> None:
     w = _workload()
     result = await _run(system, w, 6)
