@@ -78,11 +78,14 @@ async def one_case(kind: str, topology: str, out: Path, quick: bool,
 
 async def spec_case(kind: str, spec: dict[str, Any], topology: str, workers: int, out: Path,
                     quick: bool, clock_s: float = CLOCK_S, absolute: float | None = None,
-                    ) -> dict[str, Any]:
+                    wan_scale: float = 1.0) -> dict[str, Any]:
     """LAN vs baseline vs Gaia for one workload spec (name, clocks, v, options) on
-    `topology` with `workers` per region (also what bench_lda runs)."""
+    `topology` with `workers` per region, its WAN at `wan_scale` times its bandwidth
+    (also what bench_lda runs)."""
     clocks = max(4, spec["clocks"] // 6) if quick else spec["clocks"]
     topo = load_topology(topology).with_roles(workers=workers)
+    if wan_scale != 1.0:
+        topo = topo.with_wan_scaled(wan_scale)
     compute = clock_pricing(spec, topo, clock_s) if clock_s else ComputeCost()
     cfg = RunConfig(compute=compute, topology=topo, system="lan", workload=spec["name"],
                     aggregation=PAPERS_AGGREGATION,
@@ -92,7 +95,8 @@ async def spec_case(kind: str, spec: dict[str, Any], topology: str, workers: int
                                      absolute=absolute if absolute is not None
                                      else spec.get("absolute")))
     t0 = time.perf_counter()
-    report = await compare(cfg, ["lan", "baseline", "gaia"], out / f"{kind}-{topology}")
+    label = topology if wan_scale == 1.0 else f"{topology}x{wan_scale:g}"
+    report = await compare(cfg, ["lan", "baseline", "gaia"], out / f"{kind}-{label}")
     rows = report["systems"]
     lan, base, gaia = rows["lan"], rows["baseline"], rows["gaia"]
     speedup = gaia["speedup_vs_baseline"]
@@ -100,7 +104,8 @@ async def spec_case(kind: str, spec: dict[str, Any], topology: str, workers: int
     if speedup is None and gaia["time_to_target_s"]:
         lower_bound = base["elapsed_s"] / gaia["time_to_target_s"]  # baseline never got there
     case = {
-        "workload": spec["name"], "topology": topology,
+        "workload": spec["name"], "topology": label,
+        **({"wan_scale": wan_scale} if wan_scale != 1.0 else {}),
         "workers_per_region": workers, "gaia_v": spec["v"],
         "gaia_absolute": cfg.gaia.absolute,
         "hubs": cfg.gaia.hubs, "lan_clocks": clocks, "compute": compute.describe(),
@@ -117,7 +122,7 @@ async def spec_case(kind: str, spec: dict[str, Any], topology: str, workers: int
         "cost_usd": {s: r["cost_usd"] for s, r in rows.items()},
         "wall_s": time.perf_counter() - t0,
     }
-    progress(f"{kind} on {topology}: " + json.dumps(
+    progress(f"{kind} on {label}: " + json.dumps(
         {k: case[k] for k in ("gaia_vs_lan", "gaia_speedup_vs_baseline",
                               "gaia_speedup_vs_baseline_lower_bound", "filtered_fraction",
                               "wan_bytes_baseline_over_gaia", "wall_s")}))
