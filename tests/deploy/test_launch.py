@@ -395,3 +395,26 @@ def test_topk_as_processes_ends_with_every_update_in_every_replica(tmp_path: Pat
     for region in ("east", "west"):
         replica = load_shard_outputs(out / "shards", [f"{region}/ps/0"])
         np.testing.assert_array_equal(replica["W"], expected, err_msg=region)
+
+
+def test_lda_as_processes_ends_with_the_same_whole_counts_in_every_replica(
+        tmp_path: Path) -> None:
+    """Topic modeling under gaia, one process per role: the two regions' replicas are the
+    same counts, none negative, and they count every training token once."""
+    from geoml.ps_roles import load_shard_outputs
+    from geoml.workloads import make_workload
+
+    opts = {"docs": "80", "doc_length": "40", "vocab": "100"}
+    out = tmp_path / "run"
+    proc = _launch(out, "--iterations", "5", "--system", "gaia", "--workload",
+                   "lda-synthetic", *[a for k, v in opts.items() for a in ("--opt", f"{k}={v}")])
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert 0 < summary["filtered_fraction"] < 1
+    replicas = {r: load_shard_outputs(out / "shards", [f"{r}/ps/0"]) for r in ("east", "west")}
+    np.testing.assert_array_equal(replicas["east"]["word_topic"], replicas["west"]["word_topic"])
+    tokens = len(make_workload("lda-synthetic", opts).train_tokens)
+    for replica in replicas.values():
+        assert replica["word_topic"].min() >= 0
+        assert replica["word_topic"].sum() == replica["topic_total"].sum() == tokens
