@@ -29,6 +29,7 @@ from .link import Link, Pending
 from .reliable import new_incarnation
 from .router_control import CREDIT_STEP_BYTES, RouterControl
 from .router_delivery import LocalDeliverer, PeerDeliverer
+from .router_peers import RouterPeers
 from .router_tap import TAP_TOPIC, RouterTap
 from .router_watch import RouterWatch
 from .security import CurveKeys
@@ -51,7 +52,7 @@ def _any_port(endpoint: str) -> str:
     return endpoint.rsplit(":", 1)[0] + ":*"
 
 
-class Router(RouterControl, RouterTap, RouterWatch):
+class Router(RouterControl, RouterPeers, RouterTap, RouterWatch):
     """Router of one region (same class in-process over inproc and per-process over tcp)."""
 
     def __init__(

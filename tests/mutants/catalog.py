@@ -249,7 +249,7 @@ MUTANTS: tuple[Mutant, ...] = (
            "            if self._still_connected(other, address):",
            "            if False:", ("tests/bus/test_harden.py",)),
     Mutant("harden_errors_not_relayed", "a refusal at a router further on stops at the "
-           "router before it", "bus/router_control.py",
+           "router before it", "bus/router_peers.py",
            "                self._relay_error(header)  # about a frame from here or through here",
            "                pass", ("tests/bus/test_harden.py",)),
     Mutant("keys_not_bound", "any listed key may say hello as any address", "bus/security.py",
