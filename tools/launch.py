@@ -48,9 +48,10 @@ _STOP_GRACE_S = 5.0
 #: the checkpoint, and the roles it talks to replay what they sent after it (roles/ps.py,
 #: roles/gaia/). A router is started again on its ports: with restarts on, every role
 #: keeps what it sends until its destination acknowledges it, reconnects, and sends again
-#: what the dead router had queued (bus/reliable.py). A hub's merges in progress die with
-#: it and are not rebuilt: its crash stops the run.
-RESTARTABLE = ("worker", "ps_shard", "mirror", "router")
+#: what the dead router had queued (bus/reliable.py). A hub checkpoints as a mirror does
+#: (its member updates waiting to be combined included); its members and the other hubs
+#: resend what it had not acknowledged.
+RESTARTABLE = ("worker", "ps_shard", "mirror", "hub", "router")
 
 
 @dataclass
@@ -295,8 +296,8 @@ class Launcher:
                     continue
                 why = (f"it was restarted {c.attempt} time(s), the limit (--restarts)"
                        if c.kind in RESTARTABLE else
-                       f"a {c.kind} is not restarted: only workers, PS shards, mirrors "
-                       "and routers are (see README)")
+                       f"a {c.kind} is not restarted: only workers, PS shards, mirrors, "
+                       "hubs and routers are (see README)")
                 raise LaunchFailed(f"{c.name} (pid {c.pid}) failed ({c.exit_state}); {why}; "
                                    f"its errors:\n{c.tail()}")
             if time.monotonic() >= next_status:

@@ -117,8 +117,10 @@ def topk_bits(cfg: Any, plan: PSPlan) -> int:
 
 
 def make_hub(ep: Endpoint, cfg: RunConfig, topo: Topology, plan: PSPlan,
-             shapes: Mapping[str, tuple[int, int]], retain: bool = False) -> GaiaHub:
-    """The overlay hub at `ep.address` (`retain`: its mirrors checkpoint and may restart)."""
+             shapes: Mapping[str, tuple[int, int]], retain: bool = False,
+             checkpoint: Path | None = None) -> GaiaHub:
+    """The overlay hub at `ep.address` (`retain`: its mirrors checkpoint and may restart;
+    `checkpoint`: it checkpoints there and may restart too)."""
     assert plan.hubs is not None and plan.mirrors is not None
     members = next(m for h, m in plan.hubs.values() if h == ep.address)
     return GaiaHub(ep, {r: plan.mirrors[r] for r in members},
@@ -126,7 +128,7 @@ def make_hub(ep: Endpoint, cfg: RunConfig, topo: Topology, plan: PSPlan,
                    [r for r in plan.data_regions if r not in members],
                    barrier=cfg.gaia.barrier, retain=retain,
                    rates=path_rates(topo, region_of(ep.address), _gaia_peers(plan)),
-                   bits=topk_bits(cfg, plan))
+                   bits=topk_bits(cfg, plan), checkpoint=checkpoint)
 
 
 def gaia_summary(cfg: Any, evaluated: str, updated: int, sent: int,

@@ -54,8 +54,6 @@ async def ps_role_main(cfg: RunConfig, address: str, kind: str,
     mirrors keep theirs (a hub then keeps what it relays until acknowledged). `reliable`:
     the endpoint keeps its frames until acknowledged, so that they survive a router
     restart (bus/reliable.py)."""
-    if resume and kind == "hub":
-        raise GeomlError("a hub cannot resume after a crash: it keeps no checkpoint")
     topo = cfg.topology if isinstance(cfg.topology, Topology) else load_topology(cfg.topology)
     try:
         workload = bus_workload(cfg.workload, cfg.workload_options)
@@ -77,13 +75,16 @@ async def ps_role_main(cfg: RunConfig, address: str, kind: str,
         print(f"{address} connected to {ep.router}", flush=True)
         # the endpoint's counters, final once it is closed (before the report is printed)
         report: dict[str, Any] = {"role": address, "kind": kind, "bus": ep.counters}
+        checkpoint = None if checkpoints is None else checkpoint_file(checkpoints, address)
         if kind == "hub":
             hub = make_hub(ep, cfg, topo, plan, workload.table_shapes(),
-                           retain=checkpoints is not None)
+                           retain=checkpoints is not None, checkpoint=checkpoint)
+            if resume:
+                _say_resumed(address, hub.restart(), "combined update",
+                             lambda: hub.counters["combined"])
             await hub.run()
             return {**report, **hub.counters}
         group = group_of(groups, region)
-        checkpoint = None if checkpoints is None else checkpoint_file(checkpoints, address)
         if kind == "mirror":
             mirror = make_mirror(
                 ep, cfg, topo, plan, group,

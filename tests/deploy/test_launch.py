@@ -255,16 +255,33 @@ def test_gaia_with_hubs_as_processes_ends_with_every_update_in_every_replica(
     assert not [n for n, pid in _children(out).items() if _alive(pid)]
 
 
-def test_a_killed_hub_stops_the_run_and_says_why(tmp_path: Path) -> None:
+def test_a_killed_hub_is_restarted_and_every_replica_ends_exact(tmp_path: Path) -> None:
+    """kill -9 of a gaia hub mid-run: the launcher restarts it, it loads its checkpoint,
+    its members and the other hub resend what it had not acknowledged, and every replica
+    ends exactly at the initial model plus every update."""
+    from geoml.ps_roles import load_shard_outputs
+    from geoml.workloads import IntegerUpdates
+
     topology = tmp_path / "four.toml"
     topology.write_text(FOUR_REGIONS)
-    out = tmp_path / "run"
-    proc = _launch(out, "--iterations", "5000", "--system", "gaia", "--gaia-hubs",
-                   "--topology", str(topology))
-    stderr = _disturb(proc, out, "a/worker/0", 2, _kill(out, "a/hub/0"))
-    assert proc.returncode == 2
-    assert "a/hub/0" in stderr
-    assert "a hub is not restarted: only workers, PS shards, mirrors and routers are" in stderr
+    out, clocks = tmp_path / "run", 40
+    proc = _launch(out, "--iterations", str(clocks), "--system", "gaia", "--gaia-hubs",
+                   "--topology", str(topology), "--workload", "integer-updates",
+                   "--gaia-v", "0.5", "--aggregation", "sum")
+    stderr = _disturb(proc, out, "a/worker/0", 5, _kill(out, "a/hub/0"))
+    assert proc.returncode == 0, stderr
+    assert "a/hub/0 failed (killed by SIGKILL); restarting it (1/2)" in stderr
+    summary = json.loads((out / "summary.json").read_text())
+    (restart,) = summary["restarts"]
+    assert restart["role"] == "a/hub/0" and restart["kind"] == "hub"
+    log = (out / "logs" / "a_hub_0.1.log").read_text()
+    assert "a/hub/0 resumed from its checkpoint at combined update" in log
+    assert summary["gaia"]["roles"]["a/hub/0"]["restored"] == 1
+    assert summary["gaia"]["roles"]["d/hub/0"]["peer_restarts"] == 1
+    expected = IntegerUpdates().expected({r: 1 for r in "abcd"}, clocks)
+    for region in "abcd":
+        replica = load_shard_outputs(out / "shards", [f"{region}/ps/0"])
+        np.testing.assert_array_equal(replica["W"], expected, err_msg=region)
     assert not [n for n, pid in _children(out).items() if _alive(pid)]
 
 

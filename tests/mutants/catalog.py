@@ -268,6 +268,17 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("lda_fedavg_allowed", "fedavg averages count deltas", "tools/systems/fedavg.py",
            "    if counts_updates(cfg.workload):", "    if False:",
            ("tests/systems/test_lda.py",)),
+    Mutant("hub_acks_before_checkpoint", "a checkpointing hub acknowledges a member's update "
+           "before its checkpoint holds it", "roles/gaia/hub.py",
+           "await self._acks.flush(self._send)  # with a checkpoint",
+           "await self._acks.flush(self.ep)  # with a checkpoint",
+           ("tests/roles/test_recovery.py::"
+            "test_a_hub_restarted_from_its_checkpoint_loses_and_repeats_nothing",)),
+    Mutant("hub_no_resend_after_restart", "a restarted hub does not resend what it kept",
+           "roles/gaia/hub.py", "                await self.sender.resend(peer)\n",
+           "                pass\n",
+           ("tests/roles/test_recovery.py::"
+            "test_a_hub_restarted_from_its_checkpoint_loses_and_repeats_nothing",)),
     Mutant("lm_not_causal", "the language model's attention sees the characters ahead",
            "workloads/torch_lm.py", "is_causal=True", "is_causal=False",
            ("tests/workloads/test_torch.py::test_the_language_model_is_causal",)),

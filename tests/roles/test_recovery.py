@@ -14,7 +14,7 @@ import pytest
 from geoml.bus import GeomlError, Network, parse_topology
 from geoml.bus.frame import Message
 from geoml.roles.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from geoml.roles.gaia import GaiaMirror, GaiaShard
+from geoml.roles.gaia import GaiaHub, GaiaMirror, GaiaShard
 from geoml.roles.ps import PSShard, PSWorker
 from geoml.roles.ps_plan import KeyRanges
 from geoml.workloads import IntegerUpdates
@@ -304,3 +304,91 @@ async def test_a_restarted_mirror_whose_shard_left_unheard_stops_with_the_reason
         assert mirror.restore()
         with pytest.raises(GeomlError, match=r"a/ps/0 is gone without saying gaia\.stopped"):
             await asyncio.wait_for(mirror.run(), 30)
+
+
+def _crashing_hub(after_frames: int, point: str) -> type[GaiaHub]:
+    """A hub that dies after handling `after_frames` frames, before ("handled") or after
+    ("saved") the checkpoint of what they changed."""
+
+    class Crashing(GaiaHub):
+        handled = 0
+
+        async def _handle(self, msg: Message) -> None:
+            await super()._handle(msg)
+            self.handled += 1
+            if point == "handled" and self.handled == after_frames:
+                raise Crash
+
+        def _save(self) -> None:
+            super()._save()
+            if point == "saved" and self.handled >= after_frames:
+                raise Crash
+
+    return Crashing
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("point", "after_frames", "bits"), [
+    ("handled", 3, 0), ("handled", 4, 0), ("handled", 20, 0), ("handled", 21, 0),
+    ("saved", 9, 0), ("saved", 30, 0), ("handled", 20, 4)])
+async def test_a_hub_restarted_from_its_checkpoint_loses_and_repeats_nothing(
+        tmp_path: Path, point: str, after_frames: int, bits: int) -> None:
+    """Four regions in two overlay groups, every shard, mirror and hub checkpointing; the
+    hub of group west (a, b) dies with member updates waiting to be combined and combined
+    ones unacknowledged. Its successor loads its checkpoint, its members and the other hub
+    resend what it had not acknowledged, and every replica ends at the initial model plus
+    every update (with 4-bit codes too: the hub's residual is in its checkpoint)."""
+    wl = IntegerUpdates(12, 4)
+    ranges = KeyRanges(wl.table_shapes(), 1)
+    regions = ["a", "b", "c", "d"]
+    groups = {"west": ("a/hub/0", ["a", "b"]), "east": ("d/hub/0", ["c", "d"])}
+    hub_of = {r: h for h, members in groups.values() for r in members}
+    mirrors = {r: f"{r}/mirror/0" for r in regions}
+    shard_names = {r: [f"{r}/ps/0"] for r in regions}
+    workers = {r: [f"{r}/worker/0"] for r in regions}
+    parts = wl.partition({r: 1 for r in regions})
+
+    def hub(cls: type[GaiaHub], ep: Any, group: str) -> GaiaHub:
+        _, members = groups[group]
+        return cls(ep, {r: mirrors[r] for r in members}, {g: h for g, (h, _) in groups.items()},
+                   wl.table_shapes(), [r for r in regions if r not in members],
+                   barrier="always", checkpoint=tmp_path / f"{group}_hub.npz", bits=bits)
+
+    topo = parse_topology({"name": "hubs", "defaults": {"workers": 1, "ps_shards": 1},
+                           "regions": [{"name": r, "lon": 10.0 * i}
+                                       for i, r in enumerate(regions)]})
+    async with Network(topo) as net:
+        shards = [GaiaShard(await net.connect(shard_names[r][0]), 0, ranges, wl.init_params(),
+                            workers[r], mirrors[r], v=0.5, ds=2,
+                            checkpoint=tmp_path / f"{r}_0.npz", topk=0.2 if bits else None)
+                  for r in regions]
+        serving = [asyncio.ensure_future(s.run()) for s in shards]
+        mirror_tasks = [asyncio.ensure_future(GaiaMirror(
+            await net.connect(mirrors[r]), r, shard_names[r], ranges, mirrors, ds=2,
+            hub=hub_of[r], barrier="always", checkpoint=tmp_path / f"{r}_mirror.npz",
+            bits=bits).run()) for r in regions]
+        hubs = {"west": hub(_crashing_hub(after_frames, point),
+                            await net.connect("a/hub/0"), "west"),
+                "east": hub(GaiaHub, await net.connect("d/hub/0"), "east")}
+        hub_tasks = {g: asyncio.ensure_future(h.run()) for g, h in hubs.items()}
+        working = [asyncio.ensure_future(
+            PSWorker(await net.connect(workers[r][0]), wl, parts[(r, 0)], shard_names[r],
+                     ranges, iterations=CLOCKS).run()) for r in regions]
+        with pytest.raises(Crash):
+            await asyncio.wait_for(hub_tasks["west"], 60)
+        await hubs["west"].ep.aclose()
+        successor = hub(GaiaHub, await net.connect("a/hub/0"), "west")
+        assert successor.restore()
+        hub_tasks["west"] = asyncio.ensure_future(successor.run())
+        assert await asyncio.wait_for(asyncio.gather(*working), 60) == [CLOCKS] * 4
+        await asyncio.wait_for(asyncio.gather(*serving, *mirror_tasks, *hub_tasks.values()),
+                               60)
+    expected = wl.expected({r: 1 for r in regions}, CLOCKS)
+    for shard in shards:
+        np.testing.assert_array_equal(shard.tables["W"], expected, err_msg=shard.ep.address)
+    assert successor.counters["restored"] == 1
+    assert hubs["east"].counters["peer_restarts"] == 1
+    assert not len(successor.sender.outbox)  # every update it sent was acknowledged
+    if bits:
+        assert successor.sender.coder is not None
+        assert successor.sender.coder.pending_elements == 0
