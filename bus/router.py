@@ -271,6 +271,7 @@ class Router(RouterControl, RouterPeers, RouterTap, RouterWatch):
             "tap_events": self.tap_events,
             "tap_dropped": self.tap_dropped,
             "auth_refused": self.auth_refused,
+            "auth_refused_by_reason": self._auth_refusals(),
             "disconnects": self.disconnects,
             "lost_without_bye": self.lost_without_bye,
             "peers_down": self.peers_down(),
@@ -278,6 +279,11 @@ class Router(RouterControl, RouterPeers, RouterTap, RouterWatch):
             "links": {name: {"kind": link.spec.kind, **link.stats.as_dict()}
                       for name, link in self._links.items()},
         }
+
+    def _auth_refusals(self) -> dict[str, int]:
+        """CURVE handshakes refused by the ZAP handler, by reason (with keys)."""
+        registry = security.registry_of(self._ctx) if self._keys is not None else None
+        return {} if registry is None else dict(registry.refused)
 
     @property
     def idle(self) -> bool:

@@ -236,6 +236,7 @@ async def test_an_unknown_key_delivers_nothing_and_a_key_added_later_gets_in(
     with pytest.raises(HandshakeTimeout):
         await asyncio.wait_for(again.start(timeout=1.5), 10)
     assert registry.refused.get("unknown_key", 0) > refused
+    assert net.routers["east"].stats()["auth_refused_by_reason"]["unknown_key"] >= 2
     for bad in ("east.worker.gpu7", "east/worker", "north.worker.x", "east.nobody.x"):
         assert main(["keys", "--topology", topo.source, "--out", directory,
                      "--add", bad]) == 2
