@@ -50,6 +50,8 @@ class GaiaHub(Checkpointed):
     (and, with `retain`, all it sent is acknowledged).
     """
 
+    _what = "hub"
+
     def __init__(self, endpoint: Endpoint, members: Mapping[str, str],
                  hubs: Mapping[str, str], shapes: Mapping[str, tuple[int, int]],
                  other_regions: Sequence[str], *, barrier: str = "auto",
@@ -79,8 +81,6 @@ class GaiaHub(Checkpointed):
         self._by_address = {a: r for r, a in self.members.items()}
         self._handlers = {UPDATE: self._on_update, BARRIER: self._on_barrier,
                           ACK: self._on_ack, RESTARTED: self._on_restarted}
-
-    _what = "hub"
 
     async def run(self) -> None:
         """Serve until every member and every other group is final, and all is acked."""
