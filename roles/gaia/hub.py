@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter, deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +24,9 @@ from .wire import (
     Acks,
     Deferred,
     Sender,
-    handle_or_refuse,
     merge,
     peer_meta,
+    serve_in_batches,
     serve_until,
 )
 
@@ -97,20 +97,10 @@ class GaiaHub(Checkpointed):
             for peer in [*self.members.values(), *self.hubs]:
                 await self._send.send(peer, RESTARTED, control=True)
                 await self.sender.resend(peer)
-        await self._serve_until(done)
-
-    async def _serve_until(self, done: Callable[[], bool]) -> None:
-        """Handle frames until `done()`, committing after each batch (the inbox empty, or
-        64 frames): a checkpoint if the state changed, then the held acks and sends."""
-        batch = 0
         await self._commit()
-        while not done():
-            await handle_or_refuse(self.ep, self.counters, self._handle, await self.ep.recv())
-            batch += 1
-            if batch >= 64 or not self.ep.pending:
-                await self._commit()
-                batch = 0
-        await self._commit()
+        # committing after each batch: a checkpoint if the state changed, then the held
+        # acks and sends
+        await serve_in_batches(self.ep, self.counters, self._handle, done, self._commit)
 
     async def _commit(self) -> None:
         if self._dirty:

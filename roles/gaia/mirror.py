@@ -35,9 +35,9 @@ from .wire import (
     Acks,
     Deferred,
     Sender,
-    handle_or_refuse,
     merge,
     peer_meta,
+    serve_in_batches,
 )
 
 
@@ -136,25 +136,11 @@ class GaiaMirror(Checkpointed):
                                 and not len(self.sender.outbox), ending=True)
 
     async def _serve_until(self, done: Callable[[], bool], ending: bool = False) -> None:
-        """Handle frames until `done()`, committing after each batch (the inbox empty, or
-        64 frames): a checkpoint if the state changed, then the held sends and acks.
-        `ending`: also watch for a shard gone before it said gaia.stopped."""
-        batch = 0
-        while not done():
-            if ending:
-                self._check_no_shard_gone()
-                try:
-                    msg = await self.ep.recv(timeout=1.0)
-                except TimeoutError:
-                    continue
-            else:
-                msg = await self.ep.recv()
-            await handle_or_refuse(self.ep, self.counters, self._handle, msg)
-            batch += 1
-            if batch >= 64 or not self.ep.pending:
-                await self._commit()
-                batch = 0
-        await self._commit()
+        """Handle frames until `done()`, committing after each batch: a checkpoint if the
+        state changed, then the held sends and acks. `ending`: also watch for a shard gone
+        before it said gaia.stopped."""
+        await serve_in_batches(self.ep, self.counters, self._handle, done, self._commit,
+                               idle=self._check_no_shard_gone if ending else None)
 
     def _check_no_shard_gone(self) -> None:
         """A shard the router could not deliver to (bus.error unreachable) while we wait

@@ -209,6 +209,35 @@ async def handle_or_refuse(ep: Endpoint, counters: Counter[str],
         log.warning("%s refused %s from %s: %s", ep.address, msg.type, msg.src, exc)
 
 
+#: A checkpointing role commits after at most this many frames handled.
+COMMIT_BATCH = 64
+
+
+async def serve_in_batches(ep: Endpoint, counters: Counter[str],
+                           handle: Callable[[Message], Awaitable[None]],
+                           done: Callable[[], bool], commit: Callable[[], Awaitable[None]],
+                           idle: Callable[[], None] | None = None) -> None:
+    """Handle frames until `done()`, calling `commit()` after each batch (the inbox empty,
+    or COMMIT_BATCH frames) and once at the end: a checkpointing role's group commit.
+    With `idle`, wait at most a second for each frame, calling `idle()` before each wait."""
+    batch = 0
+    while not done():
+        if idle is not None:
+            idle()
+            try:
+                msg = await ep.recv(timeout=1.0)
+            except TimeoutError:
+                continue
+        else:
+            msg = await ep.recv()
+        await handle_or_refuse(ep, counters, handle, msg)
+        batch += 1
+        if batch >= COMMIT_BATCH or not ep.pending:
+            await commit()
+            batch = 0
+    await commit()
+
+
 def peer_meta(msg: Message) -> tuple[int, dict[str, int], list[str]]:
     """(seq, clocks, final) of a mirror-to-mirror gaia.update, validated."""
     seq, clocks, final = msg.meta.get("seq"), msg.meta.get("clocks"), msg.meta.get("final")
