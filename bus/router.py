@@ -31,11 +31,11 @@ from .router_control import CREDIT_STEP_BYTES, RouterControl
 from .router_delivery import LocalDeliverer, PeerDeliverer
 from .router_peers import RouterPeers
 from .router_tap import TAP_TOPIC, RouterTap
-from .router_watch import RouterWatch
+from .router_watch import CONNECTION_EVENTS, PEER_EVENTS, RouterWatch
 from .security import CurveKeys
 from .tasks import cancel_and_wait
 from .topology import Topology
-from .zio import ZIO
+from .zio import ZIO, open_monitor
 
 log = logging.getLogger("geoml.bus.router")
 
@@ -116,6 +116,7 @@ class Router(RouterControl, RouterPeers, RouterTap, RouterWatch):
         self.disconnects = 0  # connections to the ROUTER socket closed (tcp)
         self.lost_without_bye = 0  # ...of which registered roles' that never said bye
         self._peer_down_since: dict[str, float] = {}
+        self._monitors: list[ZIO] = []  # socket monitors (closed with the router)
         self.io: ZIO
         self._tap_io: ZIO | None = None
         self._closed = False
@@ -148,9 +149,13 @@ class Router(RouterControl, RouterPeers, RouterTap, RouterWatch):
         if self._keys is not None:
             own = self._keys.pair(f"{self.region}.router")
             security.server(sock, own, self._keys, security.BUS_DOMAIN)
+        monitor = (open_monitor(sock, CONNECTION_EVENTS)
+                   if self._keys is not None or self._transport == "tcp" else None)
         try:
             sock.bind(_any_port(self.endpoint) if any_port else self.endpoint)
         except zmq.ZMQError:
+            if monitor is not None:
+                monitor.close()
             sock.close(linger=0)
             raise
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -164,10 +169,13 @@ class Router(RouterControl, RouterPeers, RouterTap, RouterWatch):
             tap.bind(_any_port(self.tap_endpoint) if any_port else self.tap_endpoint)
         except zmq.ZMQError:
             tap.close(linger=0)
+            if monitor is not None:
+                monitor.close()
             self.io.close()  # all or nothing: bind may be tried again
             raise
-        if self._keys is not None or self._transport == "tcp":
-            self._tasks.append(loop.create_task(self._watch_connections(sock),
+        if monitor is not None:
+            self._monitors.append(monitor)
+            self._tasks.append(loop.create_task(self._watch_connections(monitor),
                                                 name=f"connection monitor {self.region}"))
         self.tap_endpoint = tap.getsockopt_string(zmq.LAST_ENDPOINT)
         self._tap_io = ZIO(tap, loop)
@@ -191,8 +199,10 @@ class Router(RouterControl, RouterPeers, RouterTap, RouterWatch):
                                 self._keys.public(f"{peer}.router"))
             if self._transport == "tcp":  # down until its handshake succeeds
                 self._peer_down_since.setdefault(peer, loop.time())
-                self._tasks.append(loop.create_task(self._watch_peer(peer, peer_sock),
-                                                    name=f"peer monitor {self.region}->{peer}"))
+                self._monitors.append(open_monitor(peer_sock, PEER_EVENTS))
+                self._tasks.append(loop.create_task(
+                    self._watch_peer(peer, self._monitors[-1]),
+                    name=f"peer monitor {self.region}->{peer}"))
             peer_sock.connect(self.topology.endpoints(peer, self._transport, self._run_id)[0])
             peer_io = ZIO(peer_sock, loop)
             self._peer_io[peer] = peer_io
@@ -238,7 +248,8 @@ class Router(RouterControl, RouterPeers, RouterTap, RouterWatch):
         for link in self._links.values():
             await link.aclose()
         # a router whose bind failed has no `io` yet
-        for io in [getattr(self, "io", None), self._tap_io, *self._peer_io.values()]:
+        for io in [getattr(self, "io", None), self._tap_io, *self._peer_io.values(),
+                   *self._monitors]:
             if io is not None:
                 io.close()
         if self._keys is not None:

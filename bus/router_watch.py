@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import zmq
 
 from .link import Link
 from .router_control import LOG_FIRST
-from .zio import ZIO
+from .zio import HANDSHAKE_FAILED_EVENTS, ZIO, monitor_events
 
 log = logging.getLogger("geoml.bus.router")
 
-_REFUSED_EVENTS = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-                   | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+#: What the ROUTER socket's monitor and each peer DEALER's are opened for.
+CONNECTION_EVENTS = HANDSHAKE_FAILED_EVENTS | zmq.EVENT_DISCONNECTED
+PEER_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
 #: After a connection closes, look for the role it was this long after (seconds).
 _LOST_CHECKS_S = (0.05, 0.5)
 
@@ -42,31 +43,24 @@ class RouterWatch:
         def _still_connected(self, ident: bytes, address: str) -> bool: ...
         def forget_local(self, address: str) -> None: ...
 
-    async def _watch_connections(self, sock: zmq.Socket[Any]) -> None:
-        """Count what the ROUTER socket's monitor reports: refused CURVE handshakes, and
-        closed connections. A role whose connection closed without bus.bye is found (its
-        bus.ping fails), forgotten and counted: ZeroMQ closes a connection that sends one
-        part over max_frame_bytes, with no frame for the router to refuse."""
-        monitor = sock.get_monitor_socket(_REFUSED_EVENTS | zmq.EVENT_DISCONNECTED)
-        monitor.setsockopt(zmq.LINGER, 0)
+    async def _watch_connections(self, monitor: ZIO) -> None:
+        """Count what the ROUTER socket's monitor (CONNECTION_EVENTS) reports: refused
+        CURVE handshakes, and closed connections. A role whose connection closed without
+        bus.bye is found (its bus.ping fails), forgotten and counted: ZeroMQ closes a
+        connection that sends one part over max_frame_bytes, with no frame for the router
+        to refuse."""
         loop = asyncio.get_running_loop()
-        io = ZIO(monitor, loop)
-        try:
-            while True:
-                parts = await io.recv()
-                event = int.from_bytes(parts[0].bytes[:2], "little")
-                if event == zmq.EVENT_DISCONNECTED:
-                    self.disconnects += 1
-                    # the socket learns of the closed pipe a moment after its monitor
-                    for delay in _LOST_CHECKS_S:
-                        loop.call_later(delay, self._find_lost)
-                elif event & _REFUSED_EVENTS:
-                    self.auth_refused += 1
-                    if self.auth_refused <= LOG_FIRST:
-                        log.warning("router %s refused a connection: CURVE handshake failed "
-                                    "(event %d)", self.region, event)
-        finally:
-            io.close()
+        async for event in monitor_events(monitor):
+            if event == zmq.EVENT_DISCONNECTED:
+                self.disconnects += 1
+                # the socket learns of the closed pipe a moment after its monitor
+                for delay in _LOST_CHECKS_S:
+                    loop.call_later(delay, self._find_lost)
+            elif event & HANDSHAKE_FAILED_EVENTS:
+                self.auth_refused += 1
+                if self.auth_refused <= LOG_FIRST:
+                    log.warning("router %s refused a connection: CURVE handshake failed "
+                                "(event %d)", self.region, event)
 
     def _find_lost(self) -> None:
         """Forget, count and log the local roles whose connection is gone without bye."""
@@ -80,27 +74,18 @@ class RouterWatch:
                             "exited, or ZeroMQ cut it off for sending a part over %d "
                             "bytes)", self.region, address, self.max_frame_bytes)
 
-    async def _watch_peer(self, peer: str, sock: zmq.Socket[Any]) -> None:
-        """Track whether the connection to `peer`'s router is up: while it is down, frames
-        for it are held (queued on the WAN link and in ZeroMQ's pipe), and stats() and the
-        status line say how much."""
-        monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED
-                                          | zmq.EVENT_DISCONNECTED)
-        monitor.setsockopt(zmq.LINGER, 0)
+    async def _watch_peer(self, peer: str, monitor: ZIO) -> None:
+        """Track, from the monitor (PEER_EVENTS) of our DEALER to `peer`'s router, whether
+        that connection is up: while it is down, frames for it are held (queued on the WAN
+        link and in ZeroMQ's pipe), and stats() and the status line say how much."""
         loop = asyncio.get_running_loop()
-        io = ZIO(monitor, loop)
-        try:
-            while True:
-                parts = await io.recv()
-                event = int.from_bytes(parts[0].bytes[:2], "little")
-                if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                    self._peer_down_since.pop(peer, None)
-                elif event == zmq.EVENT_DISCONNECTED:
-                    self._peer_down_since.setdefault(peer, loop.time())
-                    log.warning("router %s: lost the connection to the router of %s; frames "
-                                "for it are held until it is back", self.region, peer)
-        finally:
-            io.close()
+        async for event in monitor_events(monitor):
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._peer_down_since.pop(peer, None)
+            elif event == zmq.EVENT_DISCONNECTED:
+                self._peer_down_since.setdefault(peer, loop.time())
+                log.warning("router %s: lost the connection to the router of %s; frames "
+                            "for it are held until it is back", self.region, peer)
 
     def peers_down(self) -> dict[str, dict[str, float]]:
         """Neighbours whose connection is down: for how long, and the bytes held for them

@@ -13,6 +13,7 @@ being lost.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import zmq
@@ -159,3 +160,26 @@ class ZIO:
         self._readable.set()
         self._writable.set()
         self.sock.close(linger=0)
+
+
+#: Socket-monitor events of a handshake that failed (a CURVE key refused, or no CURVE).
+HANDSHAKE_FAILED_EVENTS = (zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                           | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                           | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+
+
+def open_monitor(sock: zmq.Socket[Any], events: int) -> ZIO:
+    """A monitor of `sock` for `events` (open it before bind or connect to miss none)."""
+    monitor = sock.get_monitor_socket(events)
+    monitor.setsockopt(zmq.LINGER, 0)
+    return ZIO(monitor, asyncio.get_running_loop())
+
+
+async def monitor_events(monitor: ZIO) -> AsyncIterator[int]:
+    """The event ids `monitor` reports, as they come; closes it when the iteration ends."""
+    try:
+        while True:
+            parts = await monitor.recv()
+            yield int.from_bytes(parts[0].bytes[:2], "little")
+    finally:
+        monitor.close()

@@ -14,7 +14,7 @@ from geoml.bus import security
 from geoml.bus.router import TAP_TOPIC
 from geoml.bus.security import TAP_KIND, CurveKeys
 from geoml.bus.tasks import cancel_and_wait
-from geoml.bus.zio import ZIO
+from geoml.bus.zio import HANDSHAKE_FAILED_EVENTS, ZIO, monitor_events, open_monitor
 
 from .recording import Recorder
 from .traffic import (
@@ -82,10 +82,8 @@ def render(stats: TrafficStats, caps: dict[str, float], reach: dict[str, str],
     return "\n".join(lines)
 
 
-_REFUSED_EVENTS = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-                   | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 _WATCHED_EVENTS = (zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED
-                   | zmq.EVENT_HANDSHAKE_SUCCEEDED | _REFUSED_EVENTS)
+                   | zmq.EVENT_HANDSHAKE_SUCCEEDED | HANDSHAKE_FAILED_EVENTS)
 
 
 class TapSubscriber:
@@ -124,33 +122,28 @@ class TapSubscriber:
                 security.client(sock, self.keys.pair(self.keys.own or f"{region}.{TAP_KIND}"),
                                 self.keys.public(f"{region}.router"))
             if not ep.startswith("inproc://"):
-                monitor = sock.get_monitor_socket(_WATCHED_EVENTS)
-                self._tasks.append(loop.create_task(self._watch(region, ZIO(monitor, loop))))
+                monitor = open_monitor(sock, _WATCHED_EVENTS)
+                self._tasks.append(loop.create_task(self._watch(region, monitor)))
             sock.connect(ep)
             io = ZIO(sock, loop)
             self._ios[region] = io
             self._tasks.append(loop.create_task(self._read(io)))
 
     async def _watch(self, region: str, monitor: ZIO) -> None:
-        try:
-            while True:
-                parts = await monitor.recv()
-                event = recv_monitor_message_from_parts(parts)
-                # with keys, only a finished CURVE handshake means the tap is readable
-                if event == zmq.EVENT_HANDSHAKE_SUCCEEDED or (
-                        event == zmq.EVENT_CONNECTED and self.keys is None):
-                    self.reach[region] = "connected"
-                elif event & _REFUSED_EVENTS:
-                    key = (self.keys.own or f"{region}.{TAP_KIND}") if self.keys else None
-                    self.reach[region] = (f"refused at {self.endpoints[region]}: CURVE "
-                                          f"handshake failed (key {key}; a tap lets in "
-                                          "inspector keys of its key directory only)")
-                elif (event == zmq.EVENT_DISCONNECTED
-                      and not self.reach[region].startswith("refused")):
-                    self.reach[region] = (f"lost connection to {self.endpoints[region]} "
-                                          "(retrying)")
-        finally:
-            monitor.close()
+        async for event in monitor_events(monitor):
+            # with keys, only a finished CURVE handshake means the tap is readable
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED or (
+                    event == zmq.EVENT_CONNECTED and self.keys is None):
+                self.reach[region] = "connected"
+            elif event & HANDSHAKE_FAILED_EVENTS:
+                key = (self.keys.own or f"{region}.{TAP_KIND}") if self.keys else None
+                self.reach[region] = (f"refused at {self.endpoints[region]}: CURVE "
+                                      f"handshake failed (key {key}; a tap lets in "
+                                      "inspector keys of its key directory only)")
+            elif (event == zmq.EVENT_DISCONNECTED
+                  and not self.reach[region].startswith("refused")):
+                self.reach[region] = (f"lost connection to {self.endpoints[region]} "
+                                      "(retrying)")
 
     async def _read(self, io: ZIO) -> None:
         while True:
@@ -185,11 +178,6 @@ class TapSubscriber:
         await cancel_and_wait(self._tasks)
         for io in self._ios.values():
             io.close()
-
-
-def recv_monitor_message_from_parts(parts: list[zmq.Frame]) -> int:
-    """The event id of a ZeroMQ socket-monitor message."""
-    return int.from_bytes(parts[0].bytes[:2], "little")
 
 
 class LiveView:

@@ -260,8 +260,8 @@ MUTANTS: tuple[Mutant, ...] = (
            "        if tap_key != (domain == TAP_DOMAIN):", "        if False:",
            ("tests/bus/test_keys.py",)),
     Mutant("lost_connection_uncounted", "a role cut off by ZeroMQ is neither found nor "
-           "counted", "bus/router_watch.py", "                        loop.call_later(delay, "
-           "self._find_lost)", "                        pass", ("tests/bus/test_corpus.py",)),
+           "counted", "bus/router_watch.py", "                    loop.call_later(delay, "
+           "self._find_lost)", "                    pass", ("tests/bus/test_corpus.py",)),
     Mutant("lda_counts_not_added_back", "the sampler forgets to count a token's new topic",
            "workloads/lda.py", "            np.add.at(nwk, (w, new), 1)\n", "\n",
            ("tests/workloads/test_lda.py", "tests/systems/test_lda.py")),
