@@ -133,18 +133,23 @@ def wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float) -> s
 
 
 @contextlib.asynccontextmanager
-async def raw_dealer(net: Network, address: str) -> AsyncIterator[ZIO]:
-    """A bare DEALER socket whose routing id is `address`, connected to its region's router
-    and not yet registered (closed with linger 0 on the way out). On a network with keys
-    it holds the key of its address's region and role."""
+async def raw_dealer(net: Network, address: str, *, at: str | None = None,
+                     key: str | None = None) -> AsyncIterator[ZIO]:
+    """A bare DEALER socket whose routing id is `address` (any it likes, "#secret"
+    included), connected to the router of region `at` (default: the address's region) and
+    not yet registered (closed with linger 0 on the way out). On a network with keys it
+    holds the key `key` (default: its address's REGION.ROLE, as a role would)."""
     sock = net.ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.ROUTING_ID, address.encode())
     region, role = address.split("#")[0].split("/")[:2]
+    at = at or region
     if net.keys is not None:
-        security.client(sock, net.keys.pair(f"{region}.{role}"),
-                        net.keys.public(f"{region}.router"))
-    sock.connect(net.routers[region].endpoint)
+        security.client(sock, net.keys.pair(key or f"{region}.{role}"),
+                        net.keys.public(f"{at}.router"))
+    else:
+        assert key is None, "a key needs a network with keys"
+    sock.connect(net.routers[at].endpoint)
     client = ZIO(sock)
     try:
         yield client

@@ -16,13 +16,12 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
-from geoml.bus import Network, load_topology
+from geoml.bus import Network
 from geoml.bus import frame as fr
 from geoml.bus.errors import FrameError
-from geoml.bus.security import CurveKeys, make_keys
 
-from ..conftest import raw_client, raw_dealer, topology_on_free_ports, wait_until
-from .test_fuzz_tcp import TOPOLOGY, _good_traffic_flows
+from ..conftest import raw_client, raw_dealer, wait_until
+from .test_fuzz_tcp import _good_traffic_flows, tcp_network
 
 FUZZ = "east/worker/7"
 MAX_FRAME = 1 << 20
@@ -102,13 +101,7 @@ CORPUS = [
 
 @pytest_asyncio.fixture(params=[False, True], ids=["plain", "curve"])
 async def net(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Network]:
-    topo = load_topology(topology_on_free_ports(tmp_path / "corpus.toml", TOPOLOGY))
-    keys = None
-    if request.param:
-        make_keys(topo, tmp_path / "keys")
-        keys = CurveKeys(tmp_path / "keys")
-    async with Network(topo, transport="tcp", unreachable_timeout_s=0.2, keys=keys,
-                       max_frame_bytes=MAX_FRAME) as network:
+    async with tcp_network(tmp_path, request.param, max_frame_bytes=MAX_FRAME) as network:
         yield network
 
 

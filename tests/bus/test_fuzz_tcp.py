@@ -20,22 +20,9 @@ from geoml.bus import frame as fr
 from geoml.bus.security import CurveKeys, make_keys
 
 from ..conftest import raw_client, raw_dealer, topology_on_free_ports
+from .test_curve import TOPOLOGY
 from .test_fuzz import ANY_VALUE, bad_frames
 
-TOPOLOGY = """
-name = "fuzz-tcp"
-[defaults]
-host = "127.0.0.1"
-base_port = {port}
-[[regions]]
-name = "east"
-[[regions]]
-name = "west"
-[[links]]
-between = ["east", "west"]
-rate_mbps = 100
-latency_ms = 1
-"""
 FUZZ = "east/worker/7"
 HELLO_FIELDS = ["src", "dst", "seq", "clk", "pri", "meta", "bufs", "v"]
 META_FIELDS = ["role", "credit", "inc", "zz"]
@@ -66,13 +53,16 @@ def bad_hellos(draw: st.DrawFn) -> list[bytes]:
     return [msgpack.packb(header)]
 
 
-def _network(tmp: Path, keyed: bool) -> Network:
+def tcp_network(tmp: Path, keyed: bool, **router_options: Any) -> Network:
+    """TOPOLOGY's two routers over tcp on free ports, with CurveZMQ keys made in `tmp`
+    if `keyed`."""
     topo = load_topology(topology_on_free_ports(tmp / "fuzz.toml", TOPOLOGY))
     keys = None
     if keyed:
         make_keys(topo, tmp / "keys")
         keys = CurveKeys(tmp / "keys")
-    return Network(topo, transport="tcp", unreachable_timeout_s=0.2, keys=keys)
+    return Network(topo, transport="tcp", unreachable_timeout_s=0.2, keys=keys,
+                   **router_options)
 
 
 async def _good_traffic_flows(net: Network) -> None:
@@ -87,7 +77,7 @@ async def _good_traffic_flows(net: Network) -> None:
 
 
 async def _throw_headers(tmp: Path, keyed: bool, frames: list[list[bytes]]) -> None:
-    async with _network(tmp, keyed) as net, raw_client(net, FUZZ) as fuzz:
+    async with tcp_network(tmp, keyed) as net, raw_client(net, FUZZ) as fuzz:
         for parts in frames:
             await fuzz.send(parts)
         await _good_traffic_flows(net)
@@ -95,7 +85,7 @@ async def _throw_headers(tmp: Path, keyed: bool, frames: list[list[bytes]]) -> N
 
 
 async def _throw_hellos(tmp: Path, keyed: bool, hellos: list[list[bytes]]) -> None:
-    async with _network(tmp, keyed) as net:
+    async with tcp_network(tmp, keyed) as net:
         east = net.routers["east"]
         for i, parts in enumerate(hellos):
             async with raw_dealer(net, f"{FUZZ}#{i:016x}") as client:

@@ -6,21 +6,19 @@ counted, and the victim's traffic is unharmed."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgpack
 import pytest
 import pytest_asyncio
-import zmq
 
-from geoml.bus import Network, Topology, load_topology, security
+from geoml.bus import Network, Topology, load_topology
 from geoml.bus import frame as fr
 from geoml.bus.security import CurveKeys, make_keys
 from geoml.bus.zio import ZIO
 
-from ..conftest import topology_on_free_ports, wait_until
+from ..conftest import raw_dealer, topology_on_free_ports, wait_until
 
 pytestmark = pytest.mark.asyncio
 
@@ -69,26 +67,6 @@ async def net(topo: Topology, keys: CurveKeys | None) -> AsyncIterator[Network]:
         yield network
 
 
-@contextlib.asynccontextmanager
-async def intruder(net: Network, region: str, routing_id: str,
-                   key: str | None = None) -> AsyncIterator[ZIO]:
-    """A raw DEALER at `region`'s router, with any routing id it likes; with keys it
-    holds the (leaked) key `key`, by default the one of its routing id's region and role."""
-    sock = net.ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.ROUTING_ID, routing_id.encode())
-    if net.keys is not None:
-        claimed_region, role = routing_id.split("#")[0].split("/")[:2]
-        security.client(sock, net.keys.pair(key or f"{claimed_region}.{role}"),
-                        net.keys.public(f"{region}.router"))
-    sock.connect(net.routers[region].endpoint)
-    client = ZIO(sock)
-    try:
-        yield client
-    finally:
-        client.close()
-
-
 async def say_hello(client: ZIO, address: str, router: str) -> dict:
     """Send a well-formed bus.hello as `address`; the router's answer (header)."""
     role = address.split("/")[1]
@@ -101,7 +79,7 @@ async def say_hello(client: ZIO, address: str, router: str) -> dict:
 async def test_a_live_address_cannot_be_taken_over(net: Network) -> None:
     victim = await net.connect("east/worker/0")
     sender = await net.connect("west/worker/0")
-    async with intruder(net, "east", "east/worker/0") as thief:
+    async with raw_dealer(net, "east/worker/0") as thief:
         answer = await say_hello(thief, "east/worker/0", "east/router/0")
         assert answer["t"] == fr.ERROR and answer["meta"]["reason"] == "address_in_use"
         assert net.routers["east"].dropped["address_in_use"] == 1
@@ -117,7 +95,7 @@ async def test_a_live_address_cannot_be_taken_over(net: Network) -> None:
 
 
 async def test_a_role_that_died_takes_its_address_back(net: Network) -> None:
-    async with intruder(net, "east", "east/worker/0#0123456789abcdef") as first:
+    async with raw_dealer(net, "east/worker/0#0123456789abcdef") as first:
         assert (await say_hello(first, "east/worker/0", "east/router/0"))["t"] == fr.WELCOME
     # it died without bus.bye: its connection closes under the router
     again = await net.connect("east/worker/0")
@@ -132,7 +110,7 @@ async def test_a_live_router_cannot_be_impersonated(net: Network) -> None:
     east = await net.connect("east/worker/0")
     west = await net.connect("west/worker/0")
     restarts = net.routers["east"].peer_restarts
-    async with intruder(net, "east", "west/router/0") as fake:
+    async with raw_dealer(net, "west/router/0", at="east") as fake:
         answer = await say_hello(fake, "west/router/0", "east/router/0")
         assert answer["meta"]["reason"] == "address_in_use"
         assert net.routers["east"].dropped["address_in_use"] == 1
@@ -149,7 +127,7 @@ async def test_a_live_router_cannot_be_impersonated(net: Network) -> None:
 
 
 async def test_a_router_that_is_not_a_neighbour_is_refused(net: Network) -> None:
-    async with intruder(net, "east", "south/router/0") as fake:
+    async with raw_dealer(net, "south/router/0", at="east") as fake:
         answer = await say_hello(fake, "south/router/0", "east/router/0")
     assert answer["meta"]["reason"] == "unknown_peer"
     assert "not a neighbour of east" in answer["meta"]["detail"]

@@ -5,7 +5,6 @@ refused and counted, and afterwards the victims' traffic goes on, on LAN and WAN
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from geoml.bus.security import CurveKeys, key_problem, make_keys, registry_of
 from geoml.bus.zio import ZIO
 from geoml.cli import main
 
-from ..conftest import wait_until
+from ..conftest import raw_dealer, wait_until
 from .test_harden import TOPOLOGY, say_hello
 
 
@@ -44,23 +43,6 @@ async def net(topo: Topology, keys: CurveKeys) -> AsyncIterator[Network]:
     async with Network(topo, transport="tcp", unreachable_timeout_s=1.0,
                        keys=keys) as network:
         yield network
-
-
-@contextlib.asynccontextmanager
-async def holder_of(net: Network, key: str, region: str, routing_id: str
-                    ) -> AsyncIterator[ZIO]:
-    """A raw DEALER at `region`'s router holding the key `key`, with any routing id."""
-    sock = net.ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.ROUTING_ID, routing_id.encode())
-    assert net.keys is not None
-    security.client(sock, net.keys.pair(key), net.keys.public(f"{region}.router"))
-    sock.connect(net.routers[region].endpoint)
-    client = ZIO(sock)
-    try:
-        yield client
-    finally:
-        client.close()
 
 
 async def assert_traffic_unharmed(net: Network) -> None:
@@ -95,7 +77,7 @@ def test_a_key_may_be_only_what_its_name_says() -> None:
 
 @pytest.mark.asyncio
 async def test_a_worker_key_cannot_register_as_another_role_kind(net: Network) -> None:
-    async with holder_of(net, "east.worker", "east", "east/ps/0#0123456789abcdef") as thief:
+    async with raw_dealer(net, "east/ps/0#0123456789abcdef", key="east.worker") as thief:
         answer = await say_hello(thief, "east/ps/0", "east/router/0")
     assert answer["t"] == fr.ERROR and answer["meta"]["reason"] == "key_not_allowed"
     assert "east/worker/N only" in answer["meta"]["detail"]
@@ -106,7 +88,7 @@ async def test_a_worker_key_cannot_register_as_another_role_kind(net: Network) -
 
 @pytest.mark.asyncio
 async def test_a_key_of_one_region_cannot_register_at_another(net: Network) -> None:
-    async with holder_of(net, "east.worker", "west", "west/worker/7#0123456789abcdef") as thief:
+    async with raw_dealer(net, "west/worker/7#0123456789abcdef", key="east.worker") as thief:
         answer = await say_hello(thief, "west/worker/7", "west/router/0")
     assert answer["meta"]["reason"] == "key_not_allowed"
     assert net.routers["west"].dropped["key_not_allowed"] == 1
@@ -123,7 +105,8 @@ async def test_a_role_key_cannot_pass_for_a_router(net: Network) -> None:
     """A worker key saying hello as west's router (live) and as a not yet connected
     router's place; and the same key sending frames as if forwarded by west, no hello."""
     restarts = net.routers["east"].peer_restarts
-    async with holder_of(net, "east.worker", "east", "west/router/0#0123456789abcdef") as fake:
+    async with raw_dealer(net, "west/router/0#0123456789abcdef", at="east",
+                          key="east.worker") as fake:
         answer = await say_hello(fake, "west/router/0", "east/router/0")
         assert answer["meta"]["reason"] == "key_not_allowed"
         await fake.send([fr.encode_header(fr.make_header("t.x", "south/worker/0",
@@ -137,7 +120,7 @@ async def test_a_role_key_cannot_pass_for_a_router(net: Network) -> None:
 
 @pytest.mark.asyncio
 async def test_a_router_key_cannot_register_a_role(net: Network) -> None:
-    async with holder_of(net, "east.router", "east", "east/worker/9#0123456789abcdef") as fake:
+    async with raw_dealer(net, "east/worker/9#0123456789abcdef", key="east.router") as fake:
         answer = await say_hello(fake, "east/worker/9", "east/router/0")
     assert answer["meta"]["reason"] == "key_not_allowed"
     assert "the router of east only" in answer["meta"]["detail"]
@@ -225,7 +208,7 @@ async def test_an_unknown_key_delivers_nothing_and_a_key_added_later_gets_in(
     finally:
         await newcomer.aclose()
     # the new key is what its name says, and no more
-    async with holder_of(net, "east.worker.gpu7", "east", "east/ps/1#0123456789abcdef") as k:
+    async with raw_dealer(net, "east/ps/1#0123456789abcdef", key="east.worker.gpu7") as k:
         assert (await say_hello(k, "east/ps/1", "east/router/0"))["meta"]["reason"] == \
             "key_not_allowed"
     # taken out again: refused from its next connection on, with no restart

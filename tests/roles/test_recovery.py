@@ -104,11 +104,12 @@ async def test_a_gaia_shard_restarted_from_its_checkpoint_loses_and_repeats_noth
     assert restarted.filter.counters.sent <= updates  # each sent element carries >= 1
 
 
-def _crashing_mirror(after_frames: int, point: str) -> type[GaiaMirror]:
-    """A mirror that dies after handling `after_frames` frames: at "handled", before the
-    checkpoint of what they changed; at "saved", after it but before the sends it holds."""
+def _crashing_at(cls: type[Any], after_frames: int, point: str) -> type[Any]:
+    """A checkpointing mirror or hub (`cls`) that dies after handling `after_frames`
+    frames: at "handled", before the checkpoint of what they changed; at "saved", after
+    it but before the sends it holds."""
 
-    class Crashing(GaiaMirror):
+    class Crashing(cls):  # type: ignore[valid-type, misc]
         handled = 0
 
         async def _handle(self, msg: Message) -> None:
@@ -157,7 +158,7 @@ async def test_a_mirror_restarted_from_its_checkpoint_loses_and_repeats_nothing(
                             topk=0.2 if bits else None)
                   for r in regions for i, name in enumerate(shard_names[r])]
         serving = [asyncio.ensure_future(s.run()) for s in shards]
-        mirror_roles = {r: mirror(_crashing_mirror(after_frames, point) if r == "a"
+        mirror_roles = {r: mirror(_crashing_at(GaiaMirror, after_frames, point) if r == "a"
                                   else GaiaMirror, await net.connect(mirrors[r]), r)
                         for r in regions}
         mirror_tasks = {r: asyncio.ensure_future(m.run()) for r, m in mirror_roles.items()}
@@ -306,27 +307,6 @@ async def test_a_restarted_mirror_whose_shard_left_unheard_stops_with_the_reason
             await asyncio.wait_for(mirror.run(), 30)
 
 
-def _crashing_hub(after_frames: int, point: str) -> type[GaiaHub]:
-    """A hub that dies after handling `after_frames` frames, before ("handled") or after
-    ("saved") the checkpoint of what they changed."""
-
-    class Crashing(GaiaHub):
-        handled = 0
-
-        async def _handle(self, msg: Message) -> None:
-            await super()._handle(msg)
-            self.handled += 1
-            if point == "handled" and self.handled == after_frames:
-                raise Crash
-
-        def _save(self) -> None:
-            super()._save()
-            if point == "saved" and self.handled >= after_frames:
-                raise Crash
-
-    return Crashing
-
-
 @pytest.mark.asyncio
 @pytest.mark.parametrize(("point", "after_frames", "bits"), [
     ("handled", 3, 0), ("handled", 4, 0), ("handled", 20, 0), ("handled", 21, 0),
@@ -367,7 +347,7 @@ async def test_a_hub_restarted_from_its_checkpoint_loses_and_repeats_nothing(
             await net.connect(mirrors[r]), r, shard_names[r], ranges, mirrors, ds=2,
             hub=hub_of[r], barrier="always", checkpoint=tmp_path / f"{r}_mirror.npz",
             bits=bits).run()) for r in regions]
-        hubs = {"west": hub(_crashing_hub(after_frames, point),
+        hubs = {"west": hub(_crashing_at(GaiaHub, after_frames, point),
                             await net.connect("a/hub/0"), "west"),
                 "east": hub(GaiaHub, await net.connect("d/hub/0"), "east")}
         hub_tasks = {g: asyncio.ensure_future(h.run()) for g, h in hubs.items()}
