@@ -14,7 +14,7 @@ TORCH_VERSION ?= 2.13.0
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -c 'import sys; sys.exit("geoml needs Python >= 3.11, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]' \
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,ray]' \
 		'torch==$(TORCH_VERSION)'
 	touch $(STAMP)
 

@@ -71,6 +71,8 @@ class LaunchConfig:
     gaia: GaiaOptions = field(default_factory=GaiaOptions)
     restarts: int = 2  # per process of a restartable kind
     aggregation: str = "mean"
+    engine: str = "local"  # local: child processes of the launcher; ray: Ray actors
+    ray_address: str | None = None  # --engine ray: the cluster ("auto", or host:port)
 
     def gaia_args(self) -> list[str]:
         """The gaia options as role arguments (gaia and topk; none for the others)."""
@@ -96,13 +98,8 @@ class Launcher:
         """Start `geoml ARGS` as a child process."""
         self.logs.mkdir(parents=True, exist_ok=True)
         stem = name.replace('/', '_').replace(' ', '_') + (f".{attempt}" if attempt else "")
+        proc = await self.start_process(name, kind, args, stdin)
         log = open(self.logs / f"{stem}.log", "w")  # noqa: SIM115
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "geoml.cli", *args,
-            stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            start_new_session=True, preexec_fn=die_with_parent,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"})
         child = Child(name, kind, proc, log, attempt=attempt)
         (self.cfg.out / "processes.json").write_text(json.dumps(
             {c.key: {"kind": c.kind, "pid": c.pid} for c in [*self.children, child]},
@@ -111,6 +108,29 @@ class Launcher:
                          asyncio.ensure_future(self._read(child, proc.stderr, child.stderr))]
         self.children.append(child)
         return child
+
+    async def start_process(self, name: str, kind: str, args: list[str],
+                            stdin: bool) -> Any:
+        """`geoml ARGS` as a child process of this one."""
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "geoml.cli", *args,
+            stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            start_new_session=True, preexec_fn=die_with_parent,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    async def hand_endpoints(self, child: Child, path: Path) -> None:
+        """Tell a router started with --any-port where every router listens."""
+        assert child.proc.stdin is not None
+        child.proc.stdin.write(f"{path}\n".encode())
+        await child.proc.stdin.drain()
+
+    async def collect(self, reports: dict[str, dict[str, Any]]) -> None:
+        """Bring what the roles wrote to the driver (here it is already on this disk)."""
+
+    def summary_fields(self) -> dict[str, Any]:
+        """Fields of summary.json this engine adds."""
+        return {"engine": "local"}
 
     async def _read(self, child: Child, stream: asyncio.StreamReader | None,
                     into: list[str]) -> None:
@@ -194,9 +214,7 @@ class Launcher:
         path.write_text(json.dumps(endpoints, indent=2) + "\n")
         self.endpoints = path
         for child in routers:
-            assert child.proc.stdin is not None
-            child.proc.stdin.write(f"{path.resolve()}\n".encode())
-            await child.proc.stdin.drain()
+            await self.hand_endpoints(child, path.resolve())
         for region, child in zip(self.topo.region_names, routers, strict=True):
             await self.wait_line(child, f"router {region} listening on ")
         return path
@@ -335,11 +353,11 @@ async def launch(cfg: LaunchConfig, topo: Topology, stop: asyncio.Event) -> dict
     except ValueError as exc:
         raise GeomlError(str(exc)) from None
     cfg.out.mkdir(parents=True, exist_ok=True)
+    launcher = _launcher(cfg, topo, plan)
     if cfg.keys is None:  # every tcp socket of the run uses CurveZMQ, with keys of its own
         shutil.rmtree(cfg.out / "keys", ignore_errors=True)
         make_keys(topo, cfg.out / "keys")
     shutil.rmtree(cfg.out / "checkpoints", ignore_errors=True)  # never a past run's
-    launcher = Launcher(cfg, topo, plan)
     t_wall = time.perf_counter()
     work = asyncio.ensure_future(_run(launcher))
     stopper = asyncio.ensure_future(stop.wait())
@@ -357,6 +375,20 @@ async def launch(cfg: LaunchConfig, topo: Topology, stop: asyncio.Event) -> dict
     routers = {c.region: c.report() for c in launcher.routers()}
     return launch_summary(cfg, topo, plan, workload, launcher, elapsed, reports, routers,
                     time.perf_counter() - t_wall)
+
+
+def _launcher(cfg: LaunchConfig, topo: Topology, plan: PSPlan) -> Launcher:
+    """The launcher of `cfg.engine`; under Ray, once every region has a node to run on."""
+    if cfg.engine == "local":
+        return Launcher(cfg, topo, plan)
+    if cfg.engine != "ray":
+        raise GeomlError(f"unknown --engine {cfg.engine!r}: local or ray")
+    from .launch_ray import RayLauncher, check_regions, connect
+
+    cfg.out = cfg.out.resolve()  # the nodes write checkpoints and models under it
+    ray = connect(cfg.ray_address)
+    check_regions(ray, topo)
+    return RayLauncher(cfg, topo, plan, ray)
 
 
 async def _run(launcher: Launcher) -> tuple[float, dict[str, dict[str, Any]]]:
@@ -388,6 +420,7 @@ async def _run(launcher: Launcher) -> tuple[float, dict[str, dict[str, Any]]]:
                                f"{child.tail()}")
     print(launcher.status(t0), file=sys.stderr, flush=True)
     reports = {c.name: c.report() for c in roles}
+    await launcher.collect(reports)
     if launcher.recoveries:
         # A crashed worker's time died with it: count from the workers' start to the end.
         return t_done - t_workers, reports

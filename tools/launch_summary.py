@@ -65,6 +65,7 @@ def launch_summary(cfg: LaunchConfig, topo: Topology, plan: PSPlan, workload: An
         "restarts": [{"role": r["role"], "kind": r["kind"], "failure": r["failure"],
                       "recovery_s": launcher.recovery_s(r)} for r in launcher.recoveries],
     }
+    summary.update(launcher.summary_fields())
     restarted = sorted({r["process"].region for r in launcher.recoveries
                         if r["kind"] == "router"})
     if restarted:

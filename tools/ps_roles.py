@@ -4,7 +4,7 @@ the all-in-one run and one-process-per-role mode (`role_main`)."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -118,9 +118,11 @@ def topk_bits(cfg: Any, plan: PSPlan) -> int:
 
 def make_hub(ep: Endpoint, cfg: RunConfig, topo: Topology, plan: PSPlan,
              shapes: Mapping[str, tuple[int, int]], retain: bool = False,
-             checkpoint: Path | None = None) -> GaiaHub:
+             checkpoint: Path | None = None,
+             on_combined: Callable[[int], None] | None = None) -> GaiaHub:
     """The overlay hub at `ep.address` (`retain`: its mirrors checkpoint and may restart;
-    `checkpoint`: it checkpoints there and may restart too)."""
+    `checkpoint`: it checkpoints there and may restart too; `on_combined`: called with the
+    count after each combined update)."""
     assert plan.hubs is not None and plan.mirrors is not None
     members = next(m for h, m in plan.hubs.values() if h == ep.address)
     return GaiaHub(ep, {r: plan.mirrors[r] for r in members},
@@ -128,7 +130,8 @@ def make_hub(ep: Endpoint, cfg: RunConfig, topo: Topology, plan: PSPlan,
                    [r for r in plan.data_regions if r not in members],
                    barrier=cfg.gaia.barrier, retain=retain,
                    rates=path_rates(topo, region_of(ep.address), _gaia_peers(plan)),
-                   bits=topk_bits(cfg, plan), checkpoint=checkpoint)
+                   bits=topk_bits(cfg, plan), checkpoint=checkpoint,
+                   on_combined=on_combined)
 
 
 def gaia_summary(cfg: Any, evaluated: str, updated: int, sent: int,

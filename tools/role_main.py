@@ -78,7 +78,8 @@ async def ps_role_main(cfg: RunConfig, address: str, kind: str,
         checkpoint = None if checkpoints is None else checkpoint_file(checkpoints, address)
         if kind == "hub":
             hub = make_hub(ep, cfg, topo, plan, workload.table_shapes(),
-                           retain=checkpoints is not None, checkpoint=checkpoint)
+                           retain=checkpoints is not None, checkpoint=checkpoint,
+                           on_combined=lambda n: print(f"{address} clock {n}", flush=True))
             if resume:
                 _say_resumed(address, hub.restart(), "combined update",
                              lambda: hub.counters["combined"])

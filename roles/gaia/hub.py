@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter, deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +56,10 @@ class GaiaHub(Checkpointed):
                  hubs: Mapping[str, str], shapes: Mapping[str, tuple[int, int]],
                  other_regions: Sequence[str], *, barrier: str = "auto",
                  rates: Mapping[str, float] | None = None, retain: bool = False,
-                 bits: int = 0, checkpoint: Path | None = None) -> None:
+                 bits: int = 0, checkpoint: Path | None = None,
+                 on_combined: Callable[[int], None] | None = None) -> None:
         self.ep = endpoint
+        self.on_combined = on_combined  # called with the count after each combined update
         self.checkpoint = checkpoint
         self.resumed = False
         self._dirty = False
@@ -197,6 +199,8 @@ class GaiaHub(Checkpointed):
                 self.hubs, merged, self.shapes, clocks, final,
                 last=self._member_final == set(self.members))
             self.counters["elements_out"] += sum(len(a) for a in encoded[1][1::2])
+            if self.on_combined is not None:
+                self.on_combined(self.counters["combined"])
 
     # -- checkpoints -------------------------------------------------------------------------
 

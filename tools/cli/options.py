@@ -175,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--status-every", type=float, default=5.0, help="seconds between lines")
     r.add_argument("--keys", type=Path, help="CurveZMQ: directory from `geoml keys`; the "
                    "router then lets in only the public keys in its public/")
+    r.add_argument("--host", help="listen on this address (default: the topology's), e.g. "
+                   "the node's own under `geoml launch --engine ray`")
     r.add_argument("--any-port", action="store_true",
                    help="bind on ports the OS picks, print them, then read the path of the "
                    "file of every router's endpoints from stdin (what `geoml launch` does)")
@@ -234,6 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
     la.add_argument("--keys", type=Path, help="CurveZMQ keys from `geoml keys` (default: "
                     "made for the run in OUT/keys)")
     _gaia_args(la)
+    la.add_argument("--engine", default="local", choices=("local", "ray"),
+                    help="local: child processes of this one (default); ray: Ray actors "
+                    "placed by region on a Ray cluster (needs geoml[ray])")
+    la.add_argument("--address", help="--engine ray: the Ray cluster (default: auto, the "
+                    "one this machine belongs to)")
     la.add_argument("--restarts", type=int, default=2, metavar="N",
                     help="restart a crashed worker, PS shard, mirror or router up to N "
                     "times each (0: a crash stops the run)")

@@ -188,7 +188,10 @@ def launch_main(args: argparse.Namespace) -> int:
     cfg = LaunchConfig(str(args.topology), args.system, args.workload, args.iterations, out,
                        args.opt, args.sync, args.status_every, args.start_timeout, args.keys,
                        GaiaOptions.from_args(args), args.restarts,
-                       aggregation=args.aggregation)
+                       aggregation=args.aggregation, engine=args.engine,
+                       ray_address=args.address or "auto")
+    if args.address is not None and args.engine != "ray":
+        raise GeomlError("--address is for --engine ray")
     try:
         summary = run_with_clock(until_signal(lambda stop: launch(cfg, topo, stop)))
     except LaunchInterrupted as exc:
@@ -207,7 +210,10 @@ def router_command(args: argparse.Namespace) -> None:
     if args.any_port and args.endpoints is not None:
         raise GeomlError("give --any-port or --endpoints, not both")
     topo = load_topology_of(args)
-    topo.region(args.region)
+    region = topo.region(args.region)
+    if args.host is not None:
+        topo = topo.with_endpoints({args.region: {"host": args.host, "port": region.port,
+                                                  "tap_port": region.tap_port}})
     print(json.dumps(run_with_clock(router_main(topo, args.region, args.status_every,
                                                 args.any_port, keys_of(args)))), flush=True)
 

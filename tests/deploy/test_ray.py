@@ -1,0 +1,113 @@
+"""`geoml launch --engine ray` on a real local Ray cluster of three nodes, each carrying its
+regions as Ray resources: every process placed on a node of its region, results exact
+after a killed process, and clear refusals before anything starts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from geoml.bus import GeomlError
+
+from .test_launch import FOUR_REGIONS, _alive, _children, _disturb, _kill
+
+pytestmark = pytest.mark.multiprocess
+
+#: Three nodes for four regions: the middle node carries two.
+NODES = ({"geoml_region_a": 1}, {"geoml_region_b": 1, "geoml_region_c": 1},
+         {"geoml_region_d": 1})
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[str]:
+    """A Ray cluster of three nodes on this machine (separate raylets); its address."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True,
+                      head_node_args={"num_cpus": 1, "resources": NODES[0]})
+    try:
+        for resources in NODES[1:]:
+            cluster.add_node(num_cpus=1, resources=resources)
+        cluster.wait_for_nodes(timeout=60)
+        yield str(cluster.address)
+    finally:
+        cluster.shutdown()
+
+
+def _launch_on_ray(address: str, topology: Path, out: Path,
+                   *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "geoml.cli", "launch", "--engine", "ray", "--address", address,
+         "--topology", str(topology), "--system", "gaia", "--workload", "integer-updates",
+         "--aggregation", "sum", "--out", str(out), "--status-every", "1", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.timeout(150)
+def test_gaia_with_hubs_on_ray_placed_by_region_and_exact_after_a_killed_hub(
+        ray_cluster: str, tmp_path: Path) -> None:
+    """Every router, shard, mirror, hub and worker is a Ray actor's process on a node that
+    carries its region; the routers listen on their nodes' address; a hub killed mid-run
+    is started again (in a new actor of its region) and resumes from its checkpoint; every
+    replica ends exactly at the initial model plus every update; the shards' models came
+    back to the driver's summary.json."""
+    from geoml.ps_roles import load_shard_outputs
+    from geoml.workloads import IntegerUpdates
+
+    topology = tmp_path / "four.toml"
+    topology.write_text(FOUR_REGIONS)
+    out, clocks = tmp_path / "run", 30
+    proc = _launch_on_ray(ray_cluster, topology, out, "--gaia-hubs", "--gaia-v", "0.5",
+                          "--iterations", str(clocks))
+    stderr = _disturb(proc, out, "a/worker/0", 5, _kill(out, "d/hub/0"))
+    assert proc.returncode == 0, stderr
+    assert "d/hub/0 failed (killed by SIGKILL); restarting it (1/2)" in stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["engine"] == "ray" and summary["placement_ok"] is True
+    placement = summary["placement"]
+    assert len(placement) == 4 + 4 + 4 + 2 + 4 + 1  # routers, shards, mirrors, hubs,
+    # workers, and the hub's second process
+    node_of = {p["region"]: p["node_id"] for p in placement.values()}
+    assert node_of["b"] == node_of["c"] and len(set(node_of.values())) == 3
+    for name, p in placement.items():
+        assert f"geoml_region_{p['region']}" in p["resources"], name
+        assert p["node_id"] == node_of[p["region"]], name
+    endpoints = json.loads((out / "endpoints.json").read_text())
+    assert {e["host"] for e in endpoints.values()} == {p["host"] for p in placement.values()}
+    (restart,) = summary["restarts"]
+    assert restart["role"] == "d/hub/0" and restart["recovery_s"] > 0
+    assert "d/hub/0 resumed from its checkpoint at combined update" in (
+        out / "logs" / "d_hub_0.1.log").read_text()
+    expected = IntegerUpdates().expected({r: 1 for r in "abcd"}, clocks)
+    for region in "abcd":
+        replica = load_shard_outputs(out / "shards", [f"{region}/ps/0"])
+        np.testing.assert_array_equal(replica["W"], expected, err_msg=region)
+    assert summary["final_objective"] == float(np.abs(expected).sum())
+    assert not [n for n, pid in _children(out).items() if _alive(pid)]
+
+
+def test_a_region_no_node_carries_is_one_line_before_anything_starts(
+        ray_cluster: str, tmp_path: Path) -> None:
+    topology = tmp_path / "five.toml"
+    topology.write_text(FOUR_REGIONS + '[[regions]]\nname = "e"\nlon = 120.0\n')
+    proc = _launch_on_ray(ray_cluster, topology, tmp_path / "run", "--iterations", "2")
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 2, stderr
+    assert "no Ray node carries region(s) e; start a node for each with ray start " \
+        "--resources '{\"geoml_region_e\": 1}'" in stderr
+    assert "Traceback" not in stderr
+    assert not (tmp_path / "run" / "logs").exists()
+
+
+def test_without_ray_the_engine_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from geoml.launch_ray import import_ray
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # what an install without the extra sees
+    with pytest.raises(GeomlError, match=r"--engine ray needs Ray: pip install 'geoml\[ray\]'"):
+        import_ray()

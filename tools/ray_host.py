@@ -1,0 +1,142 @@
+"""The Ray actor that hosts one process of a `geoml launch --engine ray` run.
+
+It runs on a node Ray picked for the process's region, writes what the process needs (its
+own secret key, the public keys, the endpoints file) into a private directory of that node
+(mode 0700, removed when the actor goes), and starts `geoml ARGS` there with those paths
+put in. The driver reads the process's output through `read` and signals it through
+`signal`. This module imports Ray only inside `host_class`, so geoml imports without it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+#: The placeholder in a router's arguments for the address of the node it runs on.
+NODE_HOST = "@NODE_HOST@"
+
+
+class ProcessHost:
+    """One `geoml` process on this node, its output kept for the driver to read."""
+
+    def __init__(self, args: list[str], files: dict[str, bytes], stdin: bool) -> None:
+        self.private = Path(tempfile.mkdtemp(prefix="geoml-"))
+        self.private.chmod(0o700)
+        self._written = 0
+        local = self._write(files)
+        host = _node_host()
+        self.args = [local.get(a, a).replace(NODE_HOST, host) for a in args]
+        from .launch_child import die_with_parent
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "geoml.cli", *self.args],
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=die_with_parent,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self._lock = threading.Lock()
+        self._readers = [threading.Thread(target=self._pump, args=(s, into), daemon=True)
+                         for s, into in ((self.proc.stdout, self.out),
+                                         (self.proc.stderr, self.err))]
+        for t in self._readers:
+            t.start()
+
+    def _write(self, files: dict[str, bytes]) -> dict[str, str]:
+        """Write `files` ({driver path: content}; a path under a directory stands for that
+        directory) into the private directory; returns {driver path: local path} for the
+        files and for the directories they were in."""
+        local: dict[str, str] = {}
+        for path, data in files.items():
+            parts = path.split("::", 1)  # "DIR::relative/file": a file in a shipped dir
+            if len(parts) == 2:
+                if parts[0] not in local:
+                    local[parts[0]] = str(self._fresh_dir())
+                target = Path(local[parts[0]]) / parts[1]
+            else:
+                target = self._fresh_dir() / Path(path).name
+                local[path] = str(target)
+            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            target.write_bytes(data)
+            target.chmod(0o600)
+        return local
+
+    def _fresh_dir(self) -> Path:
+        self._written += 1
+        return self.private / str(self._written)
+
+    def _pump(self, stream: Any, into: list[str]) -> None:
+        for raw in iter(stream.readline, b""):
+            with self._lock:
+                into.append(raw.decode(errors="replace"))
+
+    def where(self) -> dict[str, Any]:
+        """The node this process runs on: Ray's node id, its address, its resources."""
+        import ray
+
+        node_id = ray.get_runtime_context().get_node_id()
+        resources = next((n["Resources"] for n in ray.nodes() if n["NodeID"] == node_id), {})
+        return {"node_id": node_id, "host": _node_host(), "pid": self.proc.pid,
+                "resources": sorted(resources)}
+
+    def read(self, out_from: int, err_from: int) -> tuple[list[str], list[str], int | None]:
+        """Output lines from these offsets, and the exit code once all output is read."""
+        code = self.proc.poll()
+        if code is not None:
+            for t in self._readers:
+                t.join(timeout=5)
+        with self._lock:
+            return self.out[out_from:], self.err[err_from:], code
+
+    def write(self, text: str, shipped: dict[str, bytes] | None = None) -> None:
+        """A line on the process's stdin; paths of `shipped` files are written here first
+        and put in."""
+        local = self._write(shipped or {})
+        for path, mine in local.items():
+            text = text.replace(path, mine)
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(text.encode())
+        self.proc.stdin.flush()
+
+    def fetch(self, path: str) -> bytes:
+        """A file the process wrote (its shard's final model)."""
+        return Path(path).read_bytes()
+
+    def signal(self, signum: int) -> None:
+        """Send `signum` to the process (nothing if it has exited)."""
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(signum)
+
+    def close(self) -> None:
+        """Kill the process if it still runs; remove the private directory."""
+        if self.proc.poll() is None:
+            self.signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        shutil.rmtree(self.private, ignore_errors=True)
+
+
+def _node_host() -> str:
+    import ray
+
+    return str(ray.util.get_node_ip_address())
+
+
+_HOST_CLASS: Any = None
+
+
+def host_class() -> Any:
+    """ProcessHost as a Ray actor class (made once; needs Ray)."""
+    global _HOST_CLASS
+    if _HOST_CLASS is None:
+        import ray
+
+        _HOST_CLASS = ray.remote(num_cpus=0, max_restarts=0)(ProcessHost)
+    return _HOST_CLASS
