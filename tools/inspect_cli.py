@@ -14,7 +14,7 @@ import zmq
 
 from geoml.bus import GeomlError, load_topology
 
-from .cli.process import keys_of
+from .cli.process import keys_of, read_endpoints
 from .inspector import LiveView, TapSubscriber
 from .recording import Recorder, build_report, topology_header
 from .traffic import EventFilter, TrafficStats, capacities
@@ -40,6 +40,8 @@ def inspect_main(args: argparse.Namespace) -> int:
         raise GeomlError("geoml inspect needs --topology F (the routers to watch) or "
                          "`report FILE --out DIR`")
     topo = load_topology(args.topology)
+    if args.endpoints is not None:  # a `geoml launch` run's routers, on the ports they got
+        topo = topo.with_endpoints(read_endpoints(args.endpoints))
     event_filter = EventFilter(args.region, args.role, args.ftype)
     if args.region is not None:
         topo.region(args.region)

@@ -193,6 +193,19 @@ def test_inspector_names_a_router_it_cannot_reach(tmp_path: Path) -> None:
         last = inspect.stdout.strip().split("-" * 40)[-2]
         assert f"!! router west: not reachable at tcp://127.0.0.1:{port + 3}" in last
         assert "router east" not in last
+        # a `geoml launch` run's routers: where its endpoints file says they listen
+        endpoints = tmp_path / "endpoints.json"
+        endpoints.write_text(json.dumps({
+            "east": {"host": "127.0.0.1", "port": port, "tap_port": port + 1},
+            "west": {"host": "127.0.0.1", "port": port + 10, "tap_port": port + 11}}))
+        inspect = subprocess.run(
+            [sys.executable, "-m", "geoml.cli", "inspect", "--topology", str(topo),
+             "--endpoints", str(endpoints), "--seconds", "1.5"],
+            capture_output=True, text=True, timeout=60)
+        assert inspect.returncode == 0, inspect.stderr
+        last = inspect.stdout.strip().split("-" * 40)[-2]
+        assert f"!! router west: not reachable at tcp://127.0.0.1:{port + 11}" in last
+        assert "router east" not in last
     finally:
         router.terminate()
         router.communicate(timeout=30)

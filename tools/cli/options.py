@@ -262,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("action", nargs="*", metavar="report FILE",
                      help="`report FILE`: pictures and JSON from a recording")
     ins.add_argument("--topology", help="live: the topology whose routers to watch")
+    ins.add_argument("--endpoints", type=Path, help="live: where those routers listen, from "
+                     "a `geoml launch` run (OUT/endpoints.json, also under --engine ray)")
     ins.add_argument("--record", type=Path, metavar="FILE", help="live: also record to FILE")
     ins.add_argument("--region", help="only frames from or to this region")
     ins.add_argument("--role", help="only frames from or to this role (e.g. worker)")
