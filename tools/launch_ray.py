@@ -11,9 +11,14 @@ with three things done differently:
   by its actor into a private directory of its node (ray_host.ProcessHost);
 - the shards' final models come back to the driver through their actors, so the driver
   writes the same summary.json as `geoml launch` and `geoml run`.
-Checkpoints stay on the node, under the run's out directory (`OUT/checkpoints`, an absolute
-path every node of the run can write). `geoml inspect OUT` reads the endpoints file the
-driver writes, with the nodes' addresses.
+
+A crashed process of a restartable kind takes its actor down with it, and Ray's actor
+restart (max_restarts = --restarts) starts the next one on a node of the same region, with
+--resume (a router: on its ports, from the endpoints the run's registry actor holds); then
+geoml's recovery protocol takes over as under `geoml launch`. Checkpoints stay on the
+node, under the run's out directory (`OUT/checkpoints`, an absolute path every node of the
+run can write). `geoml inspect --endpoints OUT/endpoints.json` watches the routers at the
+nodes' addresses.
 """
 
 from __future__ import annotations
@@ -25,9 +30,9 @@ from typing import Any
 
 from geoml.bus import GeomlError, Topology
 
-from .launch import LaunchConfig, Launcher
-from .launch_child import Child
-from .ray_host import NODE_HOST, host_class
+from .launch import RESTARTABLE, LaunchConfig, Launcher
+from .launch_child import Child, LaunchFailed
+from .ray_host import ENDPOINTS, NODE_HOST, host_class, registry_class
 
 RESOURCE_PREFIX = "geoml_region_"
 #: How much of its region's resource one process's actor asks for: any node that carries
@@ -135,6 +140,8 @@ class RayLauncher(Launcher):
         super().__init__(cfg, topo, plan)
         self.ray = ray
         self.actors: list[Any] = []
+        self._actor_of: dict[str, tuple[Any, int]] = {}  # name -> its actor, the last pid
+        self.registry = registry_class().remote()
 
     def router_args(self, region: str) -> list[str]:
         return [*super().router_args(region), "--host", NODE_HOST]
@@ -158,10 +165,19 @@ class RayLauncher(Launcher):
 
     async def start_process(self, name: str, kind: str, args: list[str],
                             stdin: bool) -> Any:
+        """A new actor for the process; for a restart, the same actor once Ray has
+        restarted it with its next process."""
+        if name in self._actor_of:
+            return await self._restarted(name, *self._actor_of[name])
         region = name.split()[1] if kind == "router" else name.split("/")[0]
+        restarts = self.cfg.restarts if kind in RESTARTABLE else 0
+        restart_args = None
+        if restarts:
+            restart_args = ([*self.router_args(region), "--endpoints", ENDPOINTS]
+                            if kind == "router" else [*args, "--resume"])
         actor = host_class().options(
-            resources={region_resource(region): _SLIVER},
-            name=None).remote(args, self._files(name, kind, args), stdin)
+            resources={region_resource(region): _SLIVER}, max_restarts=restarts).remote(
+                args, self._files(name, kind, args), stdin, restart_args, self.registry)
         self.actors.append(actor)
         try:
             where = await asyncio.wait_for(actor.where.remote(), self.cfg.start_timeout)
@@ -169,9 +185,25 @@ class RayLauncher(Launcher):
             raise GeomlError(f"{name}: Ray placed no actor for it within "
                              f"{self.cfg.start_timeout:.0f}s (is a node of region {region} "
                              "alive and free?)") from None
+        self._actor_of[name] = (actor, where["pid"])
         return RayProcess(actor, where)
 
+    async def _restarted(self, name: str, actor: Any, old_pid: int) -> RayProcess:
+        """Wait for Ray to restart `actor` (max_restarts) with a new process."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.cfg.start_timeout
+        while loop.time() < deadline:
+            with contextlib.suppress(Exception):  # while Ray restarts the actor
+                where = await asyncio.wait_for(actor.where.remote(), 5)
+                if where["pid"] != old_pid:
+                    self._actor_of[name] = (actor, where["pid"])
+                    return RayProcess(actor, where)
+            await asyncio.sleep(0.1)
+        raise LaunchFailed(f"{name}: Ray did not restart its actor within "
+                           f"{self.cfg.start_timeout:.0f}s")
+
     async def hand_endpoints(self, child: Child, path: Path) -> None:
+        await self.registry.put.remote(path.read_bytes())  # for a router Ray restarts
         await child.proc.actor.write.remote(f"{path}\n", {str(path): path.read_bytes()})
 
     async def collect(self, reports: dict[str, dict[str, Any]]) -> None:
@@ -197,3 +229,5 @@ class RayLauncher(Launcher):
                 await asyncio.wait_for(actor.close.remote(), 10)
             with contextlib.suppress(Exception):
                 self.ray.kill(actor)
+        with contextlib.suppress(Exception):
+            self.ray.kill(self.registry)

@@ -1,4 +1,5 @@
-"""The Ray actor that hosts one process of a `geoml launch --engine ray` run.
+"""The Ray actors of a `geoml launch --engine ray` run: one hosts each process, one holds
+the run's registry.
 
 It runs on a node Ray picked for the process's region, writes what the process needs (its
 own secret key, the public keys, the endpoints file) into a private directory of that node
@@ -22,16 +23,38 @@ from typing import Any
 
 #: The placeholder in a router's arguments for the address of the node it runs on.
 NODE_HOST = "@NODE_HOST@"
+#: The placeholder in a restarted router's arguments for the run's endpoints file.
+ENDPOINTS = "@ENDPOINTS@"
 
 
 class ProcessHost:
-    """One `geoml` process on this node, its output kept for the driver to read."""
+    """One `geoml` process on this node, its output kept for the driver to read.
 
-    def __init__(self, args: list[str], files: dict[str, bytes], stdin: bool) -> None:
-        self.private = Path(tempfile.mkdtemp(prefix="geoml-"))
-        self.private.chmod(0o700)
+    `restart_args`: what the process runs when Ray has restarted this actor (a role with
+    --resume; a router on its ports, from the endpoints the `registry` actor holds, put in
+    for ENDPOINTS). With `restart_args`, a process that dies without being told to (by
+    `signal`) takes its actor down once the driver has seen it die, and Ray's actor restart
+    (max_restarts) starts the next one on a node of the same region.
+    """
+
+    def __init__(self, args: list[str], files: dict[str, bytes], stdin: bool,
+                 restart_args: list[str] | None = None, registry: Any = None) -> None:
+        import ray
+
+        # One directory per actor: a process of it Ray restarts after a crash clears what
+        # the one before left (its secret key included) before it writes its own.
+        actor_id = ray.get_runtime_context().get_actor_id()
+        self.private = Path(tempfile.gettempdir()) / f"geoml-{actor_id}"
+        shutil.rmtree(self.private, ignore_errors=True)
+        self.private.mkdir(mode=0o700)
         self._written = 0
         local = self._write(files)
+        self.restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        if self.restarted and restart_args is not None:
+            args, stdin = restart_args, False
+            if ENDPOINTS in args:
+                endpoints = ray.get(registry.endpoints.remote(), timeout=60)
+                local.update(self._write({ENDPOINTS: endpoints}))
         host = _node_host()
         self.args = [local.get(a, a).replace(NODE_HOST, host) for a in args]
         from .launch_child import die_with_parent
@@ -44,11 +67,23 @@ class ProcessHost:
         self.out: list[str] = []
         self.err: list[str] = []
         self._lock = threading.Lock()
+        self._told = False  # the driver signalled the process: its end is not a crash
+        self._exit_seen = threading.Event()  # the driver has read the exit code
         self._readers = [threading.Thread(target=self._pump, args=(s, into), daemon=True)
                          for s, into in ((self.proc.stdout, self.out),
                                          (self.proc.stderr, self.err))]
         for t in self._readers:
             t.start()
+        if restart_args is not None:
+            threading.Thread(target=self._die_with_process, daemon=True).start()
+
+    def _die_with_process(self) -> None:
+        code = self.proc.wait()
+        if code == 0 or self._told:
+            return
+        self._exit_seen.wait(timeout=10)
+        shutil.rmtree(self.private, ignore_errors=True)
+        os._exit(1)  # an unexpected exit: Ray restarts the actor (max_restarts)
 
     def _write(self, files: dict[str, bytes]) -> dict[str, str]:
         """Write `files` ({driver path: content}; a path under a directory stands for that
@@ -79,13 +114,18 @@ class ProcessHost:
                 into.append(raw.decode(errors="replace"))
 
     def where(self) -> dict[str, Any]:
-        """The node this process runs on: Ray's node id, its address, its resources."""
+        """The node this process runs on (Ray's node id, its address, its resources), and
+        its actor (whether Ray restarted it)."""
         import ray
 
-        node_id = ray.get_runtime_context().get_node_id()
+        context = ray.get_runtime_context()
+        node_id = context.get_node_id()
         resources = next((n["Resources"] for n in ray.nodes() if n["NodeID"] == node_id), {})
         return {"node_id": node_id, "host": _node_host(), "pid": self.proc.pid,
-                "resources": sorted(resources)}
+                "resources": sorted(resources), "actor_id": context.get_actor_id(),
+                "actor_restarted": self.restarted, "private_dir": str(self.private),
+                "secret_keys": sorted(f.name.removesuffix(".key_secret")
+                                      for f in self.private.glob("*/secret/*.key_secret"))}
 
     def read(self, out_from: int, err_from: int) -> tuple[list[str], list[str], int | None]:
         """Output lines from these offsets, and the exit code once all output is read."""
@@ -94,7 +134,10 @@ class ProcessHost:
             for t in self._readers:
                 t.join(timeout=5)
         with self._lock:
-            return self.out[out_from:], self.err[err_from:], code
+            out, err = self.out[out_from:], self.err[err_from:]
+        if code is not None:
+            self._exit_seen.set()
+        return out, err, code
 
     def write(self, text: str, shipped: dict[str, bytes] | None = None) -> None:
         """A line on the process's stdin; paths of `shipped` files are written here first
@@ -111,7 +154,9 @@ class ProcessHost:
         return Path(path).read_bytes()
 
     def signal(self, signum: int) -> None:
-        """Send `signum` to the process (nothing if it has exited)."""
+        """Send `signum` to the process (nothing if it has exited); its end is then no
+        crash."""
+        self._told = True
         with contextlib.suppress(ProcessLookupError):
             self.proc.send_signal(signum)
 
@@ -138,5 +183,26 @@ def host_class() -> Any:
     if _HOST_CLASS is None:
         import ray
 
-        _HOST_CLASS = ray.remote(num_cpus=0, max_restarts=0)(ProcessHost)
+        _HOST_CLASS = ray.remote(num_cpus=0)(ProcessHost)
     return _HOST_CLASS
+
+
+class Registry:
+    """The run's registry (a Ray actor): where every router listens, for a router Ray
+    restarts."""
+
+    def __init__(self) -> None:
+        self._endpoints = b""
+
+    def put(self, endpoints: bytes) -> None:
+        self._endpoints = endpoints
+
+    def endpoints(self) -> bytes:
+        return self._endpoints
+
+
+def registry_class() -> Any:
+    """Registry as a Ray actor class (needs Ray)."""
+    import ray
+
+    return ray.remote(num_cpus=0)(Registry)

@@ -54,7 +54,8 @@ def test_gaia_with_hubs_on_ray_placed_by_region_and_exact_after_a_killed_hub(
         ray_cluster: str, tmp_path: Path) -> None:
     """Every router, shard, mirror, hub and worker is a Ray actor's process on a node that
     carries its region; the routers listen on their nodes' address; a hub killed mid-run
-    is started again (in a new actor of its region) and resumes from its checkpoint; every
+    takes its actor down, Ray restarts the actor, and the new process resumes from its
+    checkpoint; every
     replica ends exactly at the initial model plus every update; the shards' models came
     back to the driver's summary.json."""
     from geoml.ps_roles import load_shard_outputs
@@ -78,10 +79,18 @@ def test_gaia_with_hubs_on_ray_placed_by_region_and_exact_after_a_killed_hub(
     for name, p in placement.items():
         assert f"geoml_region_{p['region']}" in p["resources"], name
         assert p["node_id"] == node_of[p["region"]], name
+        # of the secret keys, each process got only the one it uses, and not on shared disk
+        own = "router" if name.startswith("router") else name.split("/")[1]
+        assert p["secret_keys"] == [f"{p['region']}.{own}"], name
+        assert not Path(p["private_dir"]).exists(), name  # removed with its actor
     endpoints = json.loads((out / "endpoints.json").read_text())
     assert {e["host"] for e in endpoints.values()} == {p["host"] for p in placement.values()}
     (restart,) = summary["restarts"]
     assert restart["role"] == "d/hub/0" and restart["recovery_s"] > 0
+    # the hub's second process came from Ray restarting its actor (max_restarts)
+    first, second = placement["d/hub/0"], placement["d/hub/0#1"]
+    assert second["actor_id"] == first["actor_id"] and second["pid"] != first["pid"]
+    assert second["actor_restarted"] and not first["actor_restarted"]
     assert "d/hub/0 resumed from its checkpoint at combined update" in (
         out / "logs" / "d_hub_0.1.log").read_text()
     expected = IntegerUpdates().expected({r: 1 for r in "abcd"}, clocks)

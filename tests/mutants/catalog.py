@@ -285,4 +285,21 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("topk_sends_the_smallest", "topk hands out the smallest accumulated updates "
            "instead of the largest", "roles/significance.py",
            "[flat.size - k:]) if k", "[:k]) if k", ("tests/systems/test_topk.py",)),
+    Mutant("ray_placement_ignores_region", "Ray places a process's actor on any node, not "
+           "one of its region", "tools/launch_ray.py",
+           "resources={region_resource(region): _SLIVER}", "resources={}",
+           ("tests/deploy/test_ray.py::"
+            "test_gaia_with_hubs_on_ray_placed_by_region_and_exact_after_a_killed_hub",)),
+    Mutant("ray_restart_without_resume", "an actor Ray restarts starts its role afresh "
+           "instead of with --resume", "tools/launch_ray.py",
+           'if kind == "router" else [*args, "--resume"])', 'if kind == "router" else args)',
+           ("tests/deploy/test_ray.py::"
+            "test_gaia_with_hubs_on_ray_placed_by_region_and_exact_after_a_killed_hub",)),
+    Mutant("ray_ships_every_secret", "a Ray actor gets every secret key of the run, not only "
+           "its own", "tools/launch_ray.py",
+           'files[f"{keys}::secret/{secret.name}"] = secret.read_bytes()',
+           'files.update({f"{keys}::secret/{f.name}": f.read_bytes() '
+           'for f in secret.parent.iterdir()})',
+           ("tests/deploy/test_ray.py::"
+            "test_gaia_with_hubs_on_ray_placed_by_region_and_exact_after_a_killed_hub",)),
 )
