@@ -217,8 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "its destination acknowledges it, and reconnect and send again when a "
                     "router restarts (what `geoml launch --restarts N` uses)")
 
-    la = sub.add_parser("launch", help="run every router and role as its own process on this "
-                        "machine (tcp on 127.0.0.1); writes summary.json like `run`")
+    la = sub.add_parser("launch", help="run every router and role as its own process, on "
+                        "this machine (tcp on 127.0.0.1) or on a Ray cluster (--engine ray); "
+                        "writes summary.json like `run`")
     la.add_argument("--topology", required=True)
     la.add_argument("--system", required=True, help=f"{', '.join(process_systems())} (the "
                     "others: `geoml run` for now)")
@@ -242,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     la.add_argument("--address", help="--engine ray: the Ray cluster (default: auto, the "
                     "one this machine belongs to)")
     la.add_argument("--restarts", type=int, default=2, metavar="N",
-                    help="restart a crashed worker, PS shard, mirror or router up to N "
+                    help="restart a crashed worker, PS shard, mirror, hub or router up to N "
                     "times each (0: a crash stops the run)")
 
     run = sub.add_parser("run", help="train with one system, all-in-one; writes summary.json, "
