@@ -71,8 +71,6 @@ class LaunchConfig:
     gaia: GaiaOptions = field(default_factory=GaiaOptions)
     restarts: int = 2  # per process of a restartable kind
     aggregation: str = "mean"
-    engine: str = "local"  # local: child processes of the launcher; ray: Ray actors
-    ray_address: str | None = None  # --engine ray: the cluster ("auto", or host:port)
 
     def gaia_args(self) -> list[str]:
         """The gaia options as role arguments (gaia and topk; none for the others)."""
@@ -343,8 +341,14 @@ class Launcher:
             c.log.close()
 
 
-async def launch(cfg: LaunchConfig, topo: Topology, stop: asyncio.Event) -> dict[str, Any]:
-    """Run `cfg` as processes; returns the summary (also written to cfg.out)."""
+#: Makes the launcher of another engine (launch_ray.ray_launcher) once the run is planned.
+LauncherFactory = Callable[[LaunchConfig, Topology, PSPlan], Launcher]
+
+
+async def launch(cfg: LaunchConfig, topo: Topology, stop: asyncio.Event,
+                 make_launcher: LauncherFactory | None = None) -> dict[str, Any]:
+    """Run `cfg` as processes (child processes of this one, or what `make_launcher`'s
+    launcher starts); returns the summary (also written to cfg.out)."""
     check_process_system(cfg.system)
     try:
         cfg.gaia.check()
@@ -353,7 +357,7 @@ async def launch(cfg: LaunchConfig, topo: Topology, stop: asyncio.Event) -> dict
     except ValueError as exc:
         raise GeomlError(str(exc)) from None
     cfg.out.mkdir(parents=True, exist_ok=True)
-    launcher = _launcher(cfg, topo, plan)
+    launcher = (make_launcher or Launcher)(cfg, topo, plan)
     if cfg.keys is None:  # every tcp socket of the run uses CurveZMQ, with keys of its own
         shutil.rmtree(cfg.out / "keys", ignore_errors=True)
         make_keys(topo, cfg.out / "keys")
@@ -375,20 +379,6 @@ async def launch(cfg: LaunchConfig, topo: Topology, stop: asyncio.Event) -> dict
     routers = {c.region: c.report() for c in launcher.routers()}
     return launch_summary(cfg, topo, plan, workload, launcher, elapsed, reports, routers,
                     time.perf_counter() - t_wall)
-
-
-def _launcher(cfg: LaunchConfig, topo: Topology, plan: PSPlan) -> Launcher:
-    """The launcher of `cfg.engine`; under Ray, once every region has a node to run on."""
-    if cfg.engine == "local":
-        return Launcher(cfg, topo, plan)
-    if cfg.engine != "ray":
-        raise GeomlError(f"unknown --engine {cfg.engine!r}: local or ray")
-    from .launch_ray import RayLauncher, check_regions, connect
-
-    cfg.out = cfg.out.resolve()  # the nodes write checkpoints and models under it
-    ray = connect(cfg.ray_address)
-    check_regions(ray, topo)
-    return RayLauncher(cfg, topo, plan, ray)
 
 
 async def _run(launcher: Launcher) -> tuple[float, dict[str, dict[str, Any]]]:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -231,3 +232,15 @@ class RayLauncher(Launcher):
                 self.ray.kill(actor)
         with contextlib.suppress(Exception):
             self.ray.kill(self.registry)
+
+
+def ray_launcher(address: str) -> Callable[[LaunchConfig, Topology, Any], RayLauncher]:
+    """What `launch` makes its launcher with under `--engine ray`: connected to the cluster
+    at `address`, once every region has a node to run on."""
+    def make(cfg: LaunchConfig, topo: Topology, plan: Any) -> RayLauncher:
+        ray = connect(address)
+        check_regions(ray, topo)
+        cfg.out = cfg.out.resolve()  # the nodes write checkpoints and models under it
+        return RayLauncher(cfg, topo, plan, ray)
+
+    return make

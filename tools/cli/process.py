@@ -188,12 +188,17 @@ def launch_main(args: argparse.Namespace) -> int:
     cfg = LaunchConfig(str(args.topology), args.system, args.workload, args.iterations, out,
                        args.opt, args.sync, args.status_every, args.start_timeout, args.keys,
                        GaiaOptions.from_args(args), args.restarts,
-                       aggregation=args.aggregation, engine=args.engine,
-                       ray_address=args.address or "auto")
+                       aggregation=args.aggregation)
     if args.address is not None and args.engine != "ray":
         raise GeomlError("--address is for --engine ray")
+    make_launcher = None
+    if args.engine == "ray":
+        from geoml.launch_ray import ray_launcher
+
+        make_launcher = ray_launcher(args.address or "auto")
     try:
-        summary = run_with_clock(until_signal(lambda stop: launch(cfg, topo, stop)))
+        summary = run_with_clock(until_signal(lambda stop: launch(cfg, topo, stop,
+                                                                  make_launcher)))
     except LaunchInterrupted as exc:
         print(f"geoml: {exc}", file=sys.stderr)
         return 130
