@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import tomllib
 
 import pytest
 
@@ -101,3 +102,16 @@ def test_a_topology_with_its_wan_scaled_keeps_latency_and_scales_rate_and_burst(
     assert slow.regions == topo.regions
     with pytest.raises(ValueError, match="factor"):
         topo.with_wan_scaled(0)
+
+
+def test_star_routing_links_every_site_to_the_hub_and_only_the_pairs_listed() -> None:
+    """Star routing: a link each way between the hub and every site, plus the site-to-site
+    pairs the file lists, in the regions' order (the same order a full mesh would give)."""
+    topo = parse_topology(tomllib.loads(
+        'name = "s"\nrouting = "star"\nhub = "cloud"\n'
+        '[[regions]]\nname = "e1"\n[[regions]]\nname = "cloud"\nlon = 5.0\n'
+        '[[regions]]\nname = "e2"\nlon = 9.0\n[[regions]]\nname = "e3"\nlon = 12.0\n'
+        '[[links]]\nfrom = "e3"\nto = "e1"\nrate_mbps = 3\n'), "s.toml")
+    assert list(topo.wan) == [("e1", "cloud"), ("cloud", "e1"), ("cloud", "e2"),
+                              ("cloud", "e3"), ("e2", "cloud"), ("e3", "e1"), ("e3", "cloud")]
+    assert topo.wan_spec("e3", "e1").rate_bps == 3e6
