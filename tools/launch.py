@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import shutil
 import signal
 import sys
@@ -30,7 +29,13 @@ from geoml.bus import GeomlError, Topology
 from geoml.bus.security import make_keys
 from geoml.roles.ps_plan import MIRRORED, PSPlan, plan_ps, wants_hubs
 
-from .launch_child import Child, LaunchFailed, LaunchInterrupted, die_with_parent
+from .launch_child import (
+    Child,
+    LaunchFailed,
+    LaunchInterrupted,
+    child_options,
+    geoml_command,
+)
 from .launch_summary import launch_summary
 from .ps_roles import (
     role_addresses,
@@ -111,11 +116,10 @@ class Launcher:
                             stdin: bool) -> Any:
         """`geoml ARGS` as a child process of this one."""
         return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "geoml.cli", *args,
+            *geoml_command(args),
             stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            start_new_session=True, preexec_fn=die_with_parent,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            **child_options())
 
     async def hand_endpoints(self, child: Child, path: Path) -> None:
         """Tell a router started with --any-port where every router listens."""

@@ -7,7 +7,9 @@ import asyncio
 import contextlib
 import ctypes
 import json
+import os
 import signal
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +31,24 @@ def die_with_parent() -> None:
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def geoml_command(args: list[str]) -> list[str]:
+    """The command line of a `geoml ARGS` child process."""
+    return [sys.executable, "-m", "geoml.cli", *args]
+
+
+def child_options() -> dict[str, Any]:
+    """How every `geoml` child of a run is started (subprocess or asyncio): in a session
+    of its own, killed with its parent, output unbuffered."""
+    return {"start_new_session": True, "preexec_fn": die_with_parent,
+            "env": {**os.environ, "PYTHONUNBUFFERED": "1"}}
+
+
+def process_region(name: str, kind: str) -> str:
+    """The region a process of the run serves ("router east" -> east; REGION/ROLE/INDEX
+    -> REGION)."""
+    return name.split()[1] if kind == "router" else region_of(name)
 
 
 @dataclass
@@ -58,7 +78,7 @@ class Child:
     @property
     def region(self) -> str:
         """The region it serves ("router east" -> east; REGION/ROLE/INDEX -> REGION)."""
-        return self.name.split()[1] if self.kind == "router" else region_of(self.name)
+        return process_region(self.name, self.kind)
 
     @property
     def pid(self) -> int:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from typing import Any
 from geoml.bus import GeomlError, Topology
 
 from .launch import RESTARTABLE, LaunchConfig, Launcher
-from .launch_child import Child, LaunchFailed
+from .launch_child import Child, LaunchFailed, process_region
 from .ray_host import ENDPOINTS, NODE_HOST, host_class, registry_class
 
 RESOURCE_PREFIX = "geoml_region_"
@@ -122,7 +123,7 @@ class RayProcess:
             self.actor.signal.remote(int(signum))
 
     def kill(self) -> None:
-        self.send_signal(9)
+        self.send_signal(signal.SIGKILL)
 
     async def wait(self) -> int:
         await self._exited.wait()
@@ -158,7 +159,7 @@ class RayLauncher(Launcher):
             keys = args[args.index("--keys") + 1]
             for f in sorted((Path(keys) / "public").iterdir()):
                 files[f"{keys}::public/{f.name}"] = f.read_bytes()
-            region = name.split()[1] if kind == "router" else name.split("/")[0]
+            region = process_region(name, kind)
             own = "router" if kind == "router" else name.split("/")[1]
             secret = Path(keys) / "secret" / f"{region}.{own}.key_secret"
             files[f"{keys}::secret/{secret.name}"] = secret.read_bytes()
@@ -170,7 +171,7 @@ class RayLauncher(Launcher):
         restarted it with its next process."""
         if name in self._actor_of:
             return await self._restarted(name, *self._actor_of[name])
-        region = name.split()[1] if kind == "router" else name.split("/")[0]
+        region = process_region(name, kind)
         restarts = self.cfg.restarts if kind in RESTARTABLE else 0
         restart_args = None
         if restarts:

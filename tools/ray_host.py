@@ -1,11 +1,11 @@
 """The Ray actors of a `geoml launch --engine ray` run: one hosts each process, one holds
 the run's registry.
 
-It runs on a node Ray picked for the process's region, writes what the process needs (its
-own secret key, the public keys, the endpoints file) into a private directory of that node
-(mode 0700, removed when the actor goes), and starts `geoml ARGS` there with those paths
-put in. The driver reads the process's output through `read` and signals it through
-`signal`. This module imports Ray only inside `host_class`, so geoml imports without it.
+A host runs on a node Ray picked for its process's region, writes what the process needs
+(its own secret key, the public keys, the endpoints file) into a private directory of that
+node (mode 0700, removed when the actor goes), and starts `geoml ARGS` there with those
+paths put in. The driver reads the process's output through `read` and signals it through
+`signal`. Ray is imported only inside functions and methods, so geoml imports without it.
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 from pathlib import Path
 from typing import Any
+
+from .launch_child import child_options, geoml_command
 
 #: The placeholder in a router's arguments for the address of the node it runs on.
 NODE_HOST = "@NODE_HOST@"
@@ -43,13 +44,13 @@ class ProcessHost:
 
         # One directory per actor: a process of it Ray restarts after a crash clears what
         # the one before left (its secret key included) before it writes its own.
-        actor_id = ray.get_runtime_context().get_actor_id()
-        self.private = Path(tempfile.gettempdir()) / f"geoml-{actor_id}"
+        context = ray.get_runtime_context()
+        self.private = Path(tempfile.gettempdir()) / f"geoml-{context.get_actor_id()}"
         shutil.rmtree(self.private, ignore_errors=True)
         self.private.mkdir(mode=0o700)
         self._written = 0
         local = self._write(files)
-        self.restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        self.restarted = context.was_current_actor_reconstructed
         if self.restarted and restart_args is not None:
             args, stdin = restart_args, False
             if ENDPOINTS in args:
@@ -57,13 +58,9 @@ class ProcessHost:
                 local.update(self._write({ENDPOINTS: endpoints}))
         host = _node_host()
         self.args = [local.get(a, a).replace(NODE_HOST, host) for a in args]
-        from .launch_child import die_with_parent
-
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "geoml.cli", *self.args],
-            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=die_with_parent,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+            geoml_command(self.args), stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **child_options())
         self.out: list[str] = []
         self.err: list[str] = []
         self._lock = threading.Lock()
