@@ -205,8 +205,9 @@ class RayLauncher(Launcher):
                            f"{self.cfg.start_timeout:.0f}s")
 
     async def hand_endpoints(self, child: Child, path: Path) -> None:
-        await self.registry.put.remote(path.read_bytes())  # for a router Ray restarts
-        await child.proc.actor.write.remote(f"{path}\n", {str(path): path.read_bytes()})
+        endpoints = path.read_bytes()
+        await self.registry.put.remote(endpoints)  # for a router Ray restarts
+        await child.proc.actor.write.remote(f"{path}\n", {str(path): endpoints})
 
     async def collect(self, reports: dict[str, dict[str, Any]]) -> None:
         """The shards' final models, from their nodes into the driver's out directory."""
