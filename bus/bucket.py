@@ -82,6 +82,26 @@ class TokenBucket:
             return math.inf
         return t + (nbytes - tokens) / self._rate
 
+    def take_now(self, nbytes: int, now: float) -> bool:
+        """Reserve `nbytes` if all of them can leave at `now` (True); else change nothing.
+
+        The same as `reserve` when `departure_time(nbytes, now) <= now`, in one call."""
+        rate, stamp = self._rate, self._stamp
+        if now < stamp or rate == 0:
+            return False
+        if rate == math.inf:
+            self._tokens = self._burst
+            self._stamp = now
+            return True
+        tokens = self._tokens + (now - stamp) * rate
+        if tokens > self._burst:
+            tokens = self._burst
+        if tokens < nbytes:
+            return False
+        self._tokens = tokens - nbytes
+        self._stamp = now
+        return True
+
     def reserve(self, nbytes: int, now: float) -> float:
         """Take `nbytes` of tokens; return the time they are paid (>= now).
 

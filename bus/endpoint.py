@@ -18,6 +18,7 @@ from .address import connection_id, is_valid_address, region_of, router_address
 from .endpoint_recv import EndpointReceiving
 from .endpoint_reliable import EndpointReliability
 from .errors import BusClosed, FrameError, HandshakeRefused, HandshakeTimeout
+from .mailbox import Mailbox
 from .reliable import Kept, ReceiveOrder, SendLog, new_incarnation
 from .security import CurveKeys
 from .zio import ZIO
@@ -34,6 +35,8 @@ log = logging.getLogger("geoml.bus.endpoint")
 _QUANTUM_MIN = 1 << 20
 _QUANTUM_STEP = 1 << 20
 _QUANTUM_MAX = 32 << 20
+#: Destinations remembered as well-formed (a set lookup instead of a regex per send).
+_GOOD_DESTINATIONS_MAX = 4096
 #: Send window (tcp only): data frames wait while more than this many bytes sent are not yet
 #: acknowledged by the router's bus.credit (it credits what it has read off the
 #: connection). Without it, frames already handed to ZeroMQ (up to its high-water mark of
@@ -108,9 +111,10 @@ class Endpoint(EndpointReliability, EndpointReceiving):
         self._gap_check: asyncio.TimerHandle | None = None
         self._side_tasks: set[asyncio.Task[None]] = set()
         self._seq = 0
+        self._good_destinations: set[str] = set()  # destinations found well-formed
         self._unyielded = 0
         self._quantum = _QUANTUM_MIN
-        self._inbox: asyncio.Queue[fr.Message | None] = asyncio.Queue()
+        self._inbox: Mailbox[fr.Message | None] = Mailbox()
         self._inbox_bytes = 0
         self._welcome: asyncio.Future[dict[str, Any]] | None = None
         self._hello_refusal: str | None = None  # why the last hello was refused (in use)
@@ -282,14 +286,21 @@ class Endpoint(EndpointReliability, EndpointReceiving):
         """
         if self._closed or self._io is None:
             raise BusClosed(f"{self.address}: endpoint is closed")
-        if not is_valid_address(dst):
-            raise FrameError("bad_address", f"destination {dst!r} is not region/role/index")
+        if dst not in self._good_destinations:
+            if not is_valid_address(dst):
+                raise FrameError("bad_address", f"destination {dst!r} is not region/role/index")
+            if len(self._good_destinations) >= _GOOD_DESTINATIONS_MAX:
+                self._good_destinations.clear()
+            self._good_destinations.add(dst)
         if ftype.startswith("bus."):
             raise FrameError("reserved_type", f"frame type {ftype!r} is reserved for the bus")
         if not self._up.is_set():
             await self._up.wait()
         self._raise_if_failed()
-        if not control:
+        # the common case (nothing paused, window open) does not enter another coroutine
+        if not control and (self._paused or (
+                self._windowed
+                and self._window_sent - self._window_acked >= SEND_WINDOW_BYTES)):
             await self._wait_to_send(dst)
         arrays = fr.contiguous(arrays)
         seq = self._next_seq()
@@ -303,7 +314,9 @@ class Endpoint(EndpointReliability, EndpointReceiving):
             rseq, floor = self._log.number(dst, cls)  # taken only once the frame is kept
             header["rel"] = [self.incarnation, rseq, floor]
         hb = fr.encode_header(header)
-        size = len(hb) + sum(a.nbytes for a in arrays)
+        size = len(hb)
+        for a in arrays:
+            size += a.nbytes
         if size > self.max_frame_bytes:
             raise FrameError("too_large", f"frame of {size} bytes > {self.max_frame_bytes}")
         if control and size > fr.CONTROL_MAX_BYTES:
@@ -313,14 +326,18 @@ class Endpoint(EndpointReliability, EndpointReceiving):
         if self._log is not None:
             self._log.keep(seq, Kept(dst, cls, rseq, parts, size))
         try:
-            await self._io_send(parts, size)
+            if self._up.is_set() and self._io.send_nowait(parts):
+                self._window_sent += size
+            else:
+                await self._io_send(parts, size)
         except zmq.ZMQError:
             if self._log is None or self._closed:
                 raise
             # the router went away under this send: the frame is kept, and goes again
             # once the endpoint has reconnected
-        self.counters["sent_frames"] += 1
-        self.counters["sent_bytes"] += size
+        counters = self.counters
+        counters["sent_frames"] += 1
+        counters["sent_bytes"] += size
         self._unyielded += size
         if self._unyielded >= self._quantum:
             self._unyielded = 0

@@ -17,6 +17,7 @@ import zmq
 
 from . import frame as fr
 from .errors import BusClosed, FrameError, HandshakeRefused
+from .mailbox import Mailbox
 from .reliable import ReceiveOrder, SendLog
 from .zio import ZIO
 
@@ -40,7 +41,7 @@ class EndpointReceiving:
     _acks_due: dict[str, dict[int, list[int]]]
     _closed: bool
     _failure: str | None
-    _inbox: asyncio.Queue[fr.Message | None]
+    _inbox: Mailbox[fr.Message | None]
     _inbox_bytes: int
     _inbox_limit: int
     _inbox_drained: asyncio.Event
@@ -60,7 +61,9 @@ class EndpointReceiving:
         """The next application message (TimeoutError after `timeout` seconds)."""
         if self._closed and self._inbox.empty():
             raise BusClosed(f"{self.address}: endpoint is closed")
-        if timeout is None:
+        if self._inbox:
+            msg = self._inbox.get_nowait()
+        elif timeout is None:
             msg = await self._inbox.get()
         else:
             msg = await asyncio.wait_for(self._inbox.get(), timeout)

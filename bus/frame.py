@@ -8,7 +8,6 @@ parts, described by ``bufs`` in the header, and are never pickled.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,7 +81,12 @@ def _reject_ext(code: int, data: bytes) -> Any:
 
 def encode_header(header: dict[str, Any]) -> bytes:
     """Serialise a header map (no validation; use `make_header` to build one)."""
-    return msgpack.packb(header, use_bin_type=True)
+    return _pack(header)
+
+
+# One Packer for every header: msgpack.packb builds a new one per call. Its pack holds
+# the GIL throughout (no `default` hook) and resets itself after an error.
+_pack = msgpack.Packer(use_bin_type=True).pack
 
 
 def make_header(
@@ -150,12 +154,14 @@ _CONTAINERS = (dict, list, msgpack.Timestamp)
 def decode_header(buf: bytes | memoryview, buffer_sizes: Sequence[int]) -> dict[str, Any]:
     """Decode and validate a header against the sizes of the buffers that followed it.
 
-    Raises FrameError with a stable reason code on any problem.
+    Raises FrameError with a stable reason code on any problem. Every frame pays for
+    this twice (at the router and at the receiving endpoint), so each check has a cheap
+    form for the common case and falls back to the precise one only to say what is wrong.
     """
     if len(buf) > HEADER_MAX_BYTES:
         raise FrameError("too_large", f"header of {len(buf)} bytes > {HEADER_MAX_BYTES}")
     try:
-        header = msgpack.unpackb(buf, raw=False, ext_hook=_reject_ext, strict_map_key=True)
+        header = _unpackb(buf, raw=False, ext_hook=_reject_ext, strict_map_key=True)
     except FrameError:
         raise
     except Exception as exc:  # msgpack raises a zoo of types for corrupt input
@@ -167,46 +173,101 @@ def decode_header(buf: bytes | memoryview, buffer_sizes: Sequence[int]) -> dict[
     if version != PROTOCOL_VERSION or type(version) is not int:
         raise FrameError("bad_version",
                          f"protocol version {version!r}, expected {PROTOCOL_VERSION}")
+    try:
+        ftype, src, dst = header["t"], header["src"], header["dst"]
+        seq, pri, meta = header["seq"], header["pri"], header["meta"]
+        # msgpack builds exact types, so `type(...) is` is the check isinstance makes here
+        plain = (type(ftype) is str and type(src) is str and type(dst) is str
+                 and type(seq) is int and type(header["clk"]) is int and type(pri) is int
+                 and type(meta) is dict and type(header["bufs"]) is list)
+    except KeyError:
+        plain = False
+    if not plain:
+        _check_required(header)
+    rel = None
+    if len(header) != _PLAIN_KEYS:
+        _check_optional(header)
+        rel = header.get("rel")
+    if len(header) > len(_KNOWN_KEYS) or not _KNOWN_KEYS.issuperset(header):
+        unknown = sorted(str(k) for k in header if k not in _KNOWN_KEYS)
+        raise FrameError("bad_field", f"unknown header field(s) {unknown}")
+    if meta and _holds_extension(meta):
+        raise FrameError("bad_msgpack", "meta holds a msgpack extension type (a Timestamp); "
+                         "meta takes plain msgpack values only")
+    if ftype not in _GOOD_TYPES:
+        _check_type(ftype)
+    if src not in _GOOD_ADDRESSES:
+        if not is_valid_address(src):
+            raise FrameError("bad_address", f"source {src[:80]!r} is not region/role/index")
+        _remember(_GOOD_ADDRESSES, src)
+    if dst not in _GOOD_ADDRESSES:
+        if not is_valid_address(dst):
+            raise FrameError("bad_address", f"destination {dst[:80]!r} is not "
+                             "region/role/index")
+        _remember(_GOOD_ADDRESSES, dst)
+    if seq < 0 or seq >= 2**64:
+        raise FrameError("bad_field", "seq must be an unsigned 64-bit integer")
+    if pri != DATA and pri != CONTROL:
+        raise FrameError("bad_field", f"priority {pri} is neither 0 (control) nor 1")
+    if rel is not None and not _good_rel(rel):
+        raise FrameError("bad_field", "rel must be [incarnation, seq, floor], positive "
+                         "integers with floor <= seq")
+    _check_buffers(header["bufs"], buffer_sizes)
+    if pri == CONTROL:
+        total = len(buf) + sum(buffer_sizes)
+        if total > CONTROL_MAX_BYTES:
+            raise FrameError("too_large", f"control frame of {total} bytes > {CONTROL_MAX_BYTES}")
+    return header
+
+
+_unpackb = msgpack.unpackb
+#: Header size in keys without optional fields (version plus the required ones).
+_PLAIN_KEYS = 1 + len(_REQUIRED)
+#: Addresses and frame types already found well-formed: a set lookup instead of a regex
+#: per frame. Bounded, so that a stream of distinct names cannot grow them without end.
+_GOOD_ADDRESSES: set[str] = set()
+_GOOD_TYPES: set[str] = set()
+_GOOD_NAMES_MAX = 1 << 16
+#: Bytes per element of each allowed dtype.
+_DTYPES = {d: np.dtype(d) for d in ALLOWED_DTYPES}
+_ITEMSIZE = {d: t.itemsize for d, t in _DTYPES.items()}
+
+
+def _good_rel(rel: list[Any]) -> bool:
+    if len(rel) != 3:
+        return False
+    inc, seq, floor = rel
+    return (type(inc) is int and type(seq) is int and type(floor) is int
+            and 0 < inc < 2**63 and 0 < seq < 2**63 and 0 < floor <= seq)
+
+
+def _remember(seen: set[str], name: str) -> None:
+    if len(seen) >= _GOOD_NAMES_MAX:
+        seen.clear()
+    seen.add(name)
+
+
+def _check_required(header: dict[str, Any]) -> None:
     for key, kind in _REQUIRED:
         value = header.get(key)
         if value is None:
             raise FrameError("missing_field", f"header field {key!r} is missing")
         if not isinstance(value, kind) or type(value) is bool:
             raise FrameError("bad_field", f"header field {key!r} has type {type(value).__name__}")
+
+
+def _check_optional(header: dict[str, Any]) -> None:
     for key, kind in _OPTIONAL.items():
         if key in header and (not isinstance(header[key], kind) or
                               (kind is not bool and type(header[key]) is bool)):
             raise FrameError("bad_field", f"header field {key!r} has type "
                              f"{type(header[key]).__name__}")
-    if len(header) > len(_KNOWN_KEYS) or not _KNOWN_KEYS.issuperset(header):
-        unknown = sorted(str(k) for k in header if k not in _KNOWN_KEYS)
-        raise FrameError("bad_field", f"unknown header field(s) {unknown}")
-    if _holds_extension(header["meta"]):
-        raise FrameError("bad_msgpack", "meta holds a msgpack extension type (a Timestamp); "
-                         "meta takes plain msgpack values only")
-    ftype = header["t"]
+
+
+def _check_type(ftype: str) -> None:
     if not ftype or len(ftype) > _TYPE_MAX_LEN or not ftype.isascii() or not ftype.isprintable():
         raise FrameError("bad_field", f"frame type {ftype[:60]!r} is not a short ASCII name")
-    if not is_valid_address(header["src"]):
-        raise FrameError("bad_address", f"source {header['src'][:80]!r} is not region/role/index")
-    if not is_valid_address(header["dst"]):
-        raise FrameError("bad_address", f"destination {header['dst'][:80]!r} is not "
-                         "region/role/index")
-    if header["seq"] < 0 or header["seq"] >= 2**64:
-        raise FrameError("bad_field", "seq must be an unsigned 64-bit integer")
-    if header["pri"] not in (CONTROL, DATA):
-        raise FrameError("bad_field", f"priority {header['pri']} is neither 0 (control) nor 1")
-    rel = header.get("rel")
-    if rel is not None and not (len(rel) == 3 and all(
-            type(x) is int and 0 < x < 2**63 for x in rel) and rel[2] <= rel[1]):
-        raise FrameError("bad_field", "rel must be [incarnation, seq, floor], positive "
-                         "integers with floor <= seq")
-    _check_buffers(header["bufs"], buffer_sizes)
-    if header["pri"] == CONTROL:
-        total = len(buf) + sum(buffer_sizes)
-        if total > CONTROL_MAX_BYTES:
-            raise FrameError("too_large", f"control frame of {total} bytes > {CONTROL_MAX_BYTES}")
-    return header
+    _remember(_GOOD_TYPES, ftype)
 
 
 def check_tables_fit(names: Sequence[str], buffers_per_table: int = 2) -> None:
@@ -229,17 +290,22 @@ def _check_buffers(bufs: list[Any], sizes: Sequence[int]) -> None:
                          f"header describes {len(bufs)} buffer(s) but {len(sizes)} followed")
     if len(bufs) > MAX_BUFFERS:
         raise FrameError("buffer_mismatch", f"{len(bufs)} buffers > {MAX_BUFFERS}")
-    for i, (desc, size) in enumerate(zip(bufs, sizes, strict=True)):
+    for i in range(len(bufs)):
+        desc = bufs[i]
         if type(desc) is not list or len(desc) != 2:
             raise FrameError("bad_field", f"bufs[{i}] is not [dtype, shape]")
         dtype, shape = desc
-        if dtype not in ALLOWED_DTYPES:
+        itemsize = _ITEMSIZE.get(dtype) if type(dtype) is str else None
+        if itemsize is None:
             raise FrameError("bad_field", f"bufs[{i}] dtype {str(dtype)[:20]!r} not allowed")
-        if type(shape) is not list or len(shape) > MAX_DIMS or not all(
-            type(d) is int and 0 <= d < 2**40 for d in shape
-        ):
+        if type(shape) is not list or len(shape) > MAX_DIMS:
             raise FrameError("bad_field", f"bufs[{i}] shape is not a list of sizes")
-        expected = np.dtype(dtype).itemsize * math.prod(shape)
+        expected = itemsize
+        for d in shape:
+            if type(d) is not int or not 0 <= d < 2**40:
+                raise FrameError("bad_field", f"bufs[{i}] shape is not a list of sizes")
+            expected *= d
+        size = sizes[i]
         if expected != size:
             raise FrameError("buffer_mismatch",
                              f"bufs[{i}] needs {expected} bytes for {dtype}{shape}, got {size}")
@@ -250,8 +316,8 @@ def arrays_from_parts(header: dict[str, Any], parts: Sequence[Any]) -> list[np.n
     out = []
     for (dtype, shape), part in zip(header["bufs"], parts, strict=True):
         buf = part.buffer if hasattr(part, "buffer") else part
-        arr = np.frombuffer(buf, dtype=np.dtype(dtype)).reshape(shape)
-        out.append(arr)
+        arr = np.frombuffer(buf, dtype=_DTYPES[dtype])
+        out.append(arr if len(shape) == 1 else arr.reshape(shape))
     return out
 
 
@@ -287,16 +353,7 @@ class Message:
     @classmethod
     def from_wire(cls, header: dict[str, Any], parts: Sequence[Any], nbytes: int) -> Message:
         """Build from a validated header and its buffer parts."""
-        return cls(
-            type=header["t"],
-            src=header["src"],
-            dst=header["dst"],
-            seq=header["seq"],
-            clock=header["clk"],
-            priority=header["pri"],
-            meta=header["meta"],
-            arrays=arrays_from_parts(header, parts),
-            sent_at=header.get("ts"),
-            raw=header.get("raw", False),
-            nbytes=nbytes,
-        )
+        get = header.get
+        return cls(header["t"], header["src"], header["dst"], header["seq"], header["clk"],
+                   header["pri"], header["meta"], arrays_from_parts(header, parts),
+                   get("ts"), get("raw", False), nbytes)

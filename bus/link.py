@@ -248,11 +248,10 @@ class Link:
             and not self._inflight
             and not self._delivering
             and not self._held
-            and self._bucket.departure_time(item.size, now) <= now
+            and self._bucket.take_now(item.size, now)
         ):
             item.started = now
             item.sent = item.size
-            self._bucket.reserve(item.size, now)
             self.stats.count_sent(now, item.size)
             if self._deliverer.try_send(item):
                 self._delivered(item, now)

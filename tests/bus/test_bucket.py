@@ -61,3 +61,31 @@ def test_overflow_is_the_rate_lost_to_the_burst_cap_after_a_late_wake_up() -> No
     assert bucket.overflow_s(0.55) == 0.0  # 50 bytes earned late: within the burst
     assert bucket.overflow_s(0.8) == pytest.approx(0.2)  # 300 earned, 100 kept
     assert TokenBucket(rate=float("inf"), burst=1.0).overflow_s(5.0) == 0.0
+
+
+@pytest.mark.parametrize("rate", [200_000.0, math.inf])
+def test_take_now_is_reserve_when_the_bytes_can_leave_now(rate: float) -> None:
+    import random
+
+    rng = random.Random(7)
+    fast, slow = TokenBucket(rate, 3000.0, 0.0), TokenBucket(rate, 3000.0, 0.0)
+    now, taken, refused = 0.0, 0, 0
+    for _ in range(2000):
+        now += rng.choice([0.0, 0.0005, 0.002, 0.01])
+        nbytes = rng.randint(1, 2500)
+        leaves_now = slow.departure_time(nbytes, now) <= now
+        assert fast.take_now(nbytes, now) is leaves_now
+        if leaves_now:
+            assert slow.reserve(nbytes, now) == now
+            taken += 1
+        else:
+            refused += 1
+        # both buckets agree on what comes next, taken or not
+        assert fast.departure_time(1000, now) == pytest.approx(slow.departure_time(1000, now))
+    assert taken > 100 and (refused > 100 or rate == math.inf)
+
+
+def test_take_now_refuses_on_a_link_that_is_down() -> None:
+    b = TokenBucket(rate=1000.0, burst=500.0, now=0.0)
+    b.set_rate(0.0, 0.0)
+    assert b.take_now(10, 1.0) is False
