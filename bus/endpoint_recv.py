@@ -137,7 +137,8 @@ class EndpointReceiving:
             self._send_acks()
 
     def _on_parts(self, parts: list[zmq.Frame]) -> None:
-        sizes = [len(p) for p in parts[1:]]
+        n = len(parts)
+        sizes = [] if n == 1 else [len(parts[1])] if n == 2 else [len(p) for p in parts[1:]]
         nbytes = len(parts[0]) + sum(sizes)
         try:
             header = fr.decode_header(parts[0].buffer, sizes)

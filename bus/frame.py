@@ -312,11 +312,10 @@ def _check_buffers(bufs: list[Any], sizes: Sequence[int]) -> None:
 
 
 def arrays_from_parts(header: dict[str, Any], parts: Sequence[Any]) -> list[np.ndarray]:
-    """View received buffers as read-only numpy arrays without copying."""
+    """View received buffers (zmq Frames or any buffer) as numpy arrays without copying."""
     out = []
     for (dtype, shape), part in zip(header["bufs"], parts, strict=True):
-        buf = part.buffer if hasattr(part, "buffer") else part
-        arr = np.frombuffer(buf, dtype=_DTYPES[dtype])
+        arr = np.frombuffer(part, dtype=_DTYPES[dtype])
         out.append(arr if len(shape) == 1 else arr.reshape(shape))
     return out
 

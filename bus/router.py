@@ -30,7 +30,7 @@ from .reliable import new_incarnation
 from .router_control import CREDIT_STEP_BYTES, RouterControl
 from .router_delivery import LocalDeliverer, PeerDeliverer
 from .router_peers import RouterPeers
-from .router_tap import TAP_TOPIC, RouterTap
+from .router_tap import TAP_TOPIC, RouterTap, TapRecord
 from .router_watch import CONNECTION_EVENTS, PEER_EVENTS, RouterWatch
 from .security import CurveKeys
 from .tasks import cancel_and_wait
@@ -98,7 +98,7 @@ class Router(RouterControl, RouterPeers, RouterTap, RouterWatch):
         self._peer_ready: dict[str, asyncio.Event] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._tap_topics = 0
-        self._tap_batch: list[bytes] = []
+        self._tap_batch: list[TapRecord] = []
         self._tap_flush_scheduled = False
         self._tap_packer = msgpack.Packer()
         self._tap_subscribed = asyncio.Event()
@@ -324,7 +324,9 @@ class Router(RouterControl, RouterPeers, RouterTap, RouterWatch):
         ident = parts[0].bytes
         if len(parts) < 2:
             raise FrameError("bad_envelope", "frame has no header part")
-        sizes = [len(p) for p in parts[2:]]
+        # most frames carry one buffer (or none): no list comprehension for them
+        n = len(parts)
+        sizes = [] if n == 2 else [len(parts[2])] if n == 3 else [len(p) for p in parts[2:]]
         total = len(parts[1]) + sum(sizes)
         consumed = self._consumed.get(ident)
         if consumed is not None:
@@ -363,7 +365,8 @@ class Router(RouterControl, RouterPeers, RouterTap, RouterWatch):
             self._drop(ident, "unknown_destination",
                        f"no route to {dst} in topology {self.topology.name!r}", header)
             return
-        if header.get("raw") and self._sovereign:
+        raw = header.get("raw", False)
+        if raw and self._sovereign:
             origin, target = region_of(src), region_of(dst)
             if origin in self._sovereign and target != origin:
                 self._drop(ident, "sovereignty",
@@ -373,7 +376,7 @@ class Router(RouterControl, RouterPeers, RouterTap, RouterWatch):
                 return
         self.forwarded += 1
         link.offer(Pending(parts[1:], ftype, src, dst, total, header["pri"] == fr.CONTROL,
-                           ident, header.get("raw", False), header["seq"]))
+                           ident, raw, header["seq"]))
 
     def _route(self, dst: str) -> Link | None:
         region = region_of(dst)

@@ -184,6 +184,36 @@ async def test_tap_publishes_one_event_per_forwarded_frame(net: Network) -> None
         sub.close()
 
 
+async def test_tap_batches_of_every_size_are_streams_of_events(net: Network) -> None:
+    """Frames in one go are published in batches (up to 256 events); whatever the batch
+    size (a msgpack array header of 1 or 3 bytes is stripped), each is exactly its count
+    of events, in order."""
+    from geoml.traffic import split_tap_message, unpack_events
+
+    router = net.routers["east"]
+    sock = net.ctx.socket(zmq.SUB)
+    sock.setsockopt(zmq.SUBSCRIBE, TAP_TOPIC)
+    sock.connect(router.tap_endpoint)
+    sub = ZIO(sock)
+    try:
+        await router.wait_tap_subscribed(timeout=5)
+        a = await net.connect("east/worker/0")
+        await net.connect("west/worker/0")
+        n = 600
+        for i in range(n):
+            await a.send("west/worker/0", f"t.n{i % 3}", meta={"i": i})
+        events, sizes = [], []
+        while len(events) < n:
+            parts = await asyncio.wait_for(sub.recv(), 5)
+            count, stream = split_tap_message([p.bytes for p in parts])
+            sizes.append(count)
+            events += unpack_events(stream, count)
+        assert [e.ftype for e in events] == [f"t.n{i % 3}" for i in range(n)]
+        assert max(sizes) == 256 and router.tap_events == n and router.tap_dropped == 0
+    finally:
+        sub.close()
+
+
 async def test_tap_costs_nothing_without_subscriber(net: Network) -> None:
     a = await net.connect("east/worker/0")
     b = await net.connect("west/worker/0")
