@@ -1,9 +1,10 @@
 """Bus benchmark: prints one JSON object (see issue [bus]).
 
 Fields: router_vs_raw_large, small_frames_per_s, shaping_error_pct_max,
-latency_error_ms_max, control_wait_ms_p99, tap_overhead_pct (plus the raw figures behind
-each).
-Run: python benchmarks/bench_bus.py [--quick]
+latency_error_ms_max, control_wait_ms_p99, tap_overhead_pct, and (issue [fast])
+ps_bsp_small_model_clocks_per_s beside the same case replayed on the code before [fast]
+(`--baseline REV`, default be11c52; benchmarks/replay.py), plus the raw figures behind each.
+Run: python benchmarks/bench_bus.py [--quick] [--baseline REV]
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ from geoml.bus.zio import ZIO
 from geoml.inspector import TapSubscriber
 from geoml.recording import Recorder, topology_header
 from geoml.traffic import TrafficStats, split_tap_message, unpack_events
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from replay import replay_tree, run_case
 
 MiB = 1 << 20
 
@@ -237,7 +241,34 @@ async def control_wait(big_mib: int, rate_mbps: float) -> dict[str, float]:
             "chunk_ms": chunk_ms, "floor_ms": chunk_ms + 2}
 
 
-async def main(quick: bool) -> dict[str, Any]:
+def ps_small_model(clocks: int, pairs: int, baseline: str) -> dict[str, Any]:
+    """The 4-worker BSP PS on digits softmax, one minibatch per clock (ps_small_case.py),
+    in interleaved pairs: this code, then commit `baseline` replayed; and this code with
+    every computation in the executor (what it gains from running short ones inline)."""
+    case = Path(__file__).resolve().parent / "ps_small_case.py"
+    try:
+        tree = replay_tree(baseline)
+    except RuntimeError as exc:
+        return {"baseline_rev": baseline, "error": str(exc),
+                "ps_bsp_small_model_clocks_per_s": None}
+    new, old, no_inline, ratios = [], [], [], []
+    for r in range(pairs):
+        progress(f"PS BSP small model, pair {r + 1}/{pairs}: this code, then {baseline}")
+        new.append(json.loads(run_case(case, [str(clocks)], None))["clocks_per_s"])
+        old.append(json.loads(run_case(case, [str(clocks)], tree))["clocks_per_s"])
+        no_inline.append(json.loads(run_case(case, [str(clocks), "--no-inline"], None))[
+            "clocks_per_s"])
+        ratios.append(new[-1] / old[-1])
+    return {"baseline_rev": baseline, "reference": f"replay of commit {baseline}",
+            "clocks": clocks, "clocks_per_s": new, "baseline_clocks_per_s": old,
+            "without_inline_clocks_per_s": no_inline, "speedup_rounds": ratios,
+            "ps_bsp_small_model_clocks_per_s": statistics.median(new),
+            "ps_bsp_small_model_baseline_clocks_per_s": statistics.median(old),
+            "ps_bsp_small_model_without_inline_clocks_per_s": statistics.median(no_inline),
+            "ps_bsp_small_model_speedup": statistics.median(ratios)}
+
+
+async def main(quick: bool, baseline: str = "be11c52") -> dict[str, Any]:
     out: dict[str, Any] = {}
     payload = np.ones(4 * MiB, dtype=np.uint8)
     n_large, rounds = (300, 3) if quick else (1000, 5)
@@ -287,12 +318,20 @@ async def main(quick: bool) -> dict[str, Any]:
     out["control_wait"] = cw
     out["control_wait_ms_p99"] = cw["p99_ms"]
     out["control_wait_floor_ms"] = cw["floor_ms"]
+
+    ps = ps_small_model(300 if quick else 1000, 3, baseline)
+    out["ps_small_model"] = ps
+    for key in ("ps_bsp_small_model_clocks_per_s", "ps_bsp_small_model_baseline_clocks_per_s",
+                "ps_bsp_small_model_speedup"):
+        out[key] = ps.get(key)
     return out
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer samples (CI smoke)")
+    parser.add_argument("--baseline", default="be11c52",
+                        help="commit replayed for ps_bsp_small_model (default: before [fast])")
     args = parser.parse_args()
-    result = uvloop.run(main(args.quick))
+    result = uvloop.run(main(args.quick, args.baseline))
     print(json.dumps(result, indent=2))

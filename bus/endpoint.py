@@ -30,8 +30,11 @@ log = logging.getLogger("geoml.bus.endpoint")
 #: the sender sends one quantum per iteration, so the overshoot past a link's queue limit is
 #: a few quanta; but each yield costs a loop iteration per hop (4 MiB frames through one
 #: router: ~13k frames/s with 8 MiB quanta, ~17k/s with 32 MiB). So the quantum grows by
-#: 1 MiB per yield while the sender is not held back, up to 32 MiB, and drops back to 1 MiB
-#: whenever a bus.pause arrives (additive increase, reset on congestion).
+#: 1 MiB per yield, or by the frame that ended it if larger, while the sender is not held
+#: back, up to 32 MiB, and drops back to 1 MiB whenever a bus.pause arrives (additive
+#: increase, reset on congestion). Growing by the frame keeps a sender of large frames from
+#: yielding after nearly every frame for its first ~30 yields (4 MiB frames through one
+#: router, 5 rounds of 1000: 0.80x -> 0.84x raw pyzmq's rate, median).
 _QUANTUM_MIN = 1 << 20
 _QUANTUM_STEP = 1 << 20
 _QUANTUM_MAX = 32 << 20
@@ -341,7 +344,7 @@ class Endpoint(EndpointReliability, EndpointReceiving):
         self._unyielded += size
         if self._unyielded >= self._quantum:
             self._unyielded = 0
-            self._quantum = min(self._quantum + _QUANTUM_STEP, _QUANTUM_MAX)
+            self._quantum = min(self._quantum + max(_QUANTUM_STEP, size), _QUANTUM_MAX)
             await asyncio.sleep(0)
         return seq
 

@@ -79,6 +79,22 @@ def _measured(fn: Callable[..., T], args: tuple[Any, ...]) -> tuple[T, float]:
     return result, time.thread_time() - start
 
 
+def _measured_wall(fn: Callable[..., T], args: tuple[Any, ...]) -> tuple[T, float, float]:
+    """fn(*args), its thread CPU time and its own wall time (not the wait for a thread)."""
+    start = time.perf_counter()
+    result, cpu = _measured(fn, args)
+    return result, cpu, time.perf_counter() - start
+
+
+#: Real time, executor mode: a computation whose last run took less wall time than this
+#: runs inline in the loop's thread the next time. Handing a computation to a thread and
+#: back costs two wake-ups (~0.1 ms or more on a loaded machine), more than the work of a
+#: small model's minibatch, and such work takes turns at the GIL in threads anyway. One
+#: that takes longer inline goes back to the executor for the next call, so the loop is
+#: never held for more than about this long by a role that computes.
+INLINE_BELOW_S = 0.001
+
+
 class ComputeFailed(GeomlError):
     """A role's compute process died or could not be given its objects."""
 
@@ -198,10 +214,11 @@ class ComputeProcess:
 class Compute:
     """Runs one role's computations and makes them take time on the role's clock.
 
-    Real time: in `process` if given, else in `executor` (None: the loop's default one),
-    or with `inline` in the loop's own thread (as an edge device's single core would); a
-    region slower than this machine (`speed` < 1) adds the difference as a sleep. Virtual
-    time: always inline, then a sleep of the charge.
+    Real time: in `process` if given, else in `executor` (None: the loop's default one)
+    unless the last computation was shorter than INLINE_BELOW_S, or with `inline` in the
+    loop's own thread (as an edge device's single core would); a region slower than this
+    machine (`speed` < 1) adds the difference as a sleep. Virtual time: always inline, then
+    a sleep of the charge.
     """
 
     def __init__(self, executor: Executor | None = None, *, inline: bool = False,
@@ -218,6 +235,8 @@ class Compute:
         self.charged_s = 0.0  # seconds slept on the clock after computations
         self.busy_s = 0.0  # seconds the role's machine spent computing, on the role's clock
         self.calls = 0
+        self.inlined = 0  # computations run inline because the last one was short
+        self._short = False  # the last computation took less than INLINE_BELOW_S
 
     async def run(self, fn: Callable[..., T], *args: Any, examples: int = 0) -> T:
         """fn(*args), timed; `examples` is what it processed (for the per-example cost)."""
@@ -228,7 +247,13 @@ class Compute:
         elif self.process is not None:
             result, cpu = await self.process.call(fn, args)
         else:
-            result, cpu = await loop.run_in_executor(self.executor, _measured, fn, args)
+            if self._short:
+                self.inlined += 1
+                result, cpu, wall = _measured_wall(fn, args)
+            else:
+                result, cpu, wall = await loop.run_in_executor(self.executor, _measured_wall,
+                                                               fn, args)
+            self._short = wall < INLINE_BELOW_S
         self.cpu_s += cpu
         self.calls += 1
         if virtual:

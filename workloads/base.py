@@ -7,6 +7,7 @@ the rows its partition touches, runs one local pass, and pushes new - old as its
 
 from __future__ import annotations
 
+import functools
 import math
 import zlib
 from abc import ABC, abstractmethod
@@ -137,8 +138,23 @@ def clock_examples(n: int, clock: int, fraction: float, seed: Sequence[int]) -> 
     of a pass over its n examples: a seeded permutation per pass, cut into
     ceil(1/fraction) consecutive slices, one per clock."""
     epoch, lo, hi = _clock_slice(n, clock, fraction)
+    if n > _KEPT_ORDER_MAX:
+        return _draw_order(n, tuple(seed), epoch)[lo:hi]
+    return _kept_order(n, tuple(seed), epoch)[lo:hi]
+
+
+#: Passes of at most this many examples keep their permutation (32 of them, 1 MiB each at
+#: most): a small model's worker then draws it once per pass instead of once per clock.
+_KEPT_ORDER_MAX = 1 << 17
+
+
+def _draw_order(n: int, seed: tuple[int, ...], epoch: int) -> np.ndarray:
     order = np.random.default_rng([*seed, epoch]).permutation(n)
-    return order[lo:hi]
+    order.flags.writeable = False  # shared by the clocks of the pass when kept
+    return order
+
+
+_kept_order = functools.lru_cache(maxsize=32)(_draw_order)
 
 
 def clock_example_count(n: int, clock: int, fraction: float) -> int:
@@ -148,10 +164,16 @@ def clock_example_count(n: int, clock: int, fraction: float) -> int:
 
 
 def _clock_slice(n: int, clock: int, fraction: float) -> tuple[int, int, int]:
+    bounds = _slice_bounds(n, fraction)
+    epoch, piece = divmod(clock, len(bounds) - 1)
+    return epoch, bounds[piece], bounds[piece + 1]
+
+
+@functools.lru_cache(maxsize=256)
+def _slice_bounds(n: int, fraction: float) -> tuple[int, ...]:
+    """Where each clock's slice of a pass over n examples starts (and the pass ends)."""
     slices = max(1, math.ceil(1 / fraction - 1e-9))
-    epoch, piece = divmod(clock, slices)
-    bounds = np.linspace(0, n, slices + 1).round().astype(np.int64)
-    return epoch, int(bounds[piece]), int(bounds[piece + 1])
+    return tuple(int(b) for b in np.linspace(0, n, slices + 1).round().astype(np.int64))
 
 
 @dataclass(frozen=True)

@@ -103,6 +103,28 @@ async def test_real_time_computes_in_the_executor_and_a_slow_region_waits_longer
         assert elapsed >= work_wall[0] + slow.charged_s - 1e-3, (elapsed, work_wall, slow.cpu_s)
 
 
+@pytest.mark.asyncio
+async def test_real_time_runs_a_short_computation_inline_after_measuring_it() -> None:
+    """A computation shorter than INLINE_BELOW_S last time runs in the loop's thread (a
+    thread hand-off costs more); one that took longer goes back to the executor."""
+    from geoml.roles.compute import INLINE_BELOW_S
+
+    def where(seconds: float = 0.0) -> str:
+        if seconds:
+            time.sleep(seconds)
+        return threading.current_thread().name
+
+    with ThreadPoolExecutor(1, thread_name_prefix="geoml-test") as pool:
+        compute = Compute(pool)
+        names = [await asyncio.wait_for(compute.run(where, s), 10)
+                 for s in (0.0, 0.0, 4 * INLINE_BELOW_S, 0.0, 0.0)]
+    main = threading.current_thread().name
+    # measured short, so inline; the long one ran inline once, then the executor again
+    assert [n if n == main else "pool" for n in names] == ["pool", main, main, "pool", main]
+    assert all(n.startswith("geoml-test") for n in names if n != main)
+    assert compute.inlined == 3 and compute.calls == 5
+
+
 def _summary_without_wall_time(out: Path) -> dict[str, Any]:
     summary = json.loads((out / "summary.json").read_text())
     assert summary.pop("clock") == "virtual" and summary.pop("wall_s") > 0
