@@ -34,13 +34,14 @@ class Network:
         ctx: zmq.Context[Any] | None = None,
         run_id: str | None = None,
         keys: CurveKeys | None = None,
+        endpoints_per_region: int | None = None,
         **router_options: Any,
     ) -> None:
         self.topology = topology
         self.transport = transport
         self.keys = keys  # CurveZMQ (tcp): the routers' and, by default, every endpoint's
         self._own_ctx = ctx is None
-        sockets = sockets_needed(topology)
+        sockets = sockets_needed(topology, endpoints_per_region or ENDPOINTS_PER_REGION)
         ensure_file_limit(sockets)
         self.ctx: zmq.Context[Any] = ctx or zmq.Context()
         if self._own_ctx and self.ctx.get(zmq.MAX_SOCKETS) < 2 * sockets:
@@ -125,15 +126,18 @@ class Network:
             self.ctx.destroy(linger=0)
 
 
-#: Role endpoints counted per region when sizing a network's sockets (more still work while
-#: the headroom `ensure_file_limit` leaves lasts).
+#: Role endpoints counted per region when sizing a network's sockets, unless the caller
+#: knows better (an edge site holds one); more still work while the headroom
+#: `ensure_file_limit` leaves lasts.
 ENDPOINTS_PER_REGION = 4
 
 
-def sockets_needed(topology: Topology) -> int:
+def sockets_needed(topology: Topology, endpoints_per_region: int = ENDPOINTS_PER_REGION
+                   ) -> int:
     """ZeroMQ sockets an all-in-one network of `topology` opens: per region a router
-    socket, a tap and one socket per neighbouring router, plus its roles' endpoints."""
-    return sum(2 + len(topology.neighbours(r)) + ENDPOINTS_PER_REGION
+    socket, a tap and one socket per neighbouring router, plus its roles' endpoints (an
+    idle edge site measured 5 open files: benchmarks/idle_peers_case.py)."""
+    return sum(2 + len(topology.neighbours(r)) + endpoints_per_region
                for r in topology.region_names) + 64
 
 

@@ -178,7 +178,8 @@ async def run_edge_system(system: str, cfg: CartelRunConfig, topo: Topology,
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     wall = time.perf_counter()
-    async with Network(topo) as net:
+    # one role per edge site (its peer, client or shipper); the cloud's few fit the headroom
+    async with Network(topo, endpoints_per_region=1) as net:
         run = await EDGE_SYSTEMS[system].setup(
             EdgeContext(net, topo, cfg, pools, streams, cloud, edges, stop))
         t0 = loop.time() + 0.05
