@@ -299,14 +299,15 @@ class Endpoint(EndpointReliability, EndpointReceiving):
             raise FrameError("reserved_type", f"frame type {ftype!r} is reserved for the bus")
         if not self._up.is_set():
             await self._up.wait()
-        self._raise_if_failed()
+        if self._failure is not None or self._closed or self._io is None:
+            self._raise_if_failed()
         # the common case (nothing paused, window open) does not enter another coroutine
         if not control and (self._paused or (
                 self._windowed
                 and self._window_sent - self._window_acked >= SEND_WINDOW_BYTES)):
             await self._wait_to_send(dst)
         arrays = fr.contiguous(arrays)
-        seq = self._next_seq()
+        self._seq = seq = self._seq + 1
         header = fr.make_header(
             ftype, self.address, dst, seq, clock=clock,
             priority=fr.CONTROL if control else fr.DATA, meta=meta, arrays=arrays,

@@ -141,7 +141,7 @@ class EndpointReceiving:
         sizes = [] if n == 1 else [len(parts[1])] if n == 2 else [len(p) for p in parts[1:]]
         nbytes = len(parts[0]) + sum(sizes)
         try:
-            header = fr.decode_header(parts[0].buffer, sizes)
+            header = fr.decode_header(parts[0], sizes)
         except FrameError as exc:
             self.counters["bad_frames"] += 1
             log.warning("%s: dropped a bad frame from the router: %s", self.address, exc)

@@ -151,8 +151,9 @@ def _holds_extension(value: Any) -> bool:
 _CONTAINERS = (dict, list, msgpack.Timestamp)
 
 
-def decode_header(buf: bytes | memoryview, buffer_sizes: Sequence[int]) -> dict[str, Any]:
-    """Decode and validate a header against the sizes of the buffers that followed it.
+def decode_header(buf: Any, buffer_sizes: Sequence[int]) -> dict[str, Any]:
+    """Decode and validate a header (bytes or any buffer: a zmq.Frame as received is read
+    in place) against the sizes of the buffers that followed it.
 
     Raises FrameError with a stable reason code on any problem. Every frame pays for
     this twice (at the router and at the receiving endpoint), so each check has a cheap

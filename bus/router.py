@@ -335,7 +335,7 @@ class Router(RouterControl, RouterPeers, RouterTap, RouterWatch):
                 self._send_credit(ident)
         if total > self.max_frame_bytes:
             raise FrameError("too_large", f"frame of {total} bytes > {self.max_frame_bytes}")
-        header = fr.decode_header(parts[1].buffer, sizes)
+        header = fr.decode_header(parts[1], sizes)
         ftype = header["t"]
         if ftype in fr.BUS_TYPES:
             self.bus_frames += 1

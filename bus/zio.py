@@ -77,14 +77,18 @@ class ZIO:
         """One multipart message, or None if none is waiting."""
         sock = self.sock
         try:
-            first = sock.recv(_NOBLOCK, copy=False)
+            part = sock.recv(_NOBLOCK, copy=False)
         except zmq.Again:
             self._after_op()
             return None
-        parts = [first]
-        while parts[-1].more:
-            parts.append(sock.recv(0, copy=False))
-        self._after_op()
+        parts = [part]
+        while part.more:
+            part = sock.recv(0, copy=False)
+            parts.append(part)
+        # _after_op, inline: this runs for every frame
+        if (self._read_waiters or self._write_waiters) and not self._refresh_due:
+            self._refresh_due = True
+            self._loop.call_soon(self._refresh)
         return parts
 
     async def recv(self) -> list[zmq.Frame]:
@@ -137,7 +141,9 @@ class ZIO:
             # ZeroMQ queues multipart messages atomically: Again can only come on part 0.
             self._after_op()
             return False
-        self._after_op()
+        if (self._read_waiters or self._write_waiters) and not self._refresh_due:
+            self._refresh_due = True  # _after_op, inline
+            self._loop.call_soon(self._refresh)
         return True
 
     async def send(self, parts: list[Any]) -> None:
