@@ -2,8 +2,9 @@
 
 Fields: router_vs_raw_large, small_frames_per_s, shaping_error_pct_max,
 latency_error_ms_max, control_wait_ms_p99, tap_overhead_pct, and (issue [fast])
-ps_bsp_small_model_clocks_per_s beside the same case replayed on the code before [fast]
-(`--baseline REV`, default be11c52; benchmarks/replay.py), plus the raw figures behind each.
+ps_bsp_small_model_clocks_per_s and small frames/s beside the same cases replayed on the
+code before [fast] (`--baseline REV`, default be11c52; benchmarks/replay.py), plus the raw
+figures behind each.
 Run: python benchmarks/bench_bus.py [--quick] [--baseline REV]
 """
 
@@ -241,6 +242,26 @@ async def control_wait(big_mib: int, rate_mbps: float) -> dict[str, float]:
             "chunk_ms": chunk_ms, "floor_ms": chunk_ms + 2}
 
 
+def small_frames_replayed(frames: int, pairs: int, baseline: str) -> dict[str, Any]:
+    """The small-frame case (small_frames_case.py) in interleaved pairs of child processes:
+    this code, then commit `baseline` replayed."""
+    case = Path(__file__).resolve().parent / "small_frames_case.py"
+    try:
+        tree = replay_tree(baseline)
+    except RuntimeError as exc:
+        return {"baseline_rev": baseline, "error": str(exc)}
+    new, old = [], []
+    for r in range(pairs):
+        progress(f"small frames, pair {r + 1}/{pairs}: this code, then {baseline}")
+        new.append(json.loads(run_case(case, [str(frames)], None)))
+        old.append(json.loads(run_case(case, [str(frames)], tree)))
+    return {"baseline_rev": baseline, "frames": frames, "frames_per_s": new,
+            "baseline_frames_per_s": old,
+            "small_frames_per_s_this_code": statistics.median(new),
+            "small_frames_per_s_baseline": statistics.median(old),
+            "speedup": statistics.median(n / o for n, o in zip(new, old, strict=True))}
+
+
 def ps_small_model(clocks: int, pairs: int, baseline: str) -> dict[str, Any]:
     """The 4-worker BSP PS on digits softmax, one minibatch per clock (ps_small_case.py),
     in interleaved pairs: this code, then commit `baseline` replayed; and this code with
@@ -318,6 +339,10 @@ async def main(quick: bool, baseline: str = "be11c52") -> dict[str, Any]:
     out["control_wait"] = cw
     out["control_wait_ms_p99"] = cw["p99_ms"]
     out["control_wait_floor_ms"] = cw["floor_ms"]
+
+    replayed = small_frames_replayed(20_000 if quick else 50_000, 3, baseline)
+    out["small_frames_replayed"] = replayed
+    out["small_frames_speedup_vs_baseline"] = replayed.get("speedup")
 
     ps = ps_small_model(300 if quick else 1000, 3, baseline)
     out["ps_small_model"] = ps

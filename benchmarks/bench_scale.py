@@ -9,7 +9,10 @@ Prints one JSON object.
 - `cartel_10000_sites_wall_s`: `geoml cartel` on a generated topology of 10,000 edge sites
   (topologies/make_edge.py) with 100 + 100 records per site, virtual time; its wall time
   and peak RSS, or `cartel_10000_sites_error`: what stopped it (null wall time then).
-  `--sites N` runs another size.
+  `--sites N` runs another size. Refused for open files, the largest run the hard limit
+  allows runs instead (`cartel_largest_fitting_*`).
+- `idle_*`: an idle edge site's and an idle endpoint's resident memory (KiB) and open
+  files (idle_peers_case.py).
 
 Each run is its own child process (`os.wait4` gives its peak RSS); its output goes to
 files under --out.
@@ -69,16 +72,17 @@ def main() -> None:
         summary = json.loads((args.out / "fedavg" / "summary.json").read_text())
         averaged, round_wall = summary["fedavg"]["averaged"], summary["wall_s"]
 
-    topology = args.out / f"edge{args.sites}.toml"
-    with open(topology, "w") as f:
-        subprocess.run([sys.executable, "-m", "geoml.topologies.make_edge", str(args.sites)],
-                       stdout=f, check=True)
-    cartel = child(["cartel", "--topology", str(topology), "--systems", "cartel", "--peers",
-                    str(args.sites), "--pre-drift", "100", "--post-drift", "100", "--clock",
-                    "virtual", "--out", str(args.out / "cartel")], args.out,
-                   f"cartel_{args.sites}")
-
+    cartel = cartel_run(args.sites, args.out)
     ok = cartel["exit"] == 0
+    # refused for open files: the largest run this machine's limit allows instead
+    fitting = None
+    if not ok and cartel["error"] and "open files" in cartel["error"]:
+        fitting = cartel_run(largest_fitting_sites(_hard_nofile()), args.out)
+    idle = json.loads(subprocess.run(
+        [sys.executable, str(Path(__file__).resolve().parent / "idle_peers_case.py")],
+        check=True, capture_output=True, text=True).stdout)
+    _status(f"idle peers: {idle}")
+
     print(json.dumps({
         "benchmark": "scale",
         f"fedavg_{clients}_clients_round_wall_s": round_wall,
@@ -89,7 +93,35 @@ def main() -> None:
         f"cartel_{args.sites}_sites_peak_rss_mb": cartel["peak_rss_mb"],
         f"cartel_{args.sites}_sites_error": cartel["error"],
         "open_files_hard_limit": _hard_nofile(),
+        "cartel_largest_fitting_sites": fitting and fitting["sites"],
+        "cartel_largest_fitting_wall_s": fitting and fitting["wall_s"],
+        "cartel_largest_fitting_peak_rss_mb": fitting and fitting["peak_rss_mb"],
+        "cartel_largest_fitting_exit": fitting and fitting["exit"],
+        **idle,
     }, indent=2))
+
+
+#: Open files an idle edge site holds in one process (idle_peers_case.py: its router
+#: socket, tap, two sockets to and from the cloud's router, its peer's endpoint).
+FILES_PER_SITE = 5
+
+
+def largest_fitting_sites(hard_limit: int) -> int:
+    """The most edge sites, in steps of 500, whose files fit under `hard_limit`."""
+    return max(500, (hard_limit - 1024) // FILES_PER_SITE // 500 * 500)
+
+
+def cartel_run(sites: int, out: Path) -> dict[str, Any]:
+    """`geoml cartel` (cartel only) on a generated topology of `sites` edge sites."""
+    topology = out / f"edge{sites}.toml"
+    out.mkdir(parents=True, exist_ok=True)
+    with open(topology, "w") as f:
+        subprocess.run([sys.executable, "-m", "geoml.topologies.make_edge", str(sites)],
+                       stdout=f, check=True)
+    result = child(["cartel", "--topology", str(topology), "--systems", "cartel", "--peers",
+                    str(sites), "--pre-drift", "100", "--post-drift", "100", "--clock",
+                    "virtual", "--out", str(out / f"cartel{sites}")], out, f"cartel_{sites}")
+    return {"sites": sites, **result}
 
 
 def _hard_nofile() -> int:

@@ -42,7 +42,10 @@ def _system_figures(run: SystemRun, streams: list[SiteStream], cfg: CartelRunCon
     censored = [post if a is None else a for a in adapt.values()]
     after = [float(run.hits[s.site][s.drift_at:].mean()) for s in streams]
     after_drifted = [float(run.hits[s.site][s.drift_at:].mean()) for s in drifted]
-    before = [float(run.hits[s.site][cfg.accuracy_window:s.drift_at].mean()) for s in streams]
+    # None for a site whose stream drifts before its warm-up window is over (--pre-drift
+    # no longer than --accuracy-window): it has no records to judge it by
+    before = [float(hits.mean()) if len(hits) else None
+              for hits in (run.hits[s.site][cfg.accuracy_window:s.drift_at] for s in streams)]
     horizon = 4 * cfg.accuracy_window  # the span adaptation_records looks for the dip in
     missed = [int(((s.label[s.drift_at:s.drift_at + horizon] == s.new_class)
                    & ~run.hits[s.site][s.drift_at:s.drift_at + horizon]).sum())
@@ -51,7 +54,7 @@ def _system_figures(run: SystemRun, streams: list[SiteStream], cfg: CartelRunCon
     return {
         "wan_bytes": run.wan_bytes,
         "raw_wan_frames": run.raw_wan_frames,
-        "accuracy_before_drift": float(np.mean(before)),
+        "accuracy_before_drift": mean_or_none(before),
         "accuracy_after_drift": float(np.mean(after)),
         "accuracy_after_drift_drifted_sites": mean_or_none(after_drifted),
         "held_out_accuracy": float(np.mean(list(run.held_out_accuracy.values()))),
