@@ -7,46 +7,20 @@ Run: python benchmarks/small_frames_case.py FRAMES
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
-import time
+from pathlib import Path
 
 import numpy as np
 import uvloop
 
-from geoml.bus import Network, parse_topology
-
-TOPOLOGY = {
-    "name": "bench",
-    "defaults": {"lan_rate_mbps": 1000, "queue_limit_bytes": 16 << 20},
-    "regions": [{"name": "a"}, {"name": "b"}],
-    "links": [{"between": ["a", "b"], "rate_mbps": 100, "latency_ms": 10}],
-}
-
-
-async def one_round(n: int, payload: np.ndarray) -> float:
-    """Frames/s of one round over a fresh network."""
-    async with Network(parse_topology(TOPOLOGY)) as net:
-        src = await net.connect("a/src/0")
-        dst = await net.connect("a/sink/0")
-
-        async def sender() -> None:
-            for _ in range(n):
-                await src.send("a/sink/0", "bench.data", arrays=[payload])
-
-        async def receiver() -> None:
-            for _ in range(n):
-                await dst.recv()
-
-        t0 = time.perf_counter()
-        await asyncio.wait_for(asyncio.gather(sender(), receiver()), 300)
-        return n / (time.perf_counter() - t0)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_bus import through_router
 
 
 async def main(n: int) -> float:
     payload = np.zeros(100, dtype=np.uint8)
-    return max([await one_round(n, payload) for _ in range(3)])
+    return max([await through_router(payload, n, lan_mbps=1000) for _ in range(3)])
 
 
 if __name__ == "__main__":

@@ -162,14 +162,25 @@ async def test_control_frame_overtakes_big_data_through_real_routers() -> None:
         assert (first.type, second.type) == ("t.ctl", "t.big")
 
 
-async def test_tap_publishes_one_event_per_forwarded_frame(net: Network) -> None:
-    router = net.routers["east"]
+async def _tap_of(net: Network, region: str) -> ZIO:
+    """A subscriber to `region`'s router tap, once the router has seen it subscribe."""
     sock = net.ctx.socket(zmq.SUB)
+    sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SUBSCRIBE, TAP_TOPIC)
-    sock.connect(router.tap_endpoint)
+    sock.connect(net.routers[region].tap_endpoint)
     sub = ZIO(sock)
     try:
-        await router.wait_tap_subscribed(timeout=5)
+        await net.routers[region].wait_tap_subscribed(timeout=5)
+    except BaseException:
+        sub.close()
+        raise
+    return sub
+
+
+async def test_tap_publishes_one_event_per_forwarded_frame(net: Network) -> None:
+    router = net.routers["east"]
+    sub = await _tap_of(net, "east")
+    try:
         a = await net.connect("east/worker/0")
         await net.connect("west/worker/0")
         await a.send("west/worker/0", "t.x", arrays=[np.zeros(10, np.uint8)])
@@ -191,12 +202,8 @@ async def test_tap_batches_of_every_size_are_streams_of_events(net: Network) -> 
     from geoml.traffic import split_tap_message, unpack_events
 
     router = net.routers["east"]
-    sock = net.ctx.socket(zmq.SUB)
-    sock.setsockopt(zmq.SUBSCRIBE, TAP_TOPIC)
-    sock.connect(router.tap_endpoint)
-    sub = ZIO(sock)
+    sub = await _tap_of(net, "east")
     try:
-        await router.wait_tap_subscribed(timeout=5)
         a = await net.connect("east/worker/0")
         await net.connect("west/worker/0")
         n = 600
