@@ -24,7 +24,14 @@ from geoml.workloads.streams import ScenarioConfig, SiteStream, load_pools, make
 
 from .cartel_metrics import adaptation_records, mean_curve, mean_or_none, ratio
 from .results import json_default
-from .systems.edge import EDGE_SYSTEMS, CartelRunConfig, SystemRun, place, run_edge_system
+from .systems.edge import (
+    EDGE_SYSTEMS,
+    CartelRunConfig,
+    SystemRun,
+    check_edge_files,
+    place,
+    run_edge_system,
+)
 
 SYSTEMS = tuple(EDGE_SYSTEMS)  # cartel, isolated, centralized, fedavg
 
@@ -77,6 +84,7 @@ async def compare_async(cfg: CartelRunConfig) -> dict[str, Any]:
     cfg.check()
     topo = cfg.topology if isinstance(cfg.topology, Topology) else load_topology(cfg.topology)
     cloud, edges = place(topo, cfg.cloud, cfg.peers)
+    check_edge_files(topo)  # before the streams, which take 100 KB a site to build
     scenario = ScenarioConfig(**{**asdict(cfg.scenario), "sites": len(edges)})
     pools = load_pools(cfg.data, scenario.seed)
     streams = make_streams(pools, scenario)

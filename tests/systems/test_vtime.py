@@ -207,3 +207,23 @@ def test_a_thousand_sites_get_their_sockets_or_a_clear_error(
     monkeypatch.setattr(resource, "getrlimit", lambda _kind: (1024, 2048))
     with pytest.raises(GeomlError, match=r"needs about \d+ open files .* hard limit is 2048"):
         ensure_file_limit(needed)
+
+
+def test_an_edge_run_too_large_for_the_open_files_limit_is_refused_before_it_builds(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An idle edge site holds five files (router, tap, the two router links, its peer);
+    a Cartel run that cannot get them says so before building its sites' streams."""
+    import resource
+
+    import geoml.cartel as cartel
+
+    topo = load_topology("edge1000")
+    assert sockets_needed(topo, 1) == 1000 * 4 + (2 + 1000 + 1) + 64
+
+    def no_streams(*_: Any) -> None:
+        raise AssertionError("streams built before the open-files check")
+
+    monkeypatch.setattr(cartel, "make_streams", no_streams)
+    monkeypatch.setattr(resource, "getrlimit", lambda _kind: (1024, 4096))
+    with pytest.raises(GeomlError, match=r"needs about 5323 open files .* hard limit is 4096"):
+        asyncio.run(cartel.compare_async(cartel.CartelRunConfig(topology=topo, quiet=True)))

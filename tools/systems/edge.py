@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from geoml.bus import Network, Topology
+from geoml.bus.network import ensure_file_limit, sockets_needed
 from geoml.bus.vclock import is_virtual
 from geoml.roles.cartel import CartelConfig
 from geoml.roles.stream_site import StreamConfig, StreamSite
@@ -171,6 +172,17 @@ def site_results(sites: Sequence[StreamSite], pools: ClassPools) -> EdgeResults:
         details={"sites": {s.ep.address: s.summary() for s in sites}})  # type: ignore
 
 
+#: Endpoints an edge system holds per region: one role per edge site (its peer, client or
+#: shipper); the cloud's few fit the headroom the open-files check leaves.
+EDGE_ENDPOINTS_PER_REGION = 1
+
+
+def check_edge_files(topo: Topology) -> None:
+    """GeomlError, before anything is built, if this machine's open-files limit cannot
+    hold an edge run on `topo` (each ZeroMQ socket holds a file)."""
+    ensure_file_limit(sockets_needed(topo, EDGE_ENDPOINTS_PER_REGION))
+
+
 async def run_edge_system(system: str, cfg: CartelRunConfig, topo: Topology,
                           pools: ClassPools, streams: list[SiteStream], cloud: str,
                           edges: list[str]) -> SystemRun:
@@ -178,8 +190,7 @@ async def run_edge_system(system: str, cfg: CartelRunConfig, topo: Topology,
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     wall = time.perf_counter()
-    # one role per edge site (its peer, client or shipper); the cloud's few fit the headroom
-    async with Network(topo, endpoints_per_region=1) as net:
+    async with Network(topo, endpoints_per_region=EDGE_ENDPOINTS_PER_REGION) as net:
         run = await EDGE_SYSTEMS[system].setup(
             EdgeContext(net, topo, cfg, pools, streams, cloud, edges, stop))
         t0 = loop.time() + 0.05
