@@ -27,6 +27,7 @@ from typing import Any
 
 from geoml.bus import GeomlError, Topology
 from geoml.bus.security import make_keys
+from geoml.roles.fedavg import FedAvgConfig
 from geoml.roles.ps_plan import MIRRORED, PSPlan, plan_ps, wants_hubs
 
 from .launch_child import (
@@ -36,10 +37,8 @@ from .launch_child import (
     child_options,
     geoml_command,
 )
-from .launch_summary import launch_summary
-from .ps_roles import (
-    role_addresses,
-)
+from .launch_plan import run_order
+from .launch_summary import fed_launch_summary, launch_summary
 from .role_main import check_process_system
 from .systems.config import GaiaOptions, bus_workload
 
@@ -76,19 +75,30 @@ class LaunchConfig:
     gaia: GaiaOptions = field(default_factory=GaiaOptions)
     restarts: int = 2  # per process of a restartable kind
     aggregation: str = "mean"
+    home: str | None = None  # fedavg: the aggregator's region (default: the first)
+    fed: FedAvgConfig = field(default_factory=FedAvgConfig)
 
     def gaia_args(self) -> list[str]:
         """The gaia options as role arguments (gaia and topk; none for the others)."""
         return self.gaia.args() if self.system in MIRRORED else []
 
+    def fed_args(self) -> list[str]:
+        """The fedavg options as role arguments (fedavg only)."""
+        if self.system != "fedavg":
+            return []
+        return ["--fed-fraction", repr(self.fed.fraction), "--fed-epochs",
+                str(self.fed.epochs), "--fed-deadline", repr(self.fed.deadline_s),
+                *(["--home", self.home] if self.home else [])]
+
 
 class Launcher:
     """Starts, watches and stops the processes of one run."""
 
-    def __init__(self, cfg: LaunchConfig, topo: Topology, plan: PSPlan) -> None:
+    def __init__(self, cfg: LaunchConfig, topo: Topology, plan: PSPlan | None) -> None:
         self.cfg = cfg
         self.topo = topo
-        self.plan = plan
+        self.plan = plan  # the PS systems' plan (None: fedavg)
+        self.order = run_order(cfg, topo, plan)
         self.children: list[Child] = []
         self.logs = cfg.out / "logs"
         self.keys = cfg.keys or cfg.out / "keys"
@@ -262,14 +272,16 @@ class Launcher:
                 "--connect-timeout", str(self.cfg.start_timeout)]
         for opt in self.cfg.options:
             args += ["--opt", opt]
-        args += self.cfg.gaia_args()
-        if kind == "worker":
+        args += self.cfg.gaia_args() + self.cfg.fed_args()
+        if kind in ("worker", "aggregator"):
             args += ["--iterations", str(self.cfg.iterations)]
-        elif kind == "ps_shard":
+        if kind == "ps_shard":
             args += ["--out", str(self.cfg.out / "shards")]
+        elif kind == "aggregator":
+            args += ["--out", str(self.cfg.out)]
         if self.cfg.restarts:
             args += ["--reliable"]
-            if kind != "worker":
+            if kind in RESTARTABLE and kind != "worker":
                 args += ["--checkpoint", str(self.cfg.out / "checkpoints")]
         return args
 
@@ -296,8 +308,8 @@ class Launcher:
             states[c.state] = states.get(c.state, 0) + 1
         kinds = "; ".join(f"{k} " + ", ".join(f"{n} {s}" for s, n in states.items())
                           for k, states in by_kind.items())
-        workers = [c for c in self.roles() if c.kind == "worker"]
-        clock = min((c.clock for c in workers), default=0)
+        drivers = [c for c in self.roles() if c.kind in self.order.driver_kinds]
+        clock = min((c.clock for c in drivers), default=0)
         return (f"[launch] t={time.monotonic() - t0:.0f}s {kinds}; clock "
                 f"{clock}/{self.cfg.iterations}")
 
@@ -346,7 +358,7 @@ class Launcher:
 
 
 #: Makes the launcher of another engine (launch_ray.ray_launcher) once the run is planned.
-LauncherFactory = Callable[[LaunchConfig, Topology, PSPlan], Launcher]
+LauncherFactory = Callable[[LaunchConfig, Topology, PSPlan | None], Launcher]
 
 
 async def launch(cfg: LaunchConfig, topo: Topology, stop: asyncio.Event,
@@ -356,7 +368,8 @@ async def launch(cfg: LaunchConfig, topo: Topology, stop: asyncio.Event,
     check_process_system(cfg.system)
     try:
         cfg.gaia.check()
-        plan = plan_ps(topo, cfg.system, hubs=wants_hubs(cfg.system, cfg.gaia.hubs))
+        plan = (None if cfg.system == "fedavg" else
+                plan_ps(topo, cfg.system, hubs=wants_hubs(cfg.system, cfg.gaia.hubs)))
         workload = bus_workload(cfg.workload, dict(o.split("=", 1) for o in cfg.options))
     except ValueError as exc:
         raise GeomlError(str(exc)) from None
@@ -381,23 +394,28 @@ async def launch(cfg: LaunchConfig, topo: Topology, stop: asyncio.Event,
         stopper.cancel()
         await launcher.stop_all()
     routers = {c.region: c.report() for c in launcher.routers()}
+    wall = time.perf_counter() - t_wall
+    if plan is None:
+        return fed_launch_summary(cfg, topo, workload, launcher, elapsed, reports, routers,
+                                  wall)
     return launch_summary(cfg, topo, plan, workload, launcher, elapsed, reports, routers,
-                    time.perf_counter() - t_wall)
+                          wall)
 
 
 async def _run(launcher: Launcher) -> tuple[float, dict[str, dict[str, Any]]]:
-    """Routers, then shards, mirrors and hubs, then workers; returns the training time and
-    the roles' reports."""
-    plan = launcher.plan
+    """Routers, then the servers (shards, mirrors and hubs; fedavg's clients), then the
+    drivers (workers; fedavg's aggregator); returns the training time and the roles'
+    reports."""
+    order = launcher.order
     t0 = time.monotonic()
     endpoints = await launcher.start_routers()
     servers = [await launcher.spawn(a, kind, launcher.role_args(a, kind, endpoints))
-               for kind in ("ps_shard", "mirror", "hub") for a in role_addresses(plan, kind)]
-    for child in servers:  # ready before any worker can send them a frame
+               for a, kind in order.servers]
+    for child in servers:  # ready before any driver can send them a frame
         await launcher.ready(child)
     t_workers = time.monotonic()
-    for a in plan.workers:
-        await launcher.spawn(a, "worker", launcher.role_args(a, "worker", endpoints))
+    for a, kind in order.drivers:
+        await launcher.spawn(a, kind, launcher.role_args(a, kind, endpoints))
     await launcher.watch(lambda: all(c.proc.returncode == 0 for c in launcher.roles()), t0)
     t_done = time.monotonic()
     roles = launcher.roles()
@@ -418,8 +436,10 @@ async def _run(launcher: Launcher) -> tuple[float, dict[str, dict[str, Any]]]:
     if launcher.recoveries:
         # A crashed worker's time died with it: count from the workers' start to the end.
         return t_done - t_workers, reports
+    if launcher.plan is None:  # fedavg: the aggregator's rounds, as it timed them
+        return max(reports[a]["elapsed_s"] for a, _ in order.drivers), reports
     # Training time as the all-in-one run counts it: from the first read to the last push
     # (the slowest worker's), without the processes' start-up.
     elapsed = max(sum(reports[w][k] for k in ("read_s", "compute_s", "push_s"))
-                  for w in plan.workers)
+                  for w in launcher.plan.workers)
     return elapsed, reports

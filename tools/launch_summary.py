@@ -5,11 +5,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from geoml.bus import Topology
 from geoml.roles.ps_plan import PSPlan
 
+from .fed_roles import model_file
+from .launch_plan import fed_run_config
 from .ps_roles import gaia_summary, load_shard_outputs, replica_groups
 from .results import cost_usd, write_results
+from .systems.fedavg import fed_plan
 from .systems.harness import score_models, traffic_from_stats
 from .systems.isolated import isolated_summary
 
@@ -60,16 +65,8 @@ def launch_summary(cfg: LaunchConfig, topo: Topology, plan: PSPlan, workload: An
                            for a in plan.workers},
         "shard_counters": {a: {k: v for k, v in reports[a].items()
                                if k not in ("role", "kind", "wrote")} for a in plan.shards},
-        "processes": {c.key: {"kind": c.kind, "pid": c.pid, "exit": c.proc.returncode}
-                      for c in launcher.children},
-        "restarts": [{"role": r["role"], "kind": r["kind"], "failure": r["failure"],
-                      "recovery_s": launcher.recovery_s(r)} for r in launcher.recoveries],
     }
-    summary.update(launcher.summary_fields())
-    restarted = sorted({r["process"].region for r in launcher.recoveries
-                        if r["kind"] == "router"})
-    if restarted:
-        summary["traffic_counted_since_restart"] = restarted  # a dead router's counts died
+    _add_processes(summary, launcher)
     if tests is not None:
         summary["isolated"] = isolated_summary(final, list(plan.data_regions))
     if plan.mirrors is not None:
@@ -78,5 +75,58 @@ def launch_summary(cfg: LaunchConfig, topo: Topology, plan: PSPlan, workload: An
             sum(reports[a]["elements_sent"] for a in plan.shards),
             {a: {k: v for k, v in r.items() if k not in ("role", "kind")}
              for a, r in reports.items() if r["kind"] in ("mirror", "hub")}))
+    write_results(cfg.out, summary, curve, f"{cfg.system} on {topo.name} (processes)")
+    return summary
+
+
+def _add_processes(summary: dict[str, Any], launcher: Launcher) -> None:
+    """What every summary of a launch run says of its processes and restarts."""
+    summary["processes"] = {c.key: {"kind": c.kind, "pid": c.pid, "exit": c.proc.returncode}
+                            for c in launcher.children}
+    summary["restarts"] = [{"role": r["role"], "kind": r["kind"], "failure": r["failure"],
+                            "recovery_s": launcher.recovery_s(r)} for r in launcher.recoveries]
+    summary.update(launcher.summary_fields())
+    restarted = sorted({r["process"].region for r in launcher.recoveries
+                        if r["kind"] == "router"})
+    if restarted:
+        summary["traffic_counted_since_restart"] = restarted  # a dead router's counts died
+
+
+def fed_launch_summary(cfg: LaunchConfig, topo: Topology, workload: Any, launcher: Launcher,
+                       elapsed: float, reports: dict[str, dict[str, Any]],
+                       routers: dict[str, dict[str, Any]], wall: float) -> dict[str, Any]:
+    """summary.json of a fedavg launch run (the all-in-one run's fields, from the
+    aggregator's model and report and the clients' reports), written to cfg.out."""
+    home, data_regions, clients = fed_plan(topo, fed_run_config(cfg, topo))
+    aggregator = launcher.order.drivers[0][0]
+    agg = reports[aggregator]
+    with np.load(model_file(cfg.out)) as saved:
+        final = workload.evaluate({t: saved[t] for t in saved.files})
+    start = workload.evaluate(workload.init_params())
+    traffic = traffic_from_stats(routers)
+    wan_link_bytes = {name: link["bytes"] for name, link in traffic["wan_links"].items()}
+    machines = dict(data_regions)
+    machines[home] = machines.get(home, 0) + 1
+    rounds = agg["rounds"]
+    curve = [{"time_s": 0.0, "clock": 0, **start},
+             {"time_s": elapsed, "clock": rounds, **final}]
+    summary = {
+        "system": cfg.system, "topology": topo.name, "mode": "processes", "clock": "real",
+        "wall_s": wall, "workload": workload.describe(),
+        "objective_name": workload.objective_name, "iterations": rounds,
+        "elapsed_s": elapsed, "final_objective": final["objective"], "final_metrics": final,
+        **traffic,
+        **cost_usd(topo, machines, elapsed, wan_link_bytes),
+        "sync": "fedavg", "workers": len(clients), "ps_shards": 0,
+        "worker_times_s": {a: {"compute_s": reports[a]["compute_s"]} for a in clients},
+        "fedavg": {"aggregator": aggregator,
+                   "fraction": cfg.fed.fraction, "epochs": cfg.fed.epochs,
+                   "batch": getattr(workload, "batch", None),
+                   "deadline_s": cfg.fed.deadline_s, "rounds": rounds,
+                   **{k: agg.get(k, 0) for k in ("asked", "averaged", "missed_deadline",
+                                                 "late_updates", "empty_rounds", "refused")},
+                   "client_rounds": {a: reports[a]["rounds"] for a in clients}},
+    }
+    _add_processes(summary, launcher)
     write_results(cfg.out, summary, curve, f"{cfg.system} on {topo.name} (processes)")
     return summary

@@ -286,10 +286,10 @@ def test_a_killed_hub_is_restarted_and_every_replica_ends_exact(tmp_path: Path) 
 
 
 def test_launch_refuses_what_it_cannot_run_in_one_line(tmp_path: Path) -> None:
-    proc = _launch(tmp_path / "x", "--iterations", "1", "--system", "fedavg")
+    proc = _launch(tmp_path / "x", "--iterations", "1", "--system", "centralized")
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 2
-    assert "fedavg does not run one process per role yet" in stderr
+    assert "centralized does not run one process per role yet" in stderr
     assert "Traceback" not in stderr
     # bad gaia options stop the launcher before any process starts, not every shard
     proc = _launch(tmp_path / "y", "--iterations", "1", "--system", "gaia",
@@ -319,6 +319,48 @@ def test_isolated_as_processes_scores_every_region_as_all_in_one(tmp_path: Path)
                 aio.summary["isolated"][region][test]["objective"], rel=1e-3), (region, test)
     assert summary["final_objective"] == pytest.approx(aio.summary["final_objective"],
                                                        rel=1e-3)
+    assert not [n for n, pid in _children(out).items() if _alive(pid)]
+
+
+def test_fedavg_as_processes_ends_with_the_all_in_one_model(tmp_path: Path) -> None:
+    """fedavg: every client and the aggregator their own process on ss_wan (clients in both
+    regions, the aggregator in Singapore); the same rounds, the same clients averaged and
+    the same final model as the all-in-one run, the same model and update bytes on the
+    WAN but for the reliable endpoints' numbering."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "geoml.cli", "launch", "--topology", "ss_wan", "--system",
+         "fedavg", "--workload", "softmax-digits", "--iterations", "3", "--fed-epochs", "2",
+         "--out", str(out), "--status-every", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, stderr = proc.communicate(timeout=PROCESS_TEST_BUDGET_S)
+    assert proc.returncode == 0, stderr
+    assert "aggregator 1 done" in stderr and "clock 3/3" in stderr
+    summary = json.loads((out / "summary.json").read_text())
+    from geoml.roles.fedavg import FedAvgConfig
+
+    aio = run_with_clock(run_system(RunConfig(
+        topology=load_topology("ss_wan"), system="fedavg", workload="softmax-digits",
+        iterations=3, fed=FedAvgConfig(epochs=2), quiet=True)))
+    assert summary["final_objective"] == aio.summary["final_objective"]
+    assert summary["final_metrics"] == {k: v for k, v in aio.summary["final_metrics"].items()
+                                        if k != "wan_bytes"}  # the curve's point adds it
+    for key in ("rounds", "asked", "averaged", "missed_deadline", "client_rounds",
+                "aggregator", "epochs"):
+        assert summary["fedavg"][key] == aio.summary["fedavg"][key], key
+    assert summary["iterations"] == 3 and summary["workers"] == 4
+    kinds = [p["kind"] for p in summary["processes"].values()]
+    assert sorted(kinds) == ["aggregator", "client", "client", "client", "client",
+                             "router", "router"]
+    assert all(p["exit"] == 0 for p in summary["processes"].values())
+    for name, link in summary["wan_links"].items():
+        mine, theirs = link["frames_by_type"], aio.summary["wan_links"][name]["frames_by_type"]
+        for ftype in ("fed.model", "fed.update"):
+            assert mine.get(ftype) == theirs.get(ftype), (name, ftype)
+            # the same arrays; each header carries the reliable numbering (about 16 bytes)
+            extra = link["bytes_by_type"].get(ftype, 0) - aio.summary["wan_links"][name][
+                "bytes_by_type"].get(ftype, 0)
+            assert 0 <= extra <= 40 * mine.get(ftype, 0), (name, ftype, extra)
     assert not [n for n, pid in _children(out).items() if _alive(pid)]
 
 

@@ -116,6 +116,16 @@ def test_unknown_role_kind_and_bad_topology_are_clear_errors(tmp_path: Path) -> 
     assert proc.returncode == 2
     assert "2 problem(s)" in err and "'lat' must be <= 90.0" in err and "'b'" in err
     assert "Traceback" not in err
+    # a fedavg role: an aggregator needs its rounds; a client must be one of the run's
+    agg = _geoml("role", "--topology", "ss_wan", "--address", "Singapore/aggregator/0",
+                 "--kind", "aggregator", "--system", "fedavg", "--workload", "softmax-digits")
+    _out, err = agg.communicate(timeout=60)
+    assert agg.returncode == 2 and "an aggregator needs --iterations N" in err
+    stray = _geoml("role", "--topology", "ss_wan", "--address", "Singapore/worker/9",
+                   "--kind", "client", "--system", "fedavg", "--workload", "softmax-digits")
+    _out, err = stray.communicate(timeout=60)
+    assert stray.returncode == 2 and "Singapore/worker/9 is not a fedavg client" in err
+    assert "SaoPaulo/worker/1" in err and "Traceback" not in err
 
 
 def test_baseline_parameter_server_as_processes_converges(topology_file: Path,

@@ -101,6 +101,39 @@ def test_gaia_with_hubs_on_ray_placed_by_region_and_exact_after_a_killed_hub(
     assert not [n for n, pid in _children(out).items() if _alive(pid)]
 
 
+@pytest.mark.timeout(120)
+def test_fedavg_on_ray_placed_by_region_ends_with_the_all_in_one_model(
+        ray_cluster: str, tmp_path: Path) -> None:
+    """fedavg's aggregator and clients as Ray actors' processes on the nodes of their
+    regions; the aggregator's model comes back from its node to the driver, and it is the
+    all-in-one run's."""
+    from geoml.bus import load_topology
+    from geoml.bus.vclock import run_with_clock
+    from geoml.systems import RunConfig, run_system
+
+    topology = tmp_path / "four.toml"
+    topology.write_text(FOUR_REGIONS)
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "geoml.cli", "launch", "--engine", "ray", "--address",
+         ray_cluster, "--topology", str(topology), "--system", "fedavg", "--workload",
+         "softmax-digits", "--iterations", "2", "--home", "c", "--out", str(out),
+         "--status-every", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, stderr = proc.communicate(timeout=100)
+    assert proc.returncode == 0, stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["engine"] == "ray" and summary["placement_ok"] is True
+    placement = summary["placement"]
+    assert {p["region"] for name, p in placement.items() if "aggregator" in name} == {"c"}
+    assert len(placement) == 4 + 4 + 1  # routers, clients, the aggregator
+    aio = run_with_clock(run_system(RunConfig(
+        topology=load_topology(str(topology)), system="fedavg", workload="softmax-digits",
+        iterations=2, home="c", quiet=True)))
+    assert summary["final_objective"] == aio.summary["final_objective"]
+    assert summary["fedavg"]["averaged"] == aio.summary["fedavg"]["averaged"] == 8
+    assert not [n for n, pid in _children(out).items() if _alive(pid)]
+
+
 def test_a_region_no_node_carries_is_one_line_before_anything_starts(
         ray_cluster: str, tmp_path: Path) -> None:
     topology = tmp_path / "five.toml"

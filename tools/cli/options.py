@@ -10,13 +10,14 @@ from typing import Any
 from geoml import __version__
 from geoml.bus import GeomlError, Topology, load_topology
 from geoml.bus.vclock import CLOCKS
+from geoml.fed_roles import FED_KINDS
 from geoml.ps_roles import PS_KINDS
 from geoml.roles.drift import DETECTORS
 
 log = logging.getLogger("geoml")
 
 #: What `geoml role --kind` runs.
-ROLE_KINDS = ("source", "sink", *PS_KINDS)
+ROLE_KINDS = ("source", "sink", *PS_KINDS, *FED_KINDS)
 
 
 def parse_options(pairs: list[str]) -> dict[str, str]:
@@ -204,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "overriding the topology's ports (written by `geoml launch`)")
     _ps_args(ro, role=True)
     _gaia_args(ro)
+    _fed_args(ro)
     ro.add_argument("--resume", action="store_true", help="restarted after a crash (what "
                     "`geoml launch` restarts with): a worker asks its shards which clock to "
                     "redo; a ps_shard or mirror loads its checkpoint and has the roles it "
@@ -228,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     la.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                     help="workload option, e.g. rank=50 (repeatable)")
     _sync_args(la)
-    la.add_argument("--iterations", type=int, required=True, help="clocks every worker runs")
+    la.add_argument("--iterations", type=int, required=True,
+                    help="clocks every worker runs (fedavg: rounds)")
     la.add_argument("--out", type=Path, help="results directory (default runs/launch-...)")
     la.add_argument("--status-every", type=float, default=5.0,
                     help="seconds between status lines")
@@ -237,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     la.add_argument("--keys", type=Path, help="CurveZMQ keys from `geoml keys` (default: "
                     "made for the run in OUT/keys)")
     _gaia_args(la)
+    _fed_args(la)
     la.add_argument("--engine", default="local", choices=("local", "ray"),
                     help="local: child processes of this one (default); ray: Ray actors "
                     "placed by region on a Ray cluster (needs geoml[ray])")
@@ -311,17 +315,7 @@ def _training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ps-shards", type=int, metavar="N",
                    help="PS shards per region (overrides the topology file)")
     p.add_argument("--eval-every", type=int, default=1, help="evaluate every N clocks")
-    p.add_argument("--home", "--lan-region", dest="home", metavar="REGION",
-                   help="lan and centralized: the region that trains; fedavg: the "
-                   "aggregator's region (default: the topology's first)")
-    p.add_argument("--fed-fraction", type=float, default=1.0, metavar="C",
-                   help="fedavg: share of the clients asked each round")
-    p.add_argument("--fed-epochs", type=int, default=1, metavar="E",
-                   help="fedavg: local epochs per round (the batch B is the workload's "
-                   "batch option: --opt batch=B)")
-    p.add_argument("--fed-deadline", type=float, default=60.0, metavar="SECONDS",
-                   help="fedavg: a client that has not answered by then is left out of the "
-                   "round (counted)")
+    _fed_args(p, lan=True)
     _gaia_args(p)
     p.add_argument("--diloco-h", type=int, default=10, metavar="H",
                    help="diloco: inner clocks per round")
@@ -359,6 +353,22 @@ def _sync_args(p: argparse.ArgumentParser) -> None:
                    help="how a PS shard combines a clock's dense updates: mean over the "
                    "workers (default; converges for any worker count) or sum (the PS "
                    "papers; the step grows with the workers)")
+
+
+def _fed_args(p: argparse.ArgumentParser, lan: bool = False) -> None:
+    """fedavg's options (and --home, which lan and centralized share with it)."""
+    p.add_argument("--home", *(["--lan-region"] if lan else []), dest="home",
+                   metavar="REGION",
+                   help=("lan and centralized: the region that trains; " if lan else "")
+                   + "fedavg: the aggregator's region (default: the topology's first)")
+    p.add_argument("--fed-fraction", type=float, default=1.0, metavar="C",
+                   help="fedavg: share of the clients asked each round")
+    p.add_argument("--fed-epochs", type=int, default=1, metavar="E",
+                   help="fedavg: local epochs per round (the batch B is the workload's "
+                   "batch option: --opt batch=B)")
+    p.add_argument("--fed-deadline", type=float, default=60.0, metavar="SECONDS",
+                   help="fedavg: a client that has not answered by then is left out of the "
+                   "round (counted)")
 
 
 def _gaia_args(p: argparse.ArgumentParser) -> None:

@@ -20,6 +20,7 @@ from geoml.bus import GeomlError, Router, Topology, load_topology, region_of
 from geoml.bus.address import is_valid_address
 from geoml.bus.endpoint import Endpoint
 from geoml.bus.vclock import run_with_clock
+from geoml.fed_roles import FED_KINDS
 from geoml.ps_roles import PS_KINDS
 
 from .options import ROLE_KINDS, parse_options, run_config, workload_slug
@@ -145,6 +146,12 @@ async def role_main(topo: Topology, address: str, kind: str, args: argparse.Name
                      ) -> dict[str, Any]:
     from geoml.roles.traffic import run_sink, run_source
 
+    if kind in FED_KINDS:
+        from geoml.fed_roles import fed_role_main
+
+        return await fed_role_main(run_config(args, check=False, topo=topo), address, kind,
+                                   connect_timeout=args.connect_timeout, keys=keys_of(args),
+                                   reliable=args.reliable)
     if kind in PS_KINDS:
         from geoml.role_main import ps_role_main
 
@@ -175,6 +182,7 @@ async def role_main(topo: Topology, address: str, kind: str, args: argparse.Name
 
 def launch_main(args: argparse.Namespace) -> int:
     from geoml.launch import LaunchConfig, LaunchInterrupted, launch
+    from geoml.roles.fedavg import FedAvgConfig
     from geoml.systems.config import GaiaOptions
 
     topo = load_topology(args.topology)
@@ -185,10 +193,14 @@ def launch_main(args: argparse.Namespace) -> int:
         raise GeomlError("--restarts must be >= 0")
     slug = workload_slug(args.workload)
     out = args.out or Path("runs") / f"launch-{args.system}-{topo.name}-{slug}"
+    try:
+        fed = FedAvgConfig(args.fed_fraction, args.fed_epochs, args.fed_deadline)
+    except ValueError as exc:
+        raise GeomlError(str(exc)) from None
     cfg = LaunchConfig(str(args.topology), args.system, args.workload, args.iterations, out,
                        args.opt, args.sync, args.status_every, args.start_timeout, args.keys,
                        GaiaOptions.from_args(args), args.restarts,
-                       aggregation=args.aggregation)
+                       aggregation=args.aggregation, home=args.home, fed=fed)
     if args.address is not None and args.engine != "ray":
         raise GeomlError("--address is for --engine ray")
     make_launcher = None
@@ -230,10 +242,11 @@ def role_command(args: argparse.Namespace) -> None:
                          f"{', '.join(ROLE_KINDS)}")
     if not is_valid_address(args.address):
         raise GeomlError(f"--address {args.address!r} is not REGION/ROLE/INDEX")
-    if args.kind in PS_KINDS and (not args.system or not args.workload):
+    if args.kind in (*PS_KINDS, *FED_KINDS) and (not args.system or not args.workload):
         raise GeomlError(f"a {args.kind} needs --system and --workload")
-    if args.kind == "worker" and args.iterations is None:
-        raise GeomlError("a worker needs --iterations N")
+    if args.kind in ("worker", "aggregator") and args.iterations is None:
+        raise GeomlError(f"{'an' if args.kind == 'aggregator' else 'a'} {args.kind} needs "
+                         "--iterations N")
     if args.kind == "source" and args.count is None and args.seconds is None:
         raise GeomlError("a source needs --count N or --seconds S")
     topo = load_topology_of(args)

@@ -177,4 +177,5 @@ async def run_rounds(cfg: RunConfig, make_clients: Callable[[Clients], None], *,
 
 FEDAVG = register(System(
     "fedavg", "federated averaging: clients train E epochs locally; an aggregator averages "
-    "their models each round", run_fedavg, check_fedavg, guide="docs/systems-fed.md"))
+    "their models each round", run_fedavg, check_fedavg, guide="docs/systems-fed.md",
+    process_kinds=("aggregator", "client")))

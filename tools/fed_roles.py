@@ -1,0 +1,89 @@
+"""FedAvg as processes: the aggregator and each client as its own `geoml role` process
+(`--kind aggregator` or `--kind client`), as `geoml launch --system fedavg` starts them.
+
+The roles are the all-in-one run's (roles/fedavg.py); only their wiring differs. The
+clients start first and wait for the model; the aggregator starts last, runs its rounds,
+tells every client it is done (they exit) and writes its final model to
+OUT/aggregator.npz, from which the launcher scores the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+from geoml.bus import Endpoint, GeomlError, Topology, load_topology, region_of
+from geoml.bus.security import CurveKeys
+from geoml.roles.compute import Compute
+from geoml.roles.fedavg import FedAggregator, FedClient
+
+from .systems import RunConfig
+from .systems.config import bus_workload
+from .systems.fedavg import check_fedavg, fed_plan
+
+FED_KINDS = ("aggregator", "client")
+
+
+def fed_roles(topo: Topology, cfg: RunConfig) -> dict[str, list[str]]:
+    """The addresses of each fedavg role kind on `topo` (GeomlError if it cannot run)."""
+    try:
+        check_fedavg(topo, cfg)
+        home, _, clients = fed_plan(topo, cfg)
+    except ValueError as exc:
+        raise GeomlError(str(exc)) from None
+    return {"aggregator": [f"{home}/aggregator/0"], "client": list(clients)}
+
+
+def model_file(out: Path) -> Path:
+    """Where the aggregator process writes its final model."""
+    return out / "aggregator.npz"
+
+
+async def fed_role_main(cfg: RunConfig, address: str, kind: str,
+                        connect_timeout: float = 30.0, keys: CurveKeys | None = None,
+                        reliable: bool = False) -> dict[str, Any]:
+    """The fedavg aggregator or one client as its own process (tcp); returns its report.
+    The aggregator runs `cfg.iterations` rounds and writes its model under `cfg.out`."""
+    topo = cfg.topology if isinstance(cfg.topology, Topology) else load_topology(cfg.topology)
+    roles = fed_roles(topo, cfg)
+    if address not in roles[kind]:
+        raise GeomlError(f"{address} is not a fedavg {kind} on {topo.name}; those are: "
+                         f"{', '.join(roles[kind])}")
+    if kind == "aggregator" and (cfg.iterations is None or cfg.out is None):
+        raise GeomlError("a fedavg aggregator needs --iterations N (rounds) and --out DIR")
+    workload = bus_workload(cfg.workload, cfg.workload_options)
+    _, data_regions, clients = fed_plan(topo, cfg)
+    ctx: zmq.Context[Any] = zmq.Context()
+    ep = Endpoint(address, topo.endpoints(region_of(address), "tcp")[0], ctx=ctx, keys=keys,
+                  reliable=reliable)
+    try:
+        await ep.start(timeout=connect_timeout)
+        print(f"{address} connected to {ep.router}", flush=True)
+        report: dict[str, Any] = {"role": address, "kind": kind, "bus": ep.counters}
+        if kind == "aggregator":
+            aggregator = FedAggregator(
+                ep, workload, list(clients), workload.init_params(), cfg.fed,
+                rounds=cfg.iterations,
+                on_round=lambda r: print(f"{address} clock {r}", flush=True))
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            rounds = await aggregator.run()
+            report["elapsed_s"] = loop.time() - t0
+            assert cfg.out is not None
+            cfg.out.mkdir(parents=True, exist_ok=True)
+            np.savez(model_file(cfg.out), **aggregator.params)
+            return {**report, "rounds": rounds, "history": aggregator.history,
+                    "wrote": str(model_file(cfg.out)), **aggregator.counters}
+        region, index = clients[address]
+        part = workload.partition(data_regions)[(region, index)]
+        client = FedClient(ep, workload, part, roles["aggregator"][0], cfg.fed.epochs,
+                           compute=Compute())
+        rounds = await client.run()
+        return {**report, "rounds": rounds, **client.times, **client.counters}
+    finally:
+        await ep.aclose()
+        ctx.destroy(linger=0)

@@ -1,0 +1,50 @@
+"""Which role processes a `geoml launch` run has, and in what order they start: the
+servers first (each ready before any driver can send it a frame), then the drivers, whose
+clocks are the run's progress and whose end is its end."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from geoml.bus import Topology
+from geoml.roles.ps_plan import PSPlan
+
+from .fed_roles import fed_roles
+from .ps_roles import role_addresses
+from .systems import RunConfig
+
+if TYPE_CHECKING:
+    from .launch import LaunchConfig
+
+
+@dataclass(frozen=True)
+class RunOrder:
+    """(address, kind) of every role process, in the two groups the launcher starts."""
+
+    servers: list[tuple[str, str]]
+    drivers: list[tuple[str, str]]
+
+    @property
+    def driver_kinds(self) -> set[str]:
+        """The kinds whose clocks the status line shows."""
+        return {kind for _, kind in self.drivers}
+
+
+def fed_run_config(cfg: LaunchConfig, topo: Topology) -> RunConfig:
+    """The RunConfig fedavg's roles are planned from (its aggregator's region, its rounds)."""
+    return RunConfig(topology=topo, system=cfg.system, workload=cfg.workload,
+                     workload_options=dict(o.split("=", 1) for o in cfg.options),
+                     iterations=cfg.iterations, home=cfg.home, fed=cfg.fed)
+
+
+def run_order(cfg: LaunchConfig, topo: Topology, plan: PSPlan | None) -> RunOrder:
+    """fedavg: the clients (they wait for the model), then the aggregator. The PS systems:
+    PS shards, mirrors and hubs, then the workers."""
+    if plan is None:
+        roles = fed_roles(topo, fed_run_config(cfg, topo))
+        return RunOrder([(a, "client") for a in roles["client"]],
+                        [(a, "aggregator") for a in roles["aggregator"]])
+    return RunOrder([(a, kind) for kind in ("ps_shard", "mirror", "hub")
+                     for a in role_addresses(plan, kind)],
+                    [(a, "worker") for a in plan.workers])
