@@ -302,4 +302,19 @@ MUTANTS: tuple[Mutant, ...] = (
            'for f in secret.parent.iterdir()})',
            ("tests/deploy/test_ray.py::"
             "test_gaia_with_hubs_on_ray_placed_by_region_and_exact_after_a_killed_hub",)),
+    Mutant("bucket_take_now_half_rate", "the token bucket's one-call fast path refills at "
+           "half its rate", "bus/bucket.py",
+           "tokens = self._tokens + (now - stamp) * rate\n",
+           "tokens = self._tokens + (now - stamp) * rate / 2\n",
+           ("tests/bus/test_bucket.py",)),
+    Mutant("tap_batch_keeps_array_header", "a tap batch of 16 or more events keeps one byte "
+           "of its msgpack array header", "bus/router_tap.py",
+           "else packed[3:]", "else packed[2:]",
+           ("tests/bus/test_router_tap.py", "tests/bus/test_router.py")),
+    Mutant("fed_aggregator_keeps_old_model", "a fedavg aggregator process writes its initial "
+           "model instead of the trained one", "tools/fed_roles.py",
+           "np.savez(model_file(cfg.out), **aggregator.params)",
+           "np.savez(model_file(cfg.out), **workload.init_params())",
+           ("tests/deploy/test_launch.py::"
+            "test_fedavg_as_processes_ends_with_the_all_in_one_model",)),
 )
