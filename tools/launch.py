@@ -75,7 +75,7 @@ class LaunchConfig:
     gaia: GaiaOptions = field(default_factory=GaiaOptions)
     restarts: int = 2  # per process of a restartable kind
     aggregation: str = "mean"
-    home: str | None = None  # fedavg: the aggregator's region (default: the first)
+    home: str | None = None  # lan, centralized: where it trains; fedavg: the aggregator's
     fed: FedAvgConfig = field(default_factory=FedAvgConfig)
 
     def gaia_args(self) -> list[str]:
@@ -87,8 +87,7 @@ class LaunchConfig:
         if self.system != "fedavg":
             return []
         return ["--fed-fraction", repr(self.fed.fraction), "--fed-epochs",
-                str(self.fed.epochs), "--fed-deadline", repr(self.fed.deadline_s),
-                *(["--home", self.home] if self.home else [])]
+                str(self.fed.epochs), "--fed-deadline", repr(self.fed.deadline_s)]
 
 
 class Launcher:
@@ -273,12 +272,16 @@ class Launcher:
         for opt in self.cfg.options:
             args += ["--opt", opt]
         args += self.cfg.gaia_args() + self.cfg.fed_args()
+        if self.cfg.home:
+            args += ["--home", self.cfg.home]
         if kind in ("worker", "aggregator"):
             args += ["--iterations", str(self.cfg.iterations)]
         if kind == "ps_shard":
             args += ["--out", str(self.cfg.out / "shards")]
         elif kind == "aggregator":
             args += ["--out", str(self.cfg.out)]
+        elif kind == "collector" or (kind == "worker" and self.cfg.system == "centralized"):
+            args += ["--out", str(self.cfg.out / "centralized")]
         if self.cfg.restarts:
             args += ["--reliable"]
             if kind in RESTARTABLE and kind != "worker":
@@ -369,7 +372,8 @@ async def launch(cfg: LaunchConfig, topo: Topology, stop: asyncio.Event,
     try:
         cfg.gaia.check()
         plan = (None if cfg.system == "fedavg" else
-                plan_ps(topo, cfg.system, hubs=wants_hubs(cfg.system, cfg.gaia.hubs)))
+                plan_ps(topo, cfg.system, cfg.home,
+                        hubs=wants_hubs(cfg.system, cfg.gaia.hubs)))
         workload = bus_workload(cfg.workload, dict(o.split("=", 1) for o in cfg.options))
     except ValueError as exc:
         raise GeomlError(str(exc)) from None
@@ -409,14 +413,18 @@ async def _run(launcher: Launcher) -> tuple[float, dict[str, dict[str, Any]]]:
     order = launcher.order
     t0 = time.monotonic()
     endpoints = await launcher.start_routers()
-    servers = [await launcher.spawn(a, kind, launcher.role_args(a, kind, endpoints))
-               for a, kind in order.servers]
-    for child in servers:  # ready before any driver can send them a frame
-        await launcher.ready(child)
-    t_workers = time.monotonic()
-    for a, kind in order.drivers:
-        await launcher.spawn(a, kind, launcher.role_args(a, kind, endpoints))
-    await launcher.watch(lambda: all(c.proc.returncode == 0 for c in launcher.roles()), t0)
+    for phase in (order.before, order):
+        if phase is None:
+            continue
+        servers = [await launcher.spawn(a, kind, launcher.role_args(a, kind, endpoints))
+                   for a, kind in phase.servers]
+        for child in servers:  # ready before any driver can send them a frame
+            await launcher.ready(child)
+        t_workers = time.monotonic()
+        for a, kind in phase.drivers:
+            await launcher.spawn(a, kind, launcher.role_args(a, kind, endpoints))
+        await launcher.watch(lambda: all(c.proc.returncode == 0 for c in launcher.roles()),
+                             t0)
     t_done = time.monotonic()
     roles = launcher.roles()
     for child in roles:  # their reports are complete once their output is
@@ -442,4 +450,6 @@ async def _run(launcher: Launcher) -> tuple[float, dict[str, dict[str, Any]]]:
     # (the slowest worker's), without the processes' start-up.
     elapsed = max(sum(reports[w][k] for k in ("read_s", "compute_s", "push_s"))
                   for w in launcher.plan.workers)
+    if order.before is not None:  # centralized: the data moved first, on the same clock
+        elapsed += max((reports[a]["ship_s"] for a, _ in order.before.drivers), default=0.0)
     return elapsed, reports

@@ -12,6 +12,7 @@ from geoml.roles.ps_plan import PSPlan
 
 from .fed_roles import fed_roles
 from .ps_roles import role_addresses
+from .ship_roles import ship_roles
 from .systems import RunConfig
 
 if TYPE_CHECKING:
@@ -24,6 +25,8 @@ class RunOrder:
 
     servers: list[tuple[str, str]]
     drivers: list[tuple[str, str]]
+    #: A phase that must end (every one of its processes done) before this one starts.
+    before: RunOrder | None = None
 
     @property
     def driver_kinds(self) -> set[str]:
@@ -40,11 +43,17 @@ def fed_run_config(cfg: LaunchConfig, topo: Topology) -> RunConfig:
 
 def run_order(cfg: LaunchConfig, topo: Topology, plan: PSPlan | None) -> RunOrder:
     """fedavg: the clients (they wait for the model), then the aggregator. The PS systems:
-    PS shards, mirrors and hubs, then the workers."""
+    PS shards, mirrors and hubs, then the workers; centralized after a phase that moves
+    the raw data: its collector, then the shippers."""
     if plan is None:
         roles = fed_roles(topo, fed_run_config(cfg, topo))
         return RunOrder([(a, "client") for a in roles["client"]],
                         [(a, "aggregator") for a in roles["aggregator"]])
+    before = None
+    if plan.system == "centralized":
+        moving = ship_roles(plan)
+        before = RunOrder([(a, "collector") for a in moving["collector"]],
+                          [(a, "shipper") for a in moving["shipper"]])
     return RunOrder([(a, kind) for kind in ("ps_shard", "mirror", "hub")
                      for a in role_addresses(plan, kind)],
-                    [(a, "worker") for a in plan.workers])
+                    [(a, "worker") for a in plan.workers], before)

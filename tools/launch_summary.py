@@ -14,6 +14,7 @@ from .fed_roles import model_file
 from .launch_plan import fed_run_config
 from .ps_roles import gaia_summary, load_shard_outputs, replica_groups
 from .results import cost_usd, write_results
+from .ship_roles import ship_roles
 from .systems.fedavg import fed_plan
 from .systems.harness import score_models, traffic_from_stats
 from .systems.isolated import isolated_summary
@@ -67,6 +68,8 @@ def launch_summary(cfg: LaunchConfig, topo: Topology, plan: PSPlan, workload: An
                                if k not in ("role", "kind", "wrote")} for a in plan.shards},
     }
     _add_processes(summary, launcher)
+    if launcher.order.before is not None:  # centralized: what moved before training
+        summary["centralized"] = _shipped(plan, reports)
     if tests is not None:
         summary["isolated"] = isolated_summary(final, list(plan.data_regions))
     if plan.mirrors is not None:
@@ -77,6 +80,20 @@ def launch_summary(cfg: LaunchConfig, topo: Topology, plan: PSPlan, workload: An
              for a, r in reports.items() if r["kind"] in ("mirror", "hub")}))
     write_results(cfg.out, summary, curve, f"{cfg.system} on {topo.name} (processes)")
     return summary
+
+
+def _shipped(plan: PSPlan, reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The all-in-one run's `centralized` fields, from the shippers' and collector's
+    reports (transfer_s: the slowest shipper's own time)."""
+    moving = ship_roles(plan)
+    shippers = [reports[a] for a in moving["shipper"]]
+    collector = reports[moving["collector"][0]]
+    return {"home": plan.home,
+            "transfer_s": max((r["ship_s"] for r in shippers), default=0.0),
+            "shipped_records": sum(r.get("rows", 0) for r in shippers),
+            "shipped_chunks": collector.get("chunks", 0),
+            "shipped_bytes": collector.get("bytes", 0),
+            "from": sorted(plan.shippers())}
 
 
 def _add_processes(summary: dict[str, Any], launcher: Launcher) -> None:

@@ -26,6 +26,7 @@ from .ps_roles import (
     role_addresses,
     shard_file,
 )
+from .ship_roles import home_partitions
 from .systems import RunConfig, get_system, process_systems
 from .systems.config import bus_workload
 
@@ -116,7 +117,13 @@ async def ps_role_main(cfg: RunConfig, address: str, kind: str,
                 report["wrote"] = str(shard_file(cfg.out, address))
             return report
         index = plan.in_region(plan.workers, region).index(address)
-        part = workload.partition(plan.data_regions)[(region, index)]
+        if plan.system == "centralized":  # every region's records, as its collector wrote them
+            if cfg.out is None:
+                raise GeomlError("a centralized worker needs --out DIR, where its region's "
+                                 "collector wrote the records")
+            part = home_partitions(workload, plan, cfg.out)[(region, index)]
+        else:
+            part = workload.partition(plan.data_regions)[(region, index)]
         worker = PSWorker(ep, workload, part, group.shards, group.ranges,
                           iterations=cfg.iterations, resume=resume,
                           on_clock=lambda a, c: print(f"{a} clock {c}", flush=True))

@@ -286,10 +286,10 @@ def test_a_killed_hub_is_restarted_and_every_replica_ends_exact(tmp_path: Path) 
 
 
 def test_launch_refuses_what_it_cannot_run_in_one_line(tmp_path: Path) -> None:
-    proc = _launch(tmp_path / "x", "--iterations", "1", "--system", "centralized")
+    proc = _launch(tmp_path / "x", "--iterations", "1", "--system", "diloco")
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 2
-    assert "centralized does not run one process per role yet" in stderr
+    assert "diloco does not run one process per role yet" in stderr
     assert "Traceback" not in stderr
     # bad gaia options stop the launcher before any process starts, not every shard
     proc = _launch(tmp_path / "y", "--iterations", "1", "--system", "gaia",
@@ -362,6 +362,51 @@ def test_fedavg_as_processes_ends_with_the_all_in_one_model(tmp_path: Path) -> N
                 "bytes_by_type"].get(ftype, 0)
             assert 0 <= extra <= 40 * mine.get(ftype, 0), (name, ftype, extra)
     assert not [n for n, pid in _children(out).items() if _alive(pid)]
+
+
+def test_centralized_as_processes_moves_the_raw_data_then_trains_at_home(
+        tmp_path: Path) -> None:
+    """centralized: SaoPaulo's shipper sends its raw records to Singapore's collector, which
+    writes them on Singapore's side of OUT; then Singapore's shards and workers train on
+    every region's records. The same data moves as all-in-one, and the model ends within
+    what SSP(0)'s read timing allows (see the baseline test above)."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "geoml.cli", "launch", "--topology", "ss_wan", "--system",
+         "centralized", "--workload", "softmax-digits", "--iterations", "5", "--out",
+         str(out), "--status-every", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, stderr = proc.communicate(timeout=PROCESS_TEST_BUDGET_S)
+    assert proc.returncode == 0, stderr
+    summary = json.loads((out / "summary.json").read_text())
+    aio = run_with_clock(run_system(RunConfig(
+        topology=load_topology("ss_wan"), system="centralized", workload="softmax-digits",
+        iterations=5, quiet=True)), "virtual")
+    assert sorted(p["kind"] for p in summary["processes"].values()) == \
+        ["collector", "ps_shard", "ps_shard", "router", "router", "shipper"] + ["worker"] * 4
+    assert all(p["exit"] == 0 for p in summary["processes"].values())
+    for key in ("home", "shipped_records", "shipped_chunks", "from"):
+        assert summary["centralized"][key] == aio.summary["centralized"][key], key
+    assert summary["centralized"]["from"] == ["SaoPaulo"]
+    wan = summary["wan_links"]["SaoPaulo->Singapore"]["frames_by_type"]
+    assert wan["data.chunk"] == aio.summary["wan_links"]["SaoPaulo->Singapore"][
+        "frames_by_type"]["data.chunk"]
+    assert (out / "centralized" / "records.npz").is_file()
+    assert summary["elapsed_s"] >= summary["centralized"]["transfer_s"] > 0
+    last_clock_moved = aio.curve[-2]["objective"] - aio.curve[-1]["objective"]
+    assert abs(summary["final_objective"] - aio.summary["final_objective"]) < last_clock_moved
+    assert not [n for n, pid in _children(out).items() if _alive(pid)]
+    # out of a sovereign region: refused in one line before any process starts
+    sov = tmp_path / "sov.toml"
+    sov.write_text('name = "sov"\n[[regions]]\nname = "east"\nworkers = 1\nps_shards = 1\n'
+                   '[[regions]]\nname = "west"\nworkers = 1\nsovereign = true\n'
+                   '[[links]]\nbetween = ["east", "west"]\nrate_mbps = 10\nlatency_ms = 5\n')
+    refused = subprocess.run(
+        [sys.executable, "-m", "geoml.cli", "launch", "--topology", str(sov), "--system",
+         "centralized", "--workload", "softmax-digits", "--iterations", "1", "--out",
+         str(tmp_path / "sov")], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "sovereign" in refused.stderr
+    assert "Traceback" not in refused.stderr and not (tmp_path / "sov" / "logs").exists()
 
 
 def test_killing_the_launcher_takes_every_child_with_it(tmp_path: Path) -> None:

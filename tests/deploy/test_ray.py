@@ -134,6 +134,37 @@ def test_fedavg_on_ray_placed_by_region_ends_with_the_all_in_one_model(
     assert not [n for n, pid in _children(out).items() if _alive(pid)]
 
 
+@pytest.mark.timeout(120)
+def test_centralized_on_ray_ships_to_the_home_node_and_trains_there(
+        ray_cluster: str, tmp_path: Path) -> None:
+    """centralized with home b: the shippers of a, c and d run on their regions' nodes, the
+    collector, shards and workers on b's, which reads the records the collector wrote
+    there (the driver does not fetch it)."""
+    topology = tmp_path / "four.toml"
+    topology.write_text(FOUR_REGIONS)
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "geoml.cli", "launch", "--engine", "ray", "--address",
+         ray_cluster, "--topology", str(topology), "--system", "centralized", "--workload",
+         "softmax-digits", "--iterations", "3", "--home", "b", "--out", str(out),
+         "--status-every", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, stderr = proc.communicate(timeout=100)
+    assert proc.returncode == 0, stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["engine"] == "ray" and summary["placement_ok"] is True
+    regions = {name: p["region"] for name, p in summary["placement"].items()}
+    assert {r for n, r in regions.items() if "/shipper/" in n} == {"a", "c", "d"}
+    assert {r for n, r in regions.items() if "/collector/" in n or "/worker/" in n} == {"b"}
+    assert summary["centralized"]["from"] == ["a", "c", "d"]
+    assert summary["centralized"]["shipped_records"] > 0
+    assert summary["iterations"] == 3 and summary["final_objective"] < json.loads(
+        (out / "curve.csv").read_text().splitlines()[1].split(",")[2])
+    # the collector wrote the records where b's node keeps OUT (one disk here); the driver
+    # fetches only what a report says it "wrote" (the shards' models)
+    assert (out / "centralized" / "records.npz").is_file()
+    assert not [n for n, pid in _children(out).items() if _alive(pid)]
+
+
 def test_a_region_no_node_carries_is_one_line_before_anything_starts(
         ray_cluster: str, tmp_path: Path) -> None:
     topology = tmp_path / "five.toml"

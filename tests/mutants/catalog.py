@@ -317,4 +317,9 @@ MUTANTS: tuple[Mutant, ...] = (
            "np.savez(model_file(cfg.out), **workload.init_params())",
            ("tests/deploy/test_launch.py::"
             "test_fedavg_as_processes_ends_with_the_all_in_one_model",)),
+    Mutant("centralized_workers_skip_shipped", "a centralized worker process trains on its "
+           "own region's records only, not on what was shipped", "tools/ship_roles.py",
+           "partition_records([*own, *shipped]", "partition_records([*own]",
+           ("tests/deploy/test_launch.py::"
+            "test_centralized_as_processes_moves_the_raw_data_then_trains_at_home",)),
 )

@@ -13,11 +13,12 @@ from geoml.bus.vclock import CLOCKS
 from geoml.fed_roles import FED_KINDS
 from geoml.ps_roles import PS_KINDS
 from geoml.roles.drift import DETECTORS
+from geoml.ship_roles import SHIP_KINDS
 
 log = logging.getLogger("geoml")
 
 #: What `geoml role --kind` runs.
-ROLE_KINDS = ("source", "sink", *PS_KINDS, *FED_KINDS)
+ROLE_KINDS = ("source", "sink", *PS_KINDS, *FED_KINDS, *SHIP_KINDS)
 
 
 def parse_options(pairs: list[str]) -> dict[str, str]:
@@ -205,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "overriding the topology's ports (written by `geoml launch`)")
     _ps_args(ro, role=True)
     _gaia_args(ro)
-    _fed_args(ro)
+    _fed_args(ro, lan=True)
     ro.add_argument("--resume", action="store_true", help="restarted after a crash (what "
                     "`geoml launch` restarts with): a worker asks its shards which clock to "
                     "redo; a ps_shard or mirror loads its checkpoint and has the roles it "
@@ -240,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     la.add_argument("--keys", type=Path, help="CurveZMQ keys from `geoml keys` (default: "
                     "made for the run in OUT/keys)")
     _gaia_args(la)
-    _fed_args(la)
+    _fed_args(la, lan=True)
     la.add_argument("--engine", default="local", choices=("local", "ray"),
                     help="local: child processes of this one (default); ray: Ray actors "
                     "placed by region on a Ray cluster (needs geoml[ray])")
@@ -447,4 +448,6 @@ def _ps_args(p: argparse.ArgumentParser, role: bool) -> None:
         p.add_argument("--out", type=Path, help="results directory (default runs/...)")
     else:
         p.add_argument("--iterations", type=int, help="worker: clocks to run")
-        p.add_argument("--out", type=Path, help="ps_shard: write its final rows here")
+        p.add_argument("--out", type=Path, help="ps_shard: write its final rows here; "
+                       "aggregator: its final model; collector: the records that "
+                       "arrived (and a centralized worker reads them there)")

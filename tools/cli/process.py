@@ -22,6 +22,7 @@ from geoml.bus.endpoint import Endpoint
 from geoml.bus.vclock import run_with_clock
 from geoml.fed_roles import FED_KINDS
 from geoml.ps_roles import PS_KINDS
+from geoml.ship_roles import SHIP_KINDS
 
 from .options import ROLE_KINDS, parse_options, run_config, workload_slug
 
@@ -146,6 +147,12 @@ async def role_main(topo: Topology, address: str, kind: str, args: argparse.Name
                      ) -> dict[str, Any]:
     from geoml.roles.traffic import run_sink, run_source
 
+    if kind in SHIP_KINDS:
+        from geoml.ship_roles import ship_role_main
+
+        return await ship_role_main(run_config(args, check=False, topo=topo), address, kind,
+                                    connect_timeout=args.connect_timeout, keys=keys_of(args),
+                                    reliable=args.reliable)
     if kind in FED_KINDS:
         from geoml.fed_roles import fed_role_main
 
@@ -242,7 +249,7 @@ def role_command(args: argparse.Namespace) -> None:
                          f"{', '.join(ROLE_KINDS)}")
     if not is_valid_address(args.address):
         raise GeomlError(f"--address {args.address!r} is not REGION/ROLE/INDEX")
-    if args.kind in (*PS_KINDS, *FED_KINDS) and (not args.system or not args.workload):
+    if args.kind in (*PS_KINDS, *FED_KINDS, *SHIP_KINDS) and (not args.system or not args.workload):
         raise GeomlError(f"a {args.kind} needs --system and --workload")
     if args.kind in ("worker", "aggregator") and args.iterations is None:
         raise GeomlError(f"{'an' if args.kind == 'aggregator' else 'a'} {args.kind} needs "

@@ -72,4 +72,4 @@ async def ship_raw_data(net: Network, workload: Workload, plan: PSPlan, quiet: b
 
 CENTRALIZED = register(ps_system(
     "centralized", "ship every region's raw data to one region, then train there (refused "
-    "when a region is sovereign)", Centralized(), processes=False))
+    "when a region is sovereign)", Centralized()))

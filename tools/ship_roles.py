@@ -1,0 +1,127 @@
+"""centralized as processes, its first phase: every other region's shipper sends its raw
+records to the home region's collector (`geoml role --kind shipper|collector`), as
+`geoml launch --system centralized` starts them before the PS roles of the home region.
+
+The collector writes what arrived to DIR/records.npz (`--out DIR`, on the home region's
+disk; raw data never goes to the launcher), and the home region's workers read it there:
+their partitions are those of every region's records, as in the all-in-one run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+from geoml.bus import Endpoint, GeomlError, Topology, load_topology, region_of
+from geoml.bus.security import CurveKeys
+from geoml.roles.ps_plan import PSPlan, plan_ps
+from geoml.roles.shipping import DataCollector, DataShipper
+from geoml.workloads import Partition, Workload
+
+from .systems import RunConfig
+from .systems.config import bus_workload
+
+SHIP_KINDS = ("collector", "shipper")
+
+Records = list[dict[str, np.ndarray]]
+
+
+def ship_roles(plan: PSPlan) -> dict[str, list[str]]:
+    """The addresses of the collector and the shippers of a centralized plan."""
+    return {"collector": [f"{plan.home}/collector/0"],
+            "shipper": list(plan.shippers().values())}
+
+
+def records_file(directory: Path) -> Path:
+    """Where the collector process writes the records that arrived."""
+    return directory / "records.npz"
+
+
+def region_records(workload: Workload, plan: PSPlan) -> dict[str, Records]:
+    """Every source region's raw records, as the all-in-one run ships them."""
+    assert plan.sources is not None
+    born = workload.partition(plan.sources)
+    return {r: [workload.raw_records(p) for (pr, _), p in born.items() if pr == r]
+            for r in plan.sources}
+
+
+def _save(path: Path, received: Mapping[str, Records], order: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {f"{s}|{i:06d}|{col}": a for s in order
+              for i, rec in enumerate(received[s]) for col, a in rec.items()}
+    np.savez(path, **arrays)
+
+
+def _load(path: Path, order: list[str]) -> Records:
+    """The records `_save` wrote, shipper by shipper in `order`, each in arrival order."""
+    by_record: dict[tuple[str, int], dict[str, np.ndarray]] = {}
+    with np.load(path) as saved:
+        for key in saved.files:
+            shipper, index, col = key.split("|")
+            by_record.setdefault((shipper, int(index)), {})[col] = saved[key]
+    return [by_record[k] for k in sorted(by_record, key=lambda k: (order.index(k[0]), k[1]))]
+
+
+def home_partitions(workload: Workload, plan: PSPlan, directory: Path
+                    ) -> dict[tuple[str, int], Partition]:
+    """The home region's workers' partitions: its own records, then every shipper's as the
+    collector process wrote them (GeomlError, saying why, if it has not)."""
+    path = records_file(directory)
+    if not path.is_file():
+        raise GeomlError(f"{path} is missing: a centralized worker reads the records its "
+                         "region's collector wrote there (start it with the same --out)")
+    own = region_records(workload, plan).get(plan.home, [])
+    shipped = _load(path, list(plan.shippers().values()))
+    return workload.partition_records([*own, *shipped], plan.home,
+                                      plan.data_regions[plan.home])
+
+
+async def ship_role_main(cfg: RunConfig, address: str, kind: str,
+                         connect_timeout: float = 30.0, keys: CurveKeys | None = None,
+                         reliable: bool = False) -> dict[str, Any]:
+    """centralized's collector or one shipper as its own process (tcp); returns its report.
+    The collector writes the records under `cfg.out`."""
+    topo = cfg.topology if isinstance(cfg.topology, Topology) else load_topology(cfg.topology)
+    try:
+        plan = plan_ps(topo, "centralized", cfg.home)
+    except ValueError as exc:
+        raise GeomlError(str(exc)) from None
+    roles = ship_roles(plan)
+    if address not in roles[kind]:
+        raise GeomlError(f"{address} is not a centralized {kind} on {topo.name}; those are: "
+                         f"{', '.join(roles[kind]) or 'none'}")
+    if kind == "collector" and cfg.out is None:
+        raise GeomlError("a collector needs --out DIR (where it writes the records)")
+    workload = bus_workload(cfg.workload, cfg.workload_options)
+    records = region_records(workload, plan)
+    ctx: zmq.Context[Any] = zmq.Context()
+    ep = Endpoint(address, topo.endpoints(region_of(address), "tcp")[0], ctx=ctx, keys=keys,
+                  reliable=reliable)
+    try:
+        await ep.start(timeout=connect_timeout)
+        print(f"{address} connected to {ep.router}", flush=True)
+        report: dict[str, Any] = {"role": address, "kind": kind, "bus": ep.counters}
+        if kind == "collector":
+            shippers = roles["shipper"]
+            columns = sorted(next(iter(records.values()))[0])
+            collector = DataCollector(ep, shippers, columns)
+            received = await collector.run()
+            assert cfg.out is not None
+            _save(records_file(cfg.out), received, shippers)
+            return {**report, "records_file": str(records_file(cfg.out)),
+                    **collector.counters}
+        shipper = DataShipper(ep, records[region_of(address)], roles["collector"][0])
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        rows = await shipper.run()
+        # each shipper's own time: the processes start one after another
+        return {**report, "confirmed_rows": rows, "ship_s": loop.time() - t0,
+                **shipper.counters}
+    finally:
+        await ep.aclose()
+        ctx.destroy(linger=0)
