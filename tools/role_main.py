@@ -68,6 +68,14 @@ async def ps_role_main(cfg: RunConfig, address: str, kind: str,
         raise GeomlError(f"{address} is not a {kind} of {cfg.system} on {topo.name}; those "
                          f"are: {', '.join(members) or 'none'}")
     region = region_of(address)
+    shipped_parts = None
+    if plan.system == "centralized" and kind == "worker":
+        # every region's records, as its collector wrote them; refused before connecting
+        if cfg.out is None:
+            raise GeomlError("a centralized worker needs --out DIR, where its region's "
+                             "collector wrote every region's records (it does not train "
+                             "on its own region's alone)")
+        shipped_parts = home_partitions(workload, plan, cfg.out)
     ctx: zmq.Context[Any] = zmq.Context()
     ep = Endpoint(address, topo.endpoints(region, "tcp")[0], ctx=ctx, keys=keys,
                   reliable=reliable)
@@ -117,13 +125,7 @@ async def ps_role_main(cfg: RunConfig, address: str, kind: str,
                 report["wrote"] = str(shard_file(cfg.out, address))
             return report
         index = plan.in_region(plan.workers, region).index(address)
-        if plan.system == "centralized":  # every region's records, as its collector wrote them
-            if cfg.out is None:
-                raise GeomlError("a centralized worker needs --out DIR, where its region's "
-                                 "collector wrote the records")
-            part = home_partitions(workload, plan, cfg.out)[(region, index)]
-        else:
-            part = workload.partition(plan.data_regions)[(region, index)]
+        part = (shipped_parts or workload.partition(plan.data_regions))[(region, index)]
         worker = PSWorker(ep, workload, part, group.shards, group.ranges,
                           iterations=cfg.iterations, resume=resume,
                           on_clock=lambda a, c: print(f"{a} clock {c}", flush=True))

@@ -55,13 +55,18 @@ def test_a_role_outside_the_plan_is_refused(capsys: pytest.CaptureFixture[str]) 
     assert "east/worker/0" in err
 
 
-def test_centralized_roles_as_processes_are_refused_not_run_as_lan(
-        capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["role", "--topology", "tiny", "--system", "centralized", "--workload",
-                 "softmax-digits", "--address", "east/worker/0", "--kind", "worker",
-                 "--iterations", "1", "--connect-timeout", "1"])
-    assert code == 2
-    assert "centralized does not run one process per role yet" in capsys.readouterr().err
+def test_a_centralized_worker_without_the_shipped_records_is_refused_not_run_as_lan(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A centralized worker trains on every region's records, which its region's collector
+    writes: without them it is refused before it connects, never run on its own data."""
+    args = ["role", "--topology", "tiny", "--system", "centralized", "--workload",
+            "softmax-digits", "--address", "east/worker/0", "--kind", "worker",
+            "--iterations", "1", "--connect-timeout", "1"]
+    assert main(args) == 2
+    assert "a centralized worker needs --out DIR" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'records.npz'} is missing" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize(("system", "address", "kind", "those"), [
