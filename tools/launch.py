@@ -3,7 +3,9 @@
 Routers start first, on tcp ports the OS picks (no race for a free port); the launcher
 gathers their endpoints into `endpoints.json` and hands that file to every router (so they
 can reach each other) and every role. Every tcp socket uses CurveZMQ (keys made for the
-run in `keys/`, or `--keys DIR`). Then PS shards, then workers. While they run it
+run in `keys/`, or `--keys DIR`). Then the roles, in the order tools/launch_plan.py gives
+(PS shards, mirrors and hubs, then workers; fedavg's clients, then its aggregator;
+centralized's collector and shippers first). While they run it
 prints one status line per interval; when the workers are done it stops the routers,
 gathers every process's report into the same summary.json as the all-in-one run, and
 keeps each process's output in `logs/`. On Ctrl-C, or when any process fails, it stops
@@ -408,7 +410,8 @@ async def launch(cfg: LaunchConfig, topo: Topology, stop: asyncio.Event,
 
 async def _run(launcher: Launcher) -> tuple[float, dict[str, dict[str, Any]]]:
     """Routers, then the servers (shards, mirrors and hubs; fedavg's clients), then the
-    drivers (workers; fedavg's aggregator); returns the training time and the roles'
+    drivers (workers; fedavg's aggregator), after a first phase if the run has one
+    (centralized's collector and shippers); returns the training time and the roles'
     reports."""
     order = launcher.order
     t0 = time.monotonic()
