@@ -23,14 +23,12 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from geoml.bus import GeomlError, Topology
 from geoml.bus.security import make_keys
-from geoml.roles.fedavg import FedAvgConfig
-from geoml.roles.ps_plan import MIRRORED, PSPlan, plan_ps, wants_hubs
+from geoml.roles.ps_plan import PSPlan, plan_ps, wants_hubs
 
 from .launch_child import (
     Child,
@@ -39,59 +37,15 @@ from .launch_child import (
     child_options,
     geoml_command,
 )
+from .launch_config import RESTARTABLE, LaunchConfig
 from .launch_plan import run_order
 from .launch_summary import fed_launch_summary, launch_summary
 from .role_main import check_process_system
-from .systems.config import GaiaOptions, bus_workload
+from .systems.config import bus_workload
 
 __all__ = ["Child", "LaunchConfig", "LaunchFailed", "LaunchInterrupted", "Launcher", "launch"]
 
 _STOP_GRACE_S = 5.0
-#: Role kinds the launcher restarts after a crash. A worker's state is its clock, which its
-#: shards keep: the new process asks them (ps.where), redoes the clock it was in, and the
-#: shards ignore the pushes they already have. A PS shard checkpoints its state at every
-#: clock, a mirror before anything that depends on its state leaves; the new process loads
-#: the checkpoint, and the roles it talks to replay what they sent after it (roles/ps.py,
-#: roles/gaia/). A router is started again on its ports: with restarts on, every role
-#: keeps what it sends until its destination acknowledges it, reconnects, and sends again
-#: what the dead router had queued (bus/reliable.py). A hub checkpoints as a mirror does
-#: (its member updates waiting to be combined included); its members and the other hubs
-#: resend what it had not acknowledged.
-RESTARTABLE = ("worker", "ps_shard", "mirror", "hub", "router")
-
-
-@dataclass
-class LaunchConfig:
-    """What `geoml launch` runs (a subset of RunConfig: what the role processes take)."""
-
-    topology: str  # a file or a shipped name, as the role processes read it
-    system: str
-    workload: str
-    iterations: int
-    out: Path
-    options: list[str] = field(default_factory=list)  # --opt KEY=VALUE
-    sync: str = "bsp"
-    status_every: float = 5.0
-    start_timeout: float = 60.0
-    keys: Path | None = None  # CurveZMQ keys (None: made for this run in out/keys)
-    gaia: GaiaOptions = field(default_factory=GaiaOptions)
-    restarts: int = 2  # per process of a restartable kind
-    aggregation: str = "mean"
-    home: str | None = None  # lan, centralized: where it trains; fedavg: the aggregator's
-    fed: FedAvgConfig = field(default_factory=FedAvgConfig)
-
-    def gaia_args(self) -> list[str]:
-        """The gaia options as role arguments (gaia and topk; none for the others)."""
-        return self.gaia.args() if self.system in MIRRORED else []
-
-    def fed_args(self) -> list[str]:
-        """The fedavg options as role arguments (fedavg only)."""
-        if self.system != "fedavg":
-            return []
-        return ["--fed-fraction", repr(self.fed.fraction), "--fed-epochs",
-                str(self.fed.epochs), "--fed-deadline", repr(self.fed.deadline_s)]
-
-
 class Launcher:
     """Starts, watches and stops the processes of one run."""
 
@@ -289,21 +243,6 @@ class Launcher:
             if kind in RESTARTABLE and kind != "worker":
                 args += ["--checkpoint", str(self.cfg.out / "checkpoints")]
         return args
-
-    def recovery_s(self, recovery: dict[str, Any]) -> float | None:
-        """From the crash's detection to the first clock its role's new process reports;
-        for a router, to the first clock a role of its region reports once the new router
-        listens (roles there cannot get anything done without it)."""
-        new: Child = recovery["process"]
-        if new.kind != "router":
-            done = new.first_clock_at
-        elif new.listening_at is None:
-            done = None
-        else:
-            done = min((t for c in self.children if c.kind != "router"
-                        and c.region == new.region for t in c.clock_times
-                        if t > new.listening_at), default=None)
-        return None if done is None else done - recovery["detected_at"]
 
     def status(self, t0: float) -> str:
         """One line: every kind's processes by state, and the workers' slowest clock."""

@@ -32,8 +32,9 @@ from typing import Any
 
 from geoml.bus import GeomlError, Topology
 
-from .launch import RESTARTABLE, LaunchConfig, Launcher
+from .launch import Launcher
 from .launch_child import Child, LaunchFailed, process_region
+from .launch_config import RESTARTABLE, LaunchConfig
 from .ray_host import ENDPOINTS, NODE_HOST, host_class, registry_class
 
 RESOURCE_PREFIX = "geoml_region_"

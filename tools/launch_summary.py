@@ -21,6 +21,7 @@ from .systems.isolated import isolated_summary
 
 if TYPE_CHECKING:
     from .launch import LaunchConfig, Launcher
+    from .launch_child import Child
 
 
 def launch_summary(cfg: LaunchConfig, topo: Topology, plan: PSPlan, workload: Any,
@@ -101,7 +102,7 @@ def _add_processes(summary: dict[str, Any], launcher: Launcher) -> None:
     summary["processes"] = {c.key: {"kind": c.kind, "pid": c.pid, "exit": c.proc.returncode}
                             for c in launcher.children}
     summary["restarts"] = [{"role": r["role"], "kind": r["kind"], "failure": r["failure"],
-                            "recovery_s": launcher.recovery_s(r)} for r in launcher.recoveries]
+                            "recovery_s": recovery_s(launcher, r)} for r in launcher.recoveries]
     summary.update(launcher.summary_fields())
     restarted = sorted({r["process"].region for r in launcher.recoveries
                         if r["kind"] == "router"})
@@ -147,3 +148,19 @@ def fed_launch_summary(cfg: LaunchConfig, topo: Topology, workload: Any, launche
     _add_processes(summary, launcher)
     write_results(cfg.out, summary, curve, f"{cfg.system} on {topo.name} (processes)")
     return summary
+
+
+def recovery_s(launcher: Launcher, recovery: dict[str, Any]) -> float | None:
+    """From the crash's detection to the first clock its role's new process reports;
+    for a router, to the first clock a role of its region reports once the new router
+    listens (roles there cannot get anything done without it)."""
+    new: Child = recovery["process"]
+    if new.kind != "router":
+        done = new.first_clock_at
+    elif new.listening_at is None:
+        done = None
+    else:
+        done = min((t for c in launcher.children if c.kind != "router"
+                    and c.region == new.region for t in c.clock_times
+                    if t > new.listening_at), default=None)
+    return None if done is None else done - recovery["detected_at"]

@@ -1,0 +1,55 @@
+"""What `geoml launch` runs (LaunchConfig) and which role kinds it restarts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from geoml.roles.fedavg import FedAvgConfig
+from geoml.roles.ps_plan import MIRRORED
+
+from .systems.config import GaiaOptions
+
+#: Role kinds the launcher restarts after a crash. A worker's state is its clock, which its
+#: shards keep: the new process asks them (ps.where), redoes the clock it was in, and the
+#: shards ignore the pushes they already have. A PS shard checkpoints its state at every
+#: clock, a mirror before anything that depends on its state leaves; the new process loads
+#: the checkpoint, and the roles it talks to replay what they sent after it (roles/ps.py,
+#: roles/gaia/). A router is started again on its ports: with restarts on, every role
+#: keeps what it sends until its destination acknowledges it, reconnects, and sends again
+#: what the dead router had queued (bus/reliable.py). A hub checkpoints as a mirror does
+#: (its member updates waiting to be combined included); its members and the other hubs
+#: resend what it had not acknowledged.
+RESTARTABLE = ("worker", "ps_shard", "mirror", "hub", "router")
+
+
+@dataclass
+class LaunchConfig:
+    """What `geoml launch` runs (a subset of RunConfig: what the role processes take)."""
+
+    topology: str  # a file or a shipped name, as the role processes read it
+    system: str
+    workload: str
+    iterations: int
+    out: Path
+    options: list[str] = field(default_factory=list)  # --opt KEY=VALUE
+    sync: str = "bsp"
+    status_every: float = 5.0
+    start_timeout: float = 60.0
+    keys: Path | None = None  # CurveZMQ keys (None: made for this run in out/keys)
+    gaia: GaiaOptions = field(default_factory=GaiaOptions)
+    restarts: int = 2  # per process of a restartable kind
+    aggregation: str = "mean"
+    home: str | None = None  # lan, centralized: where it trains; fedavg: the aggregator's
+    fed: FedAvgConfig = field(default_factory=FedAvgConfig)
+
+    def gaia_args(self) -> list[str]:
+        """The gaia options as role arguments (gaia and topk; none for the others)."""
+        return self.gaia.args() if self.system in MIRRORED else []
+
+    def fed_args(self) -> list[str]:
+        """The fedavg options as role arguments (fedavg only)."""
+        if self.system != "fedavg":
+            return []
+        return ["--fed-fraction", repr(self.fed.fraction), "--fed-epochs",
+                str(self.fed.epochs), "--fed-deadline", repr(self.fed.deadline_s)]
