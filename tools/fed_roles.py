@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import zmq
 
-from geoml.bus import Endpoint, GeomlError, Topology, load_topology, region_of
+from geoml.bus import GeomlError, Topology, load_topology
 from geoml.bus.security import CurveKeys
 from geoml.roles.compute import Compute
 from geoml.roles.fedavg import FedAggregator, FedClient
 
+from .role_endpoint import role_endpoint
 from .systems import RunConfig
 from .systems.config import bus_workload
 from .systems.fedavg import check_fedavg, fed_plan
@@ -57,12 +57,8 @@ async def fed_role_main(cfg: RunConfig, address: str, kind: str,
         raise GeomlError("a fedavg aggregator needs --iterations N (rounds) and --out DIR")
     workload = bus_workload(cfg.workload, cfg.workload_options)
     _, data_regions, clients = fed_plan(topo, cfg)
-    ctx: zmq.Context[Any] = zmq.Context()
-    ep = Endpoint(address, topo.endpoints(region_of(address), "tcp")[0], ctx=ctx, keys=keys,
-                  reliable=reliable)
-    try:
-        await ep.start(timeout=connect_timeout)
-        print(f"{address} connected to {ep.router}", flush=True)
+    async with role_endpoint(topo, address, keys=keys, reliable=reliable,
+                             connect_timeout=connect_timeout) as ep:
         report: dict[str, Any] = {"role": address, "kind": kind, "bus": ep.counters}
         if kind == "aggregator":
             aggregator = FedAggregator(
@@ -84,6 +80,3 @@ async def fed_role_main(cfg: RunConfig, address: str, kind: str,
                            compute=Compute())
         rounds = await client.run()
         return {**report, "rounds": rounds, **client.times, **client.counters}
-    finally:
-        await ep.aclose()
-        ctx.destroy(linger=0)

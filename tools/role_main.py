@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import zmq
 
-from geoml.bus import Endpoint, GeomlError, Topology, load_topology, region_of
+from geoml.bus import GeomlError, Topology, load_topology, region_of
 from geoml.bus.security import CurveKeys
 from geoml.roles.gaia import GaiaShard
 from geoml.roles.ps import PSWorker
@@ -26,6 +25,7 @@ from .ps_roles import (
     role_addresses,
     shard_file,
 )
+from .role_endpoint import role_endpoint
 from .ship_roles import home_partitions
 from .systems import RunConfig, get_system, process_systems
 from .systems.config import bus_workload
@@ -76,12 +76,8 @@ async def ps_role_main(cfg: RunConfig, address: str, kind: str,
                              "collector wrote every region's records (it does not train "
                              "on its own region's alone)")
         shipped_parts = home_partitions(workload, plan, cfg.out)
-    ctx: zmq.Context[Any] = zmq.Context()
-    ep = Endpoint(address, topo.endpoints(region, "tcp")[0], ctx=ctx, keys=keys,
-                  reliable=reliable)
-    try:
-        await ep.start(timeout=connect_timeout)
-        print(f"{address} connected to {ep.router}", flush=True)
+    async with role_endpoint(topo, address, keys=keys, reliable=reliable,
+                             connect_timeout=connect_timeout) as ep:
         # the endpoint's counters, final once it is closed (before the report is printed)
         report: dict[str, Any] = {"role": address, "kind": kind, "bus": ep.counters}
         checkpoint = None if checkpoints is None else checkpoint_file(checkpoints, address)
@@ -125,12 +121,11 @@ async def ps_role_main(cfg: RunConfig, address: str, kind: str,
                 report["wrote"] = str(shard_file(cfg.out, address))
             return report
         index = plan.in_region(plan.workers, region).index(address)
-        part = (shipped_parts or workload.partition(plan.data_regions))[(region, index)]
+        parts = (workload.partition(plan.data_regions) if shipped_parts is None
+                 else shipped_parts)
+        part = parts[(region, index)]
         worker = PSWorker(ep, workload, part, group.shards, group.ranges,
                           iterations=cfg.iterations, resume=resume,
                           on_clock=lambda a, c: print(f"{a} clock {c}", flush=True))
         clock = await worker.run()
         return {**report, "clock": clock, **worker.times, **worker.counters}
-    finally:
-        await ep.aclose()
-        ctx.destroy(linger=0)

@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import zmq
 
-from geoml.bus import Endpoint, GeomlError, Topology, load_topology, region_of
+from geoml.bus import GeomlError, Topology, load_topology, region_of
 from geoml.bus.security import CurveKeys
 from geoml.roles.ps_plan import PSPlan, plan_ps
 from geoml.roles.shipping import DataCollector, DataShipper
 from geoml.workloads import Partition, Workload
 
+from .role_endpoint import role_endpoint
 from .systems import RunConfig
 from .systems.config import bus_workload
 
@@ -42,12 +42,12 @@ def records_file(directory: Path) -> Path:
     return directory / "records.npz"
 
 
-def region_records(workload: Workload, plan: PSPlan) -> dict[str, Records]:
-    """Every source region's raw records, as the all-in-one run ships them."""
+def region_records(workload: Workload, plan: PSPlan, region: str) -> Records:
+    """One source region's raw records, as the all-in-one run ships them (a region
+    holding no data has none)."""
     assert plan.sources is not None
     born = workload.partition(plan.sources)
-    return {r: [workload.raw_records(p) for (pr, _), p in born.items() if pr == r]
-            for r in plan.sources}
+    return [workload.raw_records(p) for (r, _), p in born.items() if r == region]
 
 
 def _save(path: Path, received: Mapping[str, Records], order: list[str]) -> None:
@@ -75,7 +75,7 @@ def home_partitions(workload: Workload, plan: PSPlan, directory: Path
     if not path.is_file():
         raise GeomlError(f"{path} is missing: a centralized worker reads the records its "
                          "region's collector wrote there (start it with the same --out)")
-    own = region_records(workload, plan).get(plan.home, [])
+    own = region_records(workload, plan, plan.home)
     shipped = _load(path, list(plan.shippers().values()))
     return workload.partition_records([*own, *shipped], plan.home,
                                       plan.data_regions[plan.home])
@@ -98,30 +98,25 @@ async def ship_role_main(cfg: RunConfig, address: str, kind: str,
     if kind == "collector" and cfg.out is None:
         raise GeomlError("a collector needs --out DIR (where it writes the records)")
     workload = bus_workload(cfg.workload, cfg.workload_options)
-    records = region_records(workload, plan)
-    ctx: zmq.Context[Any] = zmq.Context()
-    ep = Endpoint(address, topo.endpoints(region_of(address), "tcp")[0], ctx=ctx, keys=keys,
-                  reliable=reliable)
-    try:
-        await ep.start(timeout=connect_timeout)
-        print(f"{address} connected to {ep.router}", flush=True)
+    async with role_endpoint(topo, address, keys=keys, reliable=reliable,
+                             connect_timeout=connect_timeout) as ep:
         report: dict[str, Any] = {"role": address, "kind": kind, "bus": ep.counters}
         if kind == "collector":
             shippers = roles["shipper"]
-            columns = sorted(next(iter(records.values()))[0])
+            # every record set has the same columns (a source region always holds data)
+            any_source = region_of(shippers[0]) if shippers else plan.home
+            columns = sorted(region_records(workload, plan, any_source)[0])
             collector = DataCollector(ep, shippers, columns)
             received = await collector.run()
             assert cfg.out is not None
             _save(records_file(cfg.out), received, shippers)
             return {**report, "records_file": str(records_file(cfg.out)),
                     **collector.counters}
-        shipper = DataShipper(ep, records[region_of(address)], roles["collector"][0])
+        shipper = DataShipper(ep, region_records(workload, plan, region_of(address)),
+                              roles["collector"][0])
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         rows = await shipper.run()
         # each shipper's own time: the processes start one after another
         return {**report, "confirmed_rows": rows, "ship_s": loop.time() - t0,
                 **shipper.counters}
-    finally:
-        await ep.aclose()
-        ctx.destroy(linger=0)
