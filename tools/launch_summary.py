@@ -39,27 +39,10 @@ def launch_summary(cfg: LaunchConfig, topo: Topology, plan: PSPlan, workload: An
     start = score_models(workload, {g.region: init for g in scored}, tests)
     final = score_models(workload, {g.region: load_shard_outputs(cfg.out / "shards", g.shards)
                                     for g in scored}, tests)
-    traffic = traffic_from_stats(routers)
-    wan_link_bytes = {name: link["bytes"] for name, link in traffic["wan_links"].items()}
     clock = min(r["clock"] for a, r in reports.items() if a in plan.workers)
-    # One process per role has no monitor scoring the model as it trains: the curve is the
-    # starting model and the final one.
-    curve = [{"time_s": 0.0, "clock": 0, **start},
-             {"time_s": elapsed, "clock": clock, **final}]
     summary = {
-        "system": cfg.system,
-        "topology": topo.name,
-        "mode": "processes",
-        "clock": "real",
-        "wall_s": wall,
-        "workload": workload.describe(),
-        "objective_name": workload.objective_name,
-        "iterations": clock,
-        "elapsed_s": elapsed,
-        "final_objective": final["objective"],
-        "final_metrics": final,
-        **traffic,
-        **cost_usd(topo, plan.machines_per_region(), elapsed, wan_link_bytes),
+        **_head(cfg, topo, workload, routers, plan.machines_per_region(), clock, elapsed,
+                final, wall),
         "sync": cfg.sync,
         "workers": len(plan.workers),
         "ps_shards": len(plan.shards),
@@ -79,8 +62,41 @@ def launch_summary(cfg: LaunchConfig, topo: Topology, plan: PSPlan, workload: An
             sum(reports[a]["elements_sent"] for a in plan.shards),
             {a: {k: v for k, v in r.items() if k not in ("role", "kind")}
              for a, r in reports.items() if r["kind"] in ("mirror", "hub")}))
-    write_results(cfg.out, summary, curve, f"{cfg.system} on {topo.name} (processes)")
+    _write(cfg, topo, summary, start, final)
     return summary
+
+
+def _head(cfg: LaunchConfig, topo: Topology, workload: Any,
+          routers: dict[str, dict[str, Any]], machines: dict[str, int], iterations: int,
+          elapsed: float, final: dict[str, Any], wall: float) -> dict[str, Any]:
+    """The fields every launch summary starts with: the run, its final scores, the
+    routers' traffic and the cost."""
+    traffic = traffic_from_stats(routers)
+    wan_link_bytes = {name: link["bytes"] for name, link in traffic["wan_links"].items()}
+    return {
+        "system": cfg.system,
+        "topology": topo.name,
+        "mode": "processes",
+        "clock": "real",
+        "wall_s": wall,
+        "workload": workload.describe(),
+        "objective_name": workload.objective_name,
+        "iterations": iterations,
+        "elapsed_s": elapsed,
+        "final_objective": final["objective"],
+        "final_metrics": final,
+        **traffic,
+        **cost_usd(topo, machines, elapsed, wan_link_bytes),
+    }
+
+
+def _write(cfg: LaunchConfig, topo: Topology, summary: dict[str, Any],
+           start: dict[str, Any], final: dict[str, Any]) -> None:
+    """summary.json, curve.csv and curve.png. One process per role has no monitor scoring
+    the model as it trains: the curve is the starting model and the final one."""
+    curve = [{"time_s": 0.0, "clock": 0, **start},
+             {"time_s": summary["elapsed_s"], "clock": summary["iterations"], **final}]
+    write_results(cfg.out, summary, curve, f"{cfg.system} on {topo.name} (processes)")
 
 
 def _shipped(plan: PSPlan, reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -121,20 +137,11 @@ def fed_launch_summary(cfg: LaunchConfig, topo: Topology, workload: Any, launche
     with np.load(model_file(cfg.out)) as saved:
         final = workload.evaluate({t: saved[t] for t in saved.files})
     start = workload.evaluate(workload.init_params())
-    traffic = traffic_from_stats(routers)
-    wan_link_bytes = {name: link["bytes"] for name, link in traffic["wan_links"].items()}
     machines = dict(data_regions)
     machines[home] = machines.get(home, 0) + 1
     rounds = agg["rounds"]
-    curve = [{"time_s": 0.0, "clock": 0, **start},
-             {"time_s": elapsed, "clock": rounds, **final}]
     summary = {
-        "system": cfg.system, "topology": topo.name, "mode": "processes", "clock": "real",
-        "wall_s": wall, "workload": workload.describe(),
-        "objective_name": workload.objective_name, "iterations": rounds,
-        "elapsed_s": elapsed, "final_objective": final["objective"], "final_metrics": final,
-        **traffic,
-        **cost_usd(topo, machines, elapsed, wan_link_bytes),
+        **_head(cfg, topo, workload, routers, machines, rounds, elapsed, final, wall),
         "sync": "fedavg", "workers": len(clients), "ps_shards": 0,
         "worker_times_s": {a: {"compute_s": reports[a]["compute_s"]} for a in clients},
         "fedavg": {"aggregator": aggregator,
@@ -146,7 +153,7 @@ def fed_launch_summary(cfg: LaunchConfig, topo: Topology, workload: Any, launche
                    "client_rounds": {a: reports[a]["rounds"] for a in clients}},
     }
     _add_processes(summary, launcher)
-    write_results(cfg.out, summary, curve, f"{cfg.system} on {topo.name} (processes)")
+    _write(cfg, topo, summary, start, final)
     return summary
 
 
