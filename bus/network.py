@@ -19,6 +19,11 @@ from .topology import Topology
 
 _run_ids = itertools.count()
 
+#: Role endpoints counted per region when sizing a network's sockets, unless the caller
+#: knows better (an edge site holds one); more still work while the headroom
+#: `ensure_file_limit` leaves lasts.
+ENDPOINTS_PER_REGION = 4
+
 
 class Network:
     """The routers of a topology, started together; hands out endpoints for roles.
@@ -34,14 +39,14 @@ class Network:
         ctx: zmq.Context[Any] | None = None,
         run_id: str | None = None,
         keys: CurveKeys | None = None,
-        endpoints_per_region: int | None = None,
+        endpoints_per_region: int = ENDPOINTS_PER_REGION,
         **router_options: Any,
     ) -> None:
         self.topology = topology
         self.transport = transport
         self.keys = keys  # CurveZMQ (tcp): the routers' and, by default, every endpoint's
         self._own_ctx = ctx is None
-        sockets = sockets_needed(topology, endpoints_per_region or ENDPOINTS_PER_REGION)
+        sockets = sockets_needed(topology, endpoints_per_region)
         ensure_file_limit(sockets)
         self.ctx: zmq.Context[Any] = ctx or zmq.Context()
         if self._own_ctx and self.ctx.get(zmq.MAX_SOCKETS) < 2 * sockets:
@@ -124,12 +129,6 @@ class Network:
             # destroy, not term: a socket someone left open on our context (say, a tap
             # subscriber abandoned by an exception) must not make closing hang forever.
             self.ctx.destroy(linger=0)
-
-
-#: Role endpoints counted per region when sizing a network's sockets, unless the caller
-#: knows better (an edge site holds one); more still work while the headroom
-#: `ensure_file_limit` leaves lasts.
-ENDPOINTS_PER_REGION = 4
 
 
 def sockets_needed(topology: Topology, endpoints_per_region: int = ENDPOINTS_PER_REGION
