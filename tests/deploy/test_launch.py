@@ -328,11 +328,8 @@ def test_fedavg_as_processes_ends_with_the_all_in_one_model(tmp_path: Path) -> N
     the same final model as the all-in-one run, the same model and update bytes on the
     WAN but for the reliable endpoints' numbering."""
     out = tmp_path / "run"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "geoml.cli", "launch", "--topology", "ss_wan", "--system",
-         "fedavg", "--workload", "softmax-digits", "--iterations", "3", "--fed-epochs", "2",
-         "--out", str(out), "--status-every", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = _launch(out, "--topology", "ss_wan", "--system", "fedavg", "--iterations", "3",
+                   "--fed-epochs", "2")
     _, stderr = proc.communicate(timeout=PROCESS_TEST_BUDGET_S)
     assert proc.returncode == 0, stderr
     assert "aggregator 1 done" in stderr and "clock 3/3" in stderr
@@ -371,11 +368,8 @@ def test_centralized_as_processes_moves_the_raw_data_then_trains_at_home(
     every region's records. The same data moves as all-in-one, and the model ends within
     what SSP(0)'s read timing allows (see the baseline test above)."""
     out = tmp_path / "run"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "geoml.cli", "launch", "--topology", "ss_wan", "--system",
-         "centralized", "--workload", "softmax-digits", "--iterations", "5", "--out",
-         str(out), "--status-every", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = _launch(out, "--topology", "ss_wan", "--system", "centralized", "--iterations",
+                   "5")
     _, stderr = proc.communicate(timeout=PROCESS_TEST_BUDGET_S)
     assert proc.returncode == 0, stderr
     summary = json.loads((out / "summary.json").read_text())

@@ -40,12 +40,13 @@ def ray_cluster() -> Iterator[str]:
         cluster.shutdown()
 
 
-def _launch_on_ray(address: str, topology: Path, out: Path,
-                   *extra: str) -> subprocess.Popen[str]:
+def _launch_on_ray(address: str, topology: Path, out: Path, *extra: str,
+                   system: str = "gaia", workload: str = "integer-updates"
+                   ) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "geoml.cli", "launch", "--engine", "ray", "--address", address,
-         "--topology", str(topology), "--system", "gaia", "--workload", "integer-updates",
-         "--aggregation", "sum", "--out", str(out), "--status-every", "1", *extra],
+         "--topology", str(topology), "--system", system, "--workload", workload,
+         "--out", str(out), "--status-every", "1", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -64,8 +65,8 @@ def test_gaia_with_hubs_on_ray_placed_by_region_and_exact_after_a_killed_hub(
     topology = tmp_path / "four.toml"
     topology.write_text(FOUR_REGIONS)
     out, clocks = tmp_path / "run", 30
-    proc = _launch_on_ray(ray_cluster, topology, out, "--gaia-hubs", "--gaia-v", "0.5",
-                          "--iterations", str(clocks))
+    proc = _launch_on_ray(ray_cluster, topology, out, "--aggregation", "sum", "--gaia-hubs",
+                          "--gaia-v", "0.5", "--iterations", str(clocks))
     stderr = _disturb(proc, out, "a/worker/0", 5, _kill(out, "d/hub/0"))
     assert proc.returncode == 0, stderr
     assert "d/hub/0 failed (killed by SIGKILL); restarting it (1/2)" in stderr
@@ -114,11 +115,8 @@ def test_fedavg_on_ray_placed_by_region_ends_with_the_all_in_one_model(
     topology = tmp_path / "four.toml"
     topology.write_text(FOUR_REGIONS)
     out = tmp_path / "run"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "geoml.cli", "launch", "--engine", "ray", "--address",
-         ray_cluster, "--topology", str(topology), "--system", "fedavg", "--workload",
-         "softmax-digits", "--iterations", "2", "--home", "c", "--out", str(out),
-         "--status-every", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = _launch_on_ray(ray_cluster, topology, out, "--iterations", "2", "--home", "c",
+                          system="fedavg", workload="softmax-digits")
     _, stderr = proc.communicate(timeout=100)
     assert proc.returncode == 0, stderr
     summary = json.loads((out / "summary.json").read_text())
@@ -143,11 +141,8 @@ def test_centralized_on_ray_ships_to_the_home_node_and_trains_there(
     topology = tmp_path / "four.toml"
     topology.write_text(FOUR_REGIONS)
     out = tmp_path / "run"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "geoml.cli", "launch", "--engine", "ray", "--address",
-         ray_cluster, "--topology", str(topology), "--system", "centralized", "--workload",
-         "softmax-digits", "--iterations", "3", "--home", "b", "--out", str(out),
-         "--status-every", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = _launch_on_ray(ray_cluster, topology, out, "--iterations", "3", "--home", "b",
+                          system="centralized", workload="softmax-digits")
     _, stderr = proc.communicate(timeout=100)
     assert proc.returncode == 0, stderr
     summary = json.loads((out / "summary.json").read_text())
