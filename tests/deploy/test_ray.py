@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -48,6 +49,23 @@ def _launch_on_ray(address: str, topology: Path, out: Path, *extra: str,
          "--topology", str(topology), "--system", system, "--workload", workload,
          "--out", str(out), "--status-every", "1", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _ran_on_ray(address: str, tmp_path: Path, system: str, *extra: str
+                ) -> tuple[Path, dict[str, Any]]:
+    """`system` on softmax-digits over FOUR_REGIONS on the cluster, to its end (exit 0);
+    its out directory and summary.json, which says every process ran on a node of its
+    region."""
+    topology = tmp_path / "four.toml"
+    topology.write_text(FOUR_REGIONS)
+    out = tmp_path / "run"
+    proc = _launch_on_ray(address, topology, out, *extra, system=system,
+                          workload="softmax-digits")
+    _, stderr = proc.communicate(timeout=100)
+    assert proc.returncode == 0, stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["engine"] == "ray" and summary["placement_ok"] is True
+    return out, summary
 
 
 @pytest.mark.timeout(150)
@@ -112,21 +130,14 @@ def test_fedavg_on_ray_placed_by_region_ends_with_the_all_in_one_model(
     from geoml.bus.vclock import run_with_clock
     from geoml.systems import RunConfig, run_system
 
-    topology = tmp_path / "four.toml"
-    topology.write_text(FOUR_REGIONS)
-    out = tmp_path / "run"
-    proc = _launch_on_ray(ray_cluster, topology, out, "--iterations", "2", "--home", "c",
-                          system="fedavg", workload="softmax-digits")
-    _, stderr = proc.communicate(timeout=100)
-    assert proc.returncode == 0, stderr
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["engine"] == "ray" and summary["placement_ok"] is True
+    out, summary = _ran_on_ray(ray_cluster, tmp_path, "fedavg", "--iterations", "2",
+                               "--home", "c")
     placement = summary["placement"]
     assert {p["region"] for name, p in placement.items() if "aggregator" in name} == {"c"}
     assert len(placement) == 4 + 4 + 1  # routers, clients, the aggregator
     aio = run_with_clock(run_system(RunConfig(
-        topology=load_topology(str(topology)), system="fedavg", workload="softmax-digits",
-        iterations=2, home="c", quiet=True)))
+        topology=load_topology(str(tmp_path / "four.toml")), system="fedavg",
+        workload="softmax-digits", iterations=2, home="c", quiet=True)))
     assert summary["final_objective"] == aio.summary["final_objective"]
     assert summary["fedavg"]["averaged"] == aio.summary["fedavg"]["averaged"] == 8
     assert not [n for n, pid in _children(out).items() if _alive(pid)]
@@ -138,15 +149,8 @@ def test_centralized_on_ray_ships_to_the_home_node_and_trains_there(
     """centralized with home b: the shippers of a, c and d run on their regions' nodes, the
     collector, shards and workers on b's, which reads the records the collector wrote
     there (the driver does not fetch it)."""
-    topology = tmp_path / "four.toml"
-    topology.write_text(FOUR_REGIONS)
-    out = tmp_path / "run"
-    proc = _launch_on_ray(ray_cluster, topology, out, "--iterations", "3", "--home", "b",
-                          system="centralized", workload="softmax-digits")
-    _, stderr = proc.communicate(timeout=100)
-    assert proc.returncode == 0, stderr
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["engine"] == "ray" and summary["placement_ok"] is True
+    out, summary = _ran_on_ray(ray_cluster, tmp_path, "centralized", "--iterations", "3",
+                               "--home", "b")
     regions = {name: p["region"] for name, p in summary["placement"].items()}
     assert {r for n, r in regions.items() if "/shipper/" in n} == {"a", "c", "d"}
     assert {r for n, r in regions.items() if "/collector/" in n or "/worker/" in n} == {"b"}
