@@ -5,12 +5,12 @@ gathers their endpoints into `endpoints.json` and hands that file to every route
 can reach each other) and every role. Every tcp socket uses CurveZMQ (keys made for the
 run in `keys/`, or `--keys DIR`). Then the roles, in the order tools/launch_plan.py gives
 (PS shards, mirrors and hubs, then workers; fedavg's clients, then its aggregator;
-centralized's collector and shippers first). While they run it
-prints one status line per interval; when the workers are done it stops the routers,
-gathers every process's report into the same summary.json as the all-in-one run, and
-keeps each process's output in `logs/`. On Ctrl-C, or when any process fails, it stops
-every process it started; children also die with the launcher (Linux parent-death signal)
-even if it is killed with SIGKILL.
+diloco's aggregator and hubs, then its regions; centralized's collector and shippers
+first). While they run it prints one status line per interval; when the workers are done
+it stops the routers, gathers every process's report into the same summary.json as the
+all-in-one run, and keeps each process's output in `logs/`. On Ctrl-C, or when any
+process fails, it stops every process it started; children also die with the launcher
+(Linux parent-death signal) even if it is killed with SIGKILL.
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ from .launch_child import (
     child_options,
     geoml_command,
 )
-from .launch_config import RESTARTABLE, LaunchConfig
+from .launch_config import ROUND_SYSTEMS, LaunchConfig
 from .launch_plan import run_order
-from .launch_summary import fed_launch_summary, launch_summary
+from .launch_summary import launch_summary, rounds_launch_summary
 from .role_main import check_process_system
 from .systems.config import bus_workload
 
@@ -52,7 +52,7 @@ class Launcher:
     def __init__(self, cfg: LaunchConfig, topo: Topology, plan: PSPlan | None) -> None:
         self.cfg = cfg
         self.topo = topo
-        self.plan = plan  # the PS systems' plan (None: fedavg)
+        self.plan = plan  # the PS systems' plan (None: fedavg, diloco)
         self.order = run_order(cfg, topo, plan)
         self.children: list[Child] = []
         self.logs = cfg.out / "logs"
@@ -137,7 +137,7 @@ class Launcher:
 
     def may_restart(self, child: Child) -> bool:
         """Is `child`'s role restarted after a crash, with restarts left?"""
-        return child.kind in RESTARTABLE and child.attempt < self.cfg.restarts
+        return self.cfg.restartable(child.kind) and child.attempt < self.cfg.restarts
 
     async def mend_routers(self) -> None:
         """Restart a router that crashed once the run's endpoints are known (while roles
@@ -227,20 +227,20 @@ class Launcher:
                 "--connect-timeout", str(self.cfg.start_timeout)]
         for opt in self.cfg.options:
             args += ["--opt", opt]
-        args += self.cfg.gaia_args() + self.cfg.fed_args()
+        args += self.cfg.gaia_args() + self.cfg.fed_args() + self.cfg.diloco_args()
         if self.cfg.home:
             args += ["--home", self.cfg.home]
-        if kind in ("worker", "aggregator"):
+        if kind in ("worker", "aggregator", "region"):
             args += ["--iterations", str(self.cfg.iterations)]
         if kind == "ps_shard":
             args += ["--out", str(self.cfg.out / "shards")]
-        elif kind == "aggregator":
+        elif kind in ("aggregator", "region"):  # (diloco all-to-all: the home region's copy)
             args += ["--out", str(self.cfg.out)]
         elif kind == "collector" or (kind == "worker" and self.cfg.system == "centralized"):
             args += ["--out", str(self.cfg.out / "centralized")]
         if self.cfg.restarts:
             args += ["--reliable"]
-            if kind in RESTARTABLE and kind != "worker":
+            if self.cfg.restartable(kind) and kind != "worker":
                 args += ["--checkpoint", str(self.cfg.out / "checkpoints")]
         return args
 
@@ -271,9 +271,9 @@ class Launcher:
                     await self.restart(c)
                     continue
                 why = (f"it was restarted {c.attempt} time(s), the limit (--restarts)"
-                       if c.kind in RESTARTABLE else
-                       f"a {c.kind} is not restarted: only workers, PS shards, mirrors, "
-                       "hubs and routers are (see README)")
+                       if self.cfg.restartable(c.kind) else
+                       f"a {self.cfg.system} {c.kind} is not restarted: only workers, PS "
+                       "shards, mirrors, gaia's hubs and routers are (see README)")
                 raise LaunchFailed(f"{c.name} (pid {c.pid}) failed ({c.exit_state}); {why}; "
                                    f"its errors:\n{c.tail()}")
             if time.monotonic() >= next_status:
@@ -312,7 +312,8 @@ async def launch(cfg: LaunchConfig, topo: Topology, stop: asyncio.Event,
     check_process_system(cfg.system)
     try:
         cfg.gaia.check()
-        plan = (None if cfg.system == "fedavg" else
+        cfg.diloco.check()
+        plan = (None if cfg.system in ROUND_SYSTEMS else
                 plan_ps(topo, cfg.system, cfg.home,
                         hubs=wants_hubs(cfg.system, cfg.gaia.hubs)))
         workload = bus_workload(cfg.workload, dict(o.split("=", 1) for o in cfg.options))
@@ -341,8 +342,8 @@ async def launch(cfg: LaunchConfig, topo: Topology, stop: asyncio.Event,
     routers = {c.region: c.report() for c in launcher.routers()}
     wall = time.perf_counter() - t_wall
     if plan is None:
-        return fed_launch_summary(cfg, topo, workload, launcher, elapsed, reports, routers,
-                                  wall)
+        return rounds_launch_summary(cfg, topo, workload, launcher, elapsed, reports,
+                                     routers, wall)
     return launch_summary(cfg, topo, plan, workload, launcher, elapsed, reports, routers,
                           wall)
 
@@ -386,7 +387,7 @@ async def _run(launcher: Launcher) -> tuple[float, dict[str, dict[str, Any]]]:
     if launcher.recoveries:
         # A crashed worker's time died with it: count from the workers' start to the end.
         return t_done - t_workers, reports
-    if launcher.plan is None:  # fedavg: the aggregator's rounds, as it timed them
+    if launcher.plan is None:  # fedavg, diloco: their rounds, as the drivers timed them
         return max(reports[a]["elapsed_s"] for a, _ in order.drivers), reports
     # Training time as the all-in-one run counts it: from the first read to the last push
     # (the slowest worker's), without the processes' start-up.

@@ -8,7 +8,7 @@ from pathlib import Path
 from geoml.roles.fedavg import FedAvgConfig
 from geoml.roles.ps_plan import MIRRORED
 
-from .systems.config import GaiaOptions
+from .systems.config import DiLoCoOptions, GaiaOptions
 
 #: Role kinds the launcher restarts after a crash. A worker's state is its clock, which its
 #: shards keep: the new process asks them (ps.where), redoes the clock it was in, and the
@@ -21,6 +21,10 @@ from .systems.config import GaiaOptions
 #: (its member updates waiting to be combined included); its members and the other hubs
 #: resend what it had not acknowledged.
 RESTARTABLE = ("worker", "ps_shard", "mirror", "hub", "router")
+
+#: The systems that run in rounds of an aggregator and its clients or regions, not on PS
+#: shards. Their roles keep no checkpoint: only their routers are restarted.
+ROUND_SYSTEMS = ("fedavg", "diloco")
 
 
 @dataclass
@@ -42,14 +46,24 @@ class LaunchConfig:
     aggregation: str = "mean"
     home: str | None = None  # lan, centralized: where it trains; fedavg: the aggregator's
     fed: FedAvgConfig = field(default_factory=FedAvgConfig)
+    diloco: DiLoCoOptions = field(default_factory=DiLoCoOptions)
+
+    def restartable(self, kind: str) -> bool:
+        """Is a crashed process of `kind` restarted in this run?"""
+        return kind == "router" or (kind in RESTARTABLE and self.system not in ROUND_SYSTEMS)
 
     def gaia_args(self) -> list[str]:
         """The gaia options as role arguments (gaia and topk; none for the others)."""
         return self.gaia.args() if self.system in MIRRORED else []
 
     def fed_args(self) -> list[str]:
-        """The fedavg options as role arguments (fedavg only)."""
-        if self.system != "fedavg":
+        """The fedavg options as role arguments (fedavg and diloco, whose deadline they
+        carry)."""
+        if self.system not in ROUND_SYSTEMS:
             return []
         return ["--fed-fraction", repr(self.fed.fraction), "--fed-epochs",
                 str(self.fed.epochs), "--fed-deadline", repr(self.fed.deadline_s)]
+
+    def diloco_args(self) -> list[str]:
+        """The diloco options as role arguments (diloco only)."""
+        return self.diloco.args() if self.system == "diloco" else []

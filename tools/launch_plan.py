@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from geoml.bus import Topology
 from geoml.roles.ps_plan import PSPlan
 
+from .diloco_roles import diloco_roles
 from .fed_roles import fed_roles
 from .ps_roles import role_addresses
 from .ship_roles import ship_roles
@@ -35,16 +36,23 @@ class RunOrder:
 
 
 def fed_run_config(cfg: LaunchConfig, topo: Topology) -> RunConfig:
-    """The RunConfig fedavg's roles are planned from (its aggregator's region, its rounds)."""
+    """The RunConfig fedavg's and diloco's roles are planned from (the aggregator's
+    region, the rounds or inner clocks, their options)."""
     return RunConfig(topology=topo, system=cfg.system, workload=cfg.workload,
                      workload_options=dict(o.split("=", 1) for o in cfg.options),
-                     iterations=cfg.iterations, home=cfg.home, fed=cfg.fed)
+                     iterations=cfg.iterations, home=cfg.home, fed=cfg.fed,
+                     diloco=cfg.diloco)
 
 
 def run_order(cfg: LaunchConfig, topo: Topology, plan: PSPlan | None) -> RunOrder:
-    """fedavg: the clients (they wait for the model), then the aggregator. The PS systems:
-    PS shards, mirrors and hubs, then the workers; centralized after a phase that moves
-    the raw data: its collector, then the shippers."""
+    """fedavg: the clients (they wait for the model), then the aggregator. diloco: the
+    aggregator and hubs (they wait for deltas), then the regions. The PS systems: PS
+    shards, mirrors and hubs, then the workers; centralized after a phase that moves the
+    raw data: its collector, then the shippers."""
+    if plan is None and cfg.system == "diloco":
+        roles = diloco_roles(topo, fed_run_config(cfg, topo))
+        return RunOrder([(a, kind) for kind in ("aggregator", "hub") for a in roles[kind]],
+                        [(a, "region") for a in roles["region"]])
     if plan is None:
         roles = fed_roles(topo, fed_run_config(cfg, topo))
         return RunOrder([(a, "client") for a in roles["client"]],

@@ -34,7 +34,7 @@ from geoml.bus import GeomlError, Topology
 
 from .launch import Launcher
 from .launch_child import Child, LaunchFailed, process_region
-from .launch_config import RESTARTABLE, LaunchConfig
+from .launch_config import LaunchConfig
 from .ray_host import ENDPOINTS, NODE_HOST, host_class, registry_class
 
 RESOURCE_PREFIX = "geoml_region_"
@@ -173,7 +173,7 @@ class RayLauncher(Launcher):
         if name in self._actor_of:
             return await self._restarted(name, *self._actor_of[name])
         region = process_region(name, kind)
-        restarts = self.cfg.restarts if kind in RESTARTABLE else 0
+        restarts = self.cfg.restarts if self.cfg.restartable(kind) else 0
         restart_args = None
         if restarts:
             restart_args = ([*self.router_args(region), "--endpoints", ENDPOINTS]

@@ -15,6 +15,7 @@ from .launch_plan import fed_run_config
 from .ps_roles import gaia_summary, load_shard_outputs, replica_groups
 from .results import cost_usd, write_results
 from .ship_roles import ship_roles
+from .systems.diloco import diloco_details, diloco_layout, stream_plan
 from .systems.fedavg import fed_plan
 from .systems.harness import score_models, traffic_from_stats
 from .systems.isolated import isolated_summary
@@ -22,6 +23,7 @@ from .systems.isolated import isolated_summary
 if TYPE_CHECKING:
     from .launch import LaunchConfig, Launcher
     from .launch_child import Child
+    from .systems import RunConfig
 
 
 def launch_summary(cfg: LaunchConfig, topo: Topology, plan: PSPlan, workload: Any,
@@ -126,35 +128,79 @@ def _add_processes(summary: dict[str, Any], launcher: Launcher) -> None:
         summary["traffic_counted_since_restart"] = restarted  # a dead router's counts died
 
 
-def fed_launch_summary(cfg: LaunchConfig, topo: Topology, workload: Any, launcher: Launcher,
-                       elapsed: float, reports: dict[str, dict[str, Any]],
-                       routers: dict[str, dict[str, Any]], wall: float) -> dict[str, Any]:
-    """summary.json of a fedavg launch run (the all-in-one run's fields, from the
-    aggregator's model and report and the clients' reports), written to cfg.out."""
-    home, data_regions, clients = fed_plan(topo, fed_run_config(cfg, topo))
-    aggregator = launcher.order.drivers[0][0]
-    agg = reports[aggregator]
+def rounds_launch_summary(cfg: LaunchConfig, topo: Topology, workload: Any,
+                          launcher: Launcher, elapsed: float, reports: dict[str, dict[str, Any]],
+                          routers: dict[str, dict[str, Any]], wall: float) -> dict[str, Any]:
+    """summary.json of a fedavg or diloco launch run (the all-in-one run's fields, from
+    the final model its aggregator or home region wrote and the roles' reports), written
+    to cfg.out."""
+    run_cfg = fed_run_config(cfg, topo)
+    home, data_regions, clients = fed_plan(topo, run_cfg)
     with np.load(model_file(cfg.out)) as saved:
         final = workload.evaluate({t: saved[t] for t in saved.files})
     start = workload.evaluate(workload.init_params())
     machines = dict(data_regions)
     machines[home] = machines.get(home, 0) + 1
-    rounds = agg["rounds"]
+    if cfg.system == "diloco":
+        iterations, section, trainers = _diloco_section(run_cfg, topo, workload, reports)
+    else:
+        iterations, section, trainers = _fedavg_section(cfg, launcher, workload, reports,
+                                                        list(clients))
     summary = {
-        **_head(cfg, topo, workload, routers, machines, rounds, elapsed, final, wall),
-        "sync": "fedavg", "workers": len(clients), "ps_shards": 0,
-        "worker_times_s": {a: {"compute_s": reports[a]["compute_s"]} for a in clients},
-        "fedavg": {"aggregator": aggregator,
-                   "fraction": cfg.fed.fraction, "epochs": cfg.fed.epochs,
-                   "batch": getattr(workload, "batch", None),
-                   "deadline_s": cfg.fed.deadline_s, "rounds": rounds,
-                   **{k: agg.get(k, 0) for k in ("asked", "averaged", "missed_deadline",
-                                                 "late_updates", "empty_rounds", "refused")},
-                   "client_rounds": {a: reports[a]["rounds"] for a in clients}},
+        **_head(cfg, topo, workload, routers, machines, iterations, elapsed, final, wall),
+        "sync": cfg.system, "workers": len(clients), "ps_shards": 0,
+        "worker_times_s": {a: {"compute_s": reports[a]["compute_s"]} for a in trainers},
+        cfg.system: section,
     }
     _add_processes(summary, launcher)
     _write(cfg, topo, summary, start, final)
     return summary
+
+
+_AGGREGATOR_COUNTERS = ("asked", "averaged", "missed_deadline", "late_updates",
+                        "empty_rounds", "refused")
+
+
+def _fedavg_section(cfg: LaunchConfig, launcher: Launcher, workload: Any,
+                    reports: dict[str, dict[str, Any]], clients: list[str]
+                    ) -> tuple[int, dict[str, Any], list[str]]:
+    """fedavg's rounds, its summary section and its clients."""
+    aggregator = launcher.order.drivers[0][0]
+    agg = reports[aggregator]
+    return agg["rounds"], {
+        "aggregator": aggregator, "fraction": cfg.fed.fraction, "epochs": cfg.fed.epochs,
+        "batch": getattr(workload, "batch", None), "deadline_s": cfg.fed.deadline_s,
+        "rounds": agg["rounds"], **{k: agg.get(k, 0) for k in _AGGREGATOR_COUNTERS},
+        "client_rounds": {a: reports[a]["rounds"] for a in clients}}, clients
+
+
+def _diloco_section(cfg: RunConfig, topo: Topology, workload: Any,
+                    reports: dict[str, dict[str, Any]]
+                    ) -> tuple[int, dict[str, Any], list[str]]:
+    """diloco's inner clocks, its summary section and its region roles. With all-to-all
+    (no aggregator) the aggregator's counters are the home region's, as all-in-one."""
+    layout = diloco_layout(topo, cfg)
+    regions = list(layout.regions)
+    if layout.aggregator is not None:
+        agg = reports[layout.aggregator]
+        counters = {k: agg.get(k, 0) for k in _AGGREGATOR_COUNTERS}
+    else:
+        agg = reports[layout.home]
+        asked = agg["rounds"] * len(regions)
+        counters = {**dict.fromkeys(_AGGREGATOR_COUNTERS, 0), "asked": asked,
+                    "averaged": agg.get("averaged", 0),
+                    "missed_deadline": asked - agg.get("averaged", 0),
+                    "refused": sum(reports[a].get("refused", 0) for a in regions)}
+    rounds = agg["rounds"]
+    relays = {h: {k: v for k, v in reports[h].items()
+                  if k not in ("role", "kind", "bus", "rounds", "elapsed_s")}
+              for h in layout.hubs}
+    return rounds * (cfg.diloco.h // cfg.diloco.fragments), {
+        "aggregator": layout.aggregator, "fraction": cfg.fed.fraction,
+        **diloco_details(cfg, layout, stream_plan(workload, cfg.diloco)),
+        "deadline_s": cfg.fed.deadline_s, "rounds": rounds, **counters,
+        "client_rounds": {a: reports[a]["rounds"] for a in regions},
+        **({"relays": relays} if relays else {})}, regions
 
 
 def recovery_s(launcher: Launcher, recovery: dict[str, Any]) -> float | None:

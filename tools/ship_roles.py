@@ -26,8 +26,6 @@ from .role_endpoint import role_endpoint
 from .systems import RunConfig
 from .systems.config import bus_workload
 
-SHIP_KINDS = ("collector", "shipper")
-
 Records = list[dict[str, np.ndarray]]
 
 

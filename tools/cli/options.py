@@ -10,15 +10,18 @@ from typing import Any
 from geoml import __version__
 from geoml.bus import GeomlError, Topology, load_topology
 from geoml.bus.vclock import CLOCKS
+from geoml.diloco_roles import DILOCO_KINDS
 from geoml.fed_roles import FED_KINDS
 from geoml.ps_roles import PS_KINDS
 from geoml.roles.drift import DETECTORS
-from geoml.ship_roles import SHIP_KINDS
+from geoml.systems.centralized import SHIP_KINDS
 
 log = logging.getLogger("geoml")
 
 #: What `geoml role --kind` runs.
-ROLE_KINDS = ("source", "sink", *PS_KINDS, *FED_KINDS, *SHIP_KINDS)
+#: (diloco shares "aggregator" and "hub" with fedavg and gaia: --system says which.)
+ROLE_KINDS = tuple(dict.fromkeys(("source", "sink", *PS_KINDS, *FED_KINDS, *SHIP_KINDS,
+                                  *DILOCO_KINDS)))
 
 
 def parse_options(pairs: list[str]) -> dict[str, str]:
@@ -207,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     _ps_args(ro, role=True)
     _gaia_args(ro)
     _fed_args(ro, lan=True)
+    _diloco_args(ro)
     ro.add_argument("--resume", action="store_true", help="restarted after a crash (what "
                     "`geoml launch` restarts with): a worker asks its shards which clock to "
                     "redo; a ps_shard or mirror loads its checkpoint and has the roles it "
@@ -232,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="workload option, e.g. rank=50 (repeatable)")
     _sync_args(la)
     la.add_argument("--iterations", type=int, required=True,
-                    help="clocks every worker runs (fedavg: rounds)")
+                    help="clocks every worker runs (fedavg: rounds; diloco: inner clocks)")
     la.add_argument("--out", type=Path, help="results directory (default runs/launch-...)")
     la.add_argument("--status-every", type=float, default=5.0,
                     help="seconds between status lines")
@@ -242,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "made for the run in OUT/keys)")
     _gaia_args(la)
     _fed_args(la, lan=True)
+    _diloco_args(la)
     la.add_argument("--engine", default="local", choices=("local", "ray"),
                     help="local: child processes of this one (default); ray: Ray actors "
                     "placed by region on a Ray cluster (needs geoml[ray])")
@@ -318,6 +323,14 @@ def _training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-every", type=int, default=1, help="evaluate every N clocks")
     _fed_args(p, lan=True)
     _gaia_args(p)
+    _diloco_args(p)
+    p.add_argument("--link-down", action="append", default=[], metavar="A-B@T+S",
+                   help="fault injection: the WAN link between regions A and B (A->B: one "
+                   "direction) has rate 0 from T to T+S seconds into the run (repeatable)")
+
+
+def _diloco_args(p: argparse.ArgumentParser) -> None:
+    """diloco's options (run, compare, role, launch)."""
     p.add_argument("--diloco-h", type=int, default=10, metavar="H",
                    help="diloco: inner clocks per round")
     p.add_argument("--diloco-outer", choices=("nesterov", "sgd"), default="nesterov",
@@ -340,9 +353,6 @@ def _training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--diloco-mix", type=float, default=0.5, metavar="ALPHA",
                    help="streaming diloco with overlap: the local share of a merged "
                    "fragment")
-    p.add_argument("--link-down", action="append", default=[], metavar="A-B@T+S",
-                   help="fault injection: the WAN link between regions A and B (A->B: one "
-                   "direction) has rate 0 from T to T+S seconds into the run (repeatable)")
 
 
 def _sync_args(p: argparse.ArgumentParser) -> None:

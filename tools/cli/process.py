@@ -22,7 +22,8 @@ from geoml.bus.endpoint import Endpoint
 from geoml.bus.vclock import run_with_clock
 from geoml.fed_roles import FED_KINDS
 from geoml.ps_roles import PS_KINDS
-from geoml.ship_roles import SHIP_KINDS
+from geoml.systems import get_system
+from geoml.systems.centralized import SHIP_KINDS
 
 from .options import ROLE_KINDS, parse_options, run_config, workload_slug
 
@@ -147,6 +148,12 @@ async def role_main(topo: Topology, address: str, kind: str, args: argparse.Name
                      ) -> dict[str, Any]:
     from geoml.roles.traffic import run_sink, run_source
 
+    if args.system == "diloco":
+        from geoml.diloco_roles import diloco_role_main
+
+        return await diloco_role_main(run_config(args, check=False, topo=topo), address,
+                                      kind, connect_timeout=args.connect_timeout,
+                                      keys=keys_of(args), reliable=args.reliable)
     if kind in SHIP_KINDS:
         from geoml.ship_roles import ship_role_main
 
@@ -190,7 +197,7 @@ async def role_main(topo: Topology, address: str, kind: str, args: argparse.Name
 def launch_main(args: argparse.Namespace) -> int:
     from geoml.launch import LaunchConfig, LaunchInterrupted, launch
     from geoml.roles.fedavg import FedAvgConfig
-    from geoml.systems.config import GaiaOptions
+    from geoml.systems.config import DiLoCoOptions, GaiaOptions
 
     topo = load_topology(args.topology)
     parse_options(args.opt)
@@ -207,7 +214,8 @@ def launch_main(args: argparse.Namespace) -> int:
     cfg = LaunchConfig(str(args.topology), args.system, args.workload, args.iterations, out,
                        args.opt, args.sync, args.status_every, args.start_timeout, args.keys,
                        GaiaOptions.from_args(args), args.restarts,
-                       aggregation=args.aggregation, home=args.home, fed=fed)
+                       aggregation=args.aggregation, home=args.home, fed=fed,
+                       diloco=DiLoCoOptions.from_args(args))
     if args.address is not None and args.engine != "ray":
         raise GeomlError("--address is for --engine ray")
     make_launcher = None
@@ -249,9 +257,14 @@ def role_command(args: argparse.Namespace) -> None:
                          f"{', '.join(ROLE_KINDS)}")
     if not is_valid_address(args.address):
         raise GeomlError(f"--address {args.address!r} is not REGION/ROLE/INDEX")
-    if args.kind in (*PS_KINDS, *FED_KINDS, *SHIP_KINDS) and (not args.system or not args.workload):
-        raise GeomlError(f"a {args.kind} needs --system and --workload")
-    if args.kind in ("worker", "aggregator") and args.iterations is None:
+    if args.kind not in ("source", "sink"):
+        if not args.system or not args.workload:
+            raise GeomlError(f"a {args.kind} needs --system and --workload")
+        kinds = get_system(args.system).process_kinds
+        if args.kind not in kinds:
+            known = ", ".join(kinds) or f"none ({args.system} does not run as processes)"
+            raise GeomlError(f"a {args.system} run has no {args.kind}; its role kinds: {known}")
+    if args.kind in ("worker", "aggregator", "region") and args.iterations is None:
         raise GeomlError(f"{'an' if args.kind == 'aggregator' else 'a'} {args.kind} needs "
                          "--iterations N")
     if args.kind == "source" and args.count is None and args.seconds is None:

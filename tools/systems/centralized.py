@@ -70,6 +70,9 @@ async def ship_raw_data(net: Network, workload: Workload, plan: PSPlan, quiet: b
 
 
 
+#: The roles of the phase that moves the raw data (tools/ship_roles.py).
+SHIP_KINDS = ("collector", "shipper")
+
 CENTRALIZED = register(ps_system(
     "centralized", "ship every region's raw data to one region, then train there (refused "
-    "when a region is sovereign)", Centralized()))
+    "when a region is sovereign)", Centralized(), more_kinds=SHIP_KINDS))

@@ -177,6 +177,11 @@ class DiLoCoOptions:
         return OuterOptimizer(self.outer, self.outer_lr,
                               self.momentum if self.outer == "nesterov" else 0.0)
 
+    def args(self) -> list[str]:
+        """The same options as command-line arguments (for a role process)."""
+        return [arg for f in dataclasses.fields(self)
+                for arg in (f"--diloco-{f.name.replace('_', '-')}", str(getattr(self, f.name)))]
+
     @classmethod
     def from_args(cls, args: Any) -> DiLoCoOptions:
         """From parsed `--diloco-*` arguments (defaults where a command has none)."""

@@ -65,13 +65,13 @@ def assemble(shards: list[PSShard], ranges: KeyRanges) -> Params:
 
 
 def ps_system(name: str, summary: str, parts: PSSystem, processes: bool = True,
-              guide: str = "docs/systems-ps.md") -> System:
+              guide: str = "docs/systems-ps.md", more_kinds: tuple[str, ...] = ()) -> System:
     """The registry entry of a PS-built system."""
     async def run(cfg: RunConfig) -> RunResult:
         return await run_ps(cfg, parts)
 
     return System(name=name, summary=summary, run=run, check=check_ps,
-                  process_kinds=PS_KINDS if processes else (), guide=guide)
+                  process_kinds=(*PS_KINDS, *more_kinds) if processes else (), guide=guide)
 
 
 async def run_ps(cfg: RunConfig, system: PSSystem) -> RunResult:
