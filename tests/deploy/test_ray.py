@@ -164,6 +164,33 @@ def test_centralized_on_ray_ships_to_the_home_node_and_trains_there(
     assert not [n for n, pid in _children(out).items() if _alive(pid)]
 
 
+@pytest.mark.timeout(120)
+def test_diloco_through_hubs_on_ray_ends_with_the_all_in_one_model(
+        ray_cluster: str, tmp_path: Path) -> None:
+    """diloco with average=hubs and the aggregator in c: the regions, the two overlay hubs
+    (a and d) and the aggregator as Ray actors' processes on their regions' nodes; the
+    aggregator's model comes back to the driver, and it is the all-in-one run's."""
+    from geoml.bus import load_topology
+    from geoml.bus.vclock import run_with_clock
+    from geoml.systems import RunConfig, run_system
+    from geoml.systems.config import DiLoCoOptions
+
+    opts = DiLoCoOptions(h=3, average="hubs")
+    out, summary = _ran_on_ray(ray_cluster, tmp_path, "diloco", "--iterations", "6",
+                               "--home", "c", *opts.args())
+    regions = {name: p["region"] for name, p in summary["placement"].items()}
+    assert {r for n, r in regions.items() if "/aggregator/" in n} == {"c"}
+    assert {r for n, r in regions.items() if "/hub/" in n} == {"a", "d"}
+    assert len(regions) == 4 + 4 + 2 + 1  # routers, regions, hubs, the aggregator
+    aio = run_with_clock(run_system(RunConfig(
+        topology=load_topology(str(tmp_path / "four.toml")), system="diloco",
+        workload="softmax-digits", iterations=6, home="c", diloco=opts, quiet=True)))
+    assert summary["final_objective"] == aio.summary["final_objective"]
+    assert summary["diloco"]["rounds"] == aio.summary["diloco"]["rounds"] == 2
+    assert summary["diloco"]["averaged"] == aio.summary["diloco"]["averaged"] == 8
+    assert not [n for n, pid in _children(out).items() if _alive(pid)]
+
+
 def test_a_region_no_node_carries_is_one_line_before_anything_starts(
         ray_cluster: str, tmp_path: Path) -> None:
     topology = tmp_path / "five.toml"
