@@ -45,7 +45,7 @@ log = logging.getLogger("geoml.bus.security")
 
 #: The role kinds that get a key pair in every region (the middle part of an address).
 ROLE_NAMES = ("router", "worker", "ps", "mirror", "hub", "aggregator", "diloco", "collector",
-              "shipper", "source", "sink", "inspector")
+              "shipper", "metadata", "peer", "source", "sink", "inspector")
 #: The kind of key that may only read a router's tap.
 TAP_KIND = "inspector"
 #: ZAP domains of a router's two sockets.

@@ -109,7 +109,8 @@ class CartelPeer(StreamSite):
         self._transfer_task: asyncio.Task[None] | None = None
         self._ids = itertools.count()
         self._waiting: dict[tuple[str, int, str], asyncio.Future[Message]] = {}
-        self._handlers = {PULL: self._on_pull, NEIGHBOURS: self._on_reply, ROWS: self._on_reply}
+        #: Frame type -> handler; a process shell may add its own (roles/edge_start.py).
+        self.handlers = {PULL: self._on_pull, NEIGHBOURS: self._on_reply, ROWS: self._on_reply}
         self.reporting = cartel.report_policy()
 
     # -- the stream ---------------------------------------------------------------------
@@ -261,7 +262,7 @@ class CartelPeer(StreamSite):
         """Answer pulls and route replies until `stop` is set."""
         async for msg in messages(self.ep, stop):
             try:
-                await dispatch(self._handlers, msg, "a Cartel peer")
+                await dispatch(self.handlers, msg, "a Cartel peer")
             except (KeyError, ValueError, TypeError) as exc:
                 self.counters["refused"] += 1
                 log.warning("%s refused %s from %s: %s", self.ep.address, msg.type, msg.src,

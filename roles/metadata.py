@@ -122,7 +122,8 @@ class MetadataService:
         self.ep = endpoint
         self.table = table
         self.counters: Counter[str] = Counter()
-        self._handlers = {REPORT: self._on_report, LOOKUP: self._on_lookup}
+        #: Frame type -> handler; a process shell may add its own (roles/edge_start.py).
+        self.handlers = {REPORT: self._on_report, LOOKUP: self._on_lookup}
 
     async def _on_report(self, msg: Message) -> None:
         self.table.report(self._record(msg, asyncio.get_running_loop().time()))
@@ -135,7 +136,7 @@ class MetadataService:
         """Serve until `stop` is set (or the endpoint closes)."""
         async for msg in messages(self.ep, stop):
             try:
-                await dispatch(self._handlers, msg, "the metadata service")
+                await dispatch(self.handlers, msg, "the metadata service")
             except (ValueError, KeyError, TypeError, IndexError) as exc:
                 self.counters["refused"] += 1
                 log.warning("%s refused %s from %s: %s", self.ep.address, msg.type, msg.src, exc)

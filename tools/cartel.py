@@ -18,29 +18,31 @@ from typing import Any
 
 import numpy as np
 
-from geoml.bus import Topology, load_topology
 from geoml.bus.vclock import is_virtual
-from geoml.workloads.streams import ScenarioConfig, SiteStream, load_pools, make_streams
+from geoml.workloads.streams import SiteStream
 
 from .cartel_metrics import adaptation_records, mean_curve, mean_or_none, ratio
 from .results import json_default
 from .systems.edge import (
     EDGE_SYSTEMS,
     CartelRunConfig,
+    EdgePlan,
     SystemRun,
-    check_edge_files,
+    edge_plan,
     place,
     run_edge_system,
 )
 
 SYSTEMS = tuple(EDGE_SYSTEMS)  # cartel, isolated, centralized, fedavg
 
-__all__ = ["SYSTEMS", "CartelRunConfig", "SystemRun", "compare_async", "headline", "place",
-           "run_edge_system", "write_cartel_results"]
+__all__ = ["SYSTEMS", "CartelRunConfig", "SystemRun", "compare_async", "comparison",
+           "headline", "place", "run_edge_system", "system_figures", "write_cartel_results"]
 
 
-def _system_figures(run: SystemRun, streams: list[SiteStream], cfg: CartelRunConfig
-                    ) -> dict[str, Any]:
+def system_figures(run: SystemRun, streams: list[SiteStream], cfg: CartelRunConfig
+                   ) -> dict[str, Any]:
+    """One system's figures in cartel.json: accuracy around the drift, adaptation, model
+    size, compute and WAN bytes."""
     drifted = [s for s in streams if s.new_class is not None]
     adapt = {s.site: adaptation_records(run.hits[s.site], s.drift_at, cfg.accuracy_window,
                                         cfg.tolerance) for s in drifted}
@@ -82,30 +84,35 @@ def _system_figures(run: SystemRun, streams: list[SiteStream], cfg: CartelRunCon
 async def compare_async(cfg: CartelRunConfig) -> dict[str, Any]:
     """Run every system of `cfg` in turn; returns (and writes) the cartel.json content."""
     cfg.check()
-    topo = cfg.topology if isinstance(cfg.topology, Topology) else load_topology(cfg.topology)
-    cloud, edges = place(topo, cfg.cloud, cfg.peers)
-    check_edge_files(topo)  # before the streams, which take 100 KB a site to build
-    scenario = ScenarioConfig(**{**asdict(cfg.scenario), "sites": len(edges)})
-    pools = load_pools(cfg.data, scenario.seed)
-    streams = make_streams(pools, scenario)
+    plan = edge_plan(cfg)
     started = time.perf_counter()
     runs: dict[str, SystemRun] = {}
     for system in cfg.systems:
         if not cfg.quiet:
-            print(f"[cartel] {system}: {len(edges)} sites x {len(streams[0])} records at "
-                  f"{cfg.stream.rate:g}/s on {topo.name}", file=sys.stderr, flush=True)
-        runs[system] = await run_edge_system(system, cfg, topo, pools, streams, cloud,
-                                             edges)
-    figures = {name: _system_figures(run, streams, cfg) for name, run in runs.items()}
+            print(f"[cartel] {system}: {len(plan.edges)} sites x {len(plan.streams[0])} "
+                  f"records at {cfg.stream.rate:g}/s on {plan.topo.name}", file=sys.stderr,
+                  flush=True)
+        runs[system] = await run_edge_system(system, cfg, plan.topo, plan.pools, plan.streams,
+                                             plan.cloud, plan.edges)
+    return comparison(cfg, plan, runs, time.perf_counter() - started,
+                      "virtual" if is_virtual() else "real")
+
+
+def comparison(cfg: CartelRunConfig, plan: EdgePlan, runs: dict[str, SystemRun],
+               total_wall_s: float, clock: str) -> dict[str, Any]:
+    """The cartel.json content of `runs` (all-in-one, or read back from processes);
+    written with its plots to cfg.out if it is set."""
+    pools, streams = plan.pools, plan.streams
+    figures = {name: system_figures(run, streams, cfg) for name, run in runs.items()}
     global_bytes = pools.n_classes * (pools.feature_dim + 1) * 4
     result = {
         "benchmark": "cartel",
-        "topology": topo.name,
+        "topology": plan.topo.name,
         "data": pools.name,
         "classes": list(pools.class_names),
-        "cloud": cloud,
-        "sites": len(edges),
-        "scenario": asdict(scenario),
+        "cloud": plan.cloud,
+        "sites": len(plan.edges),
+        "scenario": asdict(plan.scenario),
         "stream": asdict(cfg.stream),
         "cartel": {k: v for k, v in asdict(cfg.cartel).items() if k != "collaborate"},
         "fedavg": {"round_batches": cfg.fed_round_batches, "deadline_s": cfg.fed_deadline_s},
@@ -114,8 +121,8 @@ async def compare_async(cfg: CartelRunConfig) -> dict[str, Any]:
         "global_model_bytes": global_bytes,
         **headline(figures, global_bytes),
         "systems": figures,
-        "clock": "virtual" if is_virtual() else "real",
-        "total_wall_s": time.perf_counter() - started,
+        "clock": clock,
+        "total_wall_s": total_wall_s,
     }
     if cfg.out is not None:
         write_cartel_results(cfg.out, result, runs, streams, cfg)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import shutil
 import signal
@@ -30,6 +31,8 @@ from geoml.bus import GeomlError, Topology
 from geoml.bus.security import make_keys
 from geoml.roles.ps_plan import PSPlan, plan_ps, wants_hubs
 
+from .cartel_roles import plan_of
+from .cli.cartel_options import cartel_role_args
 from .launch_child import (
     Child,
     LaunchFailed,
@@ -39,7 +42,7 @@ from .launch_child import (
 )
 from .launch_config import ROUND_SYSTEMS, LaunchConfig
 from .launch_plan import run_order
-from .launch_summary import launch_summary, rounds_launch_summary
+from .launch_summary import cartel_launch_summary, launch_summary, rounds_launch_summary
 from .role_main import check_process_system
 from .systems.config import bus_workload
 
@@ -222,9 +225,12 @@ class Launcher:
         args = ["role", "--topology", self.cfg.topology, "--endpoints", str(endpoints),
                 "--keys", str(self.keys),
                 "--address", address, "--kind", kind, "--system", self.cfg.system,
-                "--workload", self.cfg.workload, "--sync", self.cfg.sync,
-                "--aggregation", self.cfg.aggregation,
                 "--connect-timeout", str(self.cfg.start_timeout)]
+        if self.cfg.edge is not None:  # cartel: its streams and knobs, nothing of a workload
+            return args + cartel_role_args(self.cfg.edge) + (
+                ["--reliable"] if self.cfg.restarts else [])
+        args += ["--workload", self.cfg.workload, "--sync", self.cfg.sync,
+                 "--aggregation", self.cfg.aggregation]
         for opt in self.cfg.options:
             args += ["--opt", opt]
         args += self.cfg.gaia_args() + self.cfg.fed_args() + self.cfg.diloco_args()
@@ -310,13 +316,17 @@ async def launch(cfg: LaunchConfig, topo: Topology, stop: asyncio.Event,
     """Run `cfg` as processes (child processes of this one, or what `make_launcher`'s
     launcher starts); returns the summary (also written to cfg.out)."""
     check_process_system(cfg.system)
+    edge, plan, workload = None, None, None
     try:
         cfg.gaia.check()
         cfg.diloco.check()
-        plan = (None if cfg.system in ROUND_SYSTEMS else
-                plan_ps(topo, cfg.system, cfg.home,
-                        hubs=wants_hubs(cfg.system, cfg.gaia.hubs)))
-        workload = bus_workload(cfg.workload, dict(o.split("=", 1) for o in cfg.options))
+        if cfg.edge is not None:  # refused here, before any process, if it cannot run
+            edge = plan_of(dataclasses.replace(cfg.edge, topology=topo))
+        else:
+            plan = (None if cfg.system in ROUND_SYSTEMS else
+                    plan_ps(topo, cfg.system, cfg.home,
+                            hubs=wants_hubs(cfg.system, cfg.gaia.hubs)))
+            workload = bus_workload(cfg.workload, dict(o.split("=", 1) for o in cfg.options))
     except ValueError as exc:
         raise GeomlError(str(exc)) from None
     cfg.out.mkdir(parents=True, exist_ok=True)
@@ -341,6 +351,8 @@ async def launch(cfg: LaunchConfig, topo: Topology, stop: asyncio.Event,
         await launcher.stop_all()
     routers = {c.region: c.report() for c in launcher.routers()}
     wall = time.perf_counter() - t_wall
+    if edge is not None:
+        return cartel_launch_summary(cfg, edge, launcher, elapsed, reports, routers, wall)
     if plan is None:
         return rounds_launch_summary(cfg, topo, workload, launcher, elapsed, reports,
                                      routers, wall)

@@ -9,6 +9,7 @@ from geoml.roles.fedavg import FedAvgConfig
 from geoml.roles.ps_plan import MIRRORED
 
 from .systems.config import DiLoCoOptions, GaiaOptions
+from .systems.edge import CartelRunConfig
 
 #: Role kinds the launcher restarts after a crash. A worker's state is its clock, which its
 #: shards keep: the new process asks them (ps.where), redoes the clock it was in, and the
@@ -25,6 +26,9 @@ RESTARTABLE = ("worker", "ps_shard", "mirror", "hub", "router")
 #: The systems that run in rounds of an aggregator and its clients or regions, not on PS
 #: shards. Their roles keep no checkpoint: only their routers are restarted.
 ROUND_SYSTEMS = ("fedavg", "diloco")
+#: The edge systems that run as processes (not in the registry: `geoml cartel` runs them
+#: all-in-one). Their roles keep no checkpoint either.
+EDGE_PROCESS_SYSTEMS = ("cartel",)
 
 
 @dataclass
@@ -47,10 +51,12 @@ class LaunchConfig:
     home: str | None = None  # lan, centralized: where it trains; fedavg: the aggregator's
     fed: FedAvgConfig = field(default_factory=FedAvgConfig)
     diloco: DiLoCoOptions = field(default_factory=DiLoCoOptions)
+    edge: CartelRunConfig | None = None  # cartel: its streams, sites and knobs
 
     def restartable(self, kind: str) -> bool:
         """Is a crashed process of `kind` restarted in this run?"""
-        return kind == "router" or (kind in RESTARTABLE and self.system not in ROUND_SYSTEMS)
+        return kind == "router" or (kind in RESTARTABLE and self.system not in
+                                    (*ROUND_SYSTEMS, *EDGE_PROCESS_SYSTEMS))
 
     def gaia_args(self) -> list[str]:
         """The gaia options as role arguments (gaia and topk; none for the others)."""

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from geoml.bus import Topology
 from geoml.roles.ps_plan import PSPlan
 
+from .cartel_roles import cartel_roles
 from .diloco_roles import diloco_roles
 from .fed_roles import fed_roles
 from .ps_roles import role_addresses
@@ -49,6 +50,10 @@ def run_order(cfg: LaunchConfig, topo: Topology, plan: PSPlan | None) -> RunOrde
     aggregator and hubs (they wait for deltas), then the regions. The PS systems: PS
     shards, mirrors and hubs, then the workers; centralized after a phase that moves the
     raw data: its collector, then the shippers."""
+    if cfg.edge is not None:  # cartel: the metadata service (it starts the sites), the peers
+        roles = cartel_roles(topo, cfg.edge)
+        return RunOrder([(a, "metadata") for a in roles["metadata"]],
+                        [(a, "peer") for a in roles["peer"]])
     if plan is None and cfg.system == "diloco":
         roles = diloco_roles(topo, fed_run_config(cfg, topo))
         return RunOrder([(a, kind) for kind in ("aggregator", "hub") for a in roles[kind]],

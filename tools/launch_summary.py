@@ -3,6 +3,8 @@ the processes' reports, the routers' counters and the shards' final models."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -10,12 +12,15 @@ import numpy as np
 from geoml.bus import Topology
 from geoml.roles.ps_plan import PSPlan
 
+from .cartel import comparison
+from .cartel_roles import unpack_hits
 from .fed_roles import model_file
 from .launch_plan import fed_run_config
 from .ps_roles import gaia_summary, load_shard_outputs, replica_groups
-from .results import cost_usd, write_results
+from .results import cost_usd, json_default, write_results
 from .ship_roles import ship_roles
 from .systems.diloco import diloco_details, diloco_layout, stream_plan
+from .systems.edge import EdgePlan, SystemRun
 from .systems.fedavg import fed_plan
 from .systems.harness import score_models, traffic_from_stats
 from .systems.isolated import isolated_summary
@@ -201,6 +206,45 @@ def _diloco_section(cfg: RunConfig, topo: Topology, workload: Any,
         "deadline_s": cfg.fed.deadline_s, "rounds": rounds, **counters,
         "client_rounds": {a: reports[a]["rounds"] for a in regions},
         **({"relays": relays} if relays else {})}, regions
+
+
+def cartel_launch_summary(cfg: LaunchConfig, plan: EdgePlan, launcher: Launcher,
+                          elapsed: float, reports: dict[str, dict[str, Any]],
+                          routers: dict[str, dict[str, Any]], wall: float) -> dict[str, Any]:
+    """cartel.json (the same as `geoml cartel --systems cartel` writes, with its plots)
+    and summary.json of a cartel launch run, from the peers' and the metadata service's
+    reports and the routers' counters, written to cfg.out; returns summary.json's."""
+    assert cfg.edge is not None
+    peers = [a for a, _ in launcher.order.drivers]
+    metadata = reports[launcher.order.servers[0][0]]
+    traffic = traffic_from_stats(routers)
+    run = SystemRun(
+        "cartel",
+        hits={reports[a]["site"]: unpack_hits(reports[a]["hits"], reports[a]["records"])
+              for a in peers},
+        held_out_accuracy={reports[a]["site"]: reports[a]["held_out_accuracy"] for a in peers},
+        compute_s={a: reports[a]["compute_s"] for a in peers},
+        model_bytes={a: reports[a]["model_bytes"] for a in peers},
+        wan_bytes=traffic["wan_bytes"], raw_wan_frames=traffic["raw_wan_frames"], wall_s=wall,
+        details={"sites": {a: reports[a]["summary"] for a in peers},
+                 "metadata": {k: v for k, v in metadata.items()
+                              if k not in ("role", "kind", "bus", "coordinator")}})
+    edge = dataclasses.replace(cfg.edge, out=cfg.out, quiet=True)
+    result = comparison(edge, plan, {"cartel": run}, wall, "real")
+    figures = result["systems"]["cartel"]
+    summary = {
+        "system": "cartel", "topology": plan.topo.name, "mode": "processes", "clock": "real",
+        "wall_s": wall, "data": result["data"], "sites": result["sites"],
+        "iterations": cfg.iterations, "elapsed_s": elapsed, **traffic,
+        **{k: v for k, v in figures.items() if k not in ("details", "wall_s", "wan_bytes",
+                                                         "raw_wan_frames")},
+        "model_size_vs_global": result["model_size_vs_global"],
+        "metadata": run.details["metadata"],
+    }
+    _add_processes(summary, launcher)
+    (cfg.out / "summary.json").write_text(json.dumps(summary, indent=2,
+                                                     default=json_default) + "\n")
+    return summary
 
 
 def recovery_s(launcher: Launcher, recovery: dict[str, Any]) -> float | None:

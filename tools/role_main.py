@@ -15,6 +15,7 @@ from geoml.roles.ps import PSWorker
 from geoml.roles.ps_plan import plan_ps, wants_hubs
 from geoml.roles.ssp import FINISHED
 
+from .launch_config import EDGE_PROCESS_SYSTEMS
 from .ps_roles import (
     checkpoint_file,
     group_of,
@@ -32,11 +33,14 @@ from .systems.config import bus_workload
 
 
 def check_process_system(system: str) -> None:
-    """GeomlError unless `system` runs one process per role (the registry says which)."""
+    """GeomlError unless `system` runs one process per role (the registry says which;
+    and cartel, which `geoml cartel` runs all-in-one)."""
+    if system in EDGE_PROCESS_SYSTEMS:
+        return
     if not get_system(system).process_kinds:
         raise GeomlError(f"{system} does not run one process per role yet (only "
-                         f"{', '.join(process_systems())} do); use `geoml run --system "
-                         f"{system}`")
+                         f"{', '.join((*process_systems(), *EDGE_PROCESS_SYSTEMS))} do); use "
+                         f"`geoml run --system {system}`")
 
 
 def _say_resumed(address: str, found: bool, what: str, clock: Callable[[], int]) -> None:

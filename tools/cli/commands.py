@@ -73,25 +73,14 @@ def compare_main(args: argparse.Namespace) -> None:
 
 
 def cartel_main(args: argparse.Namespace) -> None:
-    from geoml.cartel import CartelRunConfig, compare_async
-    from geoml.roles.cartel import CartelConfig
-    from geoml.roles.compute import ComputeCost
-    from geoml.roles.stream_site import StreamConfig
-    from geoml.workloads.streams import ScenarioConfig
+    from geoml.cartel import compare_async
+
+    from .cartel_options import cartel_config
 
     check_clock_args(args)
     try:
-        cfg = CartelRunConfig(
-            topology=load_topology(args.topology), data=args.data,
-            scenario=ScenarioConfig(pre_drift=args.pre_drift, post_drift=args.post_drift,
-                                    drifted_share=args.drifted_share, seed=args.seed),
-            stream=StreamConfig(rate=args.rate, batch=args.batch, lr=args.lr,
-                                compute=ComputeCost.parse(args.compute)),
-            cartel=CartelConfig(detector=args.detector, fanout=args.fanout),
-            systems=[s.strip() for s in args.systems.split(",") if s.strip()],
-            fed_round_batches=args.fed_round_batches, cloud=args.cloud, peers=args.peers,
-            out=args.out)
-        cfg.check()
+        cfg = cartel_config(args, load_topology(args.topology),
+                            [s.strip() for s in args.systems.split(",") if s.strip()])
         result = run_with_clock(compare_async(cfg), args.clock)
     except ValueError as exc:
         raise GeomlError(str(exc)) from None

@@ -10,18 +10,20 @@ from typing import Any
 from geoml import __version__
 from geoml.bus import GeomlError, Topology, load_topology
 from geoml.bus.vclock import CLOCKS
+from geoml.cartel_roles import CARTEL_KINDS
 from geoml.diloco_roles import DILOCO_KINDS
 from geoml.fed_roles import FED_KINDS
 from geoml.ps_roles import PS_KINDS
-from geoml.roles.drift import DETECTORS
 from geoml.systems.centralized import SHIP_KINDS
+
+from .cartel_options import cartel_args
 
 log = logging.getLogger("geoml")
 
 #: What `geoml role --kind` runs.
 #: (diloco shares "aggregator" and "hub" with fedavg and gaia: --system says which.)
 ROLE_KINDS = tuple(dict.fromkeys(("source", "sink", *PS_KINDS, *FED_KINDS, *SHIP_KINDS,
-                                  *DILOCO_KINDS)))
+                                  *DILOCO_KINDS, *CARTEL_KINDS)))
 
 
 def parse_options(pairs: list[str]) -> dict[str, str]:
@@ -135,29 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--topology", default="edge", help="edge sites around a cloud region "
                     "(default: the shipped edge.toml, 20 sites)")
     ca.add_argument("--out", type=Path, default=Path("runs/cartel"))
-    ca.add_argument("--data", default="nslkdd", choices=("nslkdd", "synthetic"))
     from ..cartel import SYSTEMS as CARTEL_SYSTEMS
 
     ca.add_argument("--systems", default=",".join(CARTEL_SYSTEMS),
                     help=f"comma-separated, from {', '.join(CARTEL_SYSTEMS)}")
-    ca.add_argument("--peers", type=int, help="use the first N edge regions (default: all)")
-    ca.add_argument("--cloud", help="region of the metadata service, trainer and aggregator "
-                    "(default: the topology's hub)")
-    ca.add_argument("--pre-drift", type=int, default=1500, help="records per site before "
-                    "the drift point (default 1500)")
-    ca.add_argument("--post-drift", type=int, default=1500, help="and after it (default 1500)")
-    ca.add_argument("--rate", type=float, default=200.0, help="records per second per site "
-                    "(default 200)")
-    ca.add_argument("--batch", type=int, default=10)
-    ca.add_argument("--lr", type=float, default=0.1)
-    ca.add_argument("--detector", default="ddm", choices=DETECTORS)
-    ca.add_argument("--fanout", type=int, default=1, help="neighbours pulled from per "
-                    "transfer (default 1)")
-    ca.add_argument("--drifted-share", type=float, default=0.5,
-                    help="share of the sites that see a new class at the drift point")
+    cartel_args(ca)
     ca.add_argument("--fed-round-batches", type=int, default=40,
                     help="fedavg: local batches per round (default 40)")
-    ca.add_argument("--seed", type=int, default=0)
     _clock_args(ca, default="virtual", why="one core per site, as on real edge devices, "
                 "and a stream of minutes in seconds", workers=False)
 
@@ -211,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     _gaia_args(ro)
     _fed_args(ro, lan=True)
     _diloco_args(ro)
+    cartel_args(ro, launch=True)
     ro.add_argument("--resume", action="store_true", help="restarted after a crash (what "
                     "`geoml launch` restarts with): a worker asks its shards which clock to "
                     "redo; a ps_shard or mirror loads its checkpoint and has the roles it "
@@ -230,13 +217,14 @@ def build_parser() -> argparse.ArgumentParser:
     la.add_argument("--topology", required=True)
     la.add_argument("--system", required=True, help=f"{', '.join(process_systems())} (the "
                     "others: `geoml run` for now)")
-    la.add_argument("--workload", required=True, type=workload_name,
+    la.add_argument("--workload", type=workload_name,
                    help=WORKLOAD_HELP.format(names=", ".join(workload_names())))
     la.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                     help="workload option, e.g. rank=50 (repeatable)")
     _sync_args(la)
-    la.add_argument("--iterations", type=int, required=True,
-                    help="clocks every worker runs (fedavg: rounds; diloco: inner clocks)")
+    la.add_argument("--iterations", type=int,
+                    help="clocks every worker runs (fedavg: rounds; diloco: inner clocks; "
+                    "cartel: none, its sites play their streams)")
     la.add_argument("--out", type=Path, help="results directory (default runs/launch-...)")
     la.add_argument("--status-every", type=float, default=5.0,
                     help="seconds between status lines")
@@ -247,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     _gaia_args(la)
     _fed_args(la, lan=True)
     _diloco_args(la)
+    cartel_args(la, launch=True)
     la.add_argument("--engine", default="local", choices=("local", "ray"),
                     help="local: child processes of this one (default); ray: Ray actors "
                     "placed by region on a Ray cluster (needs geoml[ray])")
@@ -444,8 +433,11 @@ WORKLOAD_HELP = ("a shipped workload (" + "{names}" + ") or torch:PATH.py[:FUNCT
 def _ps_args(p: argparse.ArgumentParser, role: bool) -> None:
     from ..systems import get_system, names
 
-    p.add_argument("--system", required=not role, choices=names(),
-                   help="; ".join(f"{n}: {get_system(n).summary}" for n in names()))
+    p.add_argument("--system", required=not role,
+                   choices=(*names(), "cartel") if role else names(),
+                   help="; ".join(f"{n}: {get_system(n).summary}" for n in names())
+                   + ("; cartel: an edge site's Cartel peer or the metadata service"
+                      if role else ""))
     p.add_argument("--workload", required=not role, type=workload_name,
                    help=WORKLOAD_HELP.format(names=", ".join(workload_names())))
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",

@@ -20,6 +20,7 @@ from geoml.bus import GeomlError, Router, Topology, load_topology, region_of
 from geoml.bus.address import is_valid_address
 from geoml.bus.endpoint import Endpoint
 from geoml.bus.vclock import run_with_clock
+from geoml.cartel_roles import CARTEL_KINDS
 from geoml.fed_roles import FED_KINDS
 from geoml.ps_roles import PS_KINDS
 from geoml.systems import get_system
@@ -148,6 +149,18 @@ async def role_main(topo: Topology, address: str, kind: str, args: argparse.Name
                      ) -> dict[str, Any]:
     from geoml.roles.traffic import run_sink, run_source
 
+    if args.system == "cartel":
+        from geoml.cartel_roles import cartel_role_main
+
+        from .cartel_options import cartel_config
+
+        try:
+            cfg = cartel_config(args, topo)
+        except ValueError as exc:
+            raise GeomlError(str(exc)) from None
+        return await cartel_role_main(cfg, topo, address, kind,
+                                      connect_timeout=args.connect_timeout,
+                                      keys=keys_of(args), reliable=args.reliable)
     if args.system == "diloco":
         from geoml.diloco_roles import diloco_role_main
 
@@ -201,6 +214,22 @@ def launch_main(args: argparse.Namespace) -> int:
 
     topo = load_topology(args.topology)
     parse_options(args.opt)
+    edge = None
+    if args.system == "cartel":
+        from .cartel_options import cartel_config
+
+        if args.workload is not None or args.iterations is not None:
+            raise GeomlError("cartel's sites play their streams: --workload and "
+                             "--iterations are not for it (see --data, --pre-drift, "
+                             "--post-drift, --rate)")
+        try:
+            edge = cartel_config(args, topo)
+        except ValueError as exc:
+            raise GeomlError(str(exc)) from None
+        args.workload = edge.data
+        args.iterations = edge.scenario.pre_drift + edge.scenario.post_drift
+    elif args.workload is None or args.iterations is None:
+        raise GeomlError(f"{args.system} needs --workload and --iterations")
     if args.iterations < 1:
         raise GeomlError("--iterations must be >= 1")
     if args.restarts < 0:
@@ -215,7 +244,7 @@ def launch_main(args: argparse.Namespace) -> int:
                        args.opt, args.sync, args.status_every, args.start_timeout, args.keys,
                        GaiaOptions.from_args(args), args.restarts,
                        aggregation=args.aggregation, home=args.home, fed=fed,
-                       diloco=DiLoCoOptions.from_args(args))
+                       diloco=DiLoCoOptions.from_args(args), edge=edge)
     if args.address is not None and args.engine != "ray":
         raise GeomlError("--address is for --engine ray")
     make_launcher = None
@@ -230,10 +259,11 @@ def launch_main(args: argparse.Namespace) -> int:
         print(f"geoml: {exc}", file=sys.stderr)
         return 130
     shown = ("system", "topology", "mode", "iterations", "elapsed_s", "final_objective",
-             "wan_bytes", "cost_usd", "filtered_fraction")
+             "wan_bytes", "cost_usd", "filtered_fraction", "sites", "accuracy_after_drift",
+             "mean_adaptation_s", "mean_model_bytes")
     print(json.dumps({k: summary[k] for k in shown if k in summary}, indent=2))
-    print(f"wrote {out}/summary.json, curve.csv, curve.png; each process's output in "
-          f"{out}/logs/")
+    wrote = "cartel.json, accuracy.png, bytes.png" if edge else "curve.csv, curve.png"
+    print(f"wrote {out}/summary.json, {wrote}; each process's output in {out}/logs/")
     return 0
 
 
@@ -258,9 +288,10 @@ def role_command(args: argparse.Namespace) -> None:
     if not is_valid_address(args.address):
         raise GeomlError(f"--address {args.address!r} is not REGION/ROLE/INDEX")
     if args.kind not in ("source", "sink"):
-        if not args.system or not args.workload:
+        if not args.system or (not args.workload and args.system != "cartel"):
             raise GeomlError(f"a {args.kind} needs --system and --workload")
-        kinds = get_system(args.system).process_kinds
+        kinds = (CARTEL_KINDS if args.system == "cartel"
+                 else get_system(args.system).process_kinds)
         if args.kind not in kinds:
             known = ", ".join(kinds) or f"none ({args.system} does not run as processes)"
             raise GeomlError(f"a {args.system} run has no {args.kind}; its role kinds: {known}")

@@ -14,19 +14,25 @@ import asyncio
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from geoml.bus import Network, Topology
+from geoml.bus import Network, Topology, load_topology
 from geoml.bus.network import ensure_file_limit, sockets_needed
 from geoml.bus.vclock import is_virtual
 from geoml.roles.cartel import CartelConfig
 from geoml.roles.stream_site import StreamConfig, StreamSite
 from geoml.workloads.online import OnlineSoftmax
-from geoml.workloads.streams import ClassPools, ScenarioConfig, SiteStream
+from geoml.workloads.streams import (
+    ClassPools,
+    ScenarioConfig,
+    SiteStream,
+    load_pools,
+    make_streams,
+)
 
 from .harness import traffic_figures
 
@@ -152,6 +158,30 @@ def place(topo: Topology, cloud: str | None, peers: int | None) -> tuple[str, li
         raise ValueError(f"topology {topo.name!r} needs at least two regions besides the "
                          f"cloud region {cloud!r}")
     return cloud, edges
+
+
+@dataclass(frozen=True)
+class EdgePlan:
+    """Where an edge run's roles go and what its sites stream (every process of the run
+    builds the same: the streams are seeded)."""
+
+    topo: Topology
+    cloud: str
+    edges: list[str]  # one site each, in order: site i streams streams[i]
+    scenario: ScenarioConfig
+    pools: ClassPools
+    streams: list[SiteStream]
+
+
+def edge_plan(cfg: CartelRunConfig) -> EdgePlan:
+    """`cfg`'s placement and streams (ValueError if it cannot run; GeomlError if the
+    open-files limit cannot hold it, said before the streams are built)."""
+    topo = cfg.topology if isinstance(cfg.topology, Topology) else load_topology(cfg.topology)
+    cloud, edges = place(topo, cfg.cloud, cfg.peers)
+    check_edge_files(topo)  # before the streams, which take 100 KB a site to build
+    scenario = ScenarioConfig(**{**asdict(cfg.scenario), "sites": len(edges)})
+    pools = load_pools(cfg.data, scenario.seed)
+    return EdgePlan(topo, cloud, edges, scenario, pools, make_streams(pools, scenario))
 
 
 def held_out(model: OnlineSoftmax, pools: ClassPools, stream: SiteStream) -> float:
