@@ -104,7 +104,7 @@ async def wait_for_start(ep: Endpoint, coordinator: str, timeout_s: float,
         left = deadline - loop.time()
         if left <= 0:
             raise TimeoutError(f"{ep.address}: no edge.start from {coordinator} within "
-                               f"{timeout_s:.0f}s (are all the sites up?)")
+                               f"{timeout_s:g}s (are all the sites up?)")
         try:
             msg = await ep.recv(timeout=left)
         except TimeoutError:

@@ -191,6 +191,38 @@ def test_diloco_through_hubs_on_ray_ends_with_the_all_in_one_model(
     assert not [n for n, pid in _children(out).items() if _alive(pid)]
 
 
+@pytest.mark.timeout(120)
+def test_cartel_on_ray_places_every_site_by_region_and_its_drifted_sites_merge(
+        ray_cluster: str, tmp_path: Path) -> None:
+    """Cartel with the metadata service in a and the sites in b, c and d (b and c share a
+    node): every peer on its region's node, each drifted site merges rows pulled from a
+    neighbour's process, and the peers' reports come back to the driver's cartel.json."""
+    topology = tmp_path / "edge.toml"
+    topology.write_text('name = "edge3"\nrouting = "star"\nhub = "a"\n[defaults]\n'
+                        'wan_rate_mbps = 50\nworkers = 0\nps_shards = 0\n'
+                        + "".join(f'[[regions]]\nname = "{r}"\n' for r in "abcd"))
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "geoml.cli", "launch", "--engine", "ray", "--address",
+         ray_cluster, "--topology", str(topology), "--system", "cartel", "--out", str(out),
+         "--pre-drift", "600", "--post-drift", "600", "--drifted-share", "0.67"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, stderr = proc.communicate(timeout=100)
+    assert proc.returncode == 0, stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["engine"] == "ray" and summary["placement_ok"] is True
+    regions = {name: p["region"] for name, p in summary["placement"].items()}
+    assert {r for n, r in regions.items() if "/metadata/" in n} == {"a"}
+    assert sorted(r for n, r in regions.items() if "/peer/" in n) == ["b", "c", "d"]
+    result = json.loads((out / "cartel.json").read_text())
+    sites = result["systems"]["cartel"]["details"]["sites"]
+    assert len(sites) == 3 and result["drifted_sites"]
+    for site in result["drifted_sites"]:
+        address = f"{'bcd'[site]}/peer/0"
+        assert any(t["outcome"] == "merged" for t in sites[address]["transfers"]), address
+    assert not [n for n, pid in _children(out).items() if _alive(pid)]
+
+
 def test_a_region_no_node_carries_is_one_line_before_anything_starts(
         ray_cluster: str, tmp_path: Path) -> None:
     topology = tmp_path / "five.toml"
