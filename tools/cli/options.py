@@ -215,8 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "this machine (tcp on 127.0.0.1) or on a Ray cluster (--engine ray); "
                         "writes summary.json like `run`")
     la.add_argument("--topology", required=True)
-    la.add_argument("--system", required=True, help=f"{', '.join(process_systems())} (the "
-                    "others: `geoml run` for now)")
+    la.add_argument("--system", required=True, help=f"{', '.join(process_systems())}, or "
+                    "cartel (its metadata service and one Cartel peer per edge site, with "
+                    "`geoml cartel`'s stream options)")
     la.add_argument("--workload", type=workload_name,
                    help=WORKLOAD_HELP.format(names=", ".join(workload_names())))
     la.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
