@@ -295,10 +295,17 @@ def test_launch_refuses_what_it_cannot_run_in_one_line(tmp_path: Path) -> None:
     register(System("plugin", "a test system", run_system, lambda topo, cfg: None))
     try:
         with pytest.raises(GeomlError, match="plugin does not run one process per role yet "
-                           r"\(only lan, .*diloco do\); use `geoml run --system plugin`"):
+                           r"\(only lan, .*diloco, cartel do\); use `geoml run --system "
+                           "plugin`"):
             check_process_system("plugin")
     finally:
         unregister("plugin")
+    # a system it does not know: one line, before anything starts
+    proc = _launch(tmp_path / "x", "--iterations", "1", "--system", "nosuch")
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert "unknown system 'nosuch'; choose from lan, baseline" in stderr
+    assert "Traceback" not in stderr and not (tmp_path / "x" / "logs").exists()
     # bad gaia options stop the launcher before any process starts, not every shard
     proc = _launch(tmp_path / "y", "--iterations", "1", "--system", "gaia",
                    "--gaia-absolute", "-1")

@@ -322,4 +322,23 @@ MUTANTS: tuple[Mutant, ...] = (
            "partition_records([*own, *shipped]", "partition_records([*own]",
            ("tests/deploy/test_launch.py::"
             "test_centralized_as_processes_moves_the_raw_data_then_trains_at_home",)),
+    Mutant("diloco_region_trains_on_every_region", "a diloco region process trains on "
+           "every region's partitions, not its own workers'", "tools/diloco_roles.py",
+           "[parts[key] for key in addresses.values() if key[0] == region]",
+           "[parts[key] for key in addresses.values()]",
+           ("tests/deploy/test_launch_diloco.py",)),
+    Mutant("diloco_options_not_passed", "geoml launch hands the diloco roles none of its "
+           "--diloco-* options", "tools/launch_config.py",
+           'return self.diloco.args() if self.system == "diloco" else []', "return []",
+           ("tests/deploy/test_launch_diloco.py::"
+            "test_streaming_diloco_as_processes_ends_with_the_all_in_one_model",)),
+    Mutant("cartel_peer_streams_site0", "every cartel peer process plays site 0's stream",
+           "tools/cartel_roles.py", "stream = plan.streams[site]", "stream = plan.streams[0]",
+           ("tests/deploy/test_launch_cartel.py::"
+            "test_cartel_as_processes_transfers_across_them_and_writes_cartel_json",)),
+    Mutant("edge_stop_at_first_done", "the edge coordinator stops every site when the first "
+           "is done", "roles/edge_start.py",
+           "if self.done.add(msg.src) and not self.stop.is_set():",
+           "if not self.done.add(msg.src) or not self.stop.is_set():",
+           ("tests/roles/test_edge_start.py",)),
 )

@@ -216,6 +216,7 @@ def test_an_edge_run_too_large_for_the_open_files_limit_is_refused_before_it_bui
     import resource
 
     import geoml.cartel as cartel
+    import geoml.systems.edge as edge
 
     topo = load_topology("edge1000")
     assert sockets_needed(topo, 1) == 1000 * 4 + (2 + 1000 + 1) + 64
@@ -223,7 +224,7 @@ def test_an_edge_run_too_large_for_the_open_files_limit_is_refused_before_it_bui
     def no_streams(*_: Any) -> None:
         raise AssertionError("streams built before the open-files check")
 
-    monkeypatch.setattr(cartel, "make_streams", no_streams)
+    monkeypatch.setattr(edge, "make_streams", no_streams)
     monkeypatch.setattr(resource, "getrlimit", lambda _kind: (1024, 4096))
     with pytest.raises(GeomlError, match=r"needs about 5323 open files .* hard limit is 4096"):
         asyncio.run(cartel.compare_async(cartel.CartelRunConfig(topology=topo, quiet=True)))
