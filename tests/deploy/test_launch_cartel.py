@@ -35,8 +35,8 @@ ps_shards = 0
 name = "cloud"
 """ + "".join(f'[[regions]]\nname = "e{i}"\nlon = {10.0 * (i + 1)}\n' for i in range(4))
 
-#: 600 records before the drift and 600 after, at 200 records/s: a 6 s stream per site.
-STREAMS = ("--pre-drift", "600", "--post-drift", "600")
+#: 600 records before the drift and 600 after, at 400 records/s: a 3 s stream per site.
+STREAMS = ("--pre-drift", "600", "--post-drift", "600", "--rate", "400")
 
 
 def _launch_cartel(topology: Path, out: Path, *extra: str) -> subprocess.Popen[str]:

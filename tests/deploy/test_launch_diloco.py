@@ -41,7 +41,7 @@ def _diloco_run(tmp_path: Path, topology: str, clocks: int, opts: DiLoCoOptions
     summary = json.loads((out / "summary.json").read_text())
     aio = run_with_clock(run_system(RunConfig(
         topology=load_topology(topology), system="diloco", workload="softmax-digits",
-        iterations=clocks, diloco=opts, quiet=True)))
+        iterations=clocks, diloco=opts, quiet=True)), "virtual")
     assert summary["final_objective"] == aio.summary["final_objective"]
     assert summary["final_metrics"] == {k: v for k, v in aio.summary["final_metrics"].items()
                                         if k != "wan_bytes"}  # the curve's point adds it

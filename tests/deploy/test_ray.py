@@ -184,7 +184,8 @@ def test_diloco_through_hubs_on_ray_ends_with_the_all_in_one_model(
     assert len(regions) == 4 + 4 + 2 + 1  # routers, regions, hubs, the aggregator
     aio = run_with_clock(run_system(RunConfig(
         topology=load_topology(str(tmp_path / "four.toml")), system="diloco",
-        workload="softmax-digits", iterations=6, home="c", diloco=opts, quiet=True)))
+        workload="softmax-digits", iterations=6, home="c", diloco=opts, quiet=True)),
+        "virtual")
     assert summary["final_objective"] == aio.summary["final_objective"]
     assert summary["diloco"]["rounds"] == aio.summary["diloco"]["rounds"] == 2
     assert summary["diloco"]["averaged"] == aio.summary["diloco"]["averaged"] == 8
@@ -205,7 +206,8 @@ def test_cartel_on_ray_places_every_site_by_region_and_its_drifted_sites_merge(
     proc = subprocess.Popen(
         [sys.executable, "-m", "geoml.cli", "launch", "--engine", "ray", "--address",
          ray_cluster, "--topology", str(topology), "--system", "cartel", "--out", str(out),
-         "--pre-drift", "600", "--post-drift", "600", "--drifted-share", "0.67"],
+         "--pre-drift", "400", "--post-drift", "400", "--rate", "400",
+         "--drifted-share", "0.67"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _, stderr = proc.communicate(timeout=100)
     assert proc.returncode == 0, stderr
