@@ -21,8 +21,10 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(BIN)/geoml demo
 
+# The tests start hundreds of geoml processes: let them keep compiled bytecode (Python's
+# default; some environments turn it off).
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest
 
 mutants: $(STAMP)
 	$(BIN)/python -m tests.mutants.run
