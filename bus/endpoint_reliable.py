@@ -24,8 +24,6 @@ from .zio import ZIO
 
 log = logging.getLogger("geoml.bus.endpoint")
 
-#: Most numbers one bus.ack carries (it is a control frame: at most 64 KiB).
-_ACKS_PER_FRAME = 4096
 #: Retry delay for acks that could not be sent (the pipe to the router was full).
 _ACK_RETRY_S = 0.05
 #: A frame still unacknowledged this long after a later one of its class was acknowledged
@@ -169,11 +167,10 @@ class EndpointReliability:
             return
         due, self._acks_due = self._acks_due, {}
         for src, by_cls in due.items():
-            pairs = [[cls, seqs[i:i + _ACKS_PER_FRAME]] for cls, seqs in by_cls.items()
-                     for i in range(0, len(seqs), _ACKS_PER_FRAME)]
-            # both classes in one frame when they fit
-            frames = [pairs] if sum(len(p[1]) for p in pairs) <= _ACKS_PER_FRAME else [
-                [p] for p in pairs]
+            # one bus.ack per frame read, not per batch of them: how many frames a read
+            # finds waiting depends on timing, so batched acks made a run's WAN bytes vary
+            # from run to run (and between engines) by a few percent
+            frames = [[[cls, [seq]]] for cls, seqs in by_cls.items() for seq in seqs]
             for i, frame in enumerate(frames):
                 if not self._send_bus_ack(src, {"acks": frame}):
                     for unsent in frames[i:]:

@@ -32,7 +32,6 @@ from geoml.bus.security import make_keys
 from geoml.roles.ps_plan import PSPlan, plan_ps, wants_hubs
 
 from .cartel_roles import plan_of
-from .cli.cartel_options import cartel_role_args
 from .launch_child import (
     Child,
     LaunchFailed,
@@ -222,33 +221,8 @@ class Launcher:
         return new
 
     def role_args(self, address: str, kind: str, endpoints: Path) -> list[str]:
-        args = ["role", "--topology", self.cfg.topology, "--endpoints", str(endpoints),
-                "--keys", str(self.keys),
-                "--address", address, "--kind", kind, "--system", self.cfg.system,
-                "--connect-timeout", str(self.cfg.start_timeout)]
-        if self.cfg.edge is not None:  # cartel: its streams and knobs, nothing of a workload
-            return args + cartel_role_args(self.cfg.edge) + (
-                ["--reliable"] if self.cfg.restarts else [])
-        args += ["--workload", self.cfg.workload, "--sync", self.cfg.sync,
-                 "--aggregation", self.cfg.aggregation]
-        for opt in self.cfg.options:
-            args += ["--opt", opt]
-        args += self.cfg.gaia_args() + self.cfg.fed_args() + self.cfg.diloco_args()
-        if self.cfg.home:
-            args += ["--home", self.cfg.home]
-        if kind in ("worker", "aggregator", "region"):
-            args += ["--iterations", str(self.cfg.iterations)]
-        if kind == "ps_shard":
-            args += ["--out", str(self.cfg.out / "shards")]
-        elif kind in ("aggregator", "region"):  # (diloco all-to-all: the home region's copy)
-            args += ["--out", str(self.cfg.out)]
-        elif kind == "collector" or (kind == "worker" and self.cfg.system == "centralized"):
-            args += ["--out", str(self.cfg.out / "centralized")]
-        if self.cfg.restarts:
-            args += ["--reliable"]
-            if self.cfg.restartable(kind) and kind != "worker":
-                args += ["--checkpoint", str(self.cfg.out / "checkpoints")]
-        return args
+        """The `geoml` arguments of the role process at `address`."""
+        return self.cfg.role_args(address, kind, endpoints, self.keys)
 
     def status(self, t0: float) -> str:
         """One line: every kind's processes by state, and the workers' slowest clock."""

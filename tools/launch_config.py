@@ -1,4 +1,5 @@
-"""What `geoml launch` runs (LaunchConfig) and which role kinds it restarts."""
+"""What `geoml launch` runs (LaunchConfig), which role kinds it restarts, and the
+arguments it hands each role process."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 from geoml.roles.fedavg import FedAvgConfig
 from geoml.roles.ps_plan import MIRRORED
 
+from .cli.cartel_options import cartel_role_args
 from .systems.config import DiLoCoOptions, GaiaOptions
 from .systems.edge import CartelRunConfig
 
@@ -73,3 +75,34 @@ class LaunchConfig:
     def diloco_args(self) -> list[str]:
         """The diloco options as role arguments (diloco only)."""
         return self.diloco.args() if self.system == "diloco" else []
+
+    def role_args(self, address: str, kind: str, endpoints: Path, keys: Path) -> list[str]:
+        """The `geoml` arguments of the role process at `address` (`endpoints`: the
+        routers' file; `keys`: the run's CurveZMQ keys)."""
+        args = ["role", "--topology", self.topology, "--endpoints", str(endpoints),
+                "--keys", str(keys),
+                "--address", address, "--kind", kind, "--system", self.system,
+                "--connect-timeout", str(self.start_timeout)]
+        if self.edge is not None:  # cartel: its streams and knobs, nothing of a workload
+            return args + cartel_role_args(self.edge) + (
+                ["--reliable"] if self.restarts else [])
+        args += ["--workload", self.workload, "--sync", self.sync,
+                 "--aggregation", self.aggregation]
+        for opt in self.options:
+            args += ["--opt", opt]
+        args += self.gaia_args() + self.fed_args() + self.diloco_args()
+        if self.home:
+            args += ["--home", self.home]
+        if kind in ("worker", "aggregator", "region"):
+            args += ["--iterations", str(self.iterations)]
+        if kind == "ps_shard":
+            args += ["--out", str(self.out / "shards")]
+        elif kind in ("aggregator", "region"):  # (diloco all-to-all: the home region's copy)
+            args += ["--out", str(self.out)]
+        elif kind == "collector" or (kind == "worker" and self.system == "centralized"):
+            args += ["--out", str(self.out / "centralized")]
+        if self.restarts:
+            args += ["--reliable"]
+            if self.restartable(kind) and kind != "worker":
+                args += ["--checkpoint", str(self.out / "checkpoints")]
+        return args

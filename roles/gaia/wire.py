@@ -155,7 +155,9 @@ class Sender:
 
 
 class Acks:
-    """The gaia.acks a receiver owes, per sender, sent in one frame each when flushed."""
+    """The gaia.acks a receiver owes, one frame per update acknowledged when flushed (not
+    one per sender and commit: how many updates a commit covers depends on timing, and
+    the run's WAN bytes would with it)."""
 
     def __init__(self) -> None:
         self._owed: dict[str, list[int]] = {}
@@ -167,7 +169,8 @@ class Acks:
     async def flush(self, ep: Sends) -> None:
         owed, self._owed = self._owed, {}
         for src, seqs in owed.items():
-            await ep.send(src, ACK, control=True, meta={"seqs": seqs})
+            for seq in seqs:
+                await ep.send(src, ACK, control=True, meta={"seqs": [seq]})
 
 
 class Deferred:

@@ -17,6 +17,7 @@ from geoml.ps_roles import PS_KINDS
 from geoml.systems.centralized import SHIP_KINDS
 
 from .cartel_options import cartel_args
+from .option_groups import diloco_args, fed_args, gaia_args, sync_args
 
 log = logging.getLogger("geoml")
 
@@ -104,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "lan,baseline,gaia)")
     c.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="workload option, e.g. rank=50 (repeatable)")
-    _sync_args(c)
+    sync_args(c)
     c.add_argument("--until", help="the target, objective:X (default: what LAN reaches, "
                    "see README)")
     c.add_argument("--iterations", type=int, help="clocks per run (at most)")
@@ -194,9 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     ro.add_argument("--endpoints", type=Path, help="JSON file of the routers' endpoints, "
                     "overriding the topology's ports (written by `geoml launch`)")
     _ps_args(ro, role=True)
-    _gaia_args(ro)
-    _fed_args(ro, lan=True)
-    _diloco_args(ro)
+    gaia_args(ro)
+    fed_args(ro, lan=True)
+    diloco_args(ro)
     cartel_args(ro, launch=True)
     ro.add_argument("--resume", action="store_true", help="restarted after a crash (what "
                     "`geoml launch` restarts with): a worker asks its shards which clock to "
@@ -222,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=WORKLOAD_HELP.format(names=", ".join(workload_names())))
     la.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                     help="workload option, e.g. rank=50 (repeatable)")
-    _sync_args(la)
+    sync_args(la)
     la.add_argument("--iterations", type=int,
                     help="clocks every worker runs (fedavg: rounds; diloco: inner clocks; "
                     "cartel: none, its sites play their streams)")
@@ -233,9 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seconds a process may take to be ready")
     la.add_argument("--keys", type=Path, help="CurveZMQ keys from `geoml keys` (default: "
                     "made for the run in OUT/keys)")
-    _gaia_args(la)
-    _fed_args(la, lan=True)
-    _diloco_args(la)
+    gaia_args(la)
+    fed_args(la, lan=True)
+    diloco_args(la)
     cartel_args(la, launch=True)
     la.add_argument("--engine", default="local", choices=("local", "ray"),
                     help="local: child processes of this one (default); ray: Ray actors "
@@ -311,86 +312,12 @@ def _training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ps-shards", type=int, metavar="N",
                    help="PS shards per region (overrides the topology file)")
     p.add_argument("--eval-every", type=int, default=1, help="evaluate every N clocks")
-    _fed_args(p, lan=True)
-    _gaia_args(p)
-    _diloco_args(p)
+    fed_args(p, lan=True)
+    gaia_args(p)
+    diloco_args(p)
     p.add_argument("--link-down", action="append", default=[], metavar="A-B@T+S",
                    help="fault injection: the WAN link between regions A and B (A->B: one "
                    "direction) has rate 0 from T to T+S seconds into the run (repeatable)")
-
-
-def _diloco_args(p: argparse.ArgumentParser) -> None:
-    """diloco's options (run, compare, role, launch)."""
-    p.add_argument("--diloco-h", type=int, default=10, metavar="H",
-                   help="diloco: inner clocks per round")
-    p.add_argument("--diloco-outer", choices=("nesterov", "sgd"), default="nesterov",
-                   help="diloco: outer optimizer (sgd at lr 1: averaging of the regions)")
-    p.add_argument("--diloco-outer-lr", type=float, default=0.7, metavar="LR")
-    p.add_argument("--diloco-momentum", type=float, default=0.9, metavar="MU")
-    p.add_argument("--diloco-fragments", type=int, default=1, metavar="F",
-                   help="streaming diloco: fragments synced in turn, one every H/F clocks")
-    p.add_argument("--diloco-overlap", type=int, default=0, metavar="TAU",
-                   help="streaming diloco: inner clocks trained while a fragment's sync is "
-                   "on the WAN (< H/F)")
-    p.add_argument("--diloco-bits", type=int, choices=(0, 4, 8), default=0,
-                   help="streaming diloco: quantise what crosses the WAN to 8 or 4 bits "
-                   "(0: float32)")
-    p.add_argument("--diloco-average", choices=("aggregator", "hubs", "all-to-all"),
-                   default="aggregator",
-                   help="diloco: the regions' mean is formed at one aggregator in --home, "
-                   "through the topology's overlay hubs (each sums its group's), or in "
-                   "every region from every other region's delta")
-    p.add_argument("--diloco-mix", type=float, default=0.5, metavar="ALPHA",
-                   help="streaming diloco with overlap: the local share of a merged "
-                   "fragment")
-
-
-def _sync_args(p: argparse.ArgumentParser) -> None:
-    """How a PS synchronises and combines updates (run, compare, role, launch)."""
-    from ..systems.config import AGGREGATIONS
-
-    p.add_argument("--sync", default="bsp", help="bsp or ssp:S (staleness S)")
-    p.add_argument("--aggregation", default=AGGREGATIONS[0], choices=AGGREGATIONS,
-                   help="how a PS shard combines a clock's dense updates: mean over the "
-                   "workers (default; converges for any worker count) or sum (the PS "
-                   "papers; the step grows with the workers)")
-
-
-def _fed_args(p: argparse.ArgumentParser, lan: bool = False) -> None:
-    """fedavg's options (and --home, which lan and centralized share with it)."""
-    p.add_argument("--home", *(["--lan-region"] if lan else []), dest="home",
-                   metavar="REGION",
-                   help=("lan and centralized: the region that trains; " if lan else "")
-                   + "fedavg: the aggregator's region (default: the topology's first)")
-    p.add_argument("--fed-fraction", type=float, default=1.0, metavar="C",
-                   help="fedavg: share of the clients asked each round")
-    p.add_argument("--fed-epochs", type=int, default=1, metavar="E",
-                   help="fedavg: local epochs per round (the batch B is the workload's "
-                   "batch option: --opt batch=B)")
-    p.add_argument("--fed-deadline", type=float, default=60.0, metavar="SECONDS",
-                   help="fedavg: a client that has not answered by then is left out of the "
-                   "round (counted)")
-
-
-def _gaia_args(p: argparse.ArgumentParser) -> None:
-    """Gaia's options (run, compare, role, launch)."""
-    p.add_argument("--gaia-v", type=float, default=0.01,
-                   help="gaia: initial significance threshold (decays as v/sqrt(t))")
-    p.add_argument("--gaia-absolute", type=float, default=None, metavar="X",
-                   help="gaia: an element is significant when |accumulated update| > X "
-                   "(no decay), instead of the relative threshold")
-    p.add_argument("--gaia-ds", type=int, default=2,
-                   help="gaia: mirror clock, clocks a region may lead the slowest other")
-    p.add_argument("--gaia-hubs", action="store_true",
-                   help="gaia: exchange updates through the overlay groups' hubs")
-    p.add_argument("--gaia-barrier", default="auto", choices=("auto", "always", "off"),
-                   help="gaia: selective barrier ahead of an update when earlier ones are "
-                   "still queued on the WAN (auto), ahead of every update, or never")
-    p.add_argument("--topk-share", type=float, default=0.01, metavar="K",
-                   help="topk: share of each table's accumulated update sent per clock")
-    p.add_argument("--topk-bits", type=int, default=0, choices=(0, 4, 8), metavar="B",
-                   help="topk: send the values as 8- or 4-bit codes with error feedback "
-                        "(0: float32)")
 
 
 def workload_names() -> list[str]:
@@ -443,7 +370,7 @@ def _ps_args(p: argparse.ArgumentParser, role: bool) -> None:
                    help=WORKLOAD_HELP.format(names=", ".join(workload_names())))
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="workload option, e.g. rank=50 (repeatable)")
-    _sync_args(p)
+    sync_args(p)
     p.add_argument("--until", help="stop when objective:X is reached")
     if not role:
         p.add_argument("--iterations", type=int, help="stop after N clocks")
