@@ -28,7 +28,7 @@ from geoml.roles.edge_start import DONE, STOP, EdgeCoordinator, wait_for_start
 from geoml.roles.metadata import MetadataService, MetadataTable
 
 from .results import json_default
-from .role_endpoint import role_endpoint
+from .role_endpoint import check_role, role_endpoint
 from .systems.edge import CartelRunConfig, EdgePlan, edge_plan, held_out, place
 
 CARTEL_KINDS = ("metadata", "peer")
@@ -70,12 +70,7 @@ async def cartel_role_main(cfg: CartelRunConfig, topo: Topology, address: str, k
     """The metadata service or one Cartel peer as its own process (tcp); returns its
     report. `connect_timeout` also bounds the wait for every site to be ready."""
     roles = cartel_roles(topo, cfg)
-    if kind not in roles:
-        raise GeomlError(f"cartel has no role kind {kind!r}; its kinds: "
-                         f"{', '.join(CARTEL_KINDS)}")
-    if address not in roles[kind]:
-        raise GeomlError(f"{address} is not a cartel {kind} on {topo.name}; those are: "
-                         f"{', '.join(roles[kind])}")
+    check_role("cartel", roles, kind, address, topo.name)
     plan = plan_of(replace(cfg, topology=topo))
     metadata = roles["metadata"][0]
     async with role_endpoint(topo, address, keys=keys, reliable=reliable,

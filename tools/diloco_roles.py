@@ -22,11 +22,10 @@ from geoml.bus.security import CurveKeys
 from geoml.roles.compute import Compute
 
 from .fed_roles import model_file
-from .role_endpoint import role_endpoint
+from .role_endpoint import check_role, role_endpoint
 from .systems import RunConfig
 from .systems.config import bus_workload
 from .systems.diloco import (
-    DILOCO_KINDS,
     DiLoCoLayout,
     check_diloco,
     diloco_layout,
@@ -67,14 +66,8 @@ async def diloco_role_main(cfg: RunConfig, address: str, kind: str,
     report. `cfg.iterations` counts inner clocks, as in the all-in-one run."""
     topo = cfg.topology if isinstance(cfg.topology, Topology) else load_topology(cfg.topology)
     layout = layout_of(topo, cfg)
-    roles = diloco_roles(topo, cfg)
-    if kind not in roles:
-        raise GeomlError(f"diloco has no role kind {kind!r}; its kinds: "
-                         f"{', '.join(DILOCO_KINDS)}")
-    if address not in roles[kind]:
-        raise GeomlError(f"{address} is not a diloco {kind} on {topo.name} with "
-                         f"--diloco-average {cfg.diloco.average}; those are: "
-                         f"{', '.join(roles[kind]) or 'none'}")
+    check_role("diloco", diloco_roles(topo, cfg), kind, address, topo.name,
+               f" with --diloco-average {cfg.diloco.average}")
     writer = writes_model(layout, address)
     if kind != "hub" and cfg.iterations is None:
         raise GeomlError(f"a diloco {kind} needs --iterations N (inner clocks)")

@@ -20,7 +20,7 @@ from geoml.bus.security import CurveKeys
 from geoml.roles.compute import Compute
 from geoml.roles.fedavg import FedAggregator, FedClient
 
-from .role_endpoint import role_endpoint
+from .role_endpoint import check_role, role_endpoint
 from .systems import RunConfig
 from .systems.config import bus_workload
 from .systems.fedavg import check_fedavg, fed_plan
@@ -50,9 +50,7 @@ async def fed_role_main(cfg: RunConfig, address: str, kind: str,
     The aggregator runs `cfg.iterations` rounds and writes its model under `cfg.out`."""
     topo = cfg.topology if isinstance(cfg.topology, Topology) else load_topology(cfg.topology)
     roles = fed_roles(topo, cfg)
-    if address not in roles[kind]:
-        raise GeomlError(f"{address} is not a fedavg {kind} on {topo.name}; those are: "
-                         f"{', '.join(roles[kind])}")
+    check_role("fedavg", roles, kind, address, topo.name)
     if kind == "aggregator" and (cfg.iterations is None or cfg.out is None):
         raise GeomlError("a fedavg aggregator needs --iterations N (rounds) and --out DIR")
     workload = bus_workload(cfg.workload, cfg.workload_options)

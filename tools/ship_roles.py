@@ -22,7 +22,7 @@ from geoml.roles.ps_plan import PSPlan, plan_ps
 from geoml.roles.shipping import DataCollector, DataShipper
 from geoml.workloads import Partition, Workload
 
-from .role_endpoint import role_endpoint
+from .role_endpoint import check_role, role_endpoint
 from .systems import RunConfig
 from .systems.config import bus_workload
 
@@ -90,9 +90,7 @@ async def ship_role_main(cfg: RunConfig, address: str, kind: str,
     except ValueError as exc:
         raise GeomlError(str(exc)) from None
     roles = ship_roles(plan)
-    if address not in roles[kind]:
-        raise GeomlError(f"{address} is not a centralized {kind} on {topo.name}; those are: "
-                         f"{', '.join(roles[kind]) or 'none'}")
+    check_role("centralized", roles, kind, address, topo.name)
     if kind == "collector" and cfg.out is None:
         raise GeomlError("a collector needs --out DIR (where it writes the records)")
     workload = bus_workload(cfg.workload, cfg.workload_options)

@@ -11,10 +11,10 @@ from geoml import __version__
 from geoml.bus import GeomlError, Topology, load_topology
 from geoml.bus.vclock import CLOCKS
 from geoml.cartel_roles import CARTEL_KINDS
-from geoml.diloco_roles import DILOCO_KINDS
 from geoml.fed_roles import FED_KINDS
 from geoml.ps_roles import PS_KINDS
 from geoml.systems.centralized import SHIP_KINDS
+from geoml.systems.diloco import DILOCO_KINDS
 
 from .cartel_options import cartel_args
 from .option_groups import diloco_args, fed_args, gaia_args, sync_args
