@@ -1,10 +1,16 @@
 """Federated averaging (McMahan et al.): an aggregator and its clients.
 
 Frames (docs/PROTOCOL.md, "Federated averaging"):
-  fed.model   aggregator -> client  meta {round, tables}; one array per table (the model).
-  fed.update  client -> aggregator  meta {round, samples, tables, sparse}; per table
-                                    [rows,] delta (new - received), like ps.push.
-  fed.done    aggregator -> client  no more rounds.
+  fed.model      aggregator -> client  meta {round, tables, trained}; one array per table
+                                       (the model); trained: the rounds this client was
+                                       sent a model before this one.
+  fed.update     client -> aggregator  meta {round, samples, tables, sparse}; per table
+                                       [rows,] delta (new - received), like ps.push.
+  fed.done       aggregator -> client  no more rounds.
+  fed.restarted  client -> aggregator  a new process of this client (after a crash): the
+                                       aggregator sends it the open round's model again.
+A client's training depends only on the model and `trained` (which passes over its data it
+makes), so a restarted client's update is the one its dead process would have sent.
 Raw data never moves: a client trains on its own partition only.
 """
 
@@ -27,7 +33,7 @@ from .ps import unpack_deltas
 
 log = logging.getLogger("geoml.roles.fedavg")
 
-MODEL, UPDATE, DONE = "fed.model", "fed.update", "fed.done"
+MODEL, UPDATE, DONE, RESTARTED = "fed.model", "fed.update", "fed.done", "fed.restarted"
 
 
 @dataclass(frozen=True)
@@ -100,6 +106,8 @@ class FedAggregator:
         self.on_round = on_round
         self.round = 0
         self.counters: Counter[str] = Counter()
+        #: Per client: the rounds it was sent a model in, before the open one.
+        self._trained: Counter[str] = Counter()
         #: Per round: (clients asked, clients averaged).
         self.history: list[tuple[int, int]] = []
 
@@ -117,10 +125,8 @@ class FedAggregator:
     async def _one_round(self) -> None:
         chosen = select_clients(self.clients, self.config.fraction, self.round,
                                 self.config.seed)
-        tables = list(self.shapes)
         for client in chosen:
-            await self.ep.send(client, MODEL, arrays=[self.params[t] for t in tables],
-                               meta={"round": self.round, "tables": tables})
+            await self._send_model(client)
         acc = WeightedMean(self.shapes)
         waiting = set(chosen)
         loop = asyncio.get_running_loop()
@@ -133,6 +139,9 @@ class FedAggregator:
                 msg = await self.ep.recv(timeout=left)
             except TimeoutError:
                 break
+            if msg.type == RESTARTED and msg.src in self.clients:
+                await self._restarted(msg.src, waiting)
+                continue
             self._take(msg, waiting, acc)
         self.counters["asked"] += len(chosen)
         self.counters["averaged"] += acc.clients
@@ -146,9 +155,25 @@ class FedAggregator:
         for table, d in acc.mean().items():
             self.params[table] += d
         self.history.append((len(chosen), acc.clients))
+        self._trained.update(chosen)
         self.round += 1
         if self.on_round is not None:
             self.on_round(self.round)
+
+    async def _send_model(self, client: str) -> None:
+        """This round's model to `client`, with the rounds it was sent one before."""
+        tables = list(self.shapes)
+        await self.ep.send(client, MODEL, arrays=[self.params[t] for t in tables],
+                           meta={"round": self.round, "tables": tables,
+                                 "trained": self._trained[client]})
+
+    async def _restarted(self, client: str, waiting: set[str]) -> None:
+        """A new process of `client`: it gets the open round's model again if its update
+        has not come (a copy of one it did get is answered twice; the second is refused)."""
+        self.counters["client_restarts"] += 1
+        if client in waiting:
+            await self._send_model(client)
+            self.counters["models_resent"] += 1
 
     def _take(self, msg: Message, waiting: set[str], acc: WeightedMean) -> None:
         if msg.type != UPDATE:
@@ -214,8 +239,11 @@ class FedClient:
 
     def __init__(self, endpoint: Endpoint, workload: Workload, part: Partition,
                  aggregator: str, epochs: int, *, compute: Compute | None = None,
-                 idle_timeout_s: float = 3600.0) -> None:
+                 idle_timeout_s: float = 3600.0, resume: bool = False,
+                 on_round: Callable[[int], None] | None = None) -> None:
         self.ep = endpoint
+        self.resume = resume  # a new process after a crash: it says so first
+        self.on_round = on_round  # called with round + 1 once its update is sent
         self.workload = workload
         self.part = part
         self.aggregator = aggregator
@@ -233,6 +261,8 @@ class FedClient:
     async def run(self) -> int:
         """Serve rounds until fed.done; returns the rounds this client trained."""
         loop = asyncio.get_running_loop()
+        if self.resume:
+            await self.ep.send(self.aggregator, RESTARTED)
         while True:
             try:
                 msg = await self.ep.recv(timeout=self.idle_timeout_s)
@@ -256,11 +286,16 @@ class FedClient:
                 log.warning("%s ignored a fed.model without round or with tables %s",
                             self.ep.address, sorted(model))
                 continue
+            trained = msg.meta.get("trained")
+            if isinstance(trained, int) and trained >= 0:  # where its passes are
+                self._next_pass = trained * self.epochs * self.passes_per_epoch
             start = loop.time()
             new, old = await self._train(model)
             self.times["compute_s"] += loop.time() - start
             await self._reply(int(msg.meta["round"]), old, new)
             self.counters["rounds"] += 1
+            if self.on_round is not None:
+                self.on_round(int(msg.meta["round"]) + 1)
 
     async def _train(self, model: Params) -> tuple[Params, Params]:
         """This round's E local epochs: (trained rows, rows it started from)."""

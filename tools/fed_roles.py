@@ -45,9 +45,10 @@ def model_file(out: Path) -> Path:
 
 async def fed_role_main(cfg: RunConfig, address: str, kind: str,
                         connect_timeout: float = 30.0, keys: CurveKeys | None = None,
-                        reliable: bool = False) -> dict[str, Any]:
+                        reliable: bool = False, resume: bool = False) -> dict[str, Any]:
     """The fedavg aggregator or one client as its own process (tcp); returns its report.
-    The aggregator runs `cfg.iterations` rounds and writes its model under `cfg.out`."""
+    The aggregator runs `cfg.iterations` rounds and writes its model under `cfg.out`.
+    `resume`: a client restarted after a crash (it asks for the open round's model)."""
     topo = cfg.topology if isinstance(cfg.topology, Topology) else load_topology(cfg.topology)
     roles = fed_roles(topo, cfg)
     check_role("fedavg", roles, kind, address, topo.name)
@@ -75,6 +76,10 @@ async def fed_role_main(cfg: RunConfig, address: str, kind: str,
         region, index = clients[address]
         part = workload.partition(data_regions)[(region, index)]
         client = FedClient(ep, workload, part, roles["aggregator"][0], cfg.fed.epochs,
-                           compute=Compute())
+                           compute=Compute(), resume=resume,
+                           on_round=lambda r: print(f"{address} clock {r}", flush=True))
+        if resume:
+            print(f"{address} resumed: it asked {roles['aggregator'][0]} for the open "
+                  "round's model", flush=True)
         rounds = await client.run()
         return {**report, "rounds": rounds, **client.times, **client.counters}

@@ -253,7 +253,8 @@ class Launcher:
                 why = (f"it was restarted {c.attempt} time(s), the limit (--restarts)"
                        if self.cfg.restartable(c.kind) else
                        f"a {self.cfg.system} {c.kind} is not restarted: only workers, PS "
-                       "shards, mirrors, gaia's hubs and routers are (see README)")
+                       "shards, mirrors, gaia's hubs, fedavg's clients and routers are "
+                       "(see README)")
                 raise LaunchFailed(f"{c.name} (pid {c.pid}) failed ({c.exit_state}); {why}; "
                                    f"its errors:\n{c.tail()}")
             if time.monotonic() >= next_status:

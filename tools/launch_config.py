@@ -13,20 +13,22 @@ from .cli.cartel_options import cartel_role_args
 from .systems.config import DiLoCoOptions, GaiaOptions
 from .systems.edge import CartelRunConfig
 
-#: Role kinds the launcher restarts after a crash. A worker's state is its clock, which its
-#: shards keep: the new process asks them (ps.where), redoes the clock it was in, and the
-#: shards ignore the pushes they already have. A PS shard checkpoints its state at every
-#: clock, a mirror before anything that depends on its state leaves; the new process loads
-#: the checkpoint, and the roles it talks to replay what they sent after it (roles/ps.py,
-#: roles/gaia/). A router is started again on its ports: with restarts on, every role
-#: keeps what it sends until its destination acknowledges it, reconnects, and sends again
-#: what the dead router had queued (bus/reliable.py). A hub checkpoints as a mirror does
-#: (its member updates waiting to be combined included); its members and the other hubs
-#: resend what it had not acknowledged.
+#: Role kinds the launcher restarts after a crash (besides fedavg's clients: restartable). A
+#: worker's state is its clock, which its shards keep: the new process asks them (ps.where),
+#: redoes the clock it was in, and the shards ignore the pushes they already have. A PS
+#: shard checkpoints its state at every clock, a mirror before anything that depends on its
+#: state leaves; the new process loads the checkpoint, and the roles it talks to replay what
+#: they sent after it (roles/ps.py, roles/gaia/). A router is started again on its ports:
+#: with restarts on, every role keeps what it sends until its destination acknowledges it,
+#: reconnects, and sends again what the dead router had queued (bus/reliable.py). A hub
+#: checkpoints as a mirror does (its member updates waiting to be combined included); its
+#: members and the other hubs resend what it had not acknowledged.
 RESTARTABLE = ("worker", "ps_shard", "mirror", "hub", "router")
 
 #: The systems that run in rounds of an aggregator and its clients or regions, not on PS
-#: shards. Their roles keep no checkpoint: only their routers are restarted.
+#: shards. Their roles keep no checkpoint: only their routers are restarted, and fedavg's
+#: clients, whose update depends only on the model and the rounds they trained (which the
+#: aggregator's fed.model says): a new client asks for the open round's model again.
 ROUND_SYSTEMS = ("fedavg", "diloco")
 #: The edge systems that run as processes (not in the registry: `geoml cartel` runs them
 #: all-in-one). Their roles keep no checkpoint either.
@@ -57,6 +59,8 @@ class LaunchConfig:
 
     def restartable(self, kind: str) -> bool:
         """Is a crashed process of `kind` restarted in this run?"""
+        if self.system == "fedavg" and kind == "client":
+            return True  # its update depends on the model and the rounds it trained only
         return kind == "router" or (kind in RESTARTABLE and self.system not in
                                     (*ROUND_SYSTEMS, *EDGE_PROCESS_SYSTEMS))
 
@@ -103,6 +107,6 @@ class LaunchConfig:
             args += ["--out", str(self.out / "centralized")]
         if self.restarts:
             args += ["--reliable"]
-            if self.restartable(kind) and kind != "worker":
+            if kind in ("ps_shard", "mirror", "hub") and self.restartable(kind):
                 args += ["--checkpoint", str(self.out / "checkpoints")]
         return args

@@ -376,6 +376,36 @@ def test_fedavg_as_processes_ends_with_the_all_in_one_model(tmp_path: Path) -> N
     assert not [n for n, pid in _children(out).items() if _alive(pid)]
 
 
+def test_a_killed_fedavg_client_is_restarted_and_the_model_ends_as_all_in_one(
+        tmp_path: Path) -> None:
+    """kill -9 of a fedavg client mid-run: the launcher restarts it, the new process asks
+    the aggregator for the open round's model (fed.restarted), trains the passes the
+    model's `trained` says, and the run ends with the all-in-one model: no client's
+    update lost or averaged twice, no round closed at its deadline."""
+    from geoml.roles.fedavg import FedAvgConfig
+
+    out, rounds = tmp_path / "run", 8
+    proc = _launch(out, "--topology", "ss_wan", "--system", "fedavg", "--iterations",
+                   str(rounds), "--fed-epochs", "2")
+    stderr = _disturb(proc, out, "Singapore/aggregator/0", 2,
+                      _kill(out, "SaoPaulo/worker/1"))
+    assert proc.returncode == 0, stderr
+    assert "SaoPaulo/worker/1 failed (killed by SIGKILL); restarting it (1/2)" in stderr
+    summary = json.loads((out / "summary.json").read_text())
+    (restart,) = summary["restarts"]
+    assert restart["role"] == "SaoPaulo/worker/1" and restart["kind"] == "client"
+    assert restart["recovery_s"] > 0
+    assert "SaoPaulo/worker/1 resumed: it asked Singapore/aggregator/0" in (
+        out / "logs" / "SaoPaulo_worker_1.1.log").read_text()
+    aio = run_with_clock(run_system(RunConfig(
+        topology=load_topology("ss_wan"), system="fedavg", workload="softmax-digits",
+        iterations=rounds, fed=FedAvgConfig(epochs=2), quiet=True)), "virtual")
+    assert summary["final_objective"] == aio.summary["final_objective"]
+    assert summary["fedavg"]["averaged"] == aio.summary["fedavg"]["averaged"] == 4 * rounds
+    assert summary["fedavg"]["missed_deadline"] == 0
+    assert not [n for n, pid in _children(out).items() if _alive(pid)]
+
+
 def test_centralized_as_processes_moves_the_raw_data_then_trains_at_home(
         tmp_path: Path) -> None:
     """centralized: SaoPaulo's shipper sends its raw records to Singapore's collector, which

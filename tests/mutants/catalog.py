@@ -322,6 +322,12 @@ MUTANTS: tuple[Mutant, ...] = (
            "partition_records([*own, *shipped]", "partition_records([*own]",
            ("tests/deploy/test_launch.py::"
             "test_centralized_as_processes_moves_the_raw_data_then_trains_at_home",)),
+    Mutant("fed_client_ignores_trained", "a restarted fedavg client starts its passes over "
+           "from the first instead of where the model's `trained` says", "roles/fedavg.py",
+           "self._next_pass = trained * self.epochs * self.passes_per_epoch",
+           "self._next_pass = self._next_pass",
+           ("tests/deploy/test_launch.py::"
+            "test_a_killed_fedavg_client_is_restarted_and_the_model_ends_as_all_in_one",)),
     Mutant("diloco_region_trains_on_every_region", "a diloco region process trains on "
            "every region's partitions, not its own workers'", "tools/diloco_roles.py",
            "[parts[key] for key in addresses.values() if key[0] == region]",

@@ -244,8 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     la.add_argument("--address", help="--engine ray: the Ray cluster (default: auto, the "
                     "one this machine belongs to)")
     la.add_argument("--restarts", type=int, default=2, metavar="N",
-                    help="restart a crashed worker, PS shard, mirror, hub or router up to N "
-                    "times each (0: a crash stops the run)")
+                    help="restart a crashed worker, PS shard, mirror, hub, fedavg client or "
+                    "router up to N times each (0: a crash stops the run)")
 
     run = sub.add_parser("run", help="train with one system, all-in-one; writes summary.json, "
                          "curve.csv, curve.png")

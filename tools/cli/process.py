@@ -178,7 +178,7 @@ async def role_main(topo: Topology, address: str, kind: str, args: argparse.Name
 
         return await fed_role_main(run_config(args, check=False, topo=topo), address, kind,
                                    connect_timeout=args.connect_timeout, keys=keys_of(args),
-                                   reliable=args.reliable)
+                                   reliable=args.reliable, resume=args.resume)
     if kind in PS_KINDS:
         from geoml.role_main import ps_role_main
 
