@@ -161,8 +161,8 @@ class EndpointReliability:
     # -- acknowledgements (numbered frames) ---------------------------------------------
 
     def _send_acks(self) -> None:
-        """Acknowledge the numbered frames read so far, one bus.ack per sender (retried
-        shortly for a sender whose ack the socket would not take now)."""
+        """Acknowledge the numbered frames read so far, one bus.ack per frame (retried
+        shortly for a sender whose acks the socket would not take now)."""
         if not self._acks_due or self._io is None:
             return
         due, self._acks_due = self._acks_due, {}

@@ -251,6 +251,16 @@ class DiLoCoHub:
         return self._ended
 
 
+def all_to_all_counters(rounds: int, regions: int, averaged: int, refused: int
+                        ) -> Counter[str]:
+    """The aggregator's counters of an all-to-all run, which has none: every region was
+    asked each of `rounds` syncs, `averaged` as the home region counted them, `refused`
+    summed over the regions."""
+    asked = rounds * regions
+    return Counter({"asked": asked, "averaged": averaged,
+                    "missed_deadline": asked - averaged, "refused": refused})
+
+
 class PeerWatch:
     """Stands where the aggregator would be in an all-to-all run, which has none: the
     harness scores the home region's copy of the global model (every region's is the
@@ -286,11 +296,10 @@ class PeerWatch:
     @property
     def counters(self) -> Counter[str]:
         """The aggregator's counters, summed from what the regions saw."""
-        rounds = self.round
-        averaged = self.home.counters["averaged"] if self.home is not None else 0
-        return Counter({"asked": rounds * len(self.regions), "averaged": averaged,
-                        "missed_deadline": rounds * len(self.regions) - averaged,
-                        "refused": sum(r.counters["refused"] for r in self.regions)})
+        return all_to_all_counters(
+            self.round, len(self.regions),
+            self.home.counters["averaged"] if self.home is not None else 0,
+            sum(r.counters["refused"] for r in self.regions))
 
     async def run(self) -> int:
         """Wait until every region has finished; returns the syncs done."""

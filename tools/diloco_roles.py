@@ -27,31 +27,34 @@ from .systems import RunConfig
 from .systems.config import bus_workload
 from .systems.diloco import (
     DiLoCoLayout,
-    check_diloco,
     diloco_layout,
     make_aggregator,
     make_hub,
     make_region,
     stream_plan,
 )
-from .systems.fedavg import fed_plan
+from .systems.fedavg import check_fedavg, fed_plan
 
 
 def layout_of(topo: Topology, cfg: RunConfig) -> DiLoCoLayout:
     """The run's layout (GeomlError if diloco cannot run on `topo` with `cfg`)."""
     try:
         cfg.diloco.check()
-        check_diloco(topo, cfg)
+        check_fedavg(topo, cfg)  # the rest of check_diloco is the layout itself
         return diloco_layout(topo, cfg)
     except ValueError as exc:
         raise GeomlError(str(exc)) from None
 
 
-def diloco_roles(topo: Topology, cfg: RunConfig) -> dict[str, list[str]]:
-    """The addresses of each diloco role kind on `topo`."""
-    layout = layout_of(topo, cfg)
+def roles_of(layout: DiLoCoLayout) -> dict[str, list[str]]:
+    """The addresses of each diloco role kind of `layout`."""
     return {"aggregator": [layout.aggregator] if layout.aggregator else [],
             "region": list(layout.regions), "hub": list(layout.hubs)}
+
+
+def diloco_roles(topo: Topology, cfg: RunConfig) -> dict[str, list[str]]:
+    """The addresses of each diloco role kind on `topo`."""
+    return roles_of(layout_of(topo, cfg))
 
 
 def writes_model(layout: DiLoCoLayout, address: str) -> bool:
@@ -66,7 +69,7 @@ async def diloco_role_main(cfg: RunConfig, address: str, kind: str,
     report. `cfg.iterations` counts inner clocks, as in the all-in-one run."""
     topo = cfg.topology if isinstance(cfg.topology, Topology) else load_topology(cfg.topology)
     layout = layout_of(topo, cfg)
-    check_role("diloco", diloco_roles(topo, cfg), kind, address, topo.name,
+    check_role("diloco", roles_of(layout), kind, address, topo.name,
                f" with --diloco-average {cfg.diloco.average}")
     writer = writes_model(layout, address)
     if kind != "hub" and cfg.iterations is None:
@@ -75,7 +78,7 @@ async def diloco_role_main(cfg: RunConfig, address: str, kind: str,
         raise GeomlError(f"{address} writes the run's final model: it needs --out DIR")
     workload = bus_workload(cfg.workload, cfg.workload_options)
     plan = stream_plan(workload, cfg.diloco)
-    step = cfg.diloco.h // cfg.diloco.fragments
+    step = plan.schedule.step
 
     def progress(syncs: int) -> None:
         print(f"{address} clock {syncs * step}", flush=True)

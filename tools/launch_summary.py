@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from geoml.bus import Topology
+from geoml.roles.diloco_average import all_to_all_counters
 from geoml.roles.ps_plan import PSPlan
 
 from .cartel import comparison
@@ -185,24 +186,23 @@ def _diloco_section(cfg: RunConfig, topo: Topology, workload: Any,
     """diloco's inner clocks, its summary section and its region roles. With all-to-all
     (no aggregator) the aggregator's counters are the home region's, as all-in-one."""
     layout = diloco_layout(topo, cfg)
+    plan = stream_plan(workload, cfg.diloco)
     regions = list(layout.regions)
     if layout.aggregator is not None:
         agg = reports[layout.aggregator]
         counters = {k: agg.get(k, 0) for k in _AGGREGATOR_COUNTERS}
     else:
         agg = reports[layout.home]
-        asked = agg["rounds"] * len(regions)
-        counters = {**dict.fromkeys(_AGGREGATOR_COUNTERS, 0), "asked": asked,
-                    "averaged": agg.get("averaged", 0),
-                    "missed_deadline": asked - agg.get("averaged", 0),
-                    "refused": sum(reports[a].get("refused", 0) for a in regions)}
+        counters = {**dict.fromkeys(_AGGREGATOR_COUNTERS, 0), **all_to_all_counters(
+            agg["rounds"], len(regions), agg.get("averaged", 0),
+            sum(reports[a].get("refused", 0) for a in regions))}
     rounds = agg["rounds"]
     relays = {h: {k: v for k, v in reports[h].items()
                   if k not in ("role", "kind", "bus", "rounds", "elapsed_s")}
               for h in layout.hubs}
-    return rounds * (cfg.diloco.h // cfg.diloco.fragments), {
+    return rounds * plan.schedule.step, {
         "aggregator": layout.aggregator, "fraction": cfg.fed.fraction,
-        **diloco_details(cfg, layout, stream_plan(workload, cfg.diloco)),
+        **diloco_details(cfg, layout, plan),
         "deadline_s": cfg.fed.deadline_s, "rounds": rounds, **counters,
         "client_rounds": {a: reports[a]["rounds"] for a in regions},
         **({"relays": relays} if relays else {})}, regions

@@ -15,7 +15,7 @@ from geoml.roles.gaia import BARRIER_MODES
 from geoml.roles.outer import OuterOptimizer
 from geoml.roles.ps import PSShard, PSWorker
 from geoml.roles.quantise import check_bits
-from geoml.roles.streaming import check_options
+from geoml.roles.streaming import StreamSchedule, check_options
 from geoml.workloads import Params, Workload, make_workload
 
 
@@ -171,6 +171,10 @@ class DiLoCoOptions:
             raise ValueError(f"--diloco-average must be one of {', '.join(AVERAGE_FORMS)}, "
                              f"got {self.average!r}")
         self.optimizer()
+
+    def schedule(self) -> StreamSchedule:
+        """When each sync happens (its `step`: inner clocks between two syncs, H / F)."""
+        return StreamSchedule(self.h, self.fragments, self.overlap)
 
     def optimizer(self) -> OuterOptimizer:
         """A fresh outer optimizer with these options."""

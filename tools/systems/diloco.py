@@ -78,7 +78,7 @@ def diloco_layout(topo: Topology, cfg: RunConfig) -> DiLoCoLayout:
 
 def syncs_of(cfg: RunConfig) -> int | None:
     """Syncs a run of `cfg.iterations` inner clocks has (rounded up to whole syncs)."""
-    step = cfg.diloco.h // cfg.diloco.fragments
+    step = cfg.diloco.schedule().step
     return None if cfg.iterations is None else -(-cfg.iterations // step)
 
 
@@ -93,12 +93,11 @@ def make_region(layout: DiLoCoLayout, address: str, ep: Endpoint, workload: Work
                 compute: Compute | None = None, stop: asyncio.Event | None = None,
                 on_sync: Callable[[int], None] | None = None) -> DiLoCoRegion:
     """The region role at `address` (all-to-all: with its peers and outer optimizer)."""
-    if layout.aggregator is not None:
-        return DiLoCoRegion(ep, workload, parts, layout.upstream[address], plan,
-                            compute=compute, on_sync=on_sync)
+    peers: dict[str, Any] = {} if layout.aggregator is not None else {
+        "peers": layout.peers(address), "outer": cfg.diloco.optimizer(),
+        "syncs": syncs_of(cfg), "stop": stop}
     return DiLoCoRegion(ep, workload, parts, layout.upstream[address], plan, compute=compute,
-                        peers=layout.peers(address), outer=cfg.diloco.optimizer(),
-                        syncs=syncs_of(cfg), stop=stop, on_sync=on_sync)
+                        on_sync=on_sync, **peers)
 
 
 def make_aggregator(layout: DiLoCoLayout, ep: Endpoint, workload: Workload,
@@ -177,7 +176,7 @@ async def run_diloco(cfg: RunConfig) -> RunResult:
 
     per_sync = dataclasses.replace(cfg, iterations=syncs_of(cfg))
     return await run_rounds(
-        per_sync, regions, sync="diloco", clocks_per_round=cfg.diloco.h // cfg.diloco.fragments,
+        per_sync, regions, sync="diloco", clocks_per_round=cfg.diloco.schedule().step,
         make_aggregator=aggregator,
         details=lambda w: diloco_details(cfg, layout, plan_for(w)))
 
