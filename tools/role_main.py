@@ -15,6 +15,7 @@ from geoml.roles.ps import PSWorker
 from geoml.roles.ps_plan import plan_ps, wants_hubs
 from geoml.roles.ssp import FINISHED
 
+from .cartel_roles import CARTEL_KINDS
 from .launch_config import EDGE_PROCESS_SYSTEMS
 from .ps_roles import (
     checkpoint_file,
@@ -32,12 +33,17 @@ from .systems import RunConfig, get_system, process_systems
 from .systems.config import bus_workload
 
 
-def check_process_system(system: str) -> None:
-    """GeomlError unless `system` runs one process per role (the registry says which;
-    and cartel, which `geoml cartel` runs all-in-one)."""
+def role_kinds(system: str) -> tuple[str, ...]:
+    """The role kinds `system` runs as processes: the registry's, and cartel's (which
+    `geoml cartel` runs all-in-one, outside it); GeomlError for an unknown system."""
     if system in EDGE_PROCESS_SYSTEMS:
-        return
-    if not get_system(system).process_kinds:
+        return CARTEL_KINDS
+    return get_system(system).process_kinds
+
+
+def check_process_system(system: str) -> None:
+    """GeomlError unless `system` runs one process per role."""
+    if not role_kinds(system):
         raise GeomlError(f"{system} does not run one process per role yet (only "
                          f"{', '.join((*process_systems(), *EDGE_PROCESS_SYSTEMS))} do); use "
                          f"`geoml run --system {system}`")

@@ -20,10 +20,9 @@ from geoml.bus import GeomlError, Router, Topology, load_topology, region_of
 from geoml.bus.address import is_valid_address
 from geoml.bus.endpoint import Endpoint
 from geoml.bus.vclock import run_with_clock
-from geoml.cartel_roles import CARTEL_KINDS
 from geoml.fed_roles import FED_KINDS
 from geoml.ps_roles import PS_KINDS
-from geoml.systems import get_system
+from geoml.role_main import role_kinds
 from geoml.systems.centralized import SHIP_KINDS
 
 from .options import ROLE_KINDS, parse_options, run_config, workload_slug
@@ -290,8 +289,7 @@ def role_command(args: argparse.Namespace) -> None:
     if args.kind not in ("source", "sink"):
         if not args.system or (not args.workload and args.system != "cartel"):
             raise GeomlError(f"a {args.kind} needs --system and --workload")
-        kinds = (CARTEL_KINDS if args.system == "cartel"
-                 else get_system(args.system).process_kinds)
+        kinds = role_kinds(args.system)
         if args.kind not in kinds:
             known = ", ".join(kinds) or f"none ({args.system} does not run as processes)"
             raise GeomlError(f"a {args.system} run has no {args.kind}; its role kinds: {known}")
