@@ -47,9 +47,9 @@ def cartel_roles(topo: Topology, cfg: CartelRunConfig) -> dict[str, list[str]]:
 
 
 def plan_of(cfg: CartelRunConfig) -> EdgePlan:
-    """`cfg`'s edge plan (GeomlError if it cannot run)."""
+    """`cfg`'s edge plan for a run of one process per role (GeomlError if it cannot run)."""
     try:
-        return edge_plan(cfg)
+        return edge_plan(cfg, one_process=False)
     except ValueError as exc:
         raise GeomlError(str(exc)) from None
 

@@ -115,3 +115,22 @@ def test_cartel_launch_and_role_errors_are_one_line(tmp_path: Path) -> None:
         assert message in done.stderr, (args, done.stderr)
         assert "Traceback" not in done.stderr
     assert not (tmp_path / "b" / "logs").exists()  # refused before any process started
+
+
+def test_a_role_process_does_not_refuse_for_the_sockets_of_the_whole_run(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The open-files check of an all-in-one edge run (every site's sockets in one
+    process) is not a role process's: each holds a socket or two."""
+    import resource
+
+    from geoml.bus import GeomlError
+    from geoml.cartel_roles import plan_of
+    from geoml.systems.edge import CartelRunConfig, edge_plan
+    from geoml.workloads.streams import ScenarioConfig
+
+    monkeypatch.setattr(resource, "getrlimit", lambda _kind: (1024, 4096))
+    cfg = CartelRunConfig(topology="edge1000", peers=3,
+                          scenario=ScenarioConfig(pre_drift=300, post_drift=300))
+    with pytest.raises(GeomlError, match="hard limit is 4096"):
+        edge_plan(cfg)
+    assert len(plan_of(cfg).streams) == 3

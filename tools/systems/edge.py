@@ -173,12 +173,14 @@ class EdgePlan:
     streams: list[SiteStream]
 
 
-def edge_plan(cfg: CartelRunConfig) -> EdgePlan:
-    """`cfg`'s placement and streams (ValueError if it cannot run; GeomlError if the
-    open-files limit cannot hold it, said before the streams are built)."""
+def edge_plan(cfg: CartelRunConfig, one_process: bool = True) -> EdgePlan:
+    """`cfg`'s placement and streams (ValueError if it cannot run). `one_process`: the
+    whole run is to be held in this process, so GeomlError if the open-files limit cannot
+    hold it, said before the streams are built (a role process holds a socket or two)."""
     topo = cfg.topology if isinstance(cfg.topology, Topology) else load_topology(cfg.topology)
     cloud, edges = place(topo, cfg.cloud, cfg.peers)
-    check_edge_files(topo)  # before the streams, which take 100 KB a site to build
+    if one_process:
+        check_edge_files(topo)  # before the streams, which take 100 KB a site to build
     scenario = ScenarioConfig(**{**asdict(cfg.scenario), "sites": len(edges)})
     pools = load_pools(cfg.data, scenario.seed)
     return EdgePlan(topo, cloud, edges, scenario, pools, make_streams(pools, scenario))
