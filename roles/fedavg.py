@@ -1,9 +1,10 @@
 """Federated averaging (McMahan et al.): an aggregator and its clients.
 
 Frames (docs/PROTOCOL.md, "Federated averaging"):
-  fed.model      aggregator -> client  meta {round, tables, trained}; one array per table
-                                       (the model); trained: the rounds this client was
-                                       sent a model before this one.
+  fed.model      aggregator -> client  meta {round, tables[, trained]}; one array per
+                                       table (the model); trained (when clients may be
+                                       restarted): the rounds this client was sent a
+                                       model before this one.
   fed.update     client -> aggregator  meta {round, samples, tables, sparse}; per table
                                        [rows,] delta (new - received), like ps.push.
   fed.done       aggregator -> client  no more rounds.
@@ -22,6 +23,7 @@ import math
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -93,7 +95,8 @@ class FedAggregator:
     def __init__(self, endpoint: Endpoint, workload: Workload, clients: Sequence[str],
                  init: Params, config: FedAvgConfig, *, rounds: int | None = None,
                  stop: asyncio.Event | None = None,
-                 on_round: Callable[[int], None] | None = None) -> None:
+                 on_round: Callable[[int], None] | None = None,
+                 restartable: bool = False) -> None:
         if not clients:
             raise ValueError("fedavg needs at least one client")
         self.ep = endpoint
@@ -106,8 +109,10 @@ class FedAggregator:
         self.on_round = on_round
         self.round = 0
         self.counters: Counter[str] = Counter()
-        #: Per client: the rounds it was sent a model in, before the open one.
+        #: Per client: the rounds it was sent a model in, before the open one; said in
+        #: fed.model when clients may be restarted (`restartable`).
         self._trained: Counter[str] = Counter()
+        self.restartable = restartable
         #: Per round: (clients asked, clients averaged).
         self.history: list[tuple[int, int]] = []
 
@@ -163,9 +168,10 @@ class FedAggregator:
     async def _send_model(self, client: str) -> None:
         """This round's model to `client`, with the rounds it was sent one before."""
         tables = list(self.shapes)
-        await self.ep.send(client, MODEL, arrays=[self.params[t] for t in tables],
-                           meta={"round": self.round, "tables": tables,
-                                 "trained": self._trained[client]})
+        meta: dict[str, Any] = {"round": self.round, "tables": tables}
+        if self.restartable:
+            meta["trained"] = self._trained[client]
+        await self.ep.send(client, MODEL, arrays=[self.params[t] for t in tables], meta=meta)
 
     async def _restarted(self, client: str, waiting: set[str]) -> None:
         """A new process of `client`: it gets the open round's model again if its update

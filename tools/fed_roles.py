@@ -63,7 +63,8 @@ async def fed_role_main(cfg: RunConfig, address: str, kind: str,
             aggregator = FedAggregator(
                 ep, workload, list(clients), workload.init_params(), cfg.fed,
                 rounds=cfg.iterations,
-                on_round=lambda r: print(f"{address} clock {r}", flush=True))
+                on_round=lambda r: print(f"{address} clock {r}", flush=True),
+                restartable=reliable)  # restarts on (geoml launch): clients may come back
             loop = asyncio.get_running_loop()
             t0 = loop.time()
             rounds = await aggregator.run()
