@@ -8,16 +8,19 @@ Prints one JSON object.
   (`fedavg_1000_clients_peak_rss_mb`).
 - `cartel_10000_sites_wall_s`: `geoml cartel` on a generated topology of 10,000 edge sites
   (topologies/make_edge.py) with 100 + 100 records per site, virtual time; its wall time
-  and peak RSS, or `cartel_10000_sites_error`: what stopped it (null wall time then).
-  `--sites N` runs another size. Refused for open files, the largest run the hard limit
-  allows runs instead (`cartel_largest_fitting_*`).
+  and peak RSS, the transport it chose (`..._transport`: inproc sockets would need about
+  five open files a site, more than this machine's hard limit, so auto picks the memory
+  transport), or `cartel_10000_sites_error`: what stopped it (null wall time then).
+  `--sites N` runs another size.
+- `cartel_1000_sites_wall_s_inproc` and `..._memory`: the same run on 1,000 sites over each
+  transport (`--compare-sites N`), in this run: what the transport alone changes.
 - `idle_*`: an idle edge site's and an idle endpoint's resident memory (KiB) and open
-  files (idle_peers_case.py).
+  files (idle_peers_case.py), over inproc and (`_memory`) over the memory transport.
 
 Each run is its own child process (`os.wait4` gives its peak RSS); its output goes to
 files under --out.
 
-Run: python benchmarks/bench_scale.py [--sites N] [--clients-per-region N]
+Run: python benchmarks/bench_scale.py [--sites N] [--compare-sites N] [--clients-per-region N]
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ def child(args: list[str], out: Path, name: str) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sites", type=int, default=10_000)
+    ap.add_argument("--compare-sites", type=int, default=1000)
     ap.add_argument("--clients-per-region", type=int, default=500)
     ap.add_argument("--out", type=Path, default=Path("runs/bench_scale"))
     args = ap.parse_args()
@@ -74,13 +78,18 @@ def main() -> None:
 
     cartel = cartel_run(args.sites, args.out)
     ok = cartel["exit"] == 0
-    # refused for open files: the largest run this machine's limit allows instead
-    fitting = None
-    if not ok and cartel["error"] and "open files" in cartel["error"]:
-        fitting = cartel_run(largest_fitting_sites(_hard_nofile()), args.out)
-    idle = json.loads(subprocess.run(
-        [sys.executable, str(Path(__file__).resolve().parent / "idle_peers_case.py")],
-        check=True, capture_output=True, text=True).stdout)
+    transport = None
+    if ok:
+        result = json.loads((args.out / f"cartel{args.sites}_auto" / "cartel.json")
+                            .read_text())
+        transport = result["systems"]["cartel"]["transport"]
+    n = args.compare_sites
+    by_transport = {t: cartel_run(n, args.out, t) for t in ("inproc", "memory")}
+    idle: dict[str, Any] = {}
+    for t in ("inproc", "memory"):
+        idle.update(json.loads(subprocess.run(
+            [sys.executable, str(Path(__file__).resolve().parent / "idle_peers_case.py"),
+             "--transport", t], check=True, capture_output=True, text=True).stdout))
     _status(f"idle peers: {idle}")
 
     print(json.dumps({
@@ -91,27 +100,18 @@ def main() -> None:
         f"fedavg_{clients}_clients_averaged": averaged,
         f"cartel_{args.sites}_sites_wall_s": cartel["wall_s"] if ok else None,
         f"cartel_{args.sites}_sites_peak_rss_mb": cartel["peak_rss_mb"],
+        f"cartel_{args.sites}_sites_transport": transport,
         f"cartel_{args.sites}_sites_error": cartel["error"],
         "open_files_hard_limit": _hard_nofile(),
-        "cartel_largest_fitting_sites": fitting and fitting["sites"],
-        "cartel_largest_fitting_wall_s": fitting and fitting["wall_s"],
-        "cartel_largest_fitting_peak_rss_mb": fitting and fitting["peak_rss_mb"],
-        "cartel_largest_fitting_exit": fitting and fitting["exit"],
+        **{f"cartel_{n}_sites_wall_s_{t}": r["wall_s"] if r["exit"] == 0 else None
+           for t, r in by_transport.items()},
+        **{f"cartel_{n}_sites_peak_rss_mb_{t}": r["peak_rss_mb"]
+           for t, r in by_transport.items()},
         **idle,
     }, indent=2))
 
 
-#: Open files an idle edge site holds in one process (idle_peers_case.py: its router
-#: socket, tap, two sockets to and from the cloud's router, its peer's endpoint).
-FILES_PER_SITE = 5
-
-
-def largest_fitting_sites(hard_limit: int) -> int:
-    """The most edge sites, in steps of 500, whose files fit under `hard_limit`."""
-    return max(500, (hard_limit - 1024) // FILES_PER_SITE // 500 * 500)
-
-
-def cartel_run(sites: int, out: Path) -> dict[str, Any]:
+def cartel_run(sites: int, out: Path, transport: str = "auto") -> dict[str, Any]:
     """`geoml cartel` (cartel only) on a generated topology of `sites` edge sites."""
     topology = out / f"edge{sites}.toml"
     out.mkdir(parents=True, exist_ok=True)
@@ -120,7 +120,8 @@ def cartel_run(sites: int, out: Path) -> dict[str, Any]:
                        stdout=f, check=True)
     result = child(["cartel", "--topology", str(topology), "--systems", "cartel", "--peers",
                     str(sites), "--pre-drift", "100", "--post-drift", "100", "--clock",
-                    "virtual", "--out", str(out / f"cartel{sites}")], out, f"cartel_{sites}")
+                    "virtual", "--transport", transport, "--out",
+                    str(out / f"cartel{sites}_{transport}")], out, f"cartel_{sites}_{transport}")
     return {"sites": sites, **result}
 
 

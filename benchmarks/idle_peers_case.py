@@ -1,12 +1,15 @@
 """What an idle peer costs in one process (bench_scale's `idle_*` figures): resident
 memory and open files per edge site (its router, its links, one connected endpoint) on
-topologies/edge1000.toml, and per idle endpoint on one router. Prints one JSON object.
+topologies/edge1000.toml, and per idle endpoint on one router, over inproc ZeroMQ sockets
+or (`--transport memory`, fields ending in `_memory`) the memory transport. Prints one
+JSON object. One transport a process: freed memory would hide the second one's cost.
 
-Run: python benchmarks/idle_peers_case.py
+Run: python benchmarks/idle_peers_case.py [--transport inproc|memory]
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -28,11 +31,11 @@ def open_files() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-async def sites_case() -> dict[str, Any]:
+async def sites_case(transport: str) -> dict[str, Any]:
     topo = load_topology("edge1000")
     sites = [r for r in topo.region_names if r != "cloud"]
     rss0, fds0 = rss_kb(), open_files()
-    async with Network(topo) as net:
+    async with Network(topo, transport=transport) as net:
         rss1, fds1 = rss_kb(), open_files()
         await asyncio.gather(*(net.connect(f"{s}/peer/0", timeout=60) for s in sites))
         rss2, fds2 = rss_kb(), open_files()
@@ -44,9 +47,9 @@ async def sites_case() -> dict[str, Any]:
             "idle_site_kb": (rss2 - rss0) / n, "idle_site_files": (fds2 - fds0) / n}
 
 
-async def endpoints_case(n: int = 1000) -> dict[str, Any]:
+async def endpoints_case(transport: str, n: int = 1000) -> dict[str, Any]:
     topo = load_topology("lan")
-    async with Network(topo) as net:
+    async with Network(topo, transport=transport) as net:
         rss0, fds0 = rss_kb(), open_files()
         region = topo.region_names[0]
         await asyncio.gather(*(net.connect(f"{region}/peer/{i}", timeout=60)
@@ -56,9 +59,13 @@ async def endpoints_case(n: int = 1000) -> dict[str, Any]:
             "idle_endpoint_files": (fds1 - fds0) / n}
 
 
-async def main() -> dict[str, Any]:
-    return {**await endpoints_case(), **await sites_case()}
+async def main(transport: str) -> dict[str, Any]:
+    figures = {**await endpoints_case(transport), **await sites_case(transport)}
+    suffix = "" if transport == "inproc" else f"_{transport}"
+    return {k if k in ("sites", "endpoints") else k + suffix: v for k, v in figures.items()}
 
 
 if __name__ == "__main__":
-    print(json.dumps(uvloop.run(main())))
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--transport", default="inproc", choices=("inproc", "memory"))
+    print(json.dumps(uvloop.run(main(ap.parse_args().transport))))

@@ -1,5 +1,6 @@
 """geoml.bus: frames, region routers, shaped links and topologies (knows nothing of ML)."""
 
+from . import memory
 from .address import make_address, region_of, role_of, router_address
 from .bucket import TokenBucket
 from .endpoint import Endpoint
@@ -39,6 +40,7 @@ __all__ = [
     "TopologyError",
     "load_topology",
     "make_address",
+    "memory",
     "parse_topology",
     "region_of",
     "role_of",

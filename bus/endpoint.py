@@ -13,7 +13,7 @@ import numpy as np
 import zmq
 
 from . import frame as fr
-from . import security
+from . import memory, security
 from .address import connection_id, is_valid_address, region_of, router_address
 from .endpoint_recv import EndpointReceiving
 from .endpoint_reliable import EndpointReliability
@@ -167,12 +167,16 @@ class Endpoint(EndpointReliability, EndpointReceiving):
                                    f"{self._router_endpoint} did not answer within "
                                    f"{timeout}s") from None
         self._welcomed = True
-        if self._log is not None:
+        # in one process (memory transport) the router cannot go away without us
+        if self._log is not None and not memory.is_memory(self._router_endpoint):
             self._watcher = loop.create_task(self._watch_router(),
                                              name=f"endpoint watch {self.address}")
 
     def _open(self) -> ZIO:
         """A new DEALER socket connected to the router."""
+        if memory.is_memory(self._router_endpoint):
+            return memory.connect_dealer(  # type: ignore[return-value]
+                self._router_endpoint, connection_id(self.address), self._hwm)
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTING_ID, connection_id(self.address))

@@ -1,9 +1,11 @@
-"""All-in-one: every region's router as tasks of one event loop, over inproc:// (or tcp)."""
+"""All-in-one: every region's router as tasks of one event loop, over inproc:// (or tcp, or
+the memory transport when the sockets would not fit the open-files limit)."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import os
 import resource
 from typing import Any
@@ -18,6 +20,7 @@ from .security import CurveKeys
 from .topology import Topology
 
 _run_ids = itertools.count()
+log = logging.getLogger("geoml.bus.network")
 
 #: Role endpoints counted per region when sizing a network's sockets, unless the caller
 #: knows better (an edge site holds one); more still work while the headroom
@@ -43,13 +46,18 @@ class Network:
         **router_options: Any,
     ) -> None:
         self.topology = topology
-        self.transport = transport
+        sockets = sockets_needed(topology, endpoints_per_region)
+        self.transport = transport = choose_transport(transport, sockets)
+        if transport == "memory" and keys is not None:
+            raise GeomlError("the memory transport has no CurveZMQ (it never leaves this "
+                             "process); use inproc or tcp with keys")
         self.keys = keys  # CurveZMQ (tcp): the routers' and, by default, every endpoint's
         self._own_ctx = ctx is None
-        sockets = sockets_needed(topology, endpoints_per_region)
-        ensure_file_limit(sockets)
+        if transport != "memory":
+            ensure_file_limit(sockets)
         self.ctx: zmq.Context[Any] = ctx or zmq.Context()
-        if self._own_ctx and self.ctx.get(zmq.MAX_SOCKETS) < 2 * sockets:
+        if (self._own_ctx and transport != "memory"
+                and self.ctx.get(zmq.MAX_SOCKETS) < 2 * sockets):
             self.ctx.set(zmq.MAX_SOCKETS, 2 * sockets)
         self.run_id = run_id or f"{topology.name}-{os.getpid()}-{next(_run_ids)}"
         self.routers: dict[str, Router] = {
@@ -138,6 +146,35 @@ def sockets_needed(topology: Topology, endpoints_per_region: int = ENDPOINTS_PER
     idle edge site measured 5 open files: benchmarks/idle_peers_case.py)."""
     return sum(2 + len(topology.neighbours(r)) + endpoints_per_region
                for r in topology.region_names) + 64
+
+
+#: What `Network(transport=...)` takes: "auto" is inproc when this machine's open-files
+#: limit holds the network's sockets, else memory (bus/memory.py).
+TRANSPORTS = ("auto", "inproc", "memory", "tcp")
+
+
+def choose_transport(transport: str, sockets: int) -> str:
+    """The transport `transport` means for a network of `sockets` ZeroMQ sockets."""
+    if transport not in TRANSPORTS:
+        raise GeomlError(f"unknown transport {transport!r}; known: {', '.join(TRANSPORTS)}")
+    if transport != "auto":
+        return transport
+    if files_fit(sockets):
+        return "inproc"
+    log.warning("%d ZeroMQ sockets do not fit this machine's open-files limit (%d): the "
+                "network runs over the memory transport (no socket per role)", sockets,
+                _hard_limit())
+    return "memory"
+
+
+def _hard_limit() -> int:
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+
+
+def files_fit(sockets: int) -> bool:
+    """Whether the hard open-files limit holds `sockets` ZeroMQ sockets (and headroom)."""
+    hard = _hard_limit()
+    return hard == resource.RLIM_INFINITY or hard >= sockets + 256
 
 
 def ensure_file_limit(sockets: int) -> None:

@@ -22,7 +22,7 @@ import msgpack
 import zmq
 
 from . import frame as fr
-from . import security
+from . import memory, security
 from .address import connection_id, region_of, role_of, router_address
 from .errors import FrameError
 from .link import Link, Pending
@@ -138,6 +138,14 @@ class Router(RouterControl, RouterPeers, RouterTap, RouterWatch):
         """Bind the router and tap sockets (tcp with `any_port`: on ports the OS picks,
         then readable in `endpoint` and `tap_endpoint` — no race for a free port)."""
         loop = asyncio.get_running_loop()
+        if self._transport == "memory":
+            self.io = memory.bind_router(self.endpoint, self._hwm)  # type: ignore[assignment]
+            try:
+                self._tap_io = memory.bind_tap(self.tap_endpoint)  # type: ignore[assignment]
+            except zmq.ZMQError:
+                self.io.close()
+                raise
+            return
         sock = self._ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -187,6 +195,11 @@ class Router(RouterControl, RouterPeers, RouterTap, RouterWatch):
             self.topology = topology
         loop = asyncio.get_running_loop()
         for peer in self.topology.neighbours(self.region):
+            if self._transport == "memory":
+                self._add_peer(peer, memory.connect_dealer(  # type: ignore[arg-type]
+                    self.topology.endpoints(peer, "memory", self._run_id)[0],
+                    connection_id(self.address), self._hwm))
+                continue
             peer_sock = self._ctx.socket(zmq.DEALER)
             peer_sock.setsockopt(zmq.LINGER, 0)
             peer_sock.setsockopt(zmq.ROUTING_ID, connection_id(self.address))
@@ -204,24 +217,29 @@ class Router(RouterControl, RouterPeers, RouterTap, RouterWatch):
                     self._watch_peer(peer, self._monitors[-1]),
                     name=f"peer monitor {self.region}->{peer}"))
             peer_sock.connect(self.topology.endpoints(peer, self._transport, self._run_id)[0])
-            peer_io = ZIO(peer_sock, loop)
-            self._peer_io[peer] = peer_io
-            self._peer_ready[peer] = asyncio.Event()
-            link = Link(
-                self.topology.wan_spec(self.region, peer),
-                PeerDeliverer(peer_io),
-                on_delivered=self._on_delivered,
-                on_congested=self._on_congested,
-                on_drained=self._on_drained,
-            )
-            self._links[link.name] = link
-            self._wan[peer] = link
-            link.start()
-            self._tasks.append(loop.create_task(self._peer_loop(peer, peer_io),
-                                                name=f"router-peer {self.region}->{peer}"))
-            await peer_io.send([self._peer_hello(peer)])
+            self._add_peer(peer, ZIO(peer_sock, loop))
         self._tasks.append(loop.create_task(self._ingress_loop(), name=f"router {self.region}"))
         self._tasks.append(loop.create_task(self._tap_loop(), name=f"tap {self.region}"))
+        for peer, peer_io in self._peer_io.items():
+            await peer_io.send([self._peer_hello(peer)])
+
+    def _add_peer(self, peer: str, peer_io: ZIO) -> None:
+        """The WAN link to `peer`'s router over `peer_io`, and the task reading it."""
+        loop = asyncio.get_running_loop()
+        self._peer_io[peer] = peer_io
+        self._peer_ready[peer] = asyncio.Event()
+        link = Link(
+            self.topology.wan_spec(self.region, peer),
+            PeerDeliverer(peer_io),
+            on_delivered=self._on_delivered,
+            on_congested=self._on_congested,
+            on_drained=self._on_drained,
+        )
+        self._links[link.name] = link
+        self._wan[peer] = link
+        link.start()
+        self._tasks.append(loop.create_task(self._peer_loop(peer, peer_io),
+                                            name=f"router-peer {self.region}->{peer}"))
 
     async def wait_ready(self, timeout: float = 10.0) -> None:
         """Wait until every neighbouring router has answered our hello."""

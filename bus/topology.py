@@ -143,14 +143,14 @@ class Topology:
         return self.wan[(src, dst)]
 
     def endpoints(self, region: str, transport: str, run_id: str = "") -> tuple[str, str]:
-        """(router endpoint, tap endpoint) of a region for 'inproc' or 'tcp'."""
+        """(router endpoint, tap endpoint) of a region for 'inproc', 'memory' or 'tcp'."""
         r = self.region(region)
-        if transport == "inproc":
-            base = f"inproc://geoml/{run_id or self.name}/{region}"
+        if transport in ("inproc", "memory"):
+            base = f"{transport}://geoml/{run_id or self.name}/{region}"
             return base, base + "/tap"
         if transport == "tcp":
             return f"tcp://{r.host}:{r.port}", f"tcp://{r.host}:{r.tap_port}"
-        raise ValueError(f"unknown transport {transport!r} (inproc or tcp)")
+        raise ValueError(f"unknown transport {transport!r} (inproc, memory or tcp)")
 
     def with_roles(self, workers: int | None = None, ps_shards: int | None = None
                    ) -> Topology:

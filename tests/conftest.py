@@ -19,7 +19,7 @@ import pytest
 import pytest_asyncio
 import zmq
 
-from geoml.bus import Network, Topology, load_topology, parse_topology, security
+from geoml.bus import Network, Topology, load_topology, memory, parse_topology, security
 from geoml.bus import frame as fr
 from geoml.bus.zio import ZIO
 from geoml.roles.compute import ComputeCost
@@ -43,9 +43,10 @@ def make_topology(**overrides: object) -> Topology:
     })
 
 
-@pytest_asyncio.fixture
-async def net(tiny: Topology) -> AsyncIterator[Network]:
-    network = Network(tiny, unreachable_timeout_s=1.0)
+@pytest_asyncio.fixture(params=["inproc", "memory"])
+async def net(request: pytest.FixtureRequest, tiny: Topology) -> AsyncIterator[Network]:
+    """tiny.toml's routers, over inproc ZeroMQ sockets and over the memory transport."""
+    network = Network(tiny, transport=request.param, unreachable_timeout_s=1.0)
     await network.start(timeout=5)
     try:
         yield network
@@ -138,12 +139,20 @@ async def raw_dealer(net: Network, address: str, *, at: str | None = None,
     """A bare DEALER socket whose routing id is `address` (any it likes, "#secret"
     included), connected to the router of region `at` (default: the address's region) and
     not yet registered (closed with linger 0 on the way out). On a network with keys it
-    holds the key `key` (default: its address's REGION.ROLE, as a role would)."""
+    holds the key `key` (default: its address's REGION.ROLE, as a role would). Over the
+    memory transport, the memory DEALER that stands for the socket."""
+    region, role = address.split("#")[0].split("/")[:2]
+    at = at or region
+    if net.transport == "memory":
+        dealer = memory.connect_dealer(net.routers[at].endpoint, address.encode())
+        try:
+            yield dealer  # type: ignore[misc]
+        finally:
+            dealer.close()
+        return
     sock = net.ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.ROUTING_ID, address.encode())
-    region, role = address.split("#")[0].split("/")[:2]
-    at = at or region
     if net.keys is not None:
         security.client(sock, net.keys.pair(key or f"{region}.{role}"),
                         net.keys.public(f"{at}.router"))

@@ -77,6 +77,7 @@ def system_figures(run: SystemRun, streams: list[SiteStream], cfg: CartelRunConf
                             else float(sum(run.compute_s.values()))),
         "train_compute_basis": "mean per edge site" if edge_compute else "cloud trainer",
         "wall_s": run.wall_s,
+        "transport": run.transport,
         "details": run.details,
     }
 

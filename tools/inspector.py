@@ -10,7 +10,7 @@ from typing import Any, TextIO
 
 import zmq
 
-from geoml.bus import security
+from geoml.bus import memory, security
 from geoml.bus.router import TAP_TOPIC
 from geoml.bus.security import TAP_KIND, CurveKeys
 from geoml.bus.tasks import cancel_and_wait
@@ -103,7 +103,7 @@ class TapSubscriber:
         self.endpoints = endpoints
         self.stats = stats
         self.recorder = recorder
-        self.reach = {region: ("connected" if ep.startswith("inproc://")
+        self.reach = {region: ("connected" if ep.startswith(("inproc://", "memory://"))
                                else f"not reachable at {ep} (retrying)")
                       for region, ep in endpoints.items()}
         self.bad_events = 0
@@ -114,6 +114,11 @@ class TapSubscriber:
         """Connect and subscribe (subscriptions reach routers asynchronously)."""
         loop = asyncio.get_running_loop()
         for region, ep in self.endpoints.items():
+            if memory.is_memory(ep):  # the memory transport's tap: no socket
+                io: Any = memory.subscribe(ep, TAP_TOPIC, 100_000)
+                self._ios[region] = io
+                self._tasks.append(loop.create_task(self._read(io)))
+                continue
             sock = self.ctx.socket(zmq.SUB)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.RCVHWM, 100_000)

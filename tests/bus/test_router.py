@@ -1,4 +1,5 @@
-"""Routers through real ZeroMQ sockets (inproc): routing, validation, errors, flow control, tap."""
+"""Routers through real ZeroMQ sockets (inproc), and over the memory transport: routing,
+validation, errors, flow control, tap."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 import zmq
 
-from geoml.bus import Network, load_topology
+from geoml.bus import Network, load_topology, memory
 from geoml.bus import frame as fr
 from geoml.bus.endpoint import SEND_WINDOW_BYTES, Endpoint
 from geoml.bus.errors import FrameError, HandshakeRefused
@@ -125,10 +126,11 @@ async def _stream(net: Network, frame: int, n: int, timeout: float
     return got, a
 
 
-async def test_backpressure_pauses_sender_and_nothing_is_lost() -> None:
+@pytest.mark.parametrize("transport", ["inproc", "memory"])
+async def test_backpressure_pauses_sender_and_nothing_is_lost(transport: str) -> None:
     limit, frame, n = 200_000, 50_000, 40  # 2 MB at 1 MB/s: the limit is hit at once
     topo = make_topology(rate_mbps=8.0, latency_ms=1.0, queue_limit_bytes=limit)
-    async with Network(topo) as net:
+    async with Network(topo, transport=transport) as net:
         got, sender = await _stream(net, frame, n, 10)
         assert got == list(range(n))
         assert sender.counters["pauses"] >= 1
@@ -164,11 +166,14 @@ async def test_control_frame_overtakes_big_data_through_real_routers() -> None:
 
 async def _tap_of(net: Network, region: str) -> ZIO:
     """A subscriber to `region`'s router tap, once the router has seen it subscribe."""
-    sock = net.ctx.socket(zmq.SUB)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.SUBSCRIBE, TAP_TOPIC)
-    sock.connect(net.routers[region].tap_endpoint)
-    sub = ZIO(sock)
+    if net.transport == "memory":
+        sub: ZIO = memory.subscribe(net.routers[region].tap_endpoint, TAP_TOPIC)  # type: ignore
+    else:
+        sock = net.ctx.socket(zmq.SUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SUBSCRIBE, TAP_TOPIC)
+        sock.connect(net.routers[region].tap_endpoint)
+        sub = ZIO(sock)
     try:
         await net.routers[region].wait_tap_subscribed(timeout=5)
     except BaseException:

@@ -129,7 +129,7 @@ def test_a_role_process_does_not_refuse_for_the_sockets_of_the_whole_run(
     from geoml.workloads.streams import ScenarioConfig
 
     monkeypatch.setattr(resource, "getrlimit", lambda _kind: (1024, 4096))
-    cfg = CartelRunConfig(topology="edge1000", peers=3,
+    cfg = CartelRunConfig(topology="edge1000", peers=3, transport="inproc",
                           scenario=ScenarioConfig(pre_drift=300, post_drift=300))
     with pytest.raises(GeomlError, match="hard limit is 4096"):
         edge_plan(cfg)

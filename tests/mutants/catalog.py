@@ -347,4 +347,22 @@ MUTANTS: tuple[Mutant, ...] = (
            "if self.done.add(msg.src) and not self.stop.is_set():",
            "if not self.done.add(msg.src) or not self.stop.is_set():",
            ("tests/roles/test_edge_start.py",)),
+    Mutant("memory_dealer_ignores_hwm", "a memory-transport DEALER sends however full "
+           "the router's queue from it is", "bus/memory.py",
+           "else self._queued < router.hwm)", "else True)",
+           ("tests/bus/test_memory.py",)),
+    Mutant("memory_handover_keeps_first", "a memory-transport ROUTER keeps the first "
+           "connection of a routing id instead of the newest", "bus/memory.py",
+           "self._connections[dealer.ident] = dealer  #",
+           "self._connections.setdefault(dealer.ident, dealer)  #",
+           ("tests/bus/test_memory.py",)),
+    Mutant("memory_router_loses_the_sender", "a memory-transport ROUTER hands every "
+           "message on with the first connection's routing id", "bus/memory.py",
+           "return [dealer.ident_frame, *parts]",
+           "return [next(iter(self._connections.values())).ident_frame, *parts]",
+           ("tests/bus/test_router.py",)),
+    Mutant("auto_transport_always_inproc", "transport auto picks inproc sockets even when "
+           "they do not fit the open-files limit", "bus/network.py",
+           "    if files_fit(sockets):\n", "    if True:\n",
+           ("tests/bus/test_memory.py", "tests/systems/test_vtime.py")),
 )

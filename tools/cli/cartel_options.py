@@ -55,7 +55,8 @@ def cartel_config(args: argparse.Namespace, topology: str | Topology,
         cartel=CartelConfig(detector=args.detector, fanout=args.fanout),
         systems=systems or ["cartel"],
         fed_round_batches=getattr(args, "fed_round_batches", 40), cloud=args.cloud,
-        peers=args.peers, out=getattr(args, "out", None))
+        peers=args.peers, out=getattr(args, "out", None),
+        transport=getattr(args, "transport", "auto"))
     cfg.check()
     return cfg
 

@@ -65,6 +65,7 @@ def run_config(args: argparse.Namespace, check: bool = True,
             faults=tuple(parse_fault(f) for f in getattr(args, "link_down", [])),
             compute=ComputeCost.parse(getattr(args, "compute", "cpu")),
             compute_in=getattr(args, "compute_in", "threads"),
+            transport=getattr(args, "transport", "auto"),
             fed=FedAvgConfig(getattr(args, "fed_fraction", 1.0),
                              getattr(args, "fed_epochs", 1),
                              getattr(args, "fed_deadline", 60.0)))
@@ -298,6 +299,11 @@ def _clock_args(p: argparse.ArgumentParser, default: str, why: str,
                    help="virtual time: charge a computation its measured thread CPU time "
                    "(cpu, default) or SECONDS per example processed (deterministic: the "
                    "same seed gives the same summary)")
+    p.add_argument("--transport", default="auto", choices=("auto", "inproc", "memory"),
+                   help="how this process's routers and roles are connected: inproc "
+                   "ZeroMQ sockets, or the memory transport (the same frames and checks, "
+                   "no socket, no open file: for runs larger than the open-files limit "
+                   "holds); auto (default): inproc when the limit holds the run's sockets")
     if workers:
         p.add_argument("--compute-in", default="threads", choices=("threads", "processes"),
                        help="real time: workers compute in threads of this process (light; "

@@ -220,6 +220,7 @@ class RunConfig:
     compute: ComputeCost = field(default_factory=ComputeCost)  # charge under virtual time
     compute_in: str = "threads"  # real time: workers compute in threads or processes
     record: Path | None = None  # tap recording of the whole run
+    transport: str = "auto"  # Network's: inproc sockets, or memory if they do not fit
 
     def check(self) -> None:
         """Raise ValueError for a run that would never end or makes no sense."""

@@ -55,6 +55,7 @@ class CartelRunConfig:
     tolerance: float = 0.02  # "within 2 points"
     out: Path | None = None
     quiet: bool = False
+    transport: str = "auto"  # Network's: inproc sockets, or memory if they do not fit
 
     def check(self) -> None:
         """Refuse settings that cannot run."""
@@ -79,6 +80,7 @@ class SystemRun:
     raw_wan_frames: int
     wall_s: float
     details: dict[str, Any]
+    transport: str = "tcp"  # its network's (bus.network.TRANSPORTS; tcp: processes)
 
 
 @dataclass
@@ -179,7 +181,7 @@ def edge_plan(cfg: CartelRunConfig, one_process: bool = True) -> EdgePlan:
     hold it, said before the streams are built (a role process holds a socket or two)."""
     topo = cfg.topology if isinstance(cfg.topology, Topology) else load_topology(cfg.topology)
     cloud, edges = place(topo, cfg.cloud, cfg.peers)
-    if one_process:
+    if one_process and cfg.transport == "inproc":
         check_edge_files(topo)  # before the streams, which take 100 KB a site to build
     scenario = ScenarioConfig(**{**asdict(cfg.scenario), "sites": len(edges)})
     pools = load_pools(cfg.data, scenario.seed)
@@ -222,7 +224,8 @@ async def run_edge_system(system: str, cfg: CartelRunConfig, topo: Topology,
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     wall = time.perf_counter()
-    async with Network(topo, endpoints_per_region=EDGE_ENDPOINTS_PER_REGION) as net:
+    async with Network(topo, endpoints_per_region=EDGE_ENDPOINTS_PER_REGION,
+                       transport=cfg.transport) as net:
         run = await EDGE_SYSTEMS[system].setup(
             EdgeContext(net, topo, cfg, pools, streams, cloud, edges, stop))
         t0 = loop.time() + 0.05
@@ -236,13 +239,15 @@ async def run_edge_system(system: str, cfg: CartelRunConfig, topo: Topology,
             stop.set()
             await asyncio.wait(run.background, timeout=30.0)
         traffic = traffic_figures(net)
+        transport = net.transport
     wall_s = time.perf_counter() - wall
     for task in run.background:
         if task.done() and not task.cancelled() and task.exception() is not None:
             raise task.exception()  # type: ignore[misc]
     r = run.results()
     return SystemRun(system, r.hits, r.held_out_accuracy, r.compute_s, r.model_bytes,
-                     traffic["wan_bytes"], traffic["raw_wan_frames"], wall_s, r.details)
+                     traffic["wan_bytes"], traffic["raw_wan_frames"], wall_s, r.details,
+                     transport)
 
 
 async def _progress(system: str, sites: list[StreamSite], quiet: bool) -> None:

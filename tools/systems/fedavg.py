@@ -107,7 +107,7 @@ async def run_rounds(cfg: RunConfig, make_clients: Callable[[Clients], None], *,
     executor = ThreadPoolExecutor(max_workers=len(plan.wanted) + 1,
                                   thread_name_prefix="geoml-compute")
     try:
-        async with Network(topo) as net:
+        async with Network(topo, transport=cfg.transport) as net:
             tap = await start_tap(net, topo, cfg)
             t_start = loop.time()
             # The monitor scores the aggregator's model (bound below, read at each round).

@@ -230,7 +230,7 @@ async def finish(monitor: Monitor, clock: int, net: Network, tap: TapSubscriber 
     clock = max(clock, monitor.evaluated)
     if monitor.evaluated != clock or not monitor.curve:
         await monitor.evaluate_now(clock)
-    traffic = traffic_figures(net)
+    traffic = {**traffic_figures(net), "transport": net.transport}
     if tap is not None:
         await _close_tap(tap, net, view, traffic["link_bytes"])
     return traffic

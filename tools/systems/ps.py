@@ -88,7 +88,7 @@ async def run_ps(cfg: RunConfig, system: PSSystem) -> RunResult:
     executor = ThreadPoolExecutor(max_workers=len(plan.workers) + 1,
                                   thread_name_prefix="geoml-compute")
     try:
-        async with Network(topo) as net:
+        async with Network(topo, transport=cfg.transport) as net:
             tap = await start_tap(net, topo, cfg)
             t_start = loop.time()
             parts, moved = await system.partitions(net, workload, plan, cfg)
