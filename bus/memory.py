@@ -352,6 +352,17 @@ def bind_tap(endpoint: str) -> MemoryXPub:
     return xpub
 
 
+def bind_pair(endpoint: str, tap_endpoint: str, hwm: int = 1000
+              ) -> tuple[MemoryRouter, MemoryXPub]:
+    """A router's ROUTER and tap, both bound or neither."""
+    router = bind_router(endpoint, hwm)
+    try:
+        return router, bind_tap(tap_endpoint)
+    except zmq.ZMQError:
+        router.close()
+        raise
+
+
 def connect_dealer(endpoint: str, ident: bytes, hwm: int = 1000) -> MemoryDealer:
     """A DEALER named `ident` connected to the ROUTER at `endpoint` (bound or not yet)."""
     _check(endpoint)

@@ -2,7 +2,8 @@
 
 Sockets: one ROUTER socket bound at the region's endpoint (roles and peer routers connect
 to it with DEALER sockets whose routing id is their bus address), one DEALER socket per
-neighbouring region's router (egress WAN links), and an XPUB tap.
+neighbouring region's router (egress WAN links), and an XPUB tap. Over the memory
+transport (bus/memory.py) the same three are in-process queues.
 
 The ingress loop never blocks: it drains the ROUTER socket, validates each frame, and
 hands it to a link (LAN link to a local role, or WAN link to the next-hop region). Links
@@ -23,7 +24,7 @@ import zmq
 
 from . import frame as fr
 from . import memory, security
-from .address import connection_id, region_of, role_of, router_address
+from .address import region_of, role_of, router_address
 from .errors import FrameError
 from .link import Link, Pending
 from .reliable import new_incarnation
@@ -31,10 +32,10 @@ from .router_control import CREDIT_STEP_BYTES, RouterControl
 from .router_delivery import LocalDeliverer, PeerDeliverer
 from .router_peers import RouterPeers
 from .router_tap import TAP_TOPIC, RouterTap, TapRecord
-from .router_watch import CONNECTION_EVENTS, PEER_EVENTS, RouterWatch
+from .router_watch import CONNECTION_EVENTS, RouterWatch
 from .security import CurveKeys
 from .tasks import cancel_and_wait
-from .topology import Topology
+from .topology import Topology, any_port_of
 from .zio import ZIO, open_monitor
 
 log = logging.getLogger("geoml.bus.router")
@@ -45,15 +46,9 @@ _BATCH = 512
 _MAX_LOCAL_DESTINATIONS = 10_000
 
 
-def _any_port(endpoint: str) -> str:
-    """tcp://HOST:PORT -> tcp://HOST:* (the OS picks a free port at bind time)."""
-    if not endpoint.startswith("tcp://"):
-        raise ValueError(f"only a tcp endpoint can take any port, not {endpoint!r}")
-    return endpoint.rsplit(":", 1)[0] + ":*"
-
-
 class Router(RouterControl, RouterPeers, RouterTap, RouterWatch):
-    """Router of one region (same class in-process over inproc and per-process over tcp)."""
+    """Router of one region (same class in-process over inproc or memory, and per-process
+    over tcp)."""
 
     def __init__(
         self,
@@ -139,12 +134,8 @@ class Router(RouterControl, RouterPeers, RouterTap, RouterWatch):
         then readable in `endpoint` and `tap_endpoint` — no race for a free port)."""
         loop = asyncio.get_running_loop()
         if self._transport == "memory":
-            self.io = memory.bind_router(self.endpoint, self._hwm)  # type: ignore[assignment]
-            try:
-                self._tap_io = memory.bind_tap(self.tap_endpoint)  # type: ignore[assignment]
-            except zmq.ZMQError:
-                self.io.close()
-                raise
+            self.io, self._tap_io = memory.bind_pair(  # type: ignore[assignment]
+                self.endpoint, self.tap_endpoint, self._hwm)
             return
         sock = self._ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
@@ -160,7 +151,7 @@ class Router(RouterControl, RouterPeers, RouterTap, RouterWatch):
         monitor = (open_monitor(sock, CONNECTION_EVENTS)
                    if self._keys is not None or self._transport == "tcp" else None)
         try:
-            sock.bind(_any_port(self.endpoint) if any_port else self.endpoint)
+            sock.bind(any_port_of(self.endpoint) if any_port else self.endpoint)
         except zmq.ZMQError:
             if monitor is not None:
                 monitor.close()
@@ -174,7 +165,7 @@ class Router(RouterControl, RouterPeers, RouterTap, RouterWatch):
         if self._keys is not None:
             security.server(tap, own, self._keys, security.TAP_DOMAIN)
         try:
-            tap.bind(_any_port(self.tap_endpoint) if any_port else self.tap_endpoint)
+            tap.bind(any_port_of(self.tap_endpoint) if any_port else self.tap_endpoint)
         except zmq.ZMQError:
             tap.close(linger=0)
             if monitor is not None:
@@ -195,29 +186,7 @@ class Router(RouterControl, RouterPeers, RouterTap, RouterWatch):
             self.topology = topology
         loop = asyncio.get_running_loop()
         for peer in self.topology.neighbours(self.region):
-            if self._transport == "memory":
-                self._add_peer(peer, memory.connect_dealer(  # type: ignore[arg-type]
-                    self.topology.endpoints(peer, "memory", self._run_id)[0],
-                    connection_id(self.address), self._hwm))
-                continue
-            peer_sock = self._ctx.socket(zmq.DEALER)
-            peer_sock.setsockopt(zmq.LINGER, 0)
-            peer_sock.setsockopt(zmq.ROUTING_ID, connection_id(self.address))
-            peer_sock.setsockopt(zmq.SNDHWM, self._hwm)
-            peer_sock.setsockopt(zmq.RCVHWM, self._hwm)
-            if self._transport == "tcp":
-                peer_sock.setsockopt(zmq.MAXMSGSIZE, fr.CONTROL_MAX_BYTES)
-            if self._keys is not None:
-                security.client(peer_sock, self._keys.pair(f"{self.region}.router"),
-                                self._keys.public(f"{peer}.router"))
-            if self._transport == "tcp":  # down until its handshake succeeds
-                self._peer_down_since.setdefault(peer, loop.time())
-                self._monitors.append(open_monitor(peer_sock, PEER_EVENTS))
-                self._tasks.append(loop.create_task(
-                    self._watch_peer(peer, self._monitors[-1]),
-                    name=f"peer monitor {self.region}->{peer}"))
-            peer_sock.connect(self.topology.endpoints(peer, self._transport, self._run_id)[0])
-            self._add_peer(peer, ZIO(peer_sock, loop))
+            self._add_peer(peer, self._open_peer_io(peer))
         self._tasks.append(loop.create_task(self._ingress_loop(), name=f"router {self.region}"))
         self._tasks.append(loop.create_task(self._tap_loop(), name=f"tap {self.region}"))
         for peer, peer_io in self._peer_io.items():

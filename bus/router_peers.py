@@ -1,6 +1,6 @@
-"""The router's side of its neighbours: its hello to them, their connections that came
-back without one, the frames they send back on our DEALERs (welcome, pause, resume,
-errors), relayed bus.errors, and the news of a router's restart.
+"""The router's side of its neighbours: its connections and hello to them, their
+connections that came back without one, the frames they send back on our DEALERs
+(welcome, pause, resume, errors), relayed bus.errors, and the news of a router's restart.
 
 `RouterPeers` is a part of `Router` (bus.router), split out so that each module has one job.
 """
@@ -15,13 +15,22 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from . import frame as fr
-from . import security
-from .address import address_of_connection, is_valid_address, region_of, role_of, router_address
+from . import memory, security
+from .address import (
+    address_of_connection,
+    connection_id,
+    is_valid_address,
+    region_of,
+    role_of,
+    router_address,
+)
 from .errors import FrameError
 from .link import Link
 from .router_control import PEER_HELLO_RETRY_S
+from .router_watch import PEER_EVENTS
+from .security import CurveKeys
 from .topology import Topology
-from .zio import ZIO
+from .zio import ZIO, open_monitor
 
 log = logging.getLogger("geoml.bus.router")
 
@@ -45,13 +54,48 @@ class RouterPeers:
     _peer_incarnation: dict[str, int]
     _peer_ready: dict[str, asyncio.Event]
     _restarts_seen: set[tuple[str, int]]
+    _ctx: zmq.Context[Any]
+    _transport: str
+    _run_id: str
+    _hwm: int
+    _keys: CurveKeys | None
+    _peer_down_since: dict[str, float]
+    _monitors: list[ZIO]
+    _tasks: list[asyncio.Task[None]]
 
     if TYPE_CHECKING:  # RouterControl's
+        async def _watch_peer(self, peer: str, monitor: ZIO) -> None: ...  # RouterWatch's
         def _key_name(self, part: zmq.Frame) -> str | None: ...
         def _open_holder(self, address: str, ident: bytes) -> bytes | None: ...
         def _send_on_router(self, ident: bytes, wire: bytes) -> bool: ...
         def _send_control(self, ident: bytes, ftype: str, dst: str,
                           meta: dict[str, Any]) -> None: ...
+
+    def _open_peer_io(self, peer: str) -> ZIO:
+        """Our DEALER to `peer`'s router, connected (tcp: watched by a monitor, the peer
+        counted down until its handshake succeeds)."""
+        ident = connection_id(self.address)
+        endpoint = self.topology.endpoints(peer, self._transport, self._run_id)[0]
+        if self._transport == "memory":
+            return memory.connect_dealer(endpoint, ident, self._hwm)  # type: ignore[return-value]
+        loop = asyncio.get_running_loop()
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTING_ID, ident)
+        sock.setsockopt(zmq.SNDHWM, self._hwm)
+        sock.setsockopt(zmq.RCVHWM, self._hwm)
+        if self._transport == "tcp":
+            sock.setsockopt(zmq.MAXMSGSIZE, fr.CONTROL_MAX_BYTES)
+        if self._keys is not None:
+            security.client(sock, self._keys.pair(f"{self.region}.router"),
+                            self._keys.public(f"{peer}.router"))
+        if self._transport == "tcp":  # down until its handshake succeeds
+            self._peer_down_since.setdefault(peer, loop.time())
+            self._monitors.append(open_monitor(sock, PEER_EVENTS))
+            self._tasks.append(loop.create_task(self._watch_peer(peer, self._monitors[-1]),
+                                                name=f"peer monitor {self.region}->{peer}"))
+        sock.connect(endpoint)
+        return ZIO(sock, loop)
 
     def _known_peer(self, ident: bytes, part: zmq.Frame) -> bool:
         """A neighbouring router's connection that has not said hello to this process: it

@@ -213,3 +213,10 @@ def great_circle_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float
     dp, dl = p2 - p1, math.radians(lon2 - lon1)
     a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
     return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(a)))
+
+
+def any_port_of(endpoint: str) -> str:
+    """tcp://HOST:PORT -> tcp://HOST:* (the OS picks a free port at bind time)."""
+    if not endpoint.startswith("tcp://"):
+        raise ValueError(f"only a tcp endpoint can take any port, not {endpoint!r}")
+    return endpoint.rsplit(":", 1)[0] + ":*"
