@@ -149,6 +149,16 @@ def _holds_extension(value: Any) -> bool:
 
 #: What _holds_extension must look into (or is itself an extension).
 _CONTAINERS = (dict, list, msgpack.Timestamp)
+#: How msgpack encodes a Timestamp (extension type -1): fixext 4, fixext 8, or ext 8 of
+#: 12 bytes. A header without any of these byte pairs holds none.
+_TS4, _TS8, _TS12 = b"\xd6\xff", b"\xd7\xff", b"\xc7\x0c\xff"
+
+
+def _may_hold_timestamp(buf: Any) -> bool:
+    """Whether header bytes `buf` might encode a Timestamp: a scan in C, so that only
+    such headers pay for _holds_extension's walk of meta."""
+    data = buf if type(buf) is bytes else bytes(buf)
+    return _TS4 in data or _TS8 in data or _TS12 in data
 
 
 def decode_header(buf: Any, buffer_sizes: Sequence[int]) -> dict[str, Any]:
@@ -192,7 +202,7 @@ def decode_header(buf: Any, buffer_sizes: Sequence[int]) -> dict[str, Any]:
     if len(header) > len(_KNOWN_KEYS) or not _KNOWN_KEYS.issuperset(header):
         unknown = sorted(str(k) for k in header if k not in _KNOWN_KEYS)
         raise FrameError("bad_field", f"unknown header field(s) {unknown}")
-    if meta and _holds_extension(meta):
+    if meta and _may_hold_timestamp(buf) and _holds_extension(meta):
         raise FrameError("bad_msgpack", "meta holds a msgpack extension type (a Timestamp); "
                          "meta takes plain msgpack values only")
     if ftype not in _GOOD_TYPES:

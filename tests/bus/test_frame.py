@@ -59,6 +59,9 @@ def _good() -> dict:
         (lambda h: h.update(meta={"at": msgpack.Timestamp(1, 0)}), [], "bad_msgpack"),
         (lambda h: h.update(meta={"x": [1, {"y": msgpack.Timestamp(1, 0)}]}), [],
          "bad_msgpack"),
+        # the three encodings of a Timestamp: fixext 4, fixext 8, ext 8 of 12 bytes
+        (lambda h: h.update(meta={"x": [msgpack.Timestamp(2**33, 5)]}), [], "bad_msgpack"),
+        (lambda h: h.update(meta={"x": {"y": msgpack.Timestamp(-1, 0)}}), [], "bad_msgpack"),
         (lambda h: h.update(bufs=[["<f4", [2]]]), [], "buffer_mismatch"),
         (lambda h: h.update(bufs=[["<f4", [2]]]), [7], "buffer_mismatch"),
         (lambda h: h.update(bufs=[["O", [2]]]), [16], "bad_field"),
@@ -108,3 +111,14 @@ def test_a_model_whose_tables_cannot_fit_in_a_frame_is_refused_before_it_runs() 
         fr.check_tables_fit([f"t{i}" for i in range(fr.MAX_BUFFERS // 2 + 1)])
     with pytest.raises(ValueError, match="header"):
         fr.check_tables_fit(["x" * 200 + str(i) for i in range(300)])
+
+
+def test_a_header_whose_bytes_look_like_a_timestamp_but_hold_none_is_accepted() -> None:
+    """The Timestamp check scans the header's bytes first and walks meta only when they
+    hold a Timestamp's marker: here the markers are parts of integers and a float."""
+    h = _good()
+    h["meta"] = {"a": 0xD6FF, "b": [0xD7FF], "c": {"d": 0xC70CFF00}, "e": -1.0e-300}
+    wire = fr.encode_header(h)
+    assert b"\xd6\xff" in wire and b"\xd7\xff" in wire and b"\xc7\x0c\xff" in wire
+    assert fr.decode_header(wire, [])["meta"] == h["meta"]
+    assert fr.decode_header(memoryview(wire), [])["meta"] == h["meta"]

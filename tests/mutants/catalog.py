@@ -365,4 +365,9 @@ MUTANTS: tuple[Mutant, ...] = (
            "they do not fit the open-files limit", "bus/network.py",
            "    if files_fit(sockets):\n", "    if True:\n",
            ("tests/bus/test_memory.py", "tests/systems/test_vtime.py")),
+    Mutant("timestamp_scan_misses_ext8", "the header scan for a msgpack Timestamp misses "
+           "its 12-byte (ext 8) encoding", "bus/frame.py",
+           "return _TS4 in data or _TS8 in data or _TS12 in data",
+           "return _TS4 in data or _TS8 in data",
+           ("tests/bus/test_frame.py",)),
 )
