@@ -21,12 +21,12 @@ PACKAGES = {"topologies": ("geoml.topologies", 0), "bus": ("geoml.bus", 1),
             "tools": ("geoml", 4)}
 
 
-def modules() -> dict[str, Path]:
+def modules(root: Path = ROOT) -> dict[str, Path]:
     """Installed module name -> source file."""
     out = {}
     for folder, (package, _) in PACKAGES.items():
-        for path in sorted((ROOT / folder).rglob("*.py")):
-            rel = path.relative_to(ROOT / folder).with_suffix("")
+        for path in sorted((root / folder).rglob("*.py")):
+            rel = path.relative_to(root / folder).with_suffix("")
             parts = [p for p in rel.parts if p != "__init__"]
             out[".".join([package, *parts])] = path
     return out
@@ -66,6 +66,15 @@ def imports(name: str, path: Path, known: set[str]) -> set[str]:
             if target and target != name:
                 found.add(target)
     return found
+
+
+def packages_of(name: str) -> set[str]:
+    """The packages enclosing module `name`: importing it runs their __init__ first.
+
+    So `from geoml.cli.x import y` depends on geoml.cli (and what its __init__ imports),
+    while a module's own packages are already being imported when it runs."""
+    parts = name.split(".")
+    return {".".join(parts[:i]) for i in range(1, len(parts))}
 
 
 def layer_of(name: str) -> int:
@@ -111,13 +120,12 @@ def circles(graph: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
-def report() -> dict[str, object]:
-    mods = modules()
+def report(root: Path = ROOT) -> dict[str, object]:
+    mods = modules(root)
     known = set(mods)
     graph = {name: imports(name, path, known) for name, path in mods.items()}
-    # a package's __init__ importing its own modules is how it exports them, not a circle
-    edges = {n: {d for d in deps if not (mods[n].name == "__init__.py"
-                                        and d.startswith(n + "."))}
+    edges = {n: {p for d in deps for p in (d, *packages_of(d))
+                 if p in known and p != n and p not in packages_of(n)}
              for n, deps in graph.items()}
     upward = sorted(f"{n} -> {d}" for n, deps in edges.items() for d in deps
                     if layer_of(d) > layer_of(n))

@@ -9,7 +9,7 @@ from pathlib import Path
 from geoml.roles.fedavg import FedAvgConfig
 from geoml.roles.ps_plan import MIRRORED
 
-from .cli.cartel_options import cartel_role_args
+from .cartel_options import cartel_role_args
 from .systems.config import DiLoCoOptions, GaiaOptions
 from .systems.edge import CartelRunConfig
 

@@ -14,7 +14,7 @@ import pytest
 
 from geoml.bus.vclock import run_virtual
 from geoml.cartel import compare_async
-from geoml.cli.cartel_options import cartel_config
+from geoml.cartel_options import cartel_config
 from geoml.cli.options import build_parser
 
 from ..conftest import PROCESS_TEST_BUDGET_S

@@ -75,7 +75,7 @@ def compare_main(args: argparse.Namespace) -> None:
 def cartel_main(args: argparse.Namespace) -> None:
     from geoml.cartel import compare_async
 
-    from .cartel_options import cartel_config
+    from ..cartel_options import cartel_config
 
     check_clock_args(args)
     try:
@@ -152,7 +152,7 @@ def run_command(args: argparse.Namespace) -> None:
 
 def inspect_command(args: argparse.Namespace) -> int:
     """`geoml inspect live|report`."""
-    from geoml.inspect_cli import inspect_main
+    from .inspect_cli import inspect_main
 
     return inspect_main(args)
 

@@ -16,7 +16,7 @@ from geoml.ps_roles import PS_KINDS
 from geoml.systems.centralized import SHIP_KINDS
 from geoml.systems.diloco import DILOCO_KINDS
 
-from .cartel_options import cartel_args
+from ..cartel_options import cartel_args
 from .option_groups import diloco_args, fed_args, gaia_args, sync_args
 
 log = logging.getLogger("geoml")

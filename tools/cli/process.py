@@ -151,7 +151,7 @@ async def role_main(topo: Topology, address: str, kind: str, args: argparse.Name
     if args.system == "cartel":
         from geoml.cartel_roles import cartel_role_main
 
-        from .cartel_options import cartel_config
+        from ..cartel_options import cartel_config
 
         try:
             cfg = cartel_config(args, topo)
@@ -215,7 +215,7 @@ def launch_main(args: argparse.Namespace) -> int:
     parse_options(args.opt)
     edge = None
     if args.system == "cartel":
-        from .cartel_options import cartel_config
+        from ..cartel_options import cartel_config
 
         if args.workload is not None or args.iterations is not None:
             raise GeomlError("cartel's sites play their streams: --workload and "

@@ -14,10 +14,10 @@ import zmq
 
 from geoml.bus import GeomlError, load_topology
 
-from .cli.process import keys_of, read_endpoints
-from .inspector import LiveView, TapSubscriber
-from .recording import Recorder, build_report, topology_header
-from .traffic import EventFilter, TrafficStats, capacities
+from ..inspector import LiveView, TapSubscriber
+from ..recording import Recorder, build_report, topology_header
+from ..traffic import EventFilter, TrafficStats, capacities
+from .process import keys_of, read_endpoints
 
 
 def inspect_main(args: argparse.Namespace) -> int:
