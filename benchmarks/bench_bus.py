@@ -2,7 +2,8 @@
 
 Fields: router_vs_raw_large, small_frames_per_s, shaping_error_pct_max,
 latency_error_ms_max, control_wait_ms_p99, tap_overhead_pct, and (issue [fast])
-ps_bsp_small_model_clocks_per_s and small frames/s beside the same cases replayed on the
+ps_bsp_small_model_clocks_per_s, small_frames_per_s_memory (the same case over the memory
+transport), and small frames/s beside the same cases replayed on the
 code before [fast] (`--baseline REV`, default be11c52; benchmarks/replay.py), plus the raw
 figures behind each.
 Run: python benchmarks/bench_bus.py [--quick] [--baseline REV]
@@ -78,12 +79,13 @@ async def raw_large(ctx: zmq.asyncio.Context, payload: np.ndarray, n: int) -> fl
 
 
 async def through_router(payload: np.ndarray, n: int, lan_mbps: float = math.inf,
-                         record: Path | None = None, live: bool = False) -> float:
+                         record: Path | None = None, live: bool = False,
+                         transport: str = "inproc") -> float:
     """Frames/s (and thus bytes/s) from one role to another through one router; with
     `record`, a tap subscriber records every event to that file meanwhile (and with `live`
     also keeps the live view's figures)."""
     topo = two_regions(100, 10, lan=lan_mbps)
-    async with Network(topo) as net:
+    async with Network(topo, transport=transport) as net:
         tap = None
         if record is not None:
             router = net.routers["a"]
@@ -265,19 +267,22 @@ def small_frames_replayed(frames: int, pairs: int, baseline: str) -> dict[str, A
 def ps_small_model(clocks: int, pairs: int, baseline: str) -> dict[str, Any]:
     """The 4-worker BSP PS on digits softmax, one minibatch per clock (ps_small_case.py),
     in interleaved pairs: this code, then commit `baseline` replayed; and this code with
-    every computation in the executor (what it gains from running short ones inline)."""
+    every computation in the executor (what it gains from running short ones inline), and
+    over the memory transport."""
     case = Path(__file__).resolve().parent / "ps_small_case.py"
     try:
         tree = replay_tree(baseline)
     except RuntimeError as exc:
         return {"baseline_rev": baseline, "error": str(exc),
                 "ps_bsp_small_model_clocks_per_s": None}
-    new, old, no_inline, ratios = [], [], [], []
+    new, old, no_inline, memory, ratios = [], [], [], [], []
     for r in range(pairs):
         progress(f"PS BSP small model, pair {r + 1}/{pairs}: this code, then {baseline}")
         new.append(json.loads(run_case(case, [str(clocks)], None))["clocks_per_s"])
         old.append(json.loads(run_case(case, [str(clocks)], tree))["clocks_per_s"])
         no_inline.append(json.loads(run_case(case, [str(clocks), "--no-inline"], None))[
+            "clocks_per_s"])
+        memory.append(json.loads(run_case(case, [str(clocks), "--memory"], None))[
             "clocks_per_s"])
         ratios.append(new[-1] / old[-1])
     return {"baseline_rev": baseline, "reference": f"replay of commit {baseline}",
@@ -286,6 +291,8 @@ def ps_small_model(clocks: int, pairs: int, baseline: str) -> dict[str, Any]:
             "ps_bsp_small_model_clocks_per_s": statistics.median(new),
             "ps_bsp_small_model_baseline_clocks_per_s": statistics.median(old),
             "ps_bsp_small_model_without_inline_clocks_per_s": statistics.median(no_inline),
+            "memory_clocks_per_s": memory,
+            "ps_bsp_small_model_memory_clocks_per_s": statistics.median(memory),
             "ps_bsp_small_model_speedup": statistics.median(ratios)}
 
 
@@ -313,6 +320,9 @@ async def main(quick: bool, baseline: str = "be11c52") -> dict[str, Any]:
     small = np.zeros(100, dtype=np.uint8)
     out["small_frames_per_s"] = await through_router(small, 20_000 if quick else 100_000,
                                                      lan_mbps=1000)
+    progress("small frames over the memory transport")
+    out["small_frames_per_s_memory"] = await through_router(
+        small, 20_000 if quick else 100_000, lan_mbps=1000, transport="memory")
 
     seconds = 1.0 if quick else 3.0
     shaping = []
@@ -347,7 +357,7 @@ async def main(quick: bool, baseline: str = "be11c52") -> dict[str, Any]:
     ps = ps_small_model(300 if quick else 1000, 3, baseline)
     out["ps_small_model"] = ps
     for key in ("ps_bsp_small_model_clocks_per_s", "ps_bsp_small_model_baseline_clocks_per_s",
-                "ps_bsp_small_model_speedup"):
+                "ps_bsp_small_model_speedup", "ps_bsp_small_model_memory_clocks_per_s"):
         out[key] = ps.get(key)
     return out
 
