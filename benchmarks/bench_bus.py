@@ -317,12 +317,11 @@ async def main(quick: bool, baseline: str = "be11c52") -> dict[str, Any]:
     out["router_vs_raw_large"] = statistics.median(ratios)
 
     progress("small frames")
-    small = np.zeros(100, dtype=np.uint8)
-    out["small_frames_per_s"] = await through_router(small, 20_000 if quick else 100_000,
-                                                     lan_mbps=1000)
+    small, small_n = np.zeros(100, dtype=np.uint8), 20_000 if quick else 100_000
+    out["small_frames_per_s"] = await through_router(small, small_n, lan_mbps=1000)
     progress("small frames over the memory transport")
-    out["small_frames_per_s_memory"] = await through_router(
-        small, 20_000 if quick else 100_000, lan_mbps=1000, transport="memory")
+    out["small_frames_per_s_memory"] = await through_router(small, small_n, lan_mbps=1000,
+                                                            transport="memory")
 
     seconds = 1.0 if quick else 3.0
     shaping = []
